@@ -1,0 +1,51 @@
+"""Locating the config tree and re-applying command-line overrides onto a saved run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: inside the package for a wheel install, at the repo top for a source checkout."""
+    for candidate in (_PACKAGE_DIR / "configs", _PACKAGE_DIR.parents[1] / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"cnnlab's config tree was not found next to {_PACKAGE_DIR}")
+
+
+CONFIG_DIR = str(config_dir())
+
+
+def command_line_keys(overrides: list[str], skip: tuple[str, ...] = ()) -> list[str]:
+    """The config keys (or groups) that the given Hydra override strings set, e.g. ['optimizer', 'data.batch_size']."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if override.package:  # group@package form: the values land under the package path
+            key = override.package
+        if key.startswith("hydra.") or key == "hydra" or key.split(".")[0] in skip:
+            continue
+        keys.append(key)
+    return keys
+
+
+def apply_overrides(saved: DictConfig, composed: DictConfig, keys: list[str]) -> DictConfig:
+    """Copy the values at `keys` from the freshly composed config onto a run's saved config.
+
+    Hydra has already parsed and typed the command line into `composed`; taking values from there keeps
+    the CLI syntax of training (group choices, lists, `+new.key=...`) identical for eval and resume.
+    """
+    merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    with open_dict(merged):
+        for key in keys:
+            node = OmegaConf.select(composed, key, throw_on_missing=False)
+            if isinstance(node, DictConfig):
+                node = OmegaConf.to_container(node, resolve=True)
+            OmegaConf.update(merged, key, node, merge=False, force_add=True)
+    return merged

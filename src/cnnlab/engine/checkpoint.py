@@ -1,0 +1,87 @@
+"""Checkpoints: atomic writes, safe loads, and finding the checkpoint a user points at."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cnnlab.errors import ConfigError
+
+FORMAT_VERSION = 1
+CKPT_DIR = "checkpoints"
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Serialise and write atomically: a reader sees the old file or the complete new one, never a torn one."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(buffer.getvalue(), Path(path))
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def resolve_checkpoint(path: str | os.PathLike, key: str, prefer: tuple[str, ...] = ("last.ckpt",)) -> Path:
+    """A checkpoint file, or a run dir in which to look for `prefer` (in order) under checkpoints/."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        looked = [p / CKPT_DIR / name for name in prefer] + [p / name for name in prefer]
+        for candidate in looked:
+            if candidate.is_file():
+                return candidate
+        raise ConfigError(f"{key}={path}: no checkpoint in that directory (looked for "
+                          f"{', '.join(str(c) for c in looked)})")
+    raise ConfigError(f"{key}={path}: no such file or directory")
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as bad:
+        raise ConfigError(f"{path} is not a readable cnnlab checkpoint: {str(bad).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ConfigError(f"{path} is not a cnnlab checkpoint (no model weights and config inside)")
+    return ckpt
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_model: str) -> None:
+    """Load weights, explaining an architecture mismatch in terms of model names rather than tensor keys."""
+    saved_model = ckpt["config"].get("model", {}).get("name")
+    if saved_model != expected_model:
+        raise ConfigError(f"checkpoint {path} holds a {saved_model!r} model, but the config builds "
+                          f"model.name={expected_model!r}; use a checkpoint of the same architecture")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as bad:
+        first = str(bad).split("\n")[1].strip() if "\n" in str(bad) else str(bad)
+        raise ConfigError(f"checkpoint {path} does not fit the configured {expected_model!r} model "
+                          f"(different sizes or classes?): {first}") from None

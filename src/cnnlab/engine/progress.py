@@ -1,0 +1,83 @@
+"""Console progress: a live bar on a terminal, plain log lines elsewhere (CI, redirects, Hydra's log file)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from cnnlab.errors import ConfigError
+
+log = logging.getLogger("cnnlab")
+
+MODES = ("auto", "bar", "plain", "none")
+
+
+def resolve_mode(mode: str, stream=None) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"trainer.progress={mode!r} is not accepted; choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        stream = stream or sys.stderr
+        return "bar" if hasattr(stream, "isatty") and stream.isatty() else "plain"
+    return mode
+
+
+class Progress:
+    """Per-step updates are cheap: the running loss/accuracy are read (one device sync) at most twice a second."""
+
+    REFRESH_S = 0.5
+
+    def __init__(self, mode: str, max_epochs: int, log_every_n_steps: int = 0):
+        self.mode = resolve_mode(mode)
+        self.max_epochs = max_epochs
+        self.log_every = int(log_every_n_steps)
+        self.bar = None
+        self._last = 0.0
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.epoch, self.steps, self.step = epoch, steps, 0
+        self._last = time.monotonic()
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.max_epochs}", leave=False, dynamic_ncols=True,
+                            file=sys.stderr, unit="batch")
+
+    def update(self, tracker) -> None:
+        self.step += 1
+        if self.mode == "bar":
+            now = time.monotonic()
+            if now - self._last >= self.REFRESH_S:
+                self._last = now
+                self.bar.set_postfix(self._running(tracker), refresh=False)
+            self.bar.update(1)
+        elif self.mode == "plain" and self.log_every and self.step % self.log_every == 0:
+            stats = self._running(tracker)
+            log.info("epoch %d/%d  step %d/%d  loss %s  acc %s", self.epoch, self.max_epochs, self.step, self.steps,
+                     stats["loss"], stats["acc"])
+
+    @staticmethod
+    def _running(tracker) -> dict[str, str]:
+        n = max(tracker.count, 1)
+        return {"loss": f"{float(tracker.loss_sum) / n:.4f}", "acc": f"{int(tracker.correct[0]) / n:.4f}"}
+
+    def end_epoch(self, epoch: int, metrics: dict, seconds: float, improved: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.mode == "none":
+            return
+        parts = [f"epoch {epoch}/{self.max_epochs}"]
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            if key in metrics:
+                parts.append(f"{key} {metrics[key]:.4f}")
+        parts.append(f"lr {metrics.get('lr', float('nan')):.3g}")
+        parts.append(f"{seconds:.1f}s ({metrics.get('throughput/img_s', 0):.0f} img/s)")
+        if improved:
+            parts.append("*best*")
+        log.info("  ".join(parts))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

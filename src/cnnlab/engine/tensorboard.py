@@ -1,0 +1,97 @@
+"""TensorBoard output for one run: scalars, histograms, image grids, confusion matrix, hparams."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cnnlab.engine.images import confusion_image, grid
+
+log = logging.getLogger(__name__)
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+class TensorBoardLogger:
+    """Writes one event file into the run dir; each method is a no-op when logging is disabled."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg = cfg
+        self.writer = None
+        if cfg.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=int(cfg.flush_secs))
+
+    @property
+    def enabled(self) -> bool:
+        return self.writer is not None
+
+    def scalars(self, metrics: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
+
+    def wants_histograms(self, epoch: int) -> bool:
+        every = int(self.cfg.histogram_every_n_epochs)
+        return self.writer is not None and every > 0 and epoch % every == 0
+
+    def histograms(self, model: nn.Module, step: int) -> None:
+        """Weights and the last step's gradients, per parameter, plus each layer's gradient L2 norm."""
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if param.grad is not None:
+                grad = param.grad.detach().float()
+                self.writer.add_histogram(f"grads/{name}", grad.cpu(), step)
+                self.writer.add_scalar(f"grad_norm/{name}", float(grad.norm()), step)
+
+    def input_batch(self, images: torch.Tensor, mean, std, step: int, tag: str = "inputs/train_batch") -> None:
+        """A grid of (augmented) training inputs, un-normalised so they look like the data."""
+        if self.writer is None or not self.cfg.images:
+            return
+        x = images[:64].detach().float().cpu()
+        mean_t = torch.tensor(list(mean)).view(1, -1, 1, 1)
+        std_t = torch.tensor(list(std)).view(1, -1, 1, 1)
+        self.writer.add_image(tag, grid(x * std_t + mean_t), step)
+
+    def filters(self, model: nn.Module, step: int) -> None:
+        if self.writer is None or not self.cfg.images:
+            return
+        conv = first_conv(model)
+        if conv is None:
+            return
+        self.writer.add_image("filters/first_conv", grid(conv.weight, normalize_each=True, pad=1), step)
+
+    def confusion(self, confusion: torch.Tensor, classes, step: int, tag: str = "test/confusion_matrix") -> None:
+        if self.writer is None or not self.cfg.images:
+            return
+        self.writer.add_image(tag, confusion_image(confusion), step)
+        header = "| true \\ pred | " + " | ".join(classes) + " |\n|" + "---|" * (len(classes) + 1) + "\n"
+        rows = "".join(f"| {c} | " + " | ".join(str(int(v)) for v in row) + " |\n"
+                       for c, row in zip(classes, confusion.tolist()))
+        self.writer.add_text(tag, header + rows, step)
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        """HParams-tab entry in this run's own event file (add_hparams would start a separate sub-run)."""
+        if self.writer is None or not self.cfg.hparams:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        metric_dict = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        experiment, session_start, session_end = hparams_summary(hparams, metric_dict)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None

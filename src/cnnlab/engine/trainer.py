@@ -1,0 +1,237 @@
+"""The training loop: fit on train, validate every epoch, checkpoint, stop early, test with the best weights."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cnnlab import __version__
+from cnnlab.devices import Precision
+from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION
+from cnnlab.engine.checkpoint_writer import CheckpointWriter
+from cnnlab.engine.early_stopping import MonitoredMetric
+from cnnlab.engine.progress import Progress
+from cnnlab.metrics import MetricTracker, confusion_matrix, hard_labels, per_class_accuracy
+from cnnlab.seeding import derived_generator, rng_state, set_rng_state
+
+log = logging.getLogger("cnnlab")
+
+
+class Trainer:
+    """Owns the model, optimizer and schedule for one run and the loop that drives them.
+
+    The per-step path is kept to what a hand-written loop does plus on-device metric sums, so the
+    engine costs next to nothing over plain PyTorch (see scripts/benchmark.py).
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer, schedule, loss, device: torch.device, precision: Precision,
+                 cfg, run_dir: Path, seed: int, config: dict, tb=None, progress: Progress | None = None,
+                 monitored: MonitoredMetric, data_info=None):
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.loss = loss
+        self.device = device
+        self.precision = precision
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.config = config
+        self.tb = tb
+        self.progress = progress or Progress("none", int(cfg.max_epochs))
+        self.monitored = monitored
+        self.data_info = data_info
+        self.ks = tuple(sorted({1, *(int(k) for k in cfg.topk)}))
+        self.channels_last = bool(cfg.channels_last)
+        self.grad_clip = float(cfg.grad_clip or 0.0)
+        self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.epoch = 0            # last completed epoch
+        self.global_step = 0
+        self.history: list[dict] = []
+        self.val_acc_best: float | None = None
+        self.stopped_early = False
+        self.checkpoints = CheckpointWriter()
+
+    # ---- one step ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if not self.precision.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.forward_model(x)
+            loss = self.loss(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        self.schedule.step_batch()
+        return loss, logits
+
+    # ---- loops ---------------------------------------------------------------------------------------
+    def fit(self, train, val) -> list[dict]:
+        max_epochs = int(self.cfg.max_epochs)
+        monitor = self.monitored.monitor
+        if self.epoch >= max_epochs:
+            log.info("nothing to train: the checkpoint already completed %d of %d epochs", self.epoch, max_epochs)
+        if self.epoch == 0 and self.tb is not None:
+            self.tb.filters(self.model, 0)
+        for epoch in range(self.epoch + 1, max_epochs + 1):
+            # Global RNG (dropout, per-sample transforms) re-seeded per epoch: a resumed epoch k draws
+            # exactly what the uninterrupted run drew.
+            torch.manual_seed(derived_generator(self.seed, epoch, 7).initial_seed())
+            train.set_epoch(epoch)
+            self.model.train()
+            tracker = MetricTracker((1,), self.device)  # top-k beyond 1 is an evaluation metric
+            self.progress.start_epoch(epoch, len(train))
+            start = time.perf_counter()
+            for x, y in train:
+                if self.global_step == 0 and self.tb is not None:
+                    self.tb.input_batch(x, self.data_info.mean, self.data_info.std, 0)
+                loss, logits = self._train_step(x, y)
+                tracker.update(loss, logits, y)
+                self.progress.update(tracker)
+                self.global_step += 1
+            metrics = tracker.compute("train")  # reads the sums: the one sync per epoch
+            seconds = time.perf_counter() - start
+            metrics["lr"] = self.schedule.lr()
+            metrics["throughput/img_s"] = tracker.count / max(seconds, 1e-9)
+            metrics["time/epoch_s"] = seconds
+            metrics.update(self.evaluate(val, "val"))
+            if monitor not in metrics:
+                from cnnlab.errors import ConfigError
+
+                raise ConfigError(f"trainer.monitor={monitor!r} is not a logged metric; "
+                                  f"choose one of {', '.join(sorted(k for k in metrics if k.startswith('val/')))}")
+            if "val/acc" in metrics:
+                self.val_acc_best = max(self.val_acc_best or 0.0, metrics["val/acc"])
+                metrics["val/acc_best"] = self.val_acc_best
+            improved = self.monitored.update(metrics[monitor], epoch)
+            self.schedule.step_epoch(metrics[monitor])
+            self.epoch = epoch
+            metrics["epoch"] = epoch
+            self.history.append(metrics)
+            if self.tb is not None:
+                self.tb.scalars(metrics, epoch)
+                if self.tb.wants_histograms(epoch):
+                    self.tb.histograms(self.model, epoch)
+            self._save_checkpoints(improved)
+            self.progress.end_epoch(epoch, metrics, seconds, improved)
+            if self.cfg.early_stopping.enabled and self.monitored.should_stop:
+                self.stopped_early = True
+                log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", monitor,
+                         self.monitored.patience, self.monitored.best, self.monitored.best_epoch)
+                break
+        self.progress.close()
+        self.checkpoints.wait()  # the caller may read best.ckpt next
+        return self.history
+
+    def evaluate(self, loader, prefix: str, with_confusion: bool = False):
+        """Loss and top-k accuracy over a split; optionally also the confusion matrix (rows = true class)."""
+        was_training = self.model.training
+        try:
+            return evaluate_model(self.forward_model, loader, self.loss, prefix, ks=self.ks, device=self.device,
+                                  autocast=self._autocast, channels_last=self.channels_last,
+                                  with_confusion=with_confusion)
+        finally:
+            self.model.train(was_training)
+
+    def test(self, loader, classes) -> dict:
+        """Final pass on the test split with the best (or last) weights; logs and returns test/* metrics."""
+        which = str(self.cfg.test_with)
+        best = self.run_dir / CKPT_DIR / "best.ckpt"
+        if which == "best" and best.is_file():
+            state = torch.load(best, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            log.info("testing the best weights (epoch %s, %s=%.4f)", state["epoch"], self.monitored.monitor,
+                     self.monitored.best if self.monitored.best is not None else float("nan"))
+        metrics, confusion = self.evaluate(loader, "test", with_confusion=True)
+        per_class = per_class_accuracy(confusion)
+        step = self.epoch
+        if self.tb is not None:
+            self.tb.scalars(metrics, step)
+            self.tb.confusion(confusion, classes, step)
+        metrics["test/per_class_acc"] = {c: a for c, a in zip(classes, per_class)}
+        metrics["test/confusion_matrix"] = confusion.tolist()
+        return metrics
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "cnnlab_version": __version__,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "monitored": self.monitored.state_dict(),
+            "val_acc_best": self.val_acc_best,
+            "history": self.history,
+            "rng": rng_state(),
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Everything but the model weights (loaded and checked by the caller) to continue a run."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.monitored.load_state_dict(state["monitored"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state.get("history", []))
+        self.val_acc_best = state.get("val_acc_best")
+        set_rng_state(state["rng"])
+
+    def _save_checkpoints(self, improved: bool) -> None:
+        ckpt_cfg = self.cfg.checkpoint
+        folder = self.run_dir / CKPT_DIR
+        paths = []
+        if improved and ckpt_cfg.save_best:
+            paths.append(folder / "best.ckpt")
+        if ckpt_cfg.save_last:
+            paths.append(folder / "last.ckpt")
+        if paths:
+            self.checkpoints.submit(self.state_dict(), paths)
+
+
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, loader, loss, prefix: str, *, ks=(1, 5), device, autocast=contextlib.nullcontext,
+                   channels_last: bool = False, with_confusion: bool = False):
+    """One pass over `loader` in eval mode: {prefix}/loss, {prefix}/acc, {prefix}/acc_top<k> (and confusion)."""
+    model.eval()
+    tracker = MetricTracker(ks, device)
+    confusion = None
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+            batch_loss = loss(logits, y)
+        tracker.update(batch_loss, logits.float(), y)
+        if with_confusion:
+            counts = confusion_matrix(logits.argmax(dim=1), hard_labels(y), logits.shape[1])
+            confusion = counts if confusion is None else confusion + counts
+    metrics = tracker.compute(prefix)
+    return (metrics, confusion) if with_confusion else metrics

@@ -1,0 +1,115 @@
+"""`cnnlab-eval ckpt=<checkpoint or run dir>`: test a trained model on a split, from its own saved config.
+
+Reports loss, top-1/top-k accuracy, per-class accuracy and the confusion matrix; writes them to
+eval_metrics.json in this command's own output dir. Overrides (e.g. data.eval_batch_size=1000,
+trainer.device=cpu, split=val) are applied on top of the run's saved config.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.cli import hydra_overrides, reports_config_errors
+from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+
+log = logging.getLogger("cnnlab")
+
+# Keys of eval.yaml itself, not of the saved run config.
+EVAL_KEYS = ("ckpt", "split", "task_name")
+
+
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    from cnnlab.engine.checkpoint import load_checkpoint
+    from cnnlab.model_io import find_checkpoint
+
+    overrides = hydra_overrides() if overrides is None else overrides
+    path = find_checkpoint(cfg.ckpt, "ckpt")
+    split = str(cfg.split)
+    if split not in ("train", "val", "test"):
+        from cnnlab.errors import ConfigError
+
+        raise ConfigError(f"split={split!r} is not a split; choose train, val or test")
+    saved = OmegaConf.create(load_checkpoint(path)["config"])
+    keys = command_line_keys(overrides, skip=EVAL_KEYS + ("experiment",)) + ["paths"]
+    run_cfg = apply_overrides(saved, cfg, keys)
+    # Evaluation never augments, and progress/TensorBoard output belongs to training runs.
+    OmegaConf.update(run_cfg, "augment.transforms", [], force_add=True)
+    from cnnlab.validate import validate
+
+    validate(run_cfg)
+
+    from cnnlab.data import build_data
+    from cnnlab.devices import resolve_device, resolve_precision
+    from cnnlab.engine.trainer import evaluate_model
+    from cnnlab.losses import Loss
+    from cnnlab.model_io import load_trained_model
+    from cnnlab.runinfo import write_json
+
+    tcfg = run_cfg.trainer
+    device = resolve_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
+    loaded = load_trained_model(path, device, run_cfg)
+    data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
+    out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def autocast():
+        import contextlib
+
+        import torch
+
+        return torch.autocast(device.type, precision.autocast_dtype) if precision.enabled else contextlib.nullcontext()
+
+    ks = tuple(sorted({1, *(int(k) for k in tcfg.topk)}))
+    metrics, confusion = evaluate_model(loaded.model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing)),
+                                        split, ks=ks, device=device, autocast=autocast, with_confusion=True)
+    from cnnlab.metrics import per_class_accuracy
+
+    classes = list(loaded.info.classes)
+    result = {
+        "checkpoint": str(path),
+        "epoch": loaded.epoch,
+        "split": split,
+        "images": int(confusion.sum()),
+        **metrics,
+        f"{split}/per_class_acc": dict(zip(classes, per_class_accuracy(confusion))),
+        f"{split}/confusion_matrix": {"classes": classes, "matrix": confusion.tolist()},
+    }
+    write_json(result, out_dir / "eval_metrics.json")
+    _print_report(result, split, classes, confusion)
+    log.info("wrote %s", out_dir / "eval_metrics.json")
+    return result
+
+
+def _print_report(result: dict, split: str, classes, confusion) -> None:
+    log.info("checkpoint %s (epoch %d), %s split: %d images", result["checkpoint"], result["epoch"], split,
+             result["images"])
+    for key, value in result.items():
+        if key.startswith(f"{split}/") and isinstance(value, float):
+            log.info("  %-16s %.4f", key, value)
+    width = max(5, *(len(c) for c in classes))
+    log.info("  per-class accuracy:")
+    for name, acc in result[f"{split}/per_class_acc"].items():
+        log.info("    %-*s %s", width, name, "n/a" if acc is None else f"{acc:.4f}")
+    log.info("  confusion matrix (rows: true, columns: predicted):")
+    log.info("    %s %s", " " * width, " ".join(f"{c:>5}" for c in classes))
+    for name, row in zip(classes, confusion.tolist()):
+        log.info("    %-*s %s", width, name, " ".join(f"{v:5d}" for v in row))
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+@reports_config_errors
+def _hydra_main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Accuracy (top-k), per-class accuracy and confusion matrices, accumulated on the device without syncs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def hard_labels(target: torch.Tensor) -> torch.Tensor:
+    """Integer labels, also for dense targets (the largest entry wins)."""
+    return target.argmax(dim=1) if target.ndim == 2 else target
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """Number of samples whose label is within the top k predictions, for each k (a tensor, no sync)."""
+    labels = hard_labels(target)
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hits = top.eq(labels[:, None])
+    return torch.stack([hits[:, :min(k, kmax)].any(dim=1).sum() for k in ks])
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows are true classes, columns predicted ones."""
+    flat = labels.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float | None]:
+    totals = confusion.sum(dim=1)
+    return [float(confusion[i, i] / totals[i]) if totals[i] > 0 else None for i in range(len(totals))]
+
+
+class MetricTracker:
+    """Running sums for one pass over a split: loss, top-k hits, sample count.
+
+    Sums stay on the device (no sync per step); top-1 alone, as in training, takes the cheaper argmax path.
+    """
+
+    def __init__(self, ks: tuple[int, ...], device):
+        self.ks = ks
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros(len(ks), device=device, dtype=torch.long)
+        self.count = 0
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        n = logits.shape[0]
+        self.loss_sum.add_(loss.detach(), alpha=n)
+        if self.ks == (1,):
+            self.correct.add_(logits.detach().argmax(dim=1).eq(hard_labels(target)).sum())
+        else:
+            self.correct.add_(topk_correct(logits.detach(), target, self.ks))
+        self.count += n
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        if self.count == 0:
+            return {}
+        correct = self.correct.tolist()
+        out = {f"{prefix}/loss": float(self.loss_sum) / self.count}
+        for k, c in zip(self.ks, correct):
+            out[f"{prefix}/acc" if k == 1 else f"{prefix}/acc_top{k}"] = c / self.count
+        return out

@@ -1,0 +1,38 @@
+"""Rebuilding a trained model (and its data description) from a checkpoint, for eval, predict and resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.data.build import DataInfo, data_info
+from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
+from cnnlab.models import build_model
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    info: DataInfo
+    cfg: DictConfig
+    path: Path
+    epoch: int
+
+
+def find_checkpoint(path, key: str) -> Path:
+    """A checkpoint file, or a run dir: its best.ckpt when there is one, else last.ckpt."""
+    return resolve_checkpoint(path, key, prefer=("best.ckpt", "last.ckpt"))
+
+
+def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None = None) -> LoadedModel:
+    """The model described by `cfg` (default: the config saved in the checkpoint) with the saved weights."""
+    ckpt = load_checkpoint(path)
+    cfg = cfg if cfg is not None else OmegaConf.create(ckpt["config"])
+    info = data_info(cfg.data)
+    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
+    load_model_weights(model, ckpt, path, cfg.model.name)
+    model.to(device).eval()
+    return LoadedModel(model, info, cfg, path, int(ckpt.get("epoch", 0)))

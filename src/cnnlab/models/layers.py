@@ -1,0 +1,33 @@
+"""Small building blocks shared by zoo entries: activations and pooling chosen by name."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from cnnlab.errors import ConfigError
+
+ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    "elu": lambda: nn.ELU(inplace=True),
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "silu": lambda: nn.SiLU(inplace=True),
+    "swish": lambda: nn.SiLU(inplace=True),
+    "gelu": nn.GELU,
+}
+
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def activation(name: str, key: str = "model.activation") -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{key}={name!r} is not accepted; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def pool(name: str, kernel_size: int, stride: int | None = None, key: str = "model.pool") -> nn.Module:
+    if name not in POOLS:
+        raise ConfigError(f"{key}={name!r} is not accepted; choose one of {', '.join(POOLS)}")
+    return POOLS[name](kernel_size, stride)

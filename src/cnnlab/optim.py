@@ -1,0 +1,145 @@
+"""Optimizers and learning-rate schedules from configs, built with hydra.utils.instantiate on torch classes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from cnnlab.errors import ConfigError
+
+# Keys in configs/optimizer and configs/scheduler that cnnlab reads itself; torch never sees them.
+OPTIMIZER_KEYS = ("decay_norm_and_bias",)
+SCHEDULER_KEYS = ("interval", "warmup_epochs", "warmup_start_factor")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Trainable parameters, split so that biases and norm-layer weights can skip weight decay."""
+    if decay_norm_and_bias or not weight_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            exempt = name.endswith("bias") or isinstance(module, _NORM_TYPES) or param.ndim <= 1
+            (no_decay if exempt else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    from hydra.utils import instantiate
+
+    options = OmegaConf.to_container(cfg, resolve=True)
+    decay_norm_and_bias = bool(options.pop("decay_norm_and_bias", True))
+    groups = parameter_groups(model, float(options.get("weight_decay", 0.0) or 0.0), decay_norm_and_bias)
+    if not any(g["params"] for g in groups):
+        raise ConfigError("the model has no trainable parameters (is everything frozen?)")
+    # _convert_="all" hands torch plain lists/dicts (betas as a list, not a ListConfig).
+    factory = instantiate(options, _convert_="all")
+    try:
+        return factory(groups)
+    except (ValueError, TypeError) as bad:
+        raise ConfigError(f"optimizer {options.get('_target_')}: {bad}") from None
+
+
+class LRSchedule:
+    """A torch scheduler plus an optional linear warm-up, stepped per batch or per epoch.
+
+    Warm-up scales every group's lr from warmup_start_factor to 1 over the first warmup_epochs (per batch,
+    for smoothness); afterwards the wrapped torch scheduler takes over, counting from the end of warm-up.
+    ReduceLROnPlateau is stepped with the monitored metric at each epoch end.
+    """
+
+    def __init__(self, optimizer, scheduler, interval: str, warmup_steps: int, warmup_start_factor: float):
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.interval = interval
+        self.warmup_steps = warmup_steps
+        self.warmup_start_factor = warmup_start_factor
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.step_count = 0
+        self.is_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        if warmup_steps:
+            self._set_warmup_lr()
+
+    def _set_warmup_lr(self) -> None:
+        frac = self.step_count / self.warmup_steps
+        factor = self.warmup_start_factor + (1.0 - self.warmup_start_factor) * frac
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def step_batch(self) -> None:
+        self.step_count += 1
+        if self.warmup_steps and self.step_count <= self.warmup_steps:
+            if self.step_count == self.warmup_steps:  # hand over at exactly the base rate
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                    group["lr"] = base
+            else:
+                self._set_warmup_lr()
+            return
+        if self.scheduler is not None and self.interval == "step" and not self.is_plateau:
+            self.scheduler.step()
+
+    def step_epoch(self, metric: float | None = None) -> None:
+        # The epoch that completes warm-up is not a main-schedule epoch yet.
+        if self.scheduler is None or (self.warmup_steps and self.step_count <= self.warmup_steps):
+            return
+        if self.is_plateau:
+            if metric is not None and math.isfinite(metric):
+                self.scheduler.step(metric)
+        elif self.interval == "epoch":
+            self.scheduler.step()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "base_lrs": self.base_lrs,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        self.base_lrs = list(state["base_lrs"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, monitor_mode: str) -> LRSchedule:
+    from hydra.utils import instantiate
+
+    options = OmegaConf.to_container(cfg, resolve=True)
+    interval = options.pop("interval", "epoch")
+    warmup_epochs = int(options.pop("warmup_epochs", 0) or 0)
+    start_factor = float(options.pop("warmup_start_factor", 0.1))
+    if interval not in ("epoch", "step"):
+        raise ConfigError(f"scheduler.interval={interval!r} is not accepted; choose epoch or step")
+    if not 0 <= warmup_epochs < max_epochs:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs} must be in [0, trainer.max_epochs={max_epochs})")
+    if not 0.0 < start_factor <= 1.0:
+        raise ConfigError(f"scheduler.warmup_start_factor={start_factor} must be in (0, 1]")
+    target = options.get("_target_")
+    scheduler = None
+    if target:
+        short = target.rsplit(".", 1)[-1]
+        main_epochs = max_epochs - warmup_epochs
+        length = main_epochs * steps_per_epoch if interval == "step" else main_epochs
+        # Fill in the lengths that depend on the run, so configs need not repeat max_epochs.
+        if short == "OneCycleLR":
+            if options.get("max_lr") is None:
+                options["max_lr"] = [g["lr"] for g in optimizer.param_groups]
+            if options.get("total_steps") is None:
+                options["total_steps"] = max(1, main_epochs * steps_per_epoch)
+            interval = "step"
+        elif short == "CosineAnnealingLR" and options.get("T_max") is None:
+            options["T_max"] = max(1, length)
+        elif short == "ReduceLROnPlateau" and options.get("mode") is None:
+            options["mode"] = monitor_mode
+        try:
+            scheduler = instantiate(options, optimizer=optimizer, _convert_="all")
+        except Exception as bad:
+            raise ConfigError(f"scheduler {target}: {bad}") from None
+    return LRSchedule(optimizer, scheduler, interval, warmup_epochs * steps_per_epoch, start_factor)

@@ -1,0 +1,83 @@
+"""`cnnlab-predict CKPT IMAGE [IMAGE ...]`: classify image files with a trained checkpoint, print the top-k labels.
+
+Each image is converted to the training data's channels, resized to its input size and normalised with
+its mean/std, all taken from the config saved inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cnnlab.cli import reports_config_errors
+from cnnlab.errors import ConfigError
+
+
+def load_image(path: Path, in_channels: int, size: tuple[int, int]):
+    """A (C, H, W) uint8 tensor in the model's channel count and input size."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if in_channels == 1 else "RGB")
+            if img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ConfigError(f"image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as bad:
+        raise ConfigError(f"image {path} cannot be read as an image: {bad}") from None
+    tensor = torch.from_numpy(array)
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -> list[dict]:
+    import torch
+
+    from cnnlab.data.loaders import Normalize
+    from cnnlab.devices import resolve_device
+    from cnnlab.model_io import find_checkpoint, load_trained_model
+
+    if topk < 1:
+        raise ConfigError(f"--topk={topk} must be at least 1")
+    target = resolve_device(device)
+    loaded = load_trained_model(find_checkpoint(ckpt, "checkpoint"), target)
+    info = loaded.info
+    batch = torch.stack([load_image(Path(p), info.in_channels, info.input_size) for p in images]).to(target)
+    x = Normalize(info.mean, info.std, target)(batch.float())
+    with torch.inference_mode():
+        probs = loaded.model(x).float().softmax(dim=1)
+    k = min(topk, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    results = []
+    for path, vals, idxs in zip(images, values.tolist(), indices.tolist()):
+        results.append({"image": str(path), "top": [{"label": info.classes[i], "index": i, "prob": v}
+                                                     for v, i in zip(vals, idxs)]})
+    return results
+
+
+@reports_config_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cnnlab-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a .ckpt file or a run dir (uses its best.ckpt, else last.ckpt)")
+    parser.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
+    parser.add_argument("--topk", type=int, default=3, help="how many labels to print per image (default 3)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    results = predict(args.checkpoint, args.images, args.topk, args.device)
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return
+    for result in results:
+        tops = ", ".join(f"{t['label']} ({t['prob']:.3f})" for t in result["top"])
+        print(f"{result['image']}: {tops}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""What a run records about itself: environment, resolved config, final metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from cnnlab import __version__
+
+_PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "tensorboard", "numpy", "mlxtend")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> dict | None:
+    """The source tree's commit and whether it has local changes, when cnnlab runs from a git checkout."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    info = {
+        "cnnlab": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {p: _version(p) for p in _PACKAGES},
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "argv": sys.argv,
+        "cwd": os.getcwd(),
+        "git": git_commit(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def write_json(obj, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def flat_hparams(config: dict) -> dict:
+    """Scalar leaves of the config as 'group.key' -> value, for TensorBoard's HParams tab."""
+    out = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if str(k) in ("_partial_", "classes", "paths", "hydra"):
+                    continue
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (list, tuple)):
+            out[prefix] = str(list(node))
+        elif isinstance(node, (bool, int, float, str)):
+            out[prefix] = node
+    walk("", {k: v for k, v in config.items() if k not in ("paths",)})
+    return out

@@ -1,0 +1,178 @@
+"""`cnnlab-train`: compose the config, build data -> model -> optimizer/schedule, fit, test, record.
+
+The Hydra entry point is thin; `train(cfg)` does the work and returns the final metrics, so tests and
+sweeps call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.cli import hydra_overrides, reports_config_errors
+from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+from cnnlab.errors import ConfigError
+
+log = logging.getLogger("cnnlab")
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]):
+    """For trainer.resume: the killed run's saved config with this command line's overrides on top."""
+    from cnnlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.trainer.resume, "trainer.resume")
+    ckpt = load_checkpoint(path)
+    saved = OmegaConf.create(ckpt["config"])
+    keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
+    merged = apply_overrides(saved, cfg, keys)
+    OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
+    return merged, ckpt, path
+
+
+@dataclass
+class Run:
+    """Everything built for one training run, ready for trainer.fit."""
+
+    cfg: DictConfig
+    config: dict
+    run_dir: Path
+    data: object
+    model: object
+    trainer: object
+    tb: object
+    n_params: int
+
+
+def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
+    """Validate the config, then build data -> model -> optimizer/schedule -> trainer (restored if resuming).
+
+    Every check on user input runs here, before the first training step.
+    """
+    overrides = hydra_overrides() if overrides is None else overrides
+    resume_ckpt = resume_path = None
+    if cfg.trainer.get("resume"):
+        cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
+    from cnnlab.validate import validate
+
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(config["paths"]["output_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from cnnlab.data import build_data
+    from cnnlab.devices import resolve_device, resolve_precision
+    from cnnlab.engine.checkpoint import CKPT_DIR, load_model_weights
+    from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
+    from cnnlab.engine.progress import Progress
+    from cnnlab.engine.trainer import Trainer
+    from cnnlab.losses import Loss
+    from cnnlab.models import build_model
+    from cnnlab.optim import build_optimizer, build_schedule
+    from cnnlab.seeding import seed_everything
+
+    tcfg = cfg.trainer
+    device = resolve_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
+    mode = resolve_mode(tcfg.monitor, tcfg.monitor_mode)
+    loss = Loss(tcfg.loss, float(tcfg.label_smoothing))
+    progress = Progress(tcfg.progress, int(tcfg.max_epochs), int(tcfg.log_every_n_steps))
+    monitored = MonitoredMetric(tcfg.monitor, mode, int(tcfg.early_stopping.patience),
+                                float(tcfg.early_stopping.min_delta))
+    seed_everything(int(cfg.seed), bool(tcfg.deterministic))
+
+    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment.transforms)
+    info = data.info
+    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
+    if resume_ckpt is not None:
+        load_model_weights(model, resume_ckpt, resume_path, cfg.model.name)
+    model = model.to(device)
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
+                              steps_per_epoch=len(data.train), monitor_mode=mode)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
+
+    from cnnlab.engine.tensorboard import TensorBoardLogger
+
+    tb = TensorBoardLogger(cfg.logger, run_dir)
+    trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule, loss=loss, device=device,
+                      precision=precision, cfg=tcfg, run_dir=run_dir, seed=int(cfg.seed), config=config, tb=tb,
+                      progress=progress, monitored=monitored, data_info=info)
+    if resume_ckpt is not None:
+        trainer.load_state_dict(resume_ckpt)
+        _carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
+        log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
+    return Run(cfg, config, run_dir, data, model, trainer, tb, n_params)
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Train one model as the config says; returns the final metrics (also written to metrics.json)."""
+    started = time.perf_counter()
+    run = prepare(cfg, overrides)
+    from cnnlab.runinfo import environment, flat_hparams, write_json
+
+    trainer, tcfg = run.trainer, run.cfg.trainer
+    write_json(environment(trainer.device), run.run_dir / "environment.json")
+    (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(run.config))
+    try:
+        trainer.fit(run.data.train, run.data.val)
+        results = trainer.test(run.data.test, run.data.info.classes)
+    except BaseException:
+        # Keep what was logged so far readable and let queued checkpoint writes finish.
+        trainer.progress.close()
+        run.tb.close()
+        trainer.checkpoints.close()
+        raise
+    summary = dict(results)
+    summary.update({
+        "val/acc_best": trainer.val_acc_best,
+        "best_epoch": trainer.monitored.best_epoch,
+        f"best_{tcfg.monitor}": trainer.monitored.best,
+        "epochs_completed": trainer.epoch,
+        "stopped_early": trainer.stopped_early,
+        "params": run.n_params,
+        "wall_time_s": time.perf_counter() - started,
+        "run_dir": str(run.run_dir),
+    })
+    write_json(summary, run.run_dir / "metrics.json")
+    run.tb.hparams(flat_hparams(run.config), {k: v for k, v in summary.items()
+                                              if k.startswith(("test/", "val/")) and isinstance(v, float)})
+    run.tb.close()
+    trainer.checkpoints.close()
+    log.info("test/loss %.4f  test/acc %.4f  (best epoch %s)  run dir: %s", summary["test/loss"], summary["test/acc"],
+             summary["best_epoch"], run.run_dir)
+    return summary
+
+
+def _carry_best_checkpoint(resume_path: Path, ckpt_dir: Path) -> None:
+    """A resumed run starts its own run dir; bring the old best.ckpt along so 'test with best' still sees it."""
+    source = Path(resume_path).parent / "best.ckpt"
+    if source.is_file() and source.resolve() != (ckpt_dir / "best.ckpt").resolve():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, ckpt_dir / "best.ckpt")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+@reports_config_errors
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # Returned for Hydra sweepers that optimise a value.
+    return metrics.get("test/acc")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

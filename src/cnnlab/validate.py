@@ -1,0 +1,113 @@
+"""Checks on the composed config that run before anything is built, so a bad value fails in a second.
+
+Every problem found is reported at once; each message names the key, the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.devices import PRECISIONS
+from cnnlab.errors import ConfigError
+from cnnlab.losses import LOSSES
+
+PROGRESS = ("auto", "bar", "plain", "none")
+MONITOR_MODES = ("auto", "min", "max")
+
+
+def _get(cfg, key):
+    return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    problems: list[str] = []
+
+    def positive_int(key, allow_zero=False):
+        value = _get(cfg, key)
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+        if not ok:
+            problems.append(f"{key}={value!r} must be a {'non-negative' if allow_zero else 'positive'} integer")
+
+    def number_in(key, lo, hi, lo_open=False, hi_open=False, allow_none=False):
+        value = _get(cfg, key)
+        if value is None and allow_none:
+            return
+        if not _is_number(value):
+            problems.append(f"{key}={value!r} must be a number")
+            return
+        below = value <= lo if lo_open else value < lo
+        above = value >= hi if hi_open else value > hi
+        if below or above:
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            problems.append(f"{key}={value!r} must be in {interval}")
+
+    def choice(key, choices):
+        value = _get(cfg, key)
+        if str(value) not in choices:
+            problems.append(f"{key}={value!r} is not accepted; choose one of {', '.join(choices)}")
+
+    # data
+    positive_int("data.batch_size")
+    positive_int("data.eval_batch_size")
+    positive_int("data.num_workers", allow_zero=True)
+    positive_int("data.num_classes")
+    positive_int("data.in_channels")
+    size = _get(cfg, "data.input_size")
+    if not (OmegaConf.is_list(size) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        problems.append(f"data.input_size={size!r} must be [height, width] with positive integers")
+    for key in ("data.mean", "data.std"):
+        value = _get(cfg, key)
+        channels = _get(cfg, "data.in_channels")
+        if not OmegaConf.is_list(value) or len(value) != channels:
+            problems.append(f"{key}={value!r} must list one value per channel (data.in_channels={channels})")
+    std = _get(cfg, "data.std")
+    if OmegaConf.is_list(std) and any((not _is_number(v)) or v <= 0 for v in std):
+        problems.append(f"data.std={list(std)!r} must be positive")
+    classes = _get(cfg, "data.classes")
+    if classes is not None and len(classes) != _get(cfg, "data.num_classes"):
+        problems.append(f"data.classes has {len(classes)} names but data.num_classes={_get(cfg, 'data.num_classes')}")
+    number_in("data.split.val", 0, 1, hi_open=True)
+    number_in("data.split.test", 0, 1, hi_open=True)
+
+    # optimizer
+    number_in("optimizer.lr", 0, float("inf"), lo_open=True)
+    number_in("optimizer.weight_decay", 0, float("inf"), allow_none=True)
+    if _get(cfg, "optimizer.momentum") is not None:
+        number_in("optimizer.momentum", 0, 1, hi_open=True)
+    if _get(cfg, "optimizer.nesterov") and not (_get(cfg, "optimizer.momentum") or 0) > 0:
+        problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
+
+    # scheduler
+    choice("scheduler.interval", ("epoch", "step"))
+    positive_int("scheduler.warmup_epochs", allow_zero=True)
+
+    # trainer
+    positive_int("trainer.max_epochs")
+    choice("trainer.precision", PRECISIONS)
+    choice("trainer.loss", LOSSES)
+    choice("trainer.progress", PROGRESS)
+    choice("trainer.monitor_mode", MONITOR_MODES)
+    choice("trainer.test_with", ("best", "last"))
+    number_in("trainer.label_smoothing", 0, 1, hi_open=True)
+    number_in("trainer.grad_clip", 0, float("inf"), allow_none=True)
+    positive_int("trainer.log_every_n_steps", allow_zero=True)
+    positive_int("trainer.early_stopping.patience")
+    number_in("trainer.early_stopping.min_delta", 0, float("inf"))
+    monitor = _get(cfg, "trainer.monitor")
+    if not (isinstance(monitor, str) and monitor.startswith("val/")):
+        problems.append(f"trainer.monitor={monitor!r} must be a validation metric such as val/loss or val/acc")
+    topk = _get(cfg, "trainer.topk")
+    if not (OmegaConf.is_list(topk) and len(topk) > 0 and all(isinstance(k, int) and k > 0 for k in topk)):
+        problems.append(f"trainer.topk={topk!r} must be a list of positive integers, e.g. [1, 5]")
+    if _get(cfg, "trainer.test_with") == "best" and not _get(cfg, "trainer.checkpoint.save_best"):
+        problems.append("trainer.test_with=best needs trainer.checkpoint.save_best=true (or set trainer.test_with=last)")
+
+    # logger
+    positive_int("logger.histogram_every_n_epochs", allow_zero=True)
+
+    if problems:
+        raise ConfigError(problems)

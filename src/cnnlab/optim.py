@@ -133,6 +133,9 @@ def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, mon
                 options["max_lr"] = [g["lr"] for g in optimizer.param_groups]
             if options.get("total_steps") is None:
                 options["total_steps"] = max(1, main_epochs * steps_per_epoch)
+            if options.get("cycle_momentum") is None:
+                defaults = optimizer.defaults
+                options["cycle_momentum"] = "betas" in defaults or bool(defaults.get("momentum"))
             interval = "step"
         elif short == "CosineAnnealingLR" and options.get("T_max") is None:
             options["T_max"] = max(1, length)

@@ -72,7 +72,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     from cnnlab.engine.checkpoint import CKPT_DIR, load_model_weights
     from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
     from cnnlab.engine.progress import Progress
-    from cnnlab.engine.trainer import Trainer
+    from cnnlab.engine.trainer import Trainer, steps_per_epoch
     from cnnlab.losses import Loss
     from cnnlab.models import build_model
     from cnnlab.optim import build_optimizer, build_schedule
@@ -98,7 +98,8 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
-                              steps_per_epoch=len(data.train), monitor_mode=mode)
+                              steps_per_epoch=steps_per_epoch(len(data.train), tcfg.get("limit_train_batches")),
+                              monitor_mode=mode)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
 

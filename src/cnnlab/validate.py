@@ -42,8 +42,11 @@ def validate(cfg: DictConfig) -> None:
         below = value <= lo if lo_open else value < lo
         above = value >= hi if hi_open else value > hi
         if below or above:
-            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            problems.append(f"{key}={value!r} must be in {interval}")
+            if hi == float("inf"):
+                problems.append(f"{key}={value!r} must be {'>' if lo_open else '>='} {lo}")
+            else:
+                interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+                problems.append(f"{key}={value!r} must be in {interval}")
 
     def choice(key, choices):
         value = _get(cfg, key)
@@ -87,6 +90,8 @@ def validate(cfg: DictConfig) -> None:
 
     # trainer
     positive_int("trainer.max_epochs")
+    if _get(cfg, "trainer.limit_train_batches") is not None:
+        positive_int("trainer.limit_train_batches")
     choice("trainer.precision", PRECISIONS)
     choice("trainer.loss", LOSSES)
     choice("trainer.progress", PROGRESS)

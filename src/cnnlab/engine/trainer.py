@@ -22,6 +22,11 @@ from cnnlab.seeding import derived_generator, rng_state, set_rng_state
 log = logging.getLogger("cnnlab")
 
 
+def steps_per_epoch(n_batches: int, limit: int | None) -> int:
+    """Batches an epoch actually trains on, given trainer.limit_train_batches."""
+    return min(n_batches, limit) if limit else n_batches
+
+
 class Trainer:
     """Owns the model, optimizer and schedule for one run and the loop that drives them.
 
@@ -47,6 +52,7 @@ class Trainer:
         self.monitored = monitored
         self.data_info = data_info
         self.ks = tuple(sorted({1, *(int(k) for k in cfg.topk)}))
+        self.limit_train_batches = cfg.get("limit_train_batches") or None
         self.channels_last = bool(cfg.channels_last)
         self.grad_clip = float(cfg.grad_clip or 0.0)
         self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
@@ -87,6 +93,9 @@ class Trainer:
         return loss, logits
 
     # ---- loops ---------------------------------------------------------------------------------------
+    def steps_per_epoch(self, train) -> int:
+        return steps_per_epoch(len(train), self.limit_train_batches)
+
     def fit(self, train, val) -> list[dict]:
         max_epochs = int(self.cfg.max_epochs)
         monitor = self.monitored.monitor
@@ -101,9 +110,11 @@ class Trainer:
             train.set_epoch(epoch)
             self.model.train()
             tracker = MetricTracker((1,), self.device)  # top-k beyond 1 is an evaluation metric
-            self.progress.start_epoch(epoch, len(train))
+            self.progress.start_epoch(epoch, self.steps_per_epoch(train))
             start = time.perf_counter()
-            for x, y in train:
+            for step, (x, y) in enumerate(train):
+                if step == self.limit_train_batches:
+                    break
                 if self.global_step == 0 and self.tb is not None:
                     self.tb.input_batch(x, self.data_info.mean, self.data_info.std, 0)
                 loss, logits = self._train_step(x, y)

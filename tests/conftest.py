@@ -1,0 +1,61 @@
+"""Shared fixtures: compose the real config tree with overrides, pointed at a temporary run dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from cnnlab.config import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small and fast unless a test says otherwise: a few epochs, no console output.
+FAST = ["trainer.progress=none", "trainer.max_epochs=2"]
+
+
+def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """make_cfg(*overrides, run="run") -> a composed train config whose run dir is tmp_path/run."""
+
+    def make(*overrides: str, run: str = "run", config_name: str = "train"):
+        base = FAST if config_name == "train" else []
+        return compose_cfg(tmp_path / run, *base, *overrides, config_name=config_name)
+
+    return make
+
+
+def _run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_cli():
+    """run_cli(module, *args, cwd=...) runs `python -m cnnlab.<module> args...` as a user would."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One short real training run shared by tests that only read its outputs (checkpoints, events, metrics)."""
+    from cnnlab.train import train
+
+    run_dir = tmp_path_factory.mktemp("shared") / "run"
+    cfg = compose_cfg(run_dir, "trainer.progress=none", "trainer.max_epochs=3", "logger.histogram_every_n_epochs=1")
+    metrics = train(cfg, overrides=[])
+    return run_dir, metrics

@@ -1,0 +1,111 @@
+"""Checkpoints: atomic writes, round trips, safe loading, and clear errors for the wrong file."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from cnnlab.engine.checkpoint import load_checkpoint, save_atomic
+from cnnlab.engine.checkpoint_writer import CheckpointWriter
+from cnnlab.errors import ConfigError
+from cnnlab.model_io import find_checkpoint, load_trained_model
+from cnnlab.train import train
+
+
+def test_checkpoint_holds_what_resume_needs(trained_run):
+    run_dir, _ = trained_run
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    for key in ("model", "optimizer", "schedule", "scaler", "epoch", "global_step", "rng", "config", "monitored",
+                "history", "format_version"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    assert ckpt["config"]["model"]["name"] == "lenet5"
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
+
+
+def test_round_trip_gives_identical_predictions(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    loaded = load_trained_model(find_checkpoint(run_dir, "ckpt"), torch.device("cpu"))
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        before = loaded.model(x)
+    state = {"model": loaded.model.state_dict(), "config": loaded.cfg and dict(model={"name": "lenet5"})}
+    save_atomic(state, tmp_path / "copy.ckpt")
+    again = load_checkpoint(tmp_path / "copy.ckpt")
+    loaded.model.load_state_dict(again["model"])
+    with torch.inference_mode():
+        assert torch.equal(before, loaded.model(x))
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path):
+    writer = CheckpointWriter()
+    weights = torch.nn.Linear(3, 2).state_dict()
+    writer.submit({"model": weights, "config": {}}, [tmp_path / "best.ckpt", tmp_path / "last.ckpt"])
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.equal(load_checkpoint(tmp_path / "last.ckpt")["model"]["weight"], weights["weight"])
+
+
+def test_snapshot_is_taken_at_submit_time(tmp_path):
+    layer = torch.nn.Linear(3, 2)
+    writer = CheckpointWriter()
+    expected = layer.weight.detach().clone()
+    writer.submit({"model": layer.state_dict(), "config": {}}, [tmp_path / "last.ckpt"])
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # training goes on while the write is queued
+    writer.close()
+    assert torch.equal(load_checkpoint(tmp_path / "last.ckpt")["model"]["weight"], expected)
+
+
+def test_run_dir_resolves_to_best_then_last(trained_run):
+    run_dir, _ = trained_run
+    assert find_checkpoint(run_dir, "ckpt").name == "best.ckpt"
+    with pytest.raises(ConfigError, match="ckpt=/definitely/not/here: no such file"):
+        find_checkpoint("/definitely/not/here", "ckpt")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    bad = tmp_path / "evil.ckpt"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": Exploit(), "config": {}}, f)
+    with pytest.raises(ConfigError, match="not a readable cnnlab checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(ConfigError, match="junk.ckpt"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(ConfigError, match="not a cnnlab checkpoint"):
+        load_checkpoint(other)
+
+
+def test_checkpoint_of_another_architecture_is_refused(trained_run, make_cfg):
+    run_dir, _ = trained_run
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    ckpt["config"]["model"]["name"] = "resnet20"
+    forged = run_dir.parent / "other_arch.ckpt"
+    torch.save(ckpt, forged)
+    # The user asks to continue that checkpoint with LeNet-5 on the command line.
+    overrides = [f"trainer.resume={forged}", "model=lenet5"]
+    with pytest.raises(ConfigError, match="holds a 'resnet20' model.*model.name='lenet5'"):
+        train(make_cfg(*overrides), overrides=overrides)
+
+
+def test_checkpoint_with_other_shapes_is_refused(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    ckpt["model"]["classifier.5.weight"] = torch.zeros(3, 84)
+    forged = tmp_path / "shapes.ckpt"
+    torch.save(ckpt, forged)
+    with pytest.raises(ConfigError, match="does not fit the configured 'lenet5' model"):
+        load_trained_model(forged, torch.device("cpu"))

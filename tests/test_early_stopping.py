@@ -1,0 +1,88 @@
+"""Early stopping on a monitored metric: patience, min_delta, mode, and the best weights used for testing."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
+from cnnlab.engine.trainer import Trainer
+from cnnlab.errors import ConfigError
+from cnnlab.train import train
+
+
+def stop_epoch(values, mode="min", patience=3, min_delta=0.0):
+    m = MonitoredMetric("val/loss", mode, patience, min_delta)
+    for epoch, v in enumerate(values, start=1):
+        m.update(v, epoch)
+        if m.should_stop:
+            return epoch, m.best_epoch
+    return None, m.best_epoch
+
+
+def test_stops_after_patience_epochs_without_improvement():
+    # Best at epoch 2; epochs 3, 4, 5 do not improve -> stop at 5.
+    assert stop_epoch([1.0, 0.8, 0.85, 0.81, 0.9, 0.1], patience=3) == (5, 2)
+
+
+def test_an_improvement_resets_patience():
+    assert stop_epoch([1.0, 0.9, 0.95, 0.8, 0.85, 0.86, 0.87], patience=3) == (7, 4)
+
+
+def test_min_delta_ignores_tiny_improvements():
+    # 0.995 and 0.991 are within min_delta=0.01 of 1.0: not improvements.
+    assert stop_epoch([1.0, 0.995, 0.991], patience=2, min_delta=0.01) == (3, 1)
+    assert stop_epoch([1.0, 0.98, 0.96], patience=2, min_delta=0.01) == (None, 3)
+
+
+def test_max_mode_and_nan():
+    assert stop_epoch([0.5, 0.6, float("nan"), 0.59], mode="max", patience=2) == (4, 2)
+
+
+def test_mode_follows_the_metric_name():
+    assert resolve_mode("val/loss", "auto") == "min"
+    assert resolve_mode("val/acc", "auto") == "max"
+    assert resolve_mode("val/acc_top5", "auto") == "max"
+    assert resolve_mode("val/acc", "min") == "min"
+    with pytest.raises(ConfigError, match="monitor_mode"):
+        resolve_mode("val/acc", "up")
+
+
+def test_trainer_stops_at_the_right_epoch_and_tests_the_best_weights(make_cfg, monkeypatch, tmp_path):
+    """Feed the real training loop a crafted val/acc sequence: best at epoch 2, patience 2 -> stops after epoch 4."""
+    crafted = iter([0.50, 0.70, 0.65, 0.69, 0.99, 0.99])
+    real_evaluate = Trainer.evaluate
+
+    def crafted_evaluate(self, loader, prefix, with_confusion=False):
+        result = real_evaluate(self, loader, prefix, with_confusion)
+        if prefix == "val":
+            result["val/acc"] = next(crafted)
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", crafted_evaluate)
+    metrics = train(make_cfg("trainer.max_epochs=6", "trainer.monitor=val/acc", "trainer.early_stopping.patience=2",
+                             "trainer.limit_train_batches=5", "logger=none", run="es"), overrides=[])
+    assert metrics["epochs_completed"] == 4
+    assert metrics["stopped_early"] is True
+    assert metrics["best_epoch"] == 2
+    assert metrics["val/acc_best"] == 0.70
+    import torch
+
+    best = torch.load(tmp_path / "es" / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "es" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 2 and last["epoch"] == 4
+
+
+def test_early_stopping_can_be_disabled(make_cfg, monkeypatch):
+    real_evaluate = Trainer.evaluate
+
+    def flat(self, loader, prefix, with_confusion=False):
+        result = real_evaluate(self, loader, prefix, with_confusion)
+        if prefix == "val":
+            result["val/loss"] = 1.0
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", flat)
+    metrics = train(make_cfg("trainer.max_epochs=4", "trainer.early_stopping.enabled=false",
+                             "trainer.early_stopping.patience=1", "trainer.limit_train_batches=3", "logger=none"),
+                    overrides=[])
+    assert metrics["epochs_completed"] == 4 and metrics["stopped_early"] is False

@@ -1,0 +1,89 @@
+"""A killed run, resumed, ends exactly where the uninterrupted run ends (CPU)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cnnlab.engine.progress import Progress
+from cnnlab.train import train
+
+COMMON = ["trainer.max_epochs=4", "trainer.limit_train_batches=12", "scheduler=step", "scheduler.step_size=1",
+          "scheduler.gamma=0.7", "logger.histogram_every_n_epochs=0"]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(make_cfg, monkeypatch, tmp_path):
+    full = train(make_cfg(*COMMON, run="full"), overrides=[])
+
+    real_end_epoch = Progress.end_epoch
+
+    def die_after_epoch_2(self, epoch, *args):
+        real_end_epoch(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill after epoch 2")
+
+    monkeypatch.setattr(Progress, "end_epoch", die_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(*COMMON, run="killed"), overrides=[])
+    monkeypatch.setattr(Progress, "end_epoch", real_end_epoch)
+    assert torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+    # Resuming needs only the run dir: the saved config supplies everything else.
+    overrides = [f"trainer.resume={tmp_path / 'killed'}"]
+    resumed = train(make_cfg(*overrides, run="resumed"), overrides=overrides)
+    for key in ("test/loss", "test/acc", "test/acc_top5", "val/acc_best", "best_epoch", "epochs_completed"):
+        assert resumed[key] == full[key], key
+    history_full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)["history"]
+    history_resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["history"]
+    assert [h["val/loss"] for h in history_full] == [h["val/loss"] for h in history_resumed]
+    assert [h["lr"] for h in history_full] == [h["lr"] for h in history_resumed]
+
+
+def test_resume_can_extend_a_finished_run(make_cfg, tmp_path):
+    train(make_cfg(*COMMON, run="short"), overrides=[])
+    overrides = [f"trainer.resume={tmp_path / 'short' / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=6"]
+    longer = train(make_cfg(*overrides, run="longer"), overrides=overrides)
+    assert longer["epochs_completed"] == 6
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, run_cli):
+    """The real thing: SIGKILL a CLI run mid-training, resume it from its run dir, compare metrics.json."""
+    args = ["trainer.max_epochs=6", "trainer.progress=plain", "logger.histogram_every_n_epochs=0"]
+    full_dir, killed_dir, resumed_dir = tmp_path / "full", tmp_path / "killed", tmp_path / "resumed"
+    done = run_cli("train", *args, f"hydra.run.dir={full_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.train", *args, f"hydra.run.dir={killed_dir}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    killed_at = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if last.is_file():
+                epoch = torch.load(last, weights_only=True)["epoch"]
+                if epoch >= 2:
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = epoch
+                    break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_dir / "metrics.json").exists()
+
+    resumed = run_cli("train", f"trainer.resume={killed_dir}", f"hydra.run.dir={resumed_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    full_metrics = json.loads((full_dir / "metrics.json").read_text())
+    resumed_metrics = json.loads((resumed_dir / "metrics.json").read_text())
+    for key in ("test/loss", "test/acc", "val/acc_best", "best_epoch", "epochs_completed", "test/confusion_matrix"):
+        assert resumed_metrics[key] == full_metrics[key], key

@@ -1,0 +1,113 @@
+"""The engine end to end, in process: a model learns, runs reproduce, overrides reach the objects built."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from cnnlab.train import prepare, train
+
+
+def test_lenet_really_learns(make_cfg):
+    metrics = train(make_cfg("trainer.max_epochs=3"), overrides=[])
+    # Chance is 10%; three epochs on 4,000 digits should clear 90% on held-out test digits.
+    assert metrics["test/acc"] > 0.90
+    assert metrics["test/loss"] < 0.5
+    assert 0 <= metrics["test/acc"] <= metrics["test/acc_top5"] <= 1
+    assert metrics["epochs_completed"] == 3
+
+
+def test_same_seed_same_metrics_on_cpu(make_cfg):
+    a = train(make_cfg("trainer.limit_train_batches=10", run="a"), overrides=[])
+    b = train(make_cfg("trainer.limit_train_batches=10", run="b"), overrides=[])
+    c = train(make_cfg("trainer.limit_train_batches=10", "seed=7", run="c"), overrides=[])
+    for key in ("test/loss", "test/acc", "val/acc_best"):
+        assert a[key] == b[key], key
+    assert a["test/loss"] != c["test/loss"]
+
+
+def test_run_dir_holds_everything(make_cfg, tmp_path):
+    metrics = train(make_cfg("trainer.max_epochs=1", run="r"), overrides=[])
+    run = tmp_path / "r"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test/acc"] == metrics["test/acc"]
+    assert len(saved["test/confusion_matrix"]) == 10
+    assert set(saved["test/per_class_acc"]) == {str(d) for d in range(10)}
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert env["device"] == "cpu"
+    assert "git" in env
+    assert "model:" in (run / "config_resolved.yaml").read_text()
+
+
+def test_cli_overrides_reach_the_objects_built(make_cfg):
+    run = prepare(make_cfg("optimizer=sgd", "optimizer.lr=0.123", "optimizer.momentum=0.5", "optimizer.nesterov=true",
+                           "scheduler=step", "scheduler.step_size=3", "data.batch_size=32", "model.activation=tanh",
+                           "model.pool=avg", "trainer.label_smoothing=0.1"), overrides=[])
+    opt = run.trainer.optimizer
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.123)
+    assert opt.param_groups[0]["momentum"] == 0.5 and opt.param_groups[0]["nesterov"] is True
+    assert isinstance(run.trainer.schedule.scheduler, torch.optim.lr_scheduler.StepLR)
+    assert run.trainer.schedule.scheduler.step_size == 3
+    assert run.data.train.batch_size == 32
+    kinds = {type(m) for m in run.model.modules()}
+    assert torch.nn.Tanh in kinds and torch.nn.AvgPool2d in kinds and torch.nn.ReLU not in kinds
+    assert run.trainer.loss.smoothing == 0.1
+    run.tb.close()
+
+
+def test_weight_decay_can_spare_biases(make_cfg):
+    run = prepare(make_cfg("optimizer.weight_decay=0.01", "optimizer.decay_norm_and_bias=false"), overrides=[])
+    groups = run.trainer.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
+    run.tb.close()
+    run = prepare(make_cfg("optimizer.weight_decay=0.01", "optimizer.decay_norm_and_bias=true", run="r2"),
+                  overrides=[])
+    assert len(run.trainer.optimizer.param_groups) == 1
+    run.tb.close()
+
+
+OPTIMIZERS = ["sgd", "adagrad", "rmsprop", "adam", "adamw"]
+SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau"]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_scheduler_pair_trains(make_cfg, optimizer, scheduler):
+    cfg = make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}", "scheduler.warmup_epochs=1",
+                   "trainer.max_epochs=3", "trainer.limit_train_batches=8", "logger=none")
+    metrics = train(cfg, overrides=[])
+    assert math.isfinite(metrics["test/loss"])
+    assert metrics["epochs_completed"] == 3
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse"])
+def test_each_loss_learns(make_cfg, loss):
+    metrics = train(make_cfg(f"trainer.loss={loss}", "trainer.max_epochs=2", "logger=none"), overrides=[])
+    assert metrics["test/acc"] > 0.5, loss
+
+
+def test_bf16_autocast_channels_last_and_clipping_on_cpu(make_cfg):
+    metrics = train(make_cfg("trainer.precision=bf16", "trainer.channels_last=true", "trainer.grad_clip=1.0",
+                             "trainer.max_epochs=2", "logger=none"), overrides=[])
+    assert metrics["test/acc"] > 0.5
+
+
+@pytest.mark.slow
+def test_torch_compile(make_cfg):
+    metrics = train(make_cfg("trainer.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=20",
+                             "logger=none"), overrides=[])
+    assert math.isfinite(metrics["test/loss"])
+
+
+def test_dataloader_path_matches_the_tensor_path_in_quality(make_cfg):
+    metrics = train(make_cfg("data.loader=dataloader", "trainer.max_epochs=2", "logger=none"), overrides=[])
+    assert metrics["test/acc"] > 0.85

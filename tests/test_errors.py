@@ -1,0 +1,80 @@
+"""Bad input gets one clear error naming the key and what is accepted, before any training starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.errors import ConfigError
+from cnnlab.train import train
+
+BAD = [
+    (["optimizer.lr=-0.1"], r"optimizer.lr=-0.1 must be > 0"),
+    (["optimizer.lr=0"], r"optimizer.lr=0 must be > 0"),
+    (["data.batch_size=0"], r"data.batch_size=0 must be a positive integer"),
+    (["trainer.max_epochs=0"], r"trainer.max_epochs=0 must be a positive integer"),
+    (["trainer.precision=fp8"], r"trainer.precision='fp8' is not accepted; choose one of 32, bf16, fp16"),
+    (["trainer.loss=hinge"], r"trainer.loss='hinge' is not accepted; choose one of cross_entropy, bce, mse"),
+    (["trainer.label_smoothing=1.5"], r"trainer.label_smoothing=1.5 must be in \[0, 1\)"),
+    (["trainer.monitor=train/loss"], r"trainer.monitor='train/loss' must be a validation metric"),
+    (["trainer.early_stopping.patience=0"], r"trainer.early_stopping.patience=0 must be a positive integer"),
+    (["data.split.val=0.6", "data.split.test=0.5"], r"leaves nothing to train on"),
+    (["data.loader=gpu"], r"data.loader='gpu' is not accepted; choose one of auto, tensor, dataloader"),
+    (["model.activation=relu6"], r"model.activation='relu6' is not accepted; choose one of relu, leaky_relu"),
+    (["model.pool=l3"], r"model.pool='l3' is not accepted; choose one of max, avg"),
+    (["+model.depth=3"], r"model 'lenet5' has no key\(s\) model.depth"),
+    (["trainer.device=tpu"], r"trainer.device='tpu' is not"),
+    (["trainer.precision=fp16", "trainer.device=cpu"], r"trainer.precision=fp16 needs a CUDA device"),
+    (["optimizer.nesterov=true", "optimizer=sgd", "optimizer.momentum=0"], r"nesterov=true needs optimizer.momentum > 0"),
+    (["scheduler.warmup_epochs=5", "trainer.max_epochs=3"], r"scheduler.warmup_epochs=5 must be in \[0, trainer.max_epochs=3\)"),
+    (["trainer.topk=[0]"], r"trainer.topk=.* must be a list of positive integers"),
+    (["data.std=[0.0]"], r"data.std=\[0.0\] must be positive"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_is_rejected_before_training(make_cfg, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg(*overrides, run="bad"), overrides=overrides)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_all_problems_are_reported_at_once(make_cfg):
+    with pytest.raises(ConfigError) as info:
+        train(make_cfg("optimizer.lr=0", "data.batch_size=0", "trainer.loss=l1"), overrides=[])
+    text = str(info.value)
+    assert text.startswith("3 problems in the config")
+    assert "optimizer.lr" in text and "data.batch_size" in text and "trainer.loss" in text
+
+
+def test_missing_checkpoint_for_resume(make_cfg, tmp_path):
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(ConfigError, match=f"trainer.resume={missing}: no such file or directory"):
+        train(make_cfg(f"trainer.resume={missing}"), overrides=[])
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no checkpoint in that directory.*last.ckpt"):
+        train(make_cfg(f"trainer.resume={empty}"), overrides=[])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_requested_without_cuda(make_cfg):
+    with pytest.raises(ConfigError, match="trainer.device=cuda but CUDA is not available.*trainer.device=auto or cpu"):
+        train(make_cfg("trainer.device=cuda"), overrides=[])
+
+
+def test_cli_unknown_group_option_lists_the_choices(run_cli, tmp_path):
+    done = run_cli("train", "optimizer=adamm", cwd=tmp_path)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "Could not find 'optimizer/adamm'" in out
+    for name in ("sgd", "adagrad", "rmsprop", "adam", "adamw"):
+        assert name in out
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_cli_bad_value_exits_2_with_one_line(run_cli, tmp_path):
+    done = run_cli("train", "optimizer.lr=-1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "error: optimizer.lr=-1 must be > 0" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

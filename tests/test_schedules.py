@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from cnnlab.optim import build_schedule
 
 # These unit tests step schedules without optimizer steps on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 
 
 def optimizer(lr=1.0):

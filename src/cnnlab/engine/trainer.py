@@ -141,7 +141,7 @@ class Trainer:
             metrics["epoch"] = epoch
             self.history.append(metrics)
             if self.tb is not None:
-                self.tb.scalars(metrics, epoch)
+                self.tb.scalars({k: v for k, v in metrics.items() if k != "epoch"}, epoch)
                 if self.tb.wants_histograms(epoch):
                     self.tb.histograms(self.model, epoch)
             self._save_checkpoints(improved)

@@ -1,0 +1,290 @@
+"""TensorBoard output of a real run: read back with TensorBoard's own reader, then served by a real TensorBoard."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+EPOCHS = 3  # the shared `trained_run` fixture trains for 3 epochs with histograms every epoch
+PER_EPOCH = ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/acc_best", "lr",
+             "throughput/img_s", "time/epoch_s"]
+TEST = ["test/loss", "test/acc", "test/acc_top5"]
+IMAGES = ["inputs/train_batch", "filters/first_conv", "test/confusion_matrix"]
+HPARAM_METRICS = {"test/loss", "test/acc", "test/acc_top5", "val/acc_best"}
+FIRST_CONV = "features.0.weight"
+SERVER_DEADLINE_S = 60
+
+
+# ---- reading the event file back -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def events(trained_run):
+    run_dir, _ = trained_run
+    files = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(files) == 1, f"expected one event file directly in the run dir, found {files}"
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def plugin_content(acc, plugin):
+    try:
+        return acc.PluginTagToContent(plugin)
+    except KeyError:
+        pytest.fail(f"no {plugin!r} plugin data in the event file")
+
+
+def series(acc, tag):
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_scalar_tags_present(events):
+    tags = set(events.Tags()["scalars"])
+    missing = [t for t in PER_EPOCH + TEST if t not in tags]
+    assert not missing, f"missing scalar tags {missing}; logged: {sorted(tags)}"
+    assert f"grad_norm/{FIRST_CONV}" in tags
+
+
+def test_per_epoch_scalars_once_per_epoch_and_finite(events):
+    grad_norms = [t for t in events.Tags()["scalars"] if t.startswith("grad_norm/")]
+    assert grad_norms
+    for tag in PER_EPOCH + grad_norms:
+        points = series(events, tag)
+        assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), f"{tag}: steps {[s for s, _ in points]}"
+        assert all(math.isfinite(v) for _, v in points), f"{tag}: {points}"
+    for tag in grad_norms:
+        assert all(v > 0 for _, v in series(events, tag)), tag
+
+
+def test_scalar_values_are_sensible(events, trained_run):
+    _, metrics = trained_run
+    values = {t: [v for _, v in series(events, t)] for t in PER_EPOCH + TEST}
+    for tag in ("train/acc", "val/acc", "val/acc_top5", "val/acc_best", "test/acc", "test/acc_top5"):
+        assert all(0.0 <= v <= 1.0 for v in values[tag]), (tag, values[tag])
+    for tag in ("train/loss", "val/loss", "test/loss"):
+        assert all(v > 0 for v in values[tag]), (tag, values[tag])
+    for top1, top5 in zip(values["val/acc"], values["val/acc_top5"]):
+        assert top1 <= top5 + 1e-6
+    assert values["test/acc"][0] <= values["test/acc_top5"][0] + 1e-6
+    # val/acc_best is the running maximum of val/acc.
+    running = [max(values["val/acc"][: i + 1]) for i in range(EPOCHS)]
+    assert values["val/acc_best"] == pytest.approx(running, abs=1e-6)
+    assert all(v > 0 for v in values["lr"])
+    assert all(v > 0 for v in values["throughput/img_s"])
+    assert all(v > 0 for v in values["time/epoch_s"])
+    # The model learnt something, and the curves are what the run itself reported.
+    assert values["train/loss"][-1] < values["train/loss"][0]
+    assert values["val/acc"][-1] > 0.5
+    for tag in TEST:
+        assert values[tag] == [pytest.approx(metrics[tag], rel=1e-5)], tag
+    assert values["val/acc_best"][-1] == pytest.approx(metrics["val/acc_best"], rel=1e-5)
+
+
+def test_test_scalars_logged_once_at_last_epoch(events):
+    for tag in TEST:
+        assert [s for s, _ in series(events, tag)] == [EPOCHS], tag
+
+
+def test_histograms_match_the_weights(events, trained_run):
+    run_dir, _ = trained_run
+    hist_tags = set(events.Tags()["histograms"])
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == EPOCHS
+    params = state["model"]
+    assert FIRST_CONV in params
+    for name in params:
+        for kind in ("weights", "grads"):
+            tag = f"{kind}/{name}"
+            assert tag in hist_tags, f"missing histogram {tag}"
+            assert [h.step for h in events.Histograms(tag)] == list(range(1, EPOCHS + 1)), tag
+    # last.ckpt holds the weights after the final epoch: the same tensor the step-3 histogram summarised.
+    for name in (FIRST_CONV, next(reversed(params))):
+        w = params[name].float()
+        h = events.Histograms(f"weights/{name}")[-1].histogram_value
+        assert h.num == w.numel(), name
+        assert h.min == pytest.approx(float(w.min()), abs=1e-6)
+        assert h.max == pytest.approx(float(w.max()), abs=1e-6)
+        assert h.sum == pytest.approx(float(w.sum()), rel=1e-4, abs=1e-4)
+        g = events.Histograms(f"grads/{name}")[-1].histogram_value
+        assert g.num == w.numel() and g.max > g.min
+
+
+def test_images(events, trained_run):
+    run_dir, _ = trained_run
+    assert set(IMAGES) <= set(events.Tags()["images"]), events.Tags()["images"]
+    expected_step = {"inputs/train_batch": 0, "filters/first_conv": 0, "test/confusion_matrix": EPOCHS}
+    for tag in IMAGES:
+        imgs = events.Images(tag)
+        assert [i.step for i in imgs] == [expected_step[tag]], tag
+        img = imgs[0]
+        assert img.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n", tag
+        decoded = Image.open(io.BytesIO(img.encoded_image_string))
+        assert decoded.size == (img.width, img.height), tag
+        lo, hi = decoded.convert("L").getextrema()
+        assert hi > lo, f"{tag} is a blank image"
+    # A grid of a whole batch of 28x28 digits, not a single digit.
+    batch = events.Images("inputs/train_batch")[0]
+    assert batch.width > 2 * 28 and batch.height > 2 * 28
+
+
+def test_confusion_matrix_text_matches_metrics(events, trained_run):
+    _, metrics = trained_run
+    text_tags = plugin_content(events, "text")
+    tags = [t for t in text_tags if t.startswith("test/confusion_matrix")]
+    assert tags, f"no confusion-matrix text; text tags: {list(text_tags)}"
+    tensors = events.Tensors(tags[0])
+    assert [t.step for t in tensors] == [EPOCHS]
+    table = tensors[0].tensor_proto.string_val[0].decode()
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| true \\ pred |")
+    rows = [[int(c) for c in line.strip("|").split("|")[1:]] for line in lines[2:]]
+    assert rows == metrics["test/confusion_matrix"]
+    assert len(rows) == 10 and sum(map(sum, rows)) > 0
+
+
+def test_hparams_in_the_same_event_file(events, trained_run):
+    run_dir, _ = trained_run
+    content = plugin_content(events, "hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == HPARAM_METRICS
+    # Every hparams metric is also a scalar in this run, so the HParams tab can show its value.
+    assert HPARAM_METRICS <= set(events.Tags()["scalars"])
+    names = {h.name for h in experiment.hparam_infos}
+    assert {"seed", "model.name", "optimizer.lr", "trainer.max_epochs"} <= names
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    assert start.hparams["model.name"].string_value == cfg["model"]["name"]
+    assert start.hparams["seed"].number_value == cfg["seed"]
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(cfg["optimizer"]["lr"])
+    assert start.hparams["trainer.max_epochs"].number_value == EPOCHS
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == api_pb2.STATUS_SUCCESS
+
+
+# ---- a real TensorBoard server -----------------------------------------------------------------------------
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, never via a proxy
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc, port, log_path):
+        self.proc, self.port, self.log_path = proc, port, log_path
+
+    def url(self, path: str, **query) -> str:
+        q = ("?" + urllib.parse.urlencode(query)) if query else ""
+        return f"http://127.0.0.1:{self.port}{path}{q}"
+
+    def get(self, path: str, **query):
+        with _NO_PROXY.open(self.url(path, **query), timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict):
+        req = urllib.request.Request(self.url(path), data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with _NO_PROXY.open(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    run_dir, _ = trained_run
+    log_path = tmp_path_factory.mktemp("tensorboard") / "server.log"
+    port = free_port()
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir.parent), "--host", "127.0.0.1",
+             "--port", str(port), "--load_fast=false", "--reload_interval", "0"],
+            stdout=log_file, stderr=subprocess.STDOUT)
+    srv = Server(proc, port, log_path)
+    try:
+        deadline = time.monotonic() + SERVER_DEADLINE_S
+        last_error = None
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tensorboard exited with {proc.returncode}:\n{srv.log()}")
+            try:
+                # test/acc is the last scalar written: once it is visible the whole run has been loaded.
+                if "test/acc" in srv.get("/data/plugin/scalars/tags").get(run_dir.name, {}):
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
+                last_error = exc
+            if time.monotonic() > deadline:
+                pytest.fail(f"tensorboard not ready after {SERVER_DEADLINE_S}s ({last_error!r}):\n{srv.log()}")
+            time.sleep(0.2)
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_server_lists_run_and_scalar_tags(server, trained_run):
+    run = trained_run[0].name
+    assert server.get("/data/runs") == [run]
+    tags = server.get("/data/plugin/scalars/tags")
+    assert set(tags) == {run}
+    assert set(PER_EPOCH + TEST) <= set(tags[run]), sorted(tags[run])
+
+
+def test_server_serves_val_acc_curve(server, trained_run, events):
+    run = trained_run[0].name
+    points = server.get("/data/plugin/scalars/scalars", run=run, tag="val/acc")
+    assert [p[1] for p in points] == list(range(1, EPOCHS + 1))
+    assert [p[2] for p in points] == pytest.approx([v for _, v in series(events, "val/acc")])
+
+
+def test_server_enables_the_dashboards(server, trained_run):
+    run = trained_run[0].name
+    listing = server.get("/data/plugins_listing")
+    for plugin in ("scalars", "histograms", "images", "text", "hparams"):
+        assert listing[plugin]["enabled"], plugin
+    assert set(IMAGES) <= set(server.get("/data/plugin/images/tags")[run])
+    assert f"weights/{FIRST_CONV}" in server.get("/data/plugin/histograms/tags")[run]
+
+
+def test_server_hparams_tab_shows_the_run(server, trained_run):
+    run_dir, metrics = trained_run
+    body = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_FAILURE",
+                                                      "STATUS_RUNNING"], "colParams": [], "startIndex": 0,
+            "sliceSize": 10}
+    deadline = time.monotonic() + 10  # hparams summaries are the very last events in the file
+    while True:
+        groups = server.post("/data/plugin/hparams/session_groups", body)
+        if groups.get("sessionGroups") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert groups["totalSize"] == 1, groups
+    group = groups["sessionGroups"][0]
+    assert [s["name"] for s in group["sessions"]] == [run_dir.name]
+    assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
+    assert group["hparams"]["model.name"] == "lenet5"
+    values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+    assert set(values) == HPARAM_METRICS
+    for tag in HPARAM_METRICS:
+        assert values[tag] == pytest.approx(metrics[tag], rel=1e-5), tag

@@ -6,12 +6,12 @@ one process) this counts everything a user waits for: interpreter start, imports
 data loading, training, validation, checkpoints, TensorBoard, the test pass and shutdown.
 
 Each round runs both commands as fresh subprocesses of the same interpreter (sys.executable), in ABBA order
-(cnnlab first in even rounds, hand first in odd ones) so drift in machine speed hits both sides alike. Wall
+(cnnlab first in rounds 1, 3, 5, ..., hand first in rounds 2, 4, ...) so drift in machine speed hits both sides alike. Wall
 time is time.perf_counter() around subprocess.run, from spawn to exit. cnnlab writes its run dir into a
 temporary directory (paths.output_root=<tmp>), which is deleted afterwards. The result is the median of the
 per-round ratios cnnlab/hand.
 
-    python scripts/bench_startup.py                        # default run: 5 rounds of 20 epochs (~4 minutes)
+    python scripts/bench_startup.py                        # default run: 5 rounds of 20 epochs (~2 minutes)
     python scripts/bench_startup.py --rounds 3 --epochs 5
     python scripts/bench_startup.py logger.enabled=false   # extra arguments are cnnlab overrides
 """
@@ -34,14 +34,17 @@ TARGET = 1.10
 
 
 def run_timed(cmd: list[str], label: str) -> float:
-    """Run cmd to completion; returns its wall time in seconds. Exits with its stderr tail if it fails."""
+    """Run cmd to completion; returns its wall time in seconds. Exits with its output tails if it fails."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
+        sys.stdout.flush()
         print(f"\n{label} failed with exit status {proc.returncode}: {' '.join(cmd)}", file=sys.stderr)
-        print("--- stderr (last 40 lines) ---", file=sys.stderr)
-        print("\n".join(proc.stderr.splitlines()[-40:]), file=sys.stderr)
+        # cnnlab logs errors to the console handler, which is stdout; tracebacks go to stderr.
+        for name, text in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            print(f"--- {name} (last 20 lines) ---", file=sys.stderr)
+            print("\n".join(text.splitlines()[-20:]), file=sys.stderr)
         sys.exit(1)
     return seconds
 

@@ -14,6 +14,7 @@ per-round ratios cnnlab/hand.
     python scripts/bench_startup.py                        # default run: 5 rounds of 20 epochs (~2 minutes)
     python scripts/bench_startup.py --rounds 3 --epochs 5
     python scripts/bench_startup.py logger.enabled=false   # extra arguments are cnnlab overrides
+    python scripts/bench_startup.py --hand-gc-freeze       # baseline that also uses gc.freeze()
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="ABBA rounds (default 5)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs on both sides (default 20 = the default run)")
+    parser.add_argument("--hand-gc-freeze", action="store_true",
+                        help="give the hand script cnnlab's gc.freeze() start-up trick too (a stricter baseline)")
     parser.add_argument("overrides", nargs="*", help="extra cnnlab config overrides, e.g. trainer.progress=none")
     args = parser.parse_args()
 
@@ -73,6 +76,8 @@ def main() -> None:
         cnnlab_cmd = [sys.executable, "-m", "cnnlab.train", f"trainer.max_epochs={args.epochs}",
                       f"paths.output_root={output_root}", *args.overrides]
         hand_cmd = [sys.executable, str(HAND_SCRIPT), "--epochs", str(args.epochs)]
+        if args.hand_gc_freeze:
+            hand_cmd.append("--gc-freeze")
         print(f"cnnlab: {' '.join(cnnlab_cmd)}")
         print(f"hand:   {' '.join(hand_cmd)}")
         load_before = os.getloadavg()[0]

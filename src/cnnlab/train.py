@@ -67,6 +67,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
 
     import torch
 
+    _exempt_from_gc()  # torch's import leaves ~10^6 long-lived objects that every collection would rescan
     from cnnlab.data import build_data
     from cnnlab.devices import resolve_device, resolve_precision
     from cnnlab.engine.checkpoint import CKPT_DIR, load_model_weights
@@ -96,7 +97,8 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     model = model.to(device)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model)
+    optimizer = build_optimizer(cfg.optimizer, model)  # the first optimizer imports torch._dynamo
+    _exempt_from_gc()
     schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
                               steps_per_epoch=steps_per_epoch(len(data.train), tcfg.get("limit_train_batches")),
                               monitor_mode=mode)
@@ -155,6 +157,18 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return summary
 
 
+def _exempt_from_gc() -> None:
+    """Move every object alive now into the collector's permanent generation.
+
+    Module-level objects from torch and torch._dynamo live until exit anyway; without this, each full
+    collection during start-up and at interpreter shutdown walks all of them (about a second per run on
+    two cores, see docs/benchmarks.md). Objects created later are collected as usual.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def _carry_best_checkpoint(resume_path: Path, ckpt_dir: Path) -> None:
     """A resumed run starts its own run dir; bring the old best.ckpt along so 'test with best' still sees it."""
     source = Path(resume_path).parent / "best.ckpt"
@@ -172,7 +186,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _hydra_main()
+    try:
+        _hydra_main()
+    finally:
+        _exempt_from_gc()  # shutdown's final collection then skips the run's long-lived objects
 
 
 if __name__ == "__main__":

@@ -41,6 +41,23 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
         raise
 
 
+def link_atomic(source: Path, target: Path) -> None:
+    """Make `target` a second name for the complete file `source` (best.ckpt and last.ckpt of the same epoch).
+
+    Saves writing and syncing the same bytes twice. The next atomic write to either name renames a new file
+    over it, so the two names part again without either being torn. Falls back to a copy where hard links
+    are not supported.
+    """
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        write_bytes_atomic(Path(source).read_bytes(), target)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

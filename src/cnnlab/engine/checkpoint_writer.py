@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.engine.checkpoint import write_bytes_atomic
+from cnnlab.engine.checkpoint import link_atomic, write_bytes_atomic
 
 
 def snapshot(obj):
@@ -46,9 +46,9 @@ class CheckpointWriter:
     def _write(state: dict, paths: list[Path]) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)  # serialise once, even when best and last get the same state
-        data = buffer.getvalue()
-        for path in paths:
-            write_bytes_atomic(data, path)
+        write_bytes_atomic(buffer.getvalue(), paths[0])
+        for path in paths[1:]:
+            link_atomic(paths[0], path)
 
     def _raise_finished_errors(self) -> None:
         still = []

@@ -59,7 +59,8 @@ def test_trainer_stops_at_the_right_epoch_and_tests_the_best_weights(make_cfg, m
         return result
 
     monkeypatch.setattr(Trainer, "evaluate", crafted_evaluate)
-    metrics = train(make_cfg("trainer.max_epochs=6", "trainer.monitor=val/acc", "trainer.early_stopping.patience=2",
+    metrics = train(make_cfg("trainer.max_epochs=6", "trainer.monitor=val/acc", "trainer.early_stopping.enabled=true",
+                             "trainer.early_stopping.patience=2",
                              "trainer.limit_train_batches=5", "logger=none", run="es"), overrides=[])
     assert metrics["epochs_completed"] == 4
     assert metrics["stopped_early"] is True

@@ -22,6 +22,14 @@ from cnnlab.seeding import derived_generator, rng_state, set_rng_state
 log = logging.getLogger("cnnlab")
 
 
+def split_outputs(out):
+    """(main logits, [auxiliary logits]) from a model's output: a tensor, or a tuple such as torchvision's
+    GoogLeNetOutputs / InceptionOutputs whose first entry is the main head."""
+    if isinstance(out, torch.Tensor):
+        return out, []
+    return out[0], [a for a in out[1:] if a is not None]
+
+
 def steps_per_epoch(n_batches: int, limit: int | None) -> int:
     """Batches an epoch actually trains on, given trainer.limit_train_batches."""
     return min(n_batches, limit) if limit else n_batches
@@ -54,6 +62,7 @@ class Trainer:
         self.ks = tuple(sorted({1, *(int(k) for k in cfg.topk)}))
         self.limit_train_batches = cfg.get("limit_train_batches") or None
         self.channels_last = bool(cfg.channels_last)
+        self.aux_loss_weight = float(getattr(model, "aux_loss_weight", 0.0))
         self.grad_clip = float(cfg.grad_clip or 0.0)
         self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
         self.forward_model = torch.compile(model) if cfg.compile else model
@@ -74,8 +83,10 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            logits = self.forward_model(x)
+            logits, aux = split_outputs(self.forward_model(x))
             loss = self.loss(logits, y)
+            if aux:  # auxiliary classifiers (GoogLeNet, Inception v3) count in training only
+                loss = loss + self.aux_loss_weight * sum(self.loss(a, y) for a in aux)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -238,7 +249,7 @@ def evaluate_model(model: nn.Module, loader, loss, prefix: str, *, ks=(1, 5), de
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
-            logits = model(x)
+            logits, _ = split_outputs(model(x))
             batch_loss = loss(logits, y)
         tracker.update(batch_loss, logits.float(), y)
         if with_confusion:

@@ -40,9 +40,81 @@ def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modul
     if unknown:
         raise ConfigError(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
                           f"it accepts {', '.join(sorted(accepted)) or 'none'}")
-    return builder(in_channels=int(in_channels), num_classes=int(num_classes), input_size=tuple(input_size), **kwargs)
+    def build(size):
+        return builder(in_channels=int(in_channels), num_classes=int(num_classes), input_size=tuple(size), **kwargs)
+
+    try:
+        model = build(input_size)
+    except RuntimeError as bad:  # entries that size their head with a shape pass fail while being built
+        _input_size_error(name, int(in_channels), input_size, f"{str(bad).splitlines()[0]}",
+                          lambda size: _builds_and_runs(build, int(in_channels), size))
+    failure = _dry_run(model, int(in_channels), tuple(input_size))
+    if failure is not None:
+        _input_size_error(name, int(in_channels), input_size, failure,
+                          lambda size: _dry_run(model, int(in_channels), size) is None)
+    return model
+
+
+def _builds_and_runs(build, in_channels: int, size) -> bool:
+    import torch
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no weight init
+            model = build(size)
+        return _dry_run(model, in_channels, size) is None
+    except (RuntimeError, ConfigError):
+        return False
+
+
+def _input_size_error(name: str, in_channels: int, input_size, failure: str, accepts) -> None:
+    """Raise a ConfigError naming the failing layer and the smallest square input `accepts` (size -> bool)."""
+    lo, hi = 1, 1024
+    if not accepts((hi, hi)):
+        smallest = "none up to 1024x1024"
+    else:
+        while lo < hi:  # binary search: larger inputs never fail where a smaller one passes
+            mid = (lo + hi) // 2
+            if accepts((mid, mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+        smallest = f"{lo}x{lo}"
+    raise ConfigError(f"model {name!r} cannot take {in_channels}x{input_size[0]}x{input_size[1]} inputs: {failure}. "
+                      f"The smallest square input it accepts is {smallest}; change data.input_size or the model")
+
+
+def _dry_run(model: nn.Module, in_channels: int, size) -> str | None:
+    """Run one zero image through the model; None if it passes, else 'layer (Type): first line of the error'."""
+    import torch
+
+    entered: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda mod, _: entered.append(names[mod]))
+             for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, *size, device=device))
+        return None
+    except (RuntimeError, ValueError) as bad:
+        layer = entered[-1] if entered else "input"
+        kind = type(model.get_submodule(layer)).__name__ if entered else ""
+        return f"layer {layer!r} ({kind}): {str(bad).splitlines()[0]}"
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+
+
+# Modules whose @register decorators fill MODELS. They import torchvision only inside the builders that
+# need it, so building LeNet-5 never pays torchvision's second of import time.
+ZOO_MODULES = ("lenet", "alexnet", "torchvision_zoo", "mlp", "cifar_resnet", "densenet_bc", "convnet")
 
 
 def _import_zoo() -> None:
-    # Importing the entry modules runs their @register decorators.
-    from cnnlab.models import lenet  # noqa: F401
+    import importlib
+
+    for module in ZOO_MODULES:
+        importlib.import_module(f"cnnlab.models.{module}")

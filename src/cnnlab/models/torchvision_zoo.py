@@ -1,0 +1,158 @@
+"""Zoo entries built on torchvision's implementations, adapted for small images in one place.
+
+torchvision is imported inside the builders only: a LeNet-5 run never pays its import time.
+`adapt_stem` is the single place where ImageNet-shaped stems are changed for 28/32-pixel inputs and for
+inputs that are not RGB; everything else is torchvision's code, so its weights enums still fit the
+unadapted models.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from cnnlab.errors import ConfigError
+from cnnlab.models import register
+
+# Below this input size the ImageNet stems (7x7/11x11 stride-2+ convolutions and an early max pool)
+# throw away most of the image, so they are replaced by a 3x3 stride-1 convolution.
+SMALL_INPUT = 64
+
+
+def _is_small(input_size) -> bool:
+    return min(input_size) < SMALL_INPUT
+
+
+def _conv_like(old: nn.Conv2d, in_channels: int, kernel_size=None, stride=None, padding=None) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, old.out_channels, kernel_size=kernel_size or old.kernel_size,
+                     stride=stride or old.stride, padding=old.padding if padding is None else padding,
+                     bias=old.bias is not None)
+
+
+def adapt_stem(model: nn.Module, family: str, in_channels: int, input_size) -> nn.Module:
+    """Swap the first convolution for `in_channels`, and for small inputs replace the stem entirely."""
+    small = _is_small(input_size)
+    if family == "resnet":
+        if small:
+            model.conv1 = _conv_like(model.conv1, in_channels, kernel_size=3, stride=1, padding=1)
+            model.maxpool = nn.Identity()
+        elif in_channels != 3:
+            model.conv1 = _conv_like(model.conv1, in_channels)
+    elif family == "densenet":
+        conv0 = model.features.conv0
+        if small:
+            model.features.conv0 = _conv_like(conv0, in_channels, kernel_size=3, stride=1, padding=1)
+            model.features.pool0 = nn.Identity()
+        elif in_channels != 3:
+            model.features.conv0 = _conv_like(conv0, in_channels)
+    elif family == "googlenet":
+        conv = model.conv1.conv
+        if small:
+            model.conv1.conv = _conv_like(conv, in_channels, kernel_size=3, stride=1, padding=1)
+            model.maxpool1 = nn.Identity()
+            model.maxpool2 = nn.Identity()
+        elif in_channels != 3:
+            model.conv1.conv = _conv_like(conv, in_channels)
+    elif family == "inception_v3":
+        if in_channels != 3:
+            model.Conv2d_1a_3x3.conv = _conv_like(model.Conv2d_1a_3x3.conv, in_channels)
+    elif family in ("vgg", "alexnet_torchvision"):
+        first = model.features[0]
+        if in_channels != 3:
+            model.features[0] = _conv_like(first, in_channels)
+        if family == "vgg" and small:
+            # Five 2x2 pools take 32px to 1px and 28px to nothing: drop the last pool and classify from
+            # globally pooled 512 features (the usual CIFAR VGG head) instead of a 7x7x512 grid.
+            last_pool = max(i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d))
+            model.features[last_pool] = nn.Identity()
+            model.avgpool = nn.AdaptiveAvgPool2d(1)
+            num_classes = model.classifier[-1].out_features
+            model.classifier = nn.Sequential(
+                nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(512, num_classes))
+    else:
+        raise ValueError(f"unknown family {family}")
+    return model
+
+
+def _vgg(name: str):
+    def build(in_channels: int, num_classes: int, input_size, dropout: float = 0.5):
+        import torchvision.models as tvm
+
+        model = getattr(tvm, name)(weights=None, num_classes=num_classes, dropout=dropout)
+        return adapt_stem(model, "vgg", in_channels, input_size)
+
+    build.__doc__ = f"torchvision {name} (Simonyan & Zisserman 2015)."
+    return build
+
+
+for _name in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"):
+    register(_name)(_vgg(_name))
+
+
+def _resnet(name: str):
+    def build(in_channels: int, num_classes: int, input_size, zero_init_residual: bool = False):
+        import torchvision.models as tvm
+
+        model = getattr(tvm, name)(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+        return adapt_stem(model, "resnet", in_channels, input_size)
+
+    build.__doc__ = f"torchvision {name} (He et al. 2016), ImageNet layout; 3x3 stem for small inputs."
+    return build
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    register(_name)(_resnet(_name))
+
+
+def _densenet(name: str):
+    def build(in_channels: int, num_classes: int, input_size, drop_rate: float = 0.0):
+        import torchvision.models as tvm
+
+        model = getattr(tvm, name)(weights=None, num_classes=num_classes, drop_rate=drop_rate)
+        return adapt_stem(model, "densenet", in_channels, input_size)
+
+    build.__doc__ = f"torchvision {name} (Huang et al. 2017)."
+    return build
+
+
+for _name in ("densenet121", "densenet169", "densenet201"):
+    register(_name)(_densenet(_name))
+
+
+@register("alexnet_torchvision")
+def alexnet_torchvision(in_channels: int, num_classes: int, input_size, dropout: float = 0.5) -> nn.Module:
+    """torchvision's AlexNet variant (64-192-384-256-256 filters, no LRN): the one its pretrained weights fit."""
+    import torchvision.models as tvm
+
+    model = tvm.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
+    return adapt_stem(model, "alexnet_torchvision", in_channels, input_size)
+
+
+@register("googlenet")
+def googlenet(in_channels: int, num_classes: int, input_size, aux_logits: bool = True, aux_weight: float = 0.3,
+              dropout: float = 0.2) -> nn.Module:
+    """GoogLeNet / Inception v1 (Szegedy et al. 2015). The two auxiliary classifiers' losses are added to the
+    main loss with weight `aux_weight` during training; at eval the model returns the main logits only."""
+    import torchvision.models as tvm
+
+    model = tvm.googlenet(weights=None, num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
+                          init_weights=True, dropout=dropout)
+    model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
+    return adapt_stem(model, "googlenet", in_channels, input_size)
+
+
+@register("inception_v3")
+def inception_v3(in_channels: int, num_classes: int, input_size, aux_logits: bool = True, aux_weight: float = 0.4,
+                 dropout: float = 0.5) -> nn.Module:
+    """Inception v3 (Szegedy et al. 2016); needs inputs of at least 75x75, and 299x299 for its auxiliary head."""
+    import torchvision.models as tvm
+
+    if min(input_size) < 75:
+        raise ConfigError(f"model inception_v3 needs inputs of at least 75x75 (data.input_size={list(input_size)}); "
+                          "resize the data (data.input_size=[299,299]) or pick a small-image model")
+    if aux_logits and min(input_size) < 299:
+        raise ConfigError(f"model inception_v3's auxiliary classifier needs inputs of at least 299x299 "
+                          f"(data.input_size={list(input_size)}); set model.aux_logits=false for smaller inputs")
+    model = tvm.inception_v3(weights=None, num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
+                             init_weights=True, dropout=dropout)
+    model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
+    return adapt_stem(model, "inception_v3", in_channels, input_size)

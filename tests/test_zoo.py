@@ -1,0 +1,168 @@
+"""Zoo entries built on torchvision (and the paper AlexNet): published sizes, training on small and large
+inputs, auxiliary heads, and the input-size check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cnnlab.engine.trainer import split_outputs
+from cnnlab.errors import ConfigError
+from cnnlab.models import build_model
+
+# torchvision's published parameter counts at 1000 classes (GoogLeNet's without its auxiliary heads,
+# Inception v3's with its auxiliary head, as torchvision reports them); AlexNet's from the paper's layout.
+PUBLISHED = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet152": 60_192_808, "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544,
+    "vgg19": 143_667_240, "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992,
+    "vgg19_bn": 143_678_248, "densenet121": 7_978_856, "densenet169": 14_149_480, "densenet201": 20_013_928,
+    "alexnet_torchvision": 61_100_840, "googlenet": 6_624_904, "inception_v3": 27_161_264,
+    "alexnet": 62_378_344,
+}
+
+
+def model(name, in_channels=3, num_classes=10, size=(32, 32), **keys):
+    return build_model(OmegaConf.create({"name": name, **keys}), in_channels, num_classes, size)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_match_the_published_ones(name):
+    size = (299, 299) if name == "inception_v3" else (227, 227) if name == "alexnet" else (224, 224)
+    with torch.device("meta"):
+        m = model(name, 3, 1000, size)
+    params = dict(m.named_parameters())
+    if name == "googlenet":
+        params = {k: v for k, v in params.items() if not k.startswith("aux")}
+    assert sum(p.numel() for p in params.values()) == PUBLISHED[name]
+
+
+def test_paper_alexnet_two_gpu_grouping():
+    with torch.device("meta"):
+        assert sum(p.numel() for p in model("alexnet", 3, 1000, (227, 227), groups=2).parameters()) == 60_965_224
+
+
+def loss_goes_down(m, in_channels, size, steps=4, batch=4, num_classes=10):
+    torch.manual_seed(0)
+    x = torch.randn(batch, in_channels, *size)
+    y = torch.randint(0, num_classes, (batch,))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m.train()
+    losses = []
+    for _ in range(steps):
+        logits, aux = split_outputs(m(x))
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        losses.append(float(loss.detach()))
+        loss = loss + sum(0.3 * torch.nn.functional.cross_entropy(a, y) for a in aux)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # Still in train mode: after a few steps BN's running statistics are not yet the batch's.
+    with torch.no_grad():
+        final = float(torch.nn.functional.cross_entropy(split_outputs(m(x))[0], y))
+    return losses[0], final
+
+
+def no_dropout(name):
+    """Dropout off, so that a few steps on one batch show the optimisation itself."""
+    return {"dropout": 0.0} if name.startswith(("vgg", "alexnet", "googlenet", "inception")) else {}
+
+
+SMALL = ["alexnet_small", "resnet18", "resnet34", "resnet50", "vgg11", "vgg11_bn", "vgg16_bn", "densenet121",
+         "googlenet"]
+HEAVY = ["resnet101", "resnet152", "vgg13", "vgg13_bn", "vgg16", "vgg19", "vgg19_bn", "densenet169", "densenet201"]
+
+
+@pytest.mark.parametrize("shape", [(1, (28, 28)), (3, (32, 32))], ids=["1x28x28", "3x32x32"])
+@pytest.mark.parametrize("name", SMALL)
+def test_small_image_entries_train(name, shape):
+    in_channels, size = shape
+    first, final = loss_goes_down(model(name, in_channels, 10, size, **no_dropout(name)), in_channels, size)
+    assert final < first, (name, first, final)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(1, (28, 28)), (3, (32, 32))], ids=["1x28x28", "3x32x32"])
+@pytest.mark.parametrize("name", HEAVY)
+def test_heavy_entries_train(name, shape):
+    in_channels, size = shape
+    first, final = loss_goes_down(model(name, in_channels, 10, size, **no_dropout(name)), in_channels, size)
+    assert final < first
+
+
+@pytest.mark.parametrize("name,size", [("alexnet", (227, 227)), ("alexnet_torchvision", (224, 224)),
+                                       ("resnet18", (224, 224)), ("inception_v3", (75, 75))])
+def test_large_input_entries_train(name, size):
+    keys = {**no_dropout(name), **({"aux_logits": False} if name == "inception_v3" else {})}
+    first, final = loss_goes_down(model(name, 3, 10, size, **keys), 3, size, batch=2)
+    assert final < first
+
+
+def test_googlenet_aux_heads_count_in_training_only():
+    m = model("googlenet", 3, 10, (32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    m.train()
+    logits, aux = split_outputs(m(x))
+    assert logits.shape == (2, 10) and len(aux) == 2 and all(a.shape == (2, 10) for a in aux)
+    assert m.aux_loss_weight == 0.3
+    m.eval()
+    with torch.no_grad():
+        out = m(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+def test_trainer_adds_the_weighted_aux_losses(make_cfg):
+    from cnnlab.train import prepare
+
+    run = prepare(make_cfg("model=googlenet", "data.batch_size=4", "trainer.limit_train_batches=1", "logger=none"),
+                  overrides=[])
+    x, y = next(iter(run.data.train))
+    trainer = run.trainer
+    torch.manual_seed(0)
+    run.model.train()
+    with torch.no_grad():
+        logits, aux = split_outputs(run.model(x))
+        expected = trainer.loss(logits, y) + 0.3 * sum(trainer.loss(a, y) for a in aux)
+    torch.manual_seed(0)
+    loss, _ = trainer._train_step(x, y)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    run.tb.close()
+
+
+def test_resnet18_through_the_training_entry_point(make_cfg):
+    from cnnlab.train import train
+
+    metrics = train(make_cfg("model=resnet18", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                             "logger=none"), overrides=[])
+    assert metrics["params"] < 11_689_512  # 3x3 single-channel stem and a 10-class head
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+@pytest.mark.parametrize("name,channels,size,layer,smallest", [
+    ("alexnet_torchvision", 1, (28, 28), "layer 'features.5' (MaxPool2d)", "63x63"),
+    ("alexnet", 3, (32, 32), "Output size is too small", "67x67"),
+])
+def test_too_small_inputs_name_the_layer_and_the_minimum(name, channels, size, layer, smallest):
+    with pytest.raises(ConfigError) as info:
+        model(name, channels, 10, size)
+    text = str(info.value)
+    assert f"model {name!r} cannot take {channels}x{size[0]}x{size[1]} inputs" in text
+    assert layer in text and f"smallest square input it accepts is {smallest}" in text
+
+
+def test_inception_v3_needs_75_pixels_and_299_for_its_aux_head():
+    with pytest.raises(ConfigError, match="inception_v3 needs inputs of at least 75x75"):
+        model("inception_v3", 3, 10, (32, 32))
+    with pytest.raises(ConfigError, match="auxiliary classifier needs inputs of at least 299x299.*aux_logits=false"):
+        model("inception_v3", 3, 10, (128, 128))
+
+
+def test_unknown_model_lists_the_zoo():
+    with pytest.raises(ConfigError, match="model.name='resnet19' is not in the zoo; choose one of .*resnet18"):
+        model("resnet19")
+
+
+def test_num_classes_zero_is_refused():
+    with pytest.raises(ConfigError, match="num_classes=0"):
+        model("resnet18", 3, 0)

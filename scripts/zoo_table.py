@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.models import MODELS, _builds_and_runs, _import_zoo  # noqa: E402
 
+# convnet_exercise ends in a 4-unit dense layer, so it only builds for 4 classes.
+
 SOURCES = {
     "lenet5": "LeCun et al. 1998", "mlp": "Rosenblatt 1958; Rumelhart et al. 1986",
     "alexnet": "Krizhevsky et al. 2012", "alexnet_small": "after Krizhevsky et al. 2012",
@@ -43,20 +45,18 @@ def source(name: str) -> str:
 
 
 def params(name: str, size, classes: int, keys: dict) -> str:
-    cfg = OmegaConf.create({"name": name, **keys})
     try:
         with torch.device("meta"):
             model = MODELS[name](in_channels=3, num_classes=classes, input_size=size, **keys)
         return f"{sum(p.numel() for p in model.parameters()):,}"
     except (ConfigError, RuntimeError):
         return "-"
-    finally:
-        del cfg
 
 
 def smallest(name: str, keys: dict) -> str:
     def build(size):
-        return MODELS[name](in_channels=3, num_classes=10, input_size=tuple(size), **keys)
+        return MODELS[name](in_channels=3, num_classes=keys.get("_classes", 10), input_size=tuple(size),
+                            **{k: v for k, v in keys.items() if k != "_classes"})
 
     lo, hi = 1, 512
     if not _builds_and_runs(build, 3, (hi, hi)):
@@ -72,13 +72,17 @@ def smallest(name: str, keys: dict) -> str:
 
 def main() -> None:
     _import_zoo()
-    print("| name | params (1000 classes, ImageNet size) | params (10 classes, 3x32x32) | smallest input | source |")
+    print("| `model=` | params (1000 classes, ImageNet size) | params (10 classes, 3x32x32) | smallest input | source |")
     print("|---|---|---|---|---|")
-    for name in sorted(MODELS):
-        keys = {"aux_logits": False} if name == "inception_v3" else {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml")):
+        entry = OmegaConf.to_container(OmegaConf.load(path))
+        name = entry.pop("name")
+        entry.pop("init", None)
+        keys = {**entry, **({"aux_logits": False} if name == "inception_v3" else {})}
+        classes = 4 if path.stem == "convnet_exercise" else 10  # the exercise's head is fixed at 4 units
         big = (299, 299) if name == "inception_v3" else (227, 227) if name == "alexnet" else (224, 224)
-        print(f"| `{name}` | {params(name, big, 1000, keys)} | {params(name, (32, 32), 10, keys)} | "
-              f"{smallest(name, keys)} | {source(name)} |")
+        print(f"| `{path.stem}` | {params(name, big, 1000, keys)} | {params(name, (32, 32), 10, keys)} | "
+              f"{smallest(name, {**keys, '_classes': classes})} | {source(path.stem)} |")
 
 
 if __name__ == "__main__":

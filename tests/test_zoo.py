@@ -166,3 +166,23 @@ def test_unknown_model_lists_the_zoo():
 def test_num_classes_zero_is_refused():
     with pytest.raises(ConfigError, match="num_classes=0"):
         model("resnet18", 3, 0)
+
+
+@pytest.mark.parametrize("scheme", ["kaiming", "xavier"])
+def test_weight_init_schemes(scheme):
+    torch.manual_seed(0)
+    default = model("lenet5", 1, 10, (28, 28))
+    torch.manual_seed(0)
+    m = model("lenet5", 1, 10, (28, 28), init=scheme)
+    conv = m.features[0]
+    assert not torch.equal(conv.weight, default.features[0].weight)
+    assert torch.count_nonzero(conv.bias) == 0
+    fan_in = conv.weight[0].numel()
+    fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+    expected_std = (2.0 / fan_out) ** 0.5 if scheme == "kaiming" else (2.0 / (fan_in + fan_out)) ** 0.5
+    assert float(conv.weight.std()) == pytest.approx(expected_std, rel=0.35)
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(ConfigError, match="model.init='orthogonal' is not accepted; choose one of default, kaiming"):
+        model("resnet20", init="orthogonal")

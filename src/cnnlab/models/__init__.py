@@ -34,7 +34,10 @@ def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modul
     if int(num_classes) < 1:
         raise ConfigError(f"data.num_classes={num_classes} must be at least 1")
     builder = MODELS[name]
-    kwargs = {k: v for k, v in cfg.items() if k != "name" and not str(k).startswith("_")}
+    kwargs = {k: v for k, v in cfg.items() if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")}
+    init = cfg.get("init", "default") or "default"
+    if init not in INITS:
+        raise ConfigError(f"model.init={init!r} is not accepted; choose one of {', '.join(INITS)}")
     accepted = set(inspect.signature(builder).parameters) - {"in_channels", "num_classes", "input_size"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
@@ -52,7 +55,29 @@ def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modul
     if failure is not None:
         _input_size_error(name, int(in_channels), input_size, failure,
                           lambda size: _dry_run(model, int(in_channels), size) is None)
+    if init != "default":
+        initialize(model, init)
     return model
+
+
+# Keys every entry accepts; build_model handles them instead of the builder.
+GENERIC_KEYS = ("init",)
+INITS = ("default", "kaiming", "xavier")
+
+
+def initialize(model: nn.Module, scheme: str) -> None:
+    """Re-initialise every conv and linear layer: 'kaiming' (He et al. 2015, for ReLU nets) or 'xavier'
+    (Glorot & Bengio 2010, for tanh/sigmoid nets); biases start at zero. 'default' keeps each entry's own
+    initialisation (PyTorch's, or the paper's where the entry implements it)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if scheme == "kaiming":
+                nn.init.kaiming_normal_(module.weight, mode="fan_out" if isinstance(module, nn.Conv2d) else "fan_in",
+                                        nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def _builds_and_runs(build, in_channels: int, size) -> bool:

@@ -186,3 +186,52 @@ def test_weight_init_schemes(scheme):
 def test_unknown_init_is_refused():
     with pytest.raises(ConfigError, match="model.init='orthogonal' is not accepted; choose one of default, kaiming"):
         model("resnet20", init="orthogonal")
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    """A private torch.hub cache for the test, restored afterwards."""
+    import torch.hub
+
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
+
+
+def test_pretrained_weights_without_network_say_how_to_supply_the_file(monkeypatch, hub_dir):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # what a download would call
+    with pytest.raises(ConfigError) as info:
+        model("resnet18", 3, 5, (224, 224), weights="IMAGENET1K_V1")
+    text = str(info.value)
+    assert "model.weights=IMAGENET1K_V1: cannot load https://" in text
+    assert str(hub_dir / "checkpoints" / "resnet18-f37072fd.pth") in text and "finetune.checkpoint=" in text
+
+
+def test_pretrained_weights_of_another_architecture_or_unknown_name():
+    with pytest.raises(ConfigError, match="ResNet18_Weights.IMAGENET1K_V1' does not fit model 'resnet50'.*"
+                                          "ResNet50_Weights.IMAGENET1K_V2"):
+        model("resnet50", 3, 10, (224, 224), weights="ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(ConfigError, match="'IMAGENET22K' does not fit model 'vgg16'"):
+        model("vgg16", 3, 10, (224, 224), weights="IMAGENET22K")
+
+
+def test_pretrained_weights_from_the_local_cache_replace_the_head(hub_dir):
+    """With the weights file already in torch.hub's cache (as a user without network would place it),
+    the model loads it and gets a fresh head for the new classes."""
+    import torchvision.models as tvm
+
+    reference = tvm.resnet18(weights=None)
+    cached = hub_dir / "checkpoints" / tvm.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    m = model("resnet18", 3, 7, (224, 224), weights="IMAGENET1K_V1")
+    assert m.fc.out_features == 7
+    assert torch.equal(m.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)

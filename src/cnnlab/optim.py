@@ -16,28 +16,43 @@ SCHEDULER_KEYS = ("interval", "warmup_epochs", "warmup_start_factor")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Trainable parameters, split so that biases and norm-layer weights can skip weight decay."""
+def _decay_split(named_params, weight_decay: float, decay_norm_and_bias: bool, norm_params: set) -> list[dict]:
     if decay_norm_and_bias or not weight_decay:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            exempt = name.endswith("bias") or isinstance(module, _NORM_TYPES) or param.ndim <= 1
-            (no_decay if exempt else decay).append(param)
+        return [{"params": [p for _, p in named_params]}]
+    decay = [p for n, p in named_params if not (n.endswith("bias") or id(p) in norm_params or p.ndim <= 1)]
+    no_decay = [p for n, p in named_params if n.endswith("bias") or id(p) in norm_params or p.ndim <= 1]
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                     head: tuple[str, ...] = (), backbone_lr_scale: float = 1.0, lr: float | None = None) -> list[dict]:
+    """All parameters (frozen ones too, so unfreezing later needs no new optimizer), split so that biases and
+    norm-layer weights can skip weight decay, and the backbone can train at a fraction of the head's rate."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
+    named = list(model.named_parameters())
+    if backbone_lr_scale == 1.0 or not head:
+        groups = _decay_split(named, weight_decay, decay_norm_and_bias, norm_params)
+    else:
+        in_head = [(n, p) for n, p in named if any(n.startswith(h + ".") for h in head)]
+        backbone = [(n, p) for n, p in named if not any(n.startswith(h + ".") for h in head)]
+        groups = _decay_split(in_head, weight_decay, decay_norm_and_bias, norm_params)
+        for group in _decay_split(backbone, weight_decay, decay_norm_and_bias, norm_params):
+            group["lr"] = lr * backbone_lr_scale
+            groups.append(group)
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg, model: nn.Module, head: tuple[str, ...] = (), backbone_lr_scale: float = 1.0):
     from hydra.utils import instantiate
 
     options = OmegaConf.to_container(cfg, resolve=True)
     decay_norm_and_bias = bool(options.pop("decay_norm_and_bias", True))
-    groups = parameter_groups(model, float(options.get("weight_decay", 0.0) or 0.0), decay_norm_and_bias)
-    if not any(g["params"] for g in groups):
+    if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
+    if not backbone_lr_scale > 0:
+        raise ConfigError(f"finetune.backbone_lr_scale={backbone_lr_scale} must be > 0 (freeze the backbone instead)")
+    groups = parameter_groups(model, float(options.get("weight_decay", 0.0) or 0.0), decay_norm_and_bias,
+                              head=head, backbone_lr_scale=backbone_lr_scale, lr=options.get("lr"))
     # _convert_="all" hands torch plain lists/dicts (betas as a list, not a ListConfig).
     factory = instantiate(options, _convert_="all")
     try:

@@ -111,6 +111,12 @@ def validate(cfg: DictConfig) -> None:
     if _get(cfg, "trainer.test_with") == "best" and not _get(cfg, "trainer.checkpoint.save_best"):
         problems.append("trainer.test_with=best needs trainer.checkpoint.save_best=true (or set trainer.test_with=last)")
 
+    # finetune
+    if _get(cfg, "finetune.unfreeze_after_epochs") is not None:
+        positive_int("finetune.unfreeze_after_epochs")
+    if _get(cfg, "finetune") is not None:
+        number_in("finetune.backbone_lr_scale", 0, float("inf"), lo_open=True)
+
     # logger
     positive_int("logger.histogram_every_n_epochs", allow_zero=True)
 

@@ -47,16 +47,51 @@ class DataBundle:
 
 
 def data_info(cfg) -> DataInfo:
+    classes = tuple(str(c) for c in cfg.classes)
+    subset = class_subset(cfg)
+    if subset is not None:
+        classes = tuple(classes[i] for i in subset)
+    return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=len(classes),
+                    input_size=tuple(int(v) for v in cfg.input_size), classes=classes,
+                    mean=tuple(float(v) for v in cfg.mean), std=tuple(float(v) for v in cfg.std))
+
+
+def data_info_full(cfg) -> DataInfo:
+    """The source's own class list, before any class_subset."""
     return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=int(cfg.num_classes),
                     input_size=tuple(int(v) for v in cfg.input_size), classes=tuple(str(c) for c in cfg.classes),
                     mean=tuple(float(v) for v in cfg.mean), std=tuple(float(v) for v in cfg.std))
+
+
+def class_subset(cfg) -> list[int] | None:
+    """data.class_subset: the original class indices to keep, in the order of their new labels 0..k-1."""
+    subset = cfg.get("class_subset")
+    if subset is None:
+        return None
+    subset = [int(c) for c in subset]
+    n = int(cfg.num_classes)
+    if len(subset) < 2 or len(set(subset)) != len(subset) or not all(0 <= c < n for c in subset):
+        raise ConfigError(f"data.class_subset={subset} must list at least two distinct class indices in [0, {n})")
+    return subset
+
+
+def select_classes(images: torch.Tensor, labels: torch.Tensor, subset: list[int], num_classes: int):
+    """Keep only the subset's classes, relabelled 0..k-1 in the subset's order."""
+    relabel = torch.full((num_classes,), -1, dtype=torch.long)
+    relabel[torch.tensor(subset)] = torch.arange(len(subset))
+    new = relabel[labels]
+    keep = new >= 0
+    return images[keep], new[keep]
 
 
 def build_data(cfg, seed: int, device: torch.device, augment_transforms=(), train_augment: bool = True) -> DataBundle:
     """Loaders for train (augmented, shuffled), val and test (never augmented) on `device`."""
     info = data_info(cfg)
     images, labels = load_source(cfg)
-    _check_shapes(info, images, labels)
+    _check_shapes(data_info_full(cfg), images, labels)
+    subset = class_subset(cfg)
+    if subset is not None:
+        images, labels = select_classes(images, labels, subset, int(cfg.num_classes))
     images = resize_to(images, info.input_size)
     idx = stratified_split(labels, float(cfg.split.val), float(cfg.split.test), seed)
 

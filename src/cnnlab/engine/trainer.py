@@ -44,7 +44,7 @@ class Trainer:
 
     def __init__(self, *, model: nn.Module, optimizer, schedule, loss, device: torch.device, precision: Precision,
                  cfg, run_dir: Path, seed: int, config: dict, tb=None, progress: Progress | None = None,
-                 monitored: MonitoredMetric, data_info=None):
+                 monitored: MonitoredMetric, data_info=None, freezer=None, unfreeze_after: int | None = None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -59,6 +59,8 @@ class Trainer:
         self.progress = progress or Progress("none", int(cfg.max_epochs))
         self.monitored = monitored
         self.data_info = data_info
+        self.freezer = freezer
+        self.unfreeze_after = unfreeze_after
         self.ks = tuple(sorted({1, *(int(k) for k in cfg.topk)}))
         self.limit_train_batches = cfg.get("limit_train_batches") or None
         self.channels_last = bool(cfg.channels_last)
@@ -119,7 +121,14 @@ class Trainer:
             # exactly what the uninterrupted run drew.
             torch.manual_seed(derived_generator(self.seed, epoch, 7).initial_seed())
             train.set_epoch(epoch)
+            if self.freezer is not None and self.freezer.active and self.unfreeze_after is not None \
+                    and epoch > self.unfreeze_after:
+                self.freezer.unfreeze()
+                log.info("epoch %d: unfreezing all layers (finetune.unfreeze_after_epochs=%d)", epoch,
+                         self.unfreeze_after)
             self.model.train()
+            if self.freezer is not None:
+                self.freezer.set_modes()
             tracker = MetricTracker((1,), self.device)  # top-k beyond 1 is an evaluation metric
             self.progress.start_epoch(epoch, self.steps_per_epoch(train))
             start = time.perf_counter()

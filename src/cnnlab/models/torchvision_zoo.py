@@ -73,11 +73,47 @@ def adapt_stem(model: nn.Module, family: str, in_channels: int, input_size) -> n
     return model
 
 
-def _vgg(name: str):
-    def build(in_channels: int, num_classes: int, input_size, dropout: float = 0.5):
-        import torchvision.models as tvm
+def torchvision_model(fn_name: str, weights: str | None, num_classes: int, **kwargs) -> nn.Module:
+    """torchvision's `fn_name`, randomly initialised or with pretrained `weights` (an enum member name such as
+    IMAGENET1K_V1 or DEFAULT, optionally prefixed by its enum, e.g. ResNet18_Weights.IMAGENET1K_V1).
 
-        model = getattr(tvm, name)(weights=None, num_classes=num_classes, dropout=dropout)
+    Pretrained models are built with their own classes, then every classifier layer with that many outputs
+    is replaced by a fresh one for `num_classes`.
+    """
+    import torchvision.models as tvm
+
+    if not weights:
+        return getattr(tvm, fn_name)(weights=None, num_classes=num_classes, **kwargs)
+    enum = tvm.get_model_weights(fn_name)
+    valid = [w.name for w in enum] + ["DEFAULT"]
+    prefix, _, member = str(weights).rpartition(".")
+    if (prefix and prefix != enum.__name__) or member not in valid:
+        raise ConfigError(f"model.weights={weights!r} does not fit model {fn_name!r}; its weights are "
+                          f"{', '.join(f'{enum.__name__}.{v}' for v in valid)}")
+    chosen = enum.DEFAULT if member == "DEFAULT" else enum[member]
+    try:
+        model = getattr(tvm, fn_name)(weights=chosen, **kwargs)
+    except (OSError, RuntimeError) as bad:  # URLError is an OSError; offline downloads end here
+        import os
+
+        import torch.hub
+
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
+        raise ConfigError(
+            f"model.weights={weights}: cannot load {chosen.url} ({str(bad).splitlines()[0]}). Without network, "
+            f"download that file on another machine and put it at {cached} (torch.hub's cache; TORCH_HOME moves "
+            "it), or start from a cnnlab checkpoint with finetune.checkpoint=<path>") from None
+    pretrained_classes = len(chosen.meta["categories"])
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear) and child.out_features == pretrained_classes:
+                setattr(parent, child_name, nn.Linear(child.in_features, num_classes, bias=child.bias is not None))
+    return model
+
+
+def _vgg(name: str):
+    def build(in_channels: int, num_classes: int, input_size, dropout: float = 0.5, weights: str | None = None):
+        model = torchvision_model(name, weights, num_classes, dropout=dropout)
         return adapt_stem(model, "vgg", in_channels, input_size)
 
     build.__doc__ = f"torchvision {name} (Simonyan & Zisserman 2015)."
@@ -89,10 +125,9 @@ for _name in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16
 
 
 def _resnet(name: str):
-    def build(in_channels: int, num_classes: int, input_size, zero_init_residual: bool = False):
-        import torchvision.models as tvm
-
-        model = getattr(tvm, name)(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    def build(in_channels: int, num_classes: int, input_size, zero_init_residual: bool = False,
+              weights: str | None = None):
+        model = torchvision_model(name, weights, num_classes, zero_init_residual=zero_init_residual)
         return adapt_stem(model, "resnet", in_channels, input_size)
 
     build.__doc__ = f"torchvision {name} (He et al. 2016), ImageNet layout; 3x3 stem for small inputs."
@@ -104,10 +139,8 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
 
 
 def _densenet(name: str):
-    def build(in_channels: int, num_classes: int, input_size, drop_rate: float = 0.0):
-        import torchvision.models as tvm
-
-        model = getattr(tvm, name)(weights=None, num_classes=num_classes, drop_rate=drop_rate)
+    def build(in_channels: int, num_classes: int, input_size, drop_rate: float = 0.0, weights: str | None = None):
+        model = torchvision_model(name, weights, num_classes, drop_rate=drop_rate)
         return adapt_stem(model, "densenet", in_channels, input_size)
 
     build.__doc__ = f"torchvision {name} (Huang et al. 2017)."
@@ -119,40 +152,35 @@ for _name in ("densenet121", "densenet169", "densenet201"):
 
 
 @register("alexnet_torchvision")
-def alexnet_torchvision(in_channels: int, num_classes: int, input_size, dropout: float = 0.5) -> nn.Module:
+def alexnet_torchvision(in_channels: int, num_classes: int, input_size, dropout: float = 0.5,
+                        weights: str | None = None) -> nn.Module:
     """torchvision's AlexNet variant (64-192-384-256-256 filters, no LRN): the one its pretrained weights fit."""
-    import torchvision.models as tvm
-
-    model = tvm.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
+    model = torchvision_model("alexnet", weights, num_classes, dropout=dropout)
     return adapt_stem(model, "alexnet_torchvision", in_channels, input_size)
 
 
 @register("googlenet")
 def googlenet(in_channels: int, num_classes: int, input_size, aux_logits: bool = True, aux_weight: float = 0.3,
-              dropout: float = 0.2) -> nn.Module:
+              dropout: float = 0.2, weights: str | None = None) -> nn.Module:
     """GoogLeNet / Inception v1 (Szegedy et al. 2015). The two auxiliary classifiers' losses are added to the
     main loss with weight `aux_weight` during training; at eval the model returns the main logits only."""
-    import torchvision.models as tvm
-
-    model = tvm.googlenet(weights=None, num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
-                          init_weights=True, dropout=dropout)
+    model = torchvision_model("googlenet", weights, num_classes, aux_logits=aux_logits, transform_input=False,
+                              dropout=dropout, **({} if weights else {"init_weights": True}))
     model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
     return adapt_stem(model, "googlenet", in_channels, input_size)
 
 
 @register("inception_v3")
 def inception_v3(in_channels: int, num_classes: int, input_size, aux_logits: bool = True, aux_weight: float = 0.4,
-                 dropout: float = 0.5) -> nn.Module:
+                 dropout: float = 0.5, weights: str | None = None) -> nn.Module:
     """Inception v3 (Szegedy et al. 2016); needs inputs of at least 75x75, and 299x299 for its auxiliary head."""
-    import torchvision.models as tvm
-
     if min(input_size) < 75:
         raise ConfigError(f"model inception_v3 needs inputs of at least 75x75 (data.input_size={list(input_size)}); "
                           "resize the data (data.input_size=[299,299]) or pick a small-image model")
     if aux_logits and min(input_size) < 299:
         raise ConfigError(f"model inception_v3's auxiliary classifier needs inputs of at least 299x299 "
                           f"(data.input_size={list(input_size)}); set model.aux_logits=false for smaller inputs")
-    model = tvm.inception_v3(weights=None, num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
-                             init_weights=True, dropout=dropout)
+    model = torchvision_model("inception_v3", weights, num_classes, aux_logits=aux_logits, transform_input=False,
+                              dropout=dropout, **({} if weights else {"init_weights": True}))
     model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
     return adapt_stem(model, "inception_v3", in_channels, input_size)

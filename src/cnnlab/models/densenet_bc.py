@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
-from cnnlab.models import register
+from cnnlab.models import layers, register
 
 
 class Bottleneck(nn.Module):
@@ -81,14 +81,8 @@ class DenseNetBC(nn.Module):
         self.features = nn.Sequential(*feats)
         self.fc = nn.Linear(planes, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        layers.he_init(self)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))

@@ -31,3 +31,14 @@ def pool(name: str, kernel_size: int, stride: int | None = None, key: str = "mod
     if name not in POOLS:
         raise ConfigError(f"{key}={name!r} is not accepted; choose one of {', '.join(POOLS)}")
     return POOLS[name](kernel_size, stride)
+
+
+def he_init(model: nn.Module) -> None:
+    """The CIFAR papers' initialisation: He et al. 2015 (fan-out, ReLU) for convolutions, batch norm at
+    unit scale and zero shift."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

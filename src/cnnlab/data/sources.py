@@ -52,3 +52,16 @@ def mnist_sample(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(np.ascontiguousarray(table[:, :-1])).view(-1, 1, 28, 28)
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
     return images, labels
+
+
+@register("shapes")
+def shapes(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Procedurally generated coloured shapes (see cnnlab.data.shapes): deterministic from data.generator_seed."""
+    from cnnlab.data.shapes import generate
+
+    if int(cfg.image_size) < 8:
+        raise ConfigError(f"data.image_size={cfg.image_size} is too small to draw shapes; use 8 or more")
+    if int(cfg.num_samples) < 10 * int(cfg.num_classes):
+        raise ConfigError(f"data.num_samples={cfg.num_samples} is too few; use at least 10 per class "
+                          f"({10 * int(cfg.num_classes)})")
+    return generate(int(cfg.num_samples), int(cfg.image_size), int(cfg.generator_seed), float(cfg.noise))

@@ -235,3 +235,14 @@ def test_pretrained_weights_from_the_local_cache_replace_the_head(hub_dir):
     m = model("resnet18", 3, 7, (224, 224), weights="IMAGENET1K_V1")
     assert m.fc.out_features == 7
     assert torch.equal(m.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "alexnet_torchvision"])
+def test_activation_knob_on_torchvision_entries(name):
+    size = (64, 64) if name == "alexnet_torchvision" else (32, 32)
+    m = model(name, 3, 10, size, activation="silu")
+    kinds = {type(x) for x in m.modules()}
+    assert torch.nn.SiLU in kinds and torch.nn.ReLU not in kinds
+    assert m(torch.randn(2, 3, *size)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="model.activation='relu7' is not accepted"):
+        model(name, 3, 10, size, activation="relu7")

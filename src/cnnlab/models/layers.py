@@ -42,3 +42,15 @@ def he_init(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def swap_relu(model: nn.Module, name: str, key: str = "model.activation") -> nn.Module:
+    """Replace every nn.ReLU module by the named activation (for torchvision models whose ReLUs are modules)."""
+    if name == "relu":
+        return model
+    activation(name, key)  # validates the name
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(parent, child_name, activation(name, key))
+    return model

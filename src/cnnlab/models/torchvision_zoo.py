@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models import register
+from cnnlab.models.layers import swap_relu
 
 # Below this input size the ImageNet stems (7x7/11x11 stride-2+ convolutions and an early max pool)
 # throw away most of the image, so they are replaced by a 3x3 stride-1 convolution.
@@ -112,9 +113,10 @@ def torchvision_model(fn_name: str, weights: str | None, num_classes: int, **kwa
 
 
 def _vgg(name: str):
-    def build(in_channels: int, num_classes: int, input_size, dropout: float = 0.5, weights: str | None = None):
+    def build(in_channels: int, num_classes: int, input_size, dropout: float = 0.5, weights: str | None = None,
+              activation: str = "relu"):
         model = torchvision_model(name, weights, num_classes, dropout=dropout)
-        return adapt_stem(model, "vgg", in_channels, input_size)
+        return swap_relu(adapt_stem(model, "vgg", in_channels, input_size), activation)
 
     build.__doc__ = f"torchvision {name} (Simonyan & Zisserman 2015)."
     return build
@@ -126,9 +128,9 @@ for _name in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16
 
 def _resnet(name: str):
     def build(in_channels: int, num_classes: int, input_size, zero_init_residual: bool = False,
-              weights: str | None = None):
+              weights: str | None = None, activation: str = "relu"):
         model = torchvision_model(name, weights, num_classes, zero_init_residual=zero_init_residual)
-        return adapt_stem(model, "resnet", in_channels, input_size)
+        return swap_relu(adapt_stem(model, "resnet", in_channels, input_size), activation)
 
     build.__doc__ = f"torchvision {name} (He et al. 2016), ImageNet layout; 3x3 stem for small inputs."
     return build
@@ -153,10 +155,10 @@ for _name in ("densenet121", "densenet169", "densenet201"):
 
 @register("alexnet_torchvision")
 def alexnet_torchvision(in_channels: int, num_classes: int, input_size, dropout: float = 0.5,
-                        weights: str | None = None) -> nn.Module:
+                        weights: str | None = None, activation: str = "relu") -> nn.Module:
     """torchvision's AlexNet variant (64-192-384-256-256 filters, no LRN): the one its pretrained weights fit."""
     model = torchvision_model("alexnet", weights, num_classes, dropout=dropout)
-    return adapt_stem(model, "alexnet_torchvision", in_channels, input_size)
+    return swap_relu(adapt_stem(model, "alexnet_torchvision", in_channels, input_size), activation)
 
 
 @register("googlenet")

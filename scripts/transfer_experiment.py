@@ -1,12 +1,14 @@
 """The classic transfer-learning experiment, offline: learn task A, then task B three ways.
 
-Task A is digits 0-4 of the bundled MNIST sample, task B digits 5-9. After training on A, task B is
+By default task A is digits 0-4 of the bundled MNIST sample and task B digits 5-9; --task-a/--task-b pick
+other class subsets (e.g. of data=shapes). After training on A, task B is
 learned (1) with A's backbone frozen (only a new head trains), (2) fine-tuning everything from A's weights
 with the backbone at a tenth of the head's learning rate, and (3) from scratch. Every B run gets the same
 epochs, so the comparison is like for like. Prints a Markdown table of test accuracy on task B.
 
     python scripts/transfer_experiment.py                      # LeNet-5, 2 epochs on A, 2 on B
     python scripts/transfer_experiment.py --epochs-b 5 model=resnet20
+    python scripts/transfer_experiment.py --task-a [0,1,2] --task-b [3,4,5] --limit-b 2 data=shapes model=resnet20
 Extra arguments are config overrides applied to every run.
 """
 
@@ -37,22 +39,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs-a", type=int, default=2)
     parser.add_argument("--epochs-b", type=int, default=2)
+    parser.add_argument("--task-a", default="[0,1,2,3,4]", help="data.class_subset of task A")
+    parser.add_argument("--task-b", default="[5,6,7,8,9]", help="data.class_subset of task B")
+    parser.add_argument("--limit-b", type=int, default=None,
+                        help="train task B on only this many batches per epoch (a task with little data)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    task_a = ["data.class_subset=[0,1,2,3,4]", f"trainer.max_epochs={args.epochs_a}", *args.overrides]
-    task_b = ["data.class_subset=[5,6,7,8,9]", f"trainer.max_epochs={args.epochs_b}", *args.overrides]
+    task_a = [f"data.class_subset={args.task_a}", f"trainer.max_epochs={args.epochs_a}", *args.overrides]
+    task_b = [f"data.class_subset={args.task_b}", f"trainer.max_epochs={args.epochs_b}", *args.overrides]
+    if args.limit_b:
+        task_b.append(f"trainer.limit_train_batches={args.limit_b}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         a = run(task_a, tmp / "a")
-        rows = [("task A (digits 0-4), from scratch", a)]
+        rows = [(f"task A (classes {args.task_a}), from scratch", a)]
         rows.append(("task B, backbone frozen (new head only)",
                      run([*task_b, f"finetune.checkpoint={tmp / 'a'}", "finetune.freeze=backbone"], tmp / "frozen")))
         rows.append(("task B, fine-tuned (backbone lr x0.1)",
                      run([*task_b, f"finetune.checkpoint={tmp / 'a'}", "finetune.backbone_lr_scale=0.1"],
                          tmp / "finetuned")))
-        rows.append(("task B (digits 5-9), from scratch", run(task_b, tmp / "scratch")))
-    print(f"epochs: A {args.epochs_a}, B {args.epochs_b}; overrides: {' '.join(args.overrides) or 'none'}")
+        rows.append((f"task B (classes {args.task_b}), from scratch", run(task_b, tmp / "scratch")))
+    print(f"epochs: A {args.epochs_a}, B {args.epochs_b}"
+          + (f" (B limited to {args.limit_b} batches per epoch)" if args.limit_b else "")
+          + f"; overrides: {' '.join(args.overrides) or 'none'}")
     print("| run | test acc | test loss |")
     print("|---|---|---|")
     for name, metrics in rows:

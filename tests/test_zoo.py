@@ -237,9 +237,9 @@ def test_pretrained_weights_from_the_local_cache_replace_the_head(hub_dir):
     assert torch.equal(m.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11", "alexnet_torchvision"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "alexnet_torchvision", "alexnet_small", "alexnet"])
 def test_activation_knob_on_torchvision_entries(name):
-    size = (64, 64) if name == "alexnet_torchvision" else (32, 32)
+    size = {"alexnet_torchvision": (64, 64), "alexnet": (67, 67)}.get(name, (32, 32))
     m = model(name, 3, 10, size, activation="silu")
     kinds = {type(x) for x in m.modules()}
     assert torch.nn.SiLU in kinds and torch.nn.ReLU not in kinds

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.models import register
+from cnnlab.models.layers import swap_relu
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -82,10 +83,12 @@ def _flat_size(features: nn.Module, in_channels: int, input_size) -> int:
 
 
 @register("alexnet")
-def alexnet(in_channels: int, num_classes: int, input_size, groups: int = 1, dropout: float = 0.5) -> nn.Module:
-    return AlexNet(in_channels, num_classes, input_size, groups=groups, dropout=dropout)
+def alexnet(in_channels: int, num_classes: int, input_size, groups: int = 1, dropout: float = 0.5,
+            activation: str = "relu") -> nn.Module:
+    return swap_relu(AlexNet(in_channels, num_classes, input_size, groups=groups, dropout=dropout), activation)
 
 
 @register("alexnet_small")
-def alexnet_small(in_channels: int, num_classes: int, input_size, dropout: float = 0.5) -> nn.Module:
-    return AlexNetSmall(in_channels, num_classes, input_size, dropout=dropout)
+def alexnet_small(in_channels: int, num_classes: int, input_size, dropout: float = 0.5,
+                  activation: str = "relu") -> nn.Module:
+    return swap_relu(AlexNetSmall(in_channels, num_classes, input_size, dropout=dropout), activation)

@@ -26,21 +26,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def compose(overrides: list[str], out_dir: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from cnnlab.config import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra_compose("train", overrides=[f"paths.output_dir={out_dir}", *overrides])
-    return cfg
-
-
 def engine_round(overrides, epochs, tmp):
+    from cnnlab.config import compose_config
     from cnnlab.train import prepare
 
-    cfg = compose([f"trainer.max_epochs={epochs}", "trainer.early_stopping.enabled=false", *overrides],
+    cfg = compose_config([f"trainer.max_epochs={epochs}", "trainer.early_stopping.enabled=false", *overrides],
                   tempfile.mkdtemp(dir=tmp))
     run = prepare(cfg, overrides=[])
     start, cpu = time.perf_counter(), time.process_time()

@@ -33,9 +33,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from hydra import compose, initialize_config_dir
-
-    from cnnlab.config import CONFIG_DIR
+    from cnnlab.config import compose_config
     from cnnlab.engine.checkpoint import load_checkpoint
     from cnnlab.train import train
 
@@ -43,9 +41,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in MODELS:
             out = Path(tmp) / name
-            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-                cfg = compose("train", overrides=[f"paths.output_dir={out}", f"model={name}",
-                                                  f"trainer.max_epochs={args.epochs}", *RECIPE, *args.overrides])
+            cfg = compose_config([f"model={name}", f"trainer.max_epochs={args.epochs}", *RECIPE, *args.overrides],
+                                 out)
             start = time.perf_counter()
             metrics = train(cfg, overrides=[])
             history = load_checkpoint(out / "checkpoints" / "last.ckpt")["history"]

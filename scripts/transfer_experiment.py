@@ -24,15 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def run(overrides: list[str], out: Path) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from cnnlab.config import CONFIG_DIR
+    from cnnlab.config import compose_config
     from cnnlab.train import train
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", "trainer.progress=none", "logger=none",
-                                          *overrides])
-    return train(cfg, overrides=[])
+    return train(compose_config(["trainer.progress=none", "logger=none", *overrides], out), overrides=[])
 
 
 def main() -> None:

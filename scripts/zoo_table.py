@@ -21,8 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.models import MODELS, _builds_and_runs, _import_zoo  # noqa: E402
 
-# convnet_exercise ends in a 4-unit dense layer, so it only builds for 4 classes.
-
 SOURCES = {
     "lenet5": "LeCun et al. 1998", "mlp": "Rosenblatt 1958; Rumelhart et al. 1986",
     "alexnet": "Krizhevsky et al. 2012", "alexnet_small": "after Krizhevsky et al. 2012",
@@ -53,10 +51,9 @@ def params(name: str, size, classes: int, keys: dict) -> str:
         return "-"
 
 
-def smallest(name: str, keys: dict) -> str:
+def smallest(name: str, keys: dict, classes: int) -> str:
     def build(size):
-        return MODELS[name](in_channels=3, num_classes=keys.get("_classes", 10), input_size=tuple(size),
-                            **{k: v for k, v in keys.items() if k != "_classes"})
+        return MODELS[name](in_channels=3, num_classes=classes, input_size=tuple(size), **keys)
 
     lo, hi = 1, 512
     if not _builds_and_runs(build, 3, (hi, hi)):
@@ -82,7 +79,7 @@ def main() -> None:
         classes = 4 if path.stem == "convnet_exercise" else 10  # the exercise's head is fixed at 4 units
         big = (299, 299) if name == "inception_v3" else (227, 227) if name == "alexnet" else (224, 224)
         print(f"| `{path.stem}` | {params(name, big, 1000, keys)} | {params(name, (32, 32), 10, keys)} | "
-              f"{smallest(name, {**keys, '_classes': classes})} | {source(path.stem)} |")
+              f"{smallest(name, keys, classes)} | {source(path.stem)} |")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
-
-from cnnlab.config import CONFIG_DIR
+from cnnlab.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,11 +17,7 @@ FAST = ["trainer.progress=none", "trainer.max_epochs=2"]
 
 
 def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
+    return compose_config(list(overrides), run_dir, config_name)
 
 
 @pytest.fixture

@@ -20,6 +20,17 @@ def config_dir() -> Path:
 CONFIG_DIR = str(config_dir())
 
 
+def compose_config(overrides: list[str], output_dir, config_name: str = "train") -> DictConfig:
+    """Compose the config tree outside the CLI (tests, scripts), with the run dir set to `output_dir`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 def command_line_keys(overrides: list[str], skip: tuple[str, ...] = ()) -> list[str]:
     """The config keys (or groups) that the given Hydra override strings set, e.g. ['optimizer', 'data.batch_size']."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

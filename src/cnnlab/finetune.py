@@ -57,11 +57,13 @@ def load_pretrained(model: nn.Module, path: Path, model_name: str, num_classes: 
 class Freezer:
     """Which parameters finetune.freeze holds fixed, and keeping frozen batch norm in eval mode.
 
-    spec: 'none', 'backbone' (everything but the head), or a list of module-name prefixes.
+    spec: 'none', 'backbone' (everything but the head), or a list of module-name prefixes;
+    unfreeze_after: unfreeze everything from the epoch after this one (None = never).
     """
 
-    def __init__(self, model: nn.Module, spec, num_classes: int):
+    def __init__(self, model: nn.Module, spec, num_classes: int, unfreeze_after: int | None = None):
         self.model = model
+        self.unfreeze_after = unfreeze_after
         self.heads = head_names(model, num_classes)
         if spec in (None, "none"):
             prefixes: list[str] = []
@@ -102,6 +104,13 @@ class Freezer:
         for m in self.norms:
             m.train(self.model.training)
         self.active = False
+
+    def before_epoch(self, epoch: int) -> None:
+        """Unfreeze when the schedule says so (also right for a run resumed past that epoch)."""
+        if self.active and self.unfreeze_after is not None and epoch > self.unfreeze_after:
+            self.unfreeze()
+            log.info("epoch %d: unfreezing all layers (finetune.unfreeze_after_epochs=%d)", epoch,
+                     self.unfreeze_after)
 
     def set_modes(self) -> None:
         """Call after model.train(): frozen batch norm keeps its running statistics."""

@@ -16,12 +16,19 @@ SCHEDULER_KEYS = ("interval", "warmup_epochs", "warmup_start_factor")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
+def _partition(named_params, predicate):
+    """(those for which predicate(name, param) holds, the rest), both as (name, param) lists."""
+    yes, no = [], []
+    for name, param in named_params:
+        (yes if predicate(name, param) else no).append((name, param))
+    return yes, no
+
+
 def _decay_split(named_params, weight_decay: float, decay_norm_and_bias: bool, norm_params: set) -> list[dict]:
     if decay_norm_and_bias or not weight_decay:
         return [{"params": [p for _, p in named_params]}]
-    decay = [p for n, p in named_params if not (n.endswith("bias") or id(p) in norm_params or p.ndim <= 1)]
-    no_decay = [p for n, p in named_params if n.endswith("bias") or id(p) in norm_params or p.ndim <= 1]
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    exempt, decay = _partition(named_params, lambda n, p: n.endswith("bias") or id(p) in norm_params or p.ndim <= 1)
+    return [{"params": [p for _, p in decay]}, {"params": [p for _, p in exempt], "weight_decay": 0.0}]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
@@ -33,8 +40,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
     if backbone_lr_scale == 1.0 or not head:
         groups = _decay_split(named, weight_decay, decay_norm_and_bias, norm_params)
     else:
-        in_head = [(n, p) for n, p in named if any(n.startswith(h + ".") for h in head)]
-        backbone = [(n, p) for n, p in named if not any(n.startswith(h + ".") for h in head)]
+        in_head, backbone = _partition(named, lambda n, p: any(n.startswith(h + ".") for h in head))
         groups = _decay_split(in_head, weight_decay, decay_norm_and_bias, norm_params)
         for group in _decay_split(backbone, weight_decay, decay_norm_and_bias, norm_params):
             group["lr"] = lr * backbone_lr_scale

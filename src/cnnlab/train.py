@@ -92,19 +92,18 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     data = build_data(cfg.data, int(cfg.seed), device, cfg.augment.transforms)
     info = data.info
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
+    from cnnlab.finetune import Freezer, load_pretrained
+
     ft = cfg.get("finetune") or {}
     if resume_ckpt is not None:
         load_model_weights(model, resume_ckpt, resume_path, cfg.model.name)
     elif ft.get("checkpoint"):
-        from cnnlab.finetune import load_pretrained
         from cnnlab.model_io import find_checkpoint
 
         source = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
         fresh = load_pretrained(model, source, cfg.model.name, info.num_classes)
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
-    from cnnlab.finetune import Freezer
-
-    freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes)
+    freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
     freezer.freeze()
     model = model.to(device)
     if tcfg.channels_last:
@@ -124,8 +123,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     tb = TensorBoardLogger(cfg.logger, run_dir)
     trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule, loss=loss, device=device,
                       precision=precision, cfg=tcfg, run_dir=run_dir, seed=int(cfg.seed), config=config, tb=tb,
-                      progress=progress, monitored=monitored, data_info=info, freezer=freezer,
-                      unfreeze_after=ft.get("unfreeze_after_epochs"))
+                      progress=progress, monitored=monitored, data_info=info, freezer=freezer)
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
         _carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)

@@ -44,7 +44,7 @@ class Trainer:
 
     def __init__(self, *, model: nn.Module, optimizer, schedule, loss, device: torch.device, precision: Precision,
                  cfg, run_dir: Path, seed: int, config: dict, tb=None, progress: Progress | None = None,
-                 monitored: MonitoredMetric, data_info=None, freezer=None, unfreeze_after: int | None = None):
+                 monitored: MonitoredMetric, data_info=None, freezer=None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -60,7 +60,6 @@ class Trainer:
         self.monitored = monitored
         self.data_info = data_info
         self.freezer = freezer
-        self.unfreeze_after = unfreeze_after
         self.ks = tuple(sorted({1, *(int(k) for k in cfg.topk)}))
         self.limit_train_batches = cfg.get("limit_train_batches") or None
         self.channels_last = bool(cfg.channels_last)
@@ -121,11 +120,8 @@ class Trainer:
             # exactly what the uninterrupted run drew.
             torch.manual_seed(derived_generator(self.seed, epoch, 7).initial_seed())
             train.set_epoch(epoch)
-            if self.freezer is not None and self.freezer.active and self.unfreeze_after is not None \
-                    and epoch > self.unfreeze_after:
-                self.freezer.unfreeze()
-                log.info("epoch %d: unfreezing all layers (finetune.unfreeze_after_epochs=%d)", epoch,
-                         self.unfreeze_after)
+            if self.freezer is not None:
+                self.freezer.before_epoch(epoch)
             self.model.train()
             if self.freezer is not None:
                 self.freezer.set_modes()

@@ -88,6 +88,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="config overrides for the engine side")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the result is a median of paired rounds with quartiles")
     overrides = ["trainer.progress=bar", "logger.histogram_every_n_epochs=0", "logger.images=false",
                  *args.overrides]
     import logging

@@ -26,16 +26,18 @@ def _under(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def load_pretrained(model: nn.Module, path: Path, model_name: str, num_classes: int) -> list[str]:
+def load_pretrained(model: nn.Module, path: Path, model_name: str, num_classes: int,
+                    in_channels: int | None = None) -> list[str]:
     """Load a cnnlab checkpoint's weights into `model`, all but the classifier head, which stays freshly
     initialised for the new task (even with the same number of classes, its outputs mean other things).
 
     Returns the names of the tensors left freshly initialised. Any other mismatch is an error: the
     checkpoint is of another architecture.
     """
-    from cnnlab.engine.checkpoint import load_checkpoint
+    from cnnlab.engine.checkpoint import check_channels, load_checkpoint
 
     ckpt = load_checkpoint(path)
+    check_channels(ckpt, path, in_channels, "finetune.checkpoint")
     saved_name = ckpt["config"].get("model", {}).get("name")
     if saved_name != model_name:
         raise ConfigError(f"finetune.checkpoint={path} holds a {saved_name!r} model, but the config builds "

@@ -33,6 +33,6 @@ def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None 
     cfg = cfg if cfg is not None else OmegaConf.create(ckpt["config"])
     info = data_info(cfg.data)
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
-    load_model_weights(model, ckpt, path, cfg.model.name)
+    load_model_weights(model, ckpt, path, cfg.model.name, info.in_channels)
     model.to(device).eval()
     return LoadedModel(model, info, cfg, path, int(ckpt.get("epoch", 0)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
@@ -89,19 +89,24 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
                                 float(tcfg.early_stopping.min_delta))
     seed_everything(int(cfg.seed), bool(tcfg.deterministic))
 
-    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment.transforms)
+    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment)
     info = data.info
+    if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
+        with open_dict(cfg):
+            for key, value in data.found.items():
+                cfg.data[key] = value
+        config["data"].update(data.found)
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
     from cnnlab.finetune import Freezer, load_pretrained
 
     ft = cfg.get("finetune") or {}
     if resume_ckpt is not None:
-        load_model_weights(model, resume_ckpt, resume_path, cfg.model.name)
+        load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels)
     elif ft.get("checkpoint"):
         from cnnlab.model_io import find_checkpoint
 
         source = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
-        fresh = load_pretrained(model, source, cfg.model.name, info.num_classes)
+        fresh = load_pretrained(model, source, cfg.model.name, info.num_classes, info.in_channels)
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
     freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
     freezer.freeze()

@@ -57,7 +57,9 @@ def validate(cfg: DictConfig) -> None:
     positive_int("data.batch_size")
     positive_int("data.eval_batch_size")
     positive_int("data.num_workers", allow_zero=True)
-    positive_int("data.num_classes")
+    from_folders = _get(cfg, "data.name") == "imagefolder"  # an image folder's classes come from its folders
+    if not (from_folders and _get(cfg, "data.num_classes") is None):
+        positive_int("data.num_classes")
     positive_int("data.in_channels")
     size = _get(cfg, "data.input_size")
     if not (OmegaConf.is_list(size) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
@@ -65,16 +67,30 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.mean", "data.std"):
         value = _get(cfg, key)
         channels = _get(cfg, "data.in_channels")
-        if not OmegaConf.is_list(value) or len(value) != channels:
-            problems.append(f"{key}={value!r} must list one value per channel (data.in_channels={channels})")
+        if value is not None and (not OmegaConf.is_list(value) or len(value) != channels):
+            problems.append(f"{key}={value!r} must list one value per channel (data.in_channels={channels}), "
+                            f"or be null to measure it on the training images")
     std = _get(cfg, "data.std")
     if OmegaConf.is_list(std) and any((not _is_number(v)) or v <= 0 for v in std):
         problems.append(f"data.std={list(std)!r} must be positive")
     classes = _get(cfg, "data.classes")
-    if classes is not None and len(classes) != _get(cfg, "data.num_classes"):
-        problems.append(f"data.classes has {len(classes)} names but data.num_classes={_get(cfg, 'data.num_classes')}")
+    num_classes = _get(cfg, "data.num_classes")
+    if classes is not None and num_classes is not None and len(classes) != num_classes:
+        problems.append(f"data.classes has {len(classes)} names but data.num_classes={num_classes}")
     number_in("data.split.val", 0, 1, hi_open=True)
-    number_in("data.split.test", 0, 1, hi_open=True)
+    number_in("data.split.test", 0, 1, hi_open=True, allow_none=True)
+    if _get(cfg, "data.download") is not None and not isinstance(_get(cfg, "data.download"), bool):
+        problems.append(f"data.download={_get(cfg, 'data.download')!r} must be true or false")
+    if from_folders:
+        if not (_get(cfg, "data.root") or _get(cfg, "data.train_root")):
+            problems.append("data.root=None: set data.root (or data.train_root) to the image folder <root>/<class>/<images>")
+        choice("data.resize_mode", ("center_crop", "stretch"))
+        if str(_get(cfg, "data.in_memory")).lower() not in ("auto", "true", "false"):
+            problems.append(f"data.in_memory={_get(cfg, 'data.in_memory')!r} is not accepted; choose one of auto, true, false")
+        number_in("data.memory_limit_mb", 0, float("inf"), lo_open=True)
+
+    # augment
+    problems += _augment_problems(cfg)
 
     # optimizer
     number_in("optimizer.lr", 0, float("inf"), lo_open=True)
@@ -122,3 +138,53 @@ def validate(cfg: DictConfig) -> None:
 
     if problems:
         raise ConfigError(problems)
+
+
+def _augment_problems(cfg) -> list[str]:
+    """Every transform entry must name a class that exists; the batch mix keys must be in range."""
+    from cnnlab.data.augment import BATCHED, V2_PREFIX
+
+    problems = []
+    transforms = _get(cfg, "augment.transforms")
+    transforms = [] if transforms is None else transforms
+    if not (OmegaConf.is_list(transforms) or isinstance(transforms, list)):
+        return [f"augment.transforms={transforms!r} must be a list of transform entries (each with a _target_)"]
+    for i, entry in enumerate(transforms):
+        target = entry.get("_target_") if OmegaConf.is_dict(entry) else None
+        if not isinstance(target, str) or not target:
+            problems.append(f"augment.transforms[{i}]={entry!r} needs a _target_ naming a transform class, "
+                            f"e.g. {V2_PREFIX}RandomHorizontalFlip")
+            continue
+        if target.startswith(V2_PREFIX) and target[len(V2_PREFIX):] in BATCHED:
+            continue  # known without importing torchvision (keeps the default run's start-up light)
+        problem = _missing_class(target)
+        if problem:
+            problems.append(f"augment.transforms[{i}]._target_={target!r}: {problem}")
+    mix = _get(cfg, "augment.mix")
+    if mix is not None:
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            value = mix.get(key, 0.0)
+            if not _is_number(value) or value < 0:
+                problems.append(f"augment.mix.{key}={value!r} must be a number >= 0 (0 turns it off)")
+        for key in ("prob", "switch_prob"):
+            value = mix.get(key, 1.0)
+            if not _is_number(value) or not 0 <= value <= 1:
+                problems.append(f"augment.mix.{key}={value!r} must be in [0, 1]")
+    return problems
+
+
+def _missing_class(target: str) -> str | None:
+    import difflib
+    import importlib
+
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return f"module {module_name!r} cannot be imported"
+    if hasattr(module, name):
+        return None
+    known = [n for n in dir(module) if n[:1].isupper()]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"it has: {', '.join(known[:40])}"
+    return f"{module_name} has no {name!r}; {hint}"

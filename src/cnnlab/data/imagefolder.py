@@ -1,0 +1,143 @@
+"""The user's own images: `root/<class>/<image>` trees, classes named by their folders.
+
+Images are decoded (grayscale or RGB, as data.in_channels says) and brought to data.input_size once:
+held in memory as one uint8 tensor when the set fits `data.memory_limit_mb` (then the fast path applies),
+else decoded per sample by DataLoader workers. Unreadable files stop the run with the file's name, or are
+skipped and counted when `data.skip_unreadable=true`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from cnnlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+RESIZE_MODES = ("center_crop", "stretch")
+
+
+class UnreadableImage(ValueError):
+    """An image file that neither torchvision.io nor Pillow can decode."""
+
+
+def find_classes(root: Path, key: str) -> list[str]:
+    if not root.is_dir():
+        raise ConfigError(f"{key}={root} is not a folder (resolved to {root.resolve()}); it should hold one "
+                          f"sub-folder of images per class")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ConfigError(f"{key}={root} has no class sub-folders; expected {root}/<class name>/<image files>")
+    return classes
+
+
+def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> tuple[list[Path], list[int]]:
+    """Image files (recursively) under each class folder, in a stable order, with their class indices."""
+    files, labels, empty = [], [], []
+    for index, name in enumerate(classes):
+        folder = root / name
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()) \
+            if folder.is_dir() else []
+        if not found:
+            empty.append(name)
+        files += found
+        labels += [index] * len(found)
+    if not files:
+        raise ConfigError(f"{key}={root} holds no image files ({', '.join(EXTENSIONS)}) in its class folders")
+    if empty and require_all:
+        raise ConfigError(f"{key}={root}: class folder(s) {', '.join(empty)} hold no image files; remove them or "
+                          f"add images (accepted: {', '.join(EXTENSIONS)})")
+    return files, labels
+
+
+def decode(path: Path, channels: int) -> torch.Tensor:
+    """uint8 (C, H, W) with C = channels (1: grayscale, 3: RGB), whatever the file stores (Pillow decodes)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except Exception as bad:  # Pillow raises many types for damaged files
+        raise UnreadableImage(f"cannot read image {path}: {bad}") from None
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Bring one image to `size`: scale the shorter side and crop the centre, or stretch to fit."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    if mode == "stretch":
+        return TF.resize(image, list(size), antialias=True)
+    h, w = image.shape[-2:]
+    scale = max(size[0] / h, size[1] / w)
+    resized = TF.resize(image, [max(size[0], round(h * scale)), max(size[1], round(w * scale))], antialias=True)
+    return TF.center_crop(resized, list(size))
+
+
+class ImageFiles(Dataset):
+    """Per-sample decoding for folders too large to hold in memory (DataLoader path).
+
+    With skip=True an unreadable file yields None, which `collate_skipping` drops and counts.
+    """
+
+    def __init__(self, files, labels, channels: int, size, resize_mode: str, skip: bool, transform=None):
+        self.files, self.labels = list(files), torch.as_tensor(labels, dtype=torch.long)
+        self.channels, self.size, self.resize_mode, self.skip = channels, tuple(size), resize_mode, skip
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            x = fit_to_size(decode(self.files[i], self.channels), self.size, self.resize_mode)
+        except UnreadableImage as bad:
+            if self.skip:
+                return None
+            raise UnreadableImage(f"{bad}; set data.skip_unreadable=true to skip and count such files") from None
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[i]
+
+
+def collate_skipping(batch):
+    """default_collate over the readable samples, plus how many were skipped."""
+    from torch.utils.data import default_collate
+
+    kept = [item for item in batch if item is not None]
+    x, y = default_collate(kept) if kept else (None, None)
+    return x, y, len(batch) - len(kept)
+
+
+def load_all(files, labels, channels: int, size, resize_mode: str, skip: bool, key: str):
+    """Decode every file up front into one uint8 tensor."""
+    def one(path):
+        try:
+            return fit_to_size(decode(path, channels), size, resize_mode)
+        except UnreadableImage as bad:
+            return bad
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+        decoded = list(pool.map(one, files))
+    bad = [(path, result) for path, result in zip(files, decoded) if isinstance(result, UnreadableImage)]
+    if bad and not skip:
+        raise ConfigError(f"{key}: {bad[0][1]}" + (f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else "")
+                          + "; set data.skip_unreadable=true to skip and count unreadable files")
+    if bad:
+        log.warning("%s: skipped %d unreadable image file(s), e.g. %s", key, len(bad), bad[0][0])
+    keep = [i for i, result in enumerate(decoded) if not isinstance(result, UnreadableImage)]
+    if not keep:
+        raise ConfigError(f"{key}: none of the {len(files)} image files could be read")
+    images = torch.stack([decoded[i] for i in keep])
+    return images, torch.as_tensor([labels[i] for i in keep], dtype=torch.long), len(bad)

@@ -104,3 +104,26 @@ def test_fake_data_is_seeded(make_cfg):
     a = _all(_build(make_cfg, "data=fake", "data.num_samples=60").test)
     b = _all(_build(make_cfg, "data=fake", "data.num_samples=60").test)
     assert a[0].shape[1:] == (3, 32, 32) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_training_runs_end_to_end_on_tiny_mnist(make_cfg, tmp_path, caplog):
+    import logging
+
+    from cnnlab.train import train
+
+    caplog.set_level(logging.INFO)
+    disk.write_mnist_like(tmp_path / "d", n_train=100, n_test=30)
+    metrics = train(make_cfg("data=mnist", f"data.root={tmp_path / 'd'}", "data.batch_size=16"), overrides=[])
+    assert np.isfinite(metrics["test/loss"]) and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "data mnist: 90 train / 10 val / 30 test images (in memory), tensor loader" in caplog.text
+
+
+def test_cli_trains_on_tiny_cifar10_found_through_cnnlab_data(run_cli, tmp_path, monkeypatch):
+    disk.write_cifar10(tmp_path / "d")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "d"))  # data.root defaults to ${paths.data_root}
+    result = run_cli("train", "data=cifar10", "model=resnet20", "augment=basic", "augment/mix=cutmix",
+                     "trainer.max_epochs=1", "trainer.progress=none", f"hydra.run.dir={tmp_path / 'run'}",
+                     "data.batch_size=16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "data cifar10: 90 train / 10 val / 20 test images (in memory), tensor loader" in result.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()

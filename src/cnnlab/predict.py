@@ -15,24 +15,17 @@ from cnnlab.cli import reports_config_errors
 from cnnlab.errors import ConfigError
 
 
-def load_image(path: Path, in_channels: int, size: tuple[int, int]):
-    """A (C, H, W) uint8 tensor in the model's channel count and input size."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+def load_image(path: Path, in_channels: int, size: tuple[int, int], resize_mode: str = "stretch"):
+    """A (C, H, W) uint8 tensor in the model's channel count and input size, prepared as training images were
+    (an image folder's resize_mode; the resident sets were resized to exactly the input size)."""
+    from cnnlab.data.imagefolder import UnreadableImage, decode, fit_to_size
 
+    if not path.is_file():
+        raise ConfigError(f"image {path}: no such file")
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if in_channels == 1 else "RGB")
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise ConfigError(f"image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as bad:
+        return fit_to_size(decode(path, in_channels), size, resize_mode)
+    except UnreadableImage as bad:
         raise ConfigError(f"image {path} cannot be read as an image: {bad}") from None
-    tensor = torch.from_numpy(array)
-    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
 def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -> list[dict]:
@@ -47,7 +40,8 @@ def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -
     target = resolve_device(device)
     loaded = load_trained_model(find_checkpoint(ckpt, "checkpoint"), target)
     info = loaded.info
-    batch = torch.stack([load_image(Path(p), info.in_channels, info.input_size) for p in images]).to(target)
+    mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
+    batch = torch.stack([load_image(Path(p), info.in_channels, info.input_size, mode) for p in images]).to(target)
     x = Normalize(info.mean, info.std, target)(batch.float())
     with torch.inference_mode():
         probs = loaded.model(x).float().softmax(dim=1)

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import load_checkpoint, save_atomic
+from cnnlab.engine.checkpoint import config_hash, load_checkpoint, save_atomic
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.errors import ConfigError
 from cnnlab.model_io import find_checkpoint, load_trained_model
@@ -93,12 +93,24 @@ def test_checkpoint_of_another_architecture_is_refused(trained_run, make_cfg):
     run_dir, _ = trained_run
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     ckpt["config"]["model"]["name"] = "resnet20"
+    ckpt["config_hash"] = config_hash(ckpt["config"])
     forged = run_dir.parent / "other_arch.ckpt"
     torch.save(ckpt, forged)
     # The user asks to continue that checkpoint with LeNet-5 on the command line.
     overrides = [f"trainer.resume={forged}", "model=lenet5"]
-    with pytest.raises(ConfigError, match="holds a 'resnet20' model.*model.name='lenet5'"):
+    with pytest.raises(ConfigError, match="cannot continue that checkpoint \\(model.name: 'resnet20' in the "
+                                          "checkpoint, 'lenet5' now\\)"):
         train(make_cfg(*overrides), overrides=overrides)
+
+
+def test_checkpoint_whose_config_was_altered_is_refused(trained_run, make_cfg):
+    run_dir, _ = trained_run
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    ckpt["config"]["optimizer"]["lr"] = 1.0  # edited without updating the stored hash
+    altered = run_dir.parent / "altered.ckpt"
+    torch.save(ckpt, altered)
+    with pytest.raises(ConfigError, match="altered.ckpt: the config stored in the checkpoint does not match its hash"):
+        train(make_cfg(f"trainer.resume={altered}"), overrides=[f"trainer.resume={altered}"])
 
 
 def test_checkpoint_with_other_shapes_is_refused(trained_run, tmp_path):

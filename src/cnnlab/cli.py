@@ -6,22 +6,33 @@ import functools
 import logging
 import sys
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, RunError, TrainingStopped
+
+
+def _report(message: str) -> None:
+    if logging.getLogger().handlers:  # under Hydra: console and the run's log file
+        logging.getLogger("cnnlab").error("%s", message)
+    else:
+        print(message, file=sys.stderr)
 
 
 def reports_config_errors(fn):
-    """Run fn; a ConfigError becomes 'error: <message>' on stderr and exit status 2, with no traceback."""
+    """Run fn and turn the errors a user can act on into one message and an exit status, no traceback:
+    bad input (ConfigError) -> 2, a run that cannot go on (RunError) -> 1, stopped by a signal -> 128 + signal."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ConfigError as bad:
-            if logging.getLogger().handlers:  # under Hydra: console and the run's log file
-                logging.getLogger("cnnlab").error("error: %s", bad)
-            else:
-                print(f"error: {bad}", file=sys.stderr)
+            _report(f"error: {bad}")
             sys.exit(2)
+        except RunError as bad:
+            _report(f"error: {bad}")
+            sys.exit(1)
+        except TrainingStopped as stopped:
+            _report(str(stopped))
+            sys.exit(128 + stopped.signum)
 
     return wrapper
 

@@ -60,3 +60,38 @@ def apply_overrides(saved: DictConfig, composed: DictConfig, keys: list[str]) ->
                 node = OmegaConf.to_container(node, resolve=True)
             OmegaConf.update(merged, key, node, merge=False, force_add=True)
     return merged
+
+
+def _flatten(node, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def flat_differences(a, b) -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) for every leaf that differs (lists compared whole)."""
+    fa = dict(_flatten(OmegaConf.to_container(a, resolve=True) if not isinstance(a, dict) else a))
+    fb = dict(_flatten(OmegaConf.to_container(b, resolve=True) if not isinstance(b, dict) else b))
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
+def targets(cfg) -> list[tuple[str, str]]:
+    """(dotted key, class path) of every `_target_` in a config, including inside lists."""
+    container = OmegaConf.to_container(cfg, resolve=False) if not isinstance(cfg, (dict, list)) else cfg
+    found = []
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "_target_":
+                    found.append((f"{prefix}_target_", value))
+                else:
+                    walk(value, f"{prefix}{key}.")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{prefix}{i}.")
+
+    walk(container, "")
+    return found

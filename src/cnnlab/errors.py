@@ -16,3 +16,19 @@ class ConfigError(ValueError):
         else:
             message = f"{len(self.problems)} problems in the config:\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
+
+
+class RunError(RuntimeError):
+    """A run that started correctly cannot go on (divergence, full disk, out of memory).
+
+    The message says what happened, where, what was kept and what to try; the CLIs print it without a
+    traceback and exit with status 1.
+    """
+
+
+class TrainingStopped(RuntimeError):
+    """Training was stopped by a signal after writing a resumable checkpoint; exit status 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -41,6 +41,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     from cnnlab.validate import validate
 
     validate(run_cfg)
+    from cnnlab.train import check_trusted_targets
+
+    check_trusted_targets(run_cfg, cfg, f"the config saved in {path}")
 
     from cnnlab.data import build_data
     from cnnlab.devices import resolve_device, resolve_precision

@@ -23,16 +23,73 @@ log = logging.getLogger("cnnlab")
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]):
-    """For trainer.resume: the killed run's saved config with this command line's overrides on top."""
-    from cnnlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+    """For trainer.resume: the killed run's saved config with this command line's overrides on top.
 
-    path = resolve_checkpoint(cfg.trainer.resume, "trainer.resume")
-    ckpt = load_checkpoint(path)
+    A run dir resumes from its newest readable checkpoint (last.ckpt, else best.ckpt), and says which.
+    """
+    from cnnlab.engine.checkpoint import CKPT_DIR, load_checkpoint, newest_valid
+
+    where = Path(str(cfg.trainer.resume)).expanduser()
+    if where.is_dir():
+        folder = where / CKPT_DIR if (where / CKPT_DIR).is_dir() else where
+        try:
+            path, ckpt, skipped = newest_valid([folder / "last.ckpt", folder / "best.ckpt"])
+        except ConfigError as bad:
+            raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {bad}") from None
+        for reason in skipped:
+            log.warning("passing over unreadable checkpoint %s", reason)
+    elif where.is_file():
+        path, ckpt = where, load_checkpoint(where)
+    else:
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: no such file or directory")
+    partial = ckpt.get("partial")
+    log.info("resuming from %s (%s)", path, f"epoch {partial['epoch']}, after step {partial['loader']['batches']}"
+             if partial else f"end of epoch {ckpt.get('epoch', 0)}")
     saved = OmegaConf.create(ckpt["config"])
     keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
     merged = apply_overrides(saved, cfg, keys)
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
+    check_compatible(saved, merged, path)
+    check_trusted_targets(merged, cfg, f"the config saved in {path}")
     return merged, ckpt, path
+
+
+# Keys whose change makes a checkpoint's tensors or training state mean something else.
+INCOMPATIBLE_KEYS = ("model", "data.name", "data.in_channels", "data.num_classes", "data.input_size",
+                     "data.classes", "data.class_subset", "optimizer._target_", "scheduler._target_",
+                     "scheduler.interval", "seed")
+
+
+def check_compatible(saved: DictConfig, merged: DictConfig, path) -> None:
+    """Refuse a resume whose overrides change what the checkpoint's state means; list what differs."""
+    from cnnlab.config import flat_differences
+
+    differences = flat_differences(saved, merged)
+    bad = [d for d in differences if any(d[0] == k or d[0].startswith(k + ".") for k in INCOMPATIBLE_KEYS)]
+    if bad:
+        lines = [f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in bad]
+        raise ConfigError([f"trainer.resume={path}: this config cannot continue that checkpoint ({line})"
+                           for line in lines])
+    changed = [d for d in differences if not d[0].startswith(("paths.", "trainer.resume"))]
+    if changed:
+        log.info("resuming with changed settings: %s",
+                 ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changed))
+
+
+def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str) -> None:
+    """Every _target_ that came from a file must be one the user's own config allows (trusted_targets
+    prefixes, or the very class the user's own config names at that key): a checkpoint cannot make cnnlab
+    instantiate something the user never chose."""
+    from cnnlab.config import targets
+
+    prefixes = tuple(str(p) for p in (own.get("trusted_targets") or ()))
+    own_targets = dict(targets(own))
+    untrusted = [(key, value) for key, value in targets(cfg)
+                 if not str(value).startswith(prefixes) and own_targets.get(key) != value]
+    if untrusted:
+        raise ConfigError([f"{key}={value!r} in {source} is not trusted: your config allows _target_ classes under "
+                           f"{', '.join(prefixes) or '(none)'}; add its prefix to trusted_targets if you trust "
+                           f"this file" for key, value in untrusted])
 
 
 @dataclass

@@ -100,6 +100,14 @@ def validate(cfg: DictConfig) -> None:
     if _get(cfg, "optimizer.nesterov") and not (_get(cfg, "optimizer.momentum") or 0) > 0:
         problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
 
+    # model: the name and keys, checked against the zoo entry's builder without building anything
+    problems += _model_problems(cfg)
+
+    # reliability
+    choice("trainer.nonfinite", ("stop", "skip", "off"))
+    if not isinstance(_get(cfg, "trainer.handle_signals"), bool):
+        problems.append(f"trainer.handle_signals={_get(cfg, 'trainer.handle_signals')!r} must be true or false")
+
     # scheduler
     choice("scheduler.interval", ("epoch", "step"))
     positive_int("scheduler.warmup_epochs", allow_zero=True)
@@ -188,3 +196,28 @@ def _missing_class(target: str) -> str | None:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"it has: {', '.join(known[:40])}"
     return f"{module_name} has no {name!r}; {hint}"
+
+
+def _model_problems(cfg) -> list[str]:
+    import inspect
+
+    from cnnlab.models import GENERIC_KEYS, INITS, MODELS, _import_zoo
+
+    model = _get(cfg, "model")
+    if model is None:
+        return []
+    _import_zoo()
+    name = model.get("name")
+    if name not in MODELS:
+        return [f"model.name={name!r} is not in the zoo; choose one of {', '.join(sorted(MODELS))}"]
+    problems = []
+    init = model.get("init", "default") or "default"
+    if init not in INITS:
+        problems.append(f"model.init={init!r} is not accepted; choose one of {', '.join(INITS)}")
+    accepted = set(inspect.signature(MODELS[name]).parameters) - {"in_channels", "num_classes", "input_size"}
+    unknown = sorted(k for k in model if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")
+                     and k not in accepted)
+    if unknown:
+        problems.append(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
+                        f"it accepts {', '.join(sorted(accepted)) or 'none'}")
+    return problems

@@ -55,9 +55,24 @@ class TensorLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self._live = None      # (generator, batches yielded) of the epoch being iterated
+        self._resume = None    # state_dict() of an interrupted epoch, applied by the next __iter__
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        """Where the current epoch stands: batches done and the random stream's state after them."""
+        generator, done = self._live if self._live else (None, 0)
+        return {"epoch": self.epoch, "batches": done,
+                "generator": generator.get_state() if generator is not None else None,
+                "mix": self.mix.state() if self.mix is not None else None}
+
+    def resume(self, state: dict, on_resumed=None) -> None:
+        """The next epoch iteration continues an interrupted one: same order, same augmentation draws.
+        `on_resumed()` runs once the position is restored, before the first new batch is drawn."""
+        self.epoch = int(state["epoch"])
+        self._resume = (state, on_resumed)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -72,14 +87,27 @@ class TensorLoader:
         generator = derived_generator(self.seed, self.epoch, device=self.device) if (self.shuffle or self.augment) else None
         order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
         _start_mix(self.mix, self.seed, self.epoch)
-        for b in range(len(self)):
+        first, resume, self._resume = 0, self._resume, None
+        if resume is not None:
+            resume, on_resumed = resume
+            first = int(resume["batches"])
+            if generator is not None and resume["generator"] is not None:
+                generator.set_state(resume["generator"])
+            if self.mix is not None and resume.get("mix") is not None:
+                self.mix.set_state(resume["mix"])
+            if on_resumed is not None:
+                on_resumed()
+        self._live = (generator, first)
+        for b in range(first, len(self)):
             start = b * self.batch_size
             idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
             x = self.images[idx].float()
             if self.augment is not None:
                 x = self.augment(x, generator)
             x, y = self.normalize(x), self.labels[idx]
-            yield self.mix(x, y) if self.mix is not None else (x, y)
+            batch = self.mix(x, y) if self.mix is not None else (x, y)
+            self._live = (generator, b + 1)
+            yield batch
 
 
 class TransformDataset(Dataset):
@@ -119,11 +147,23 @@ class DataLoaderAdapter:
             worker_init_fn=_seed_worker if num_workers > 0 else None, collate_fn=collate_fn)
         self.mix = mix
         self.skipped = 0  # unreadable files dropped by a skipping collate function, over all epochs
+        self._done = 0    # batches yielded in the current epoch
+        self._resume = None
         self.normalize = Normalize(mean, std, self.device)
         self.non_blocking = pin
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self._done, "generator": None,
+                "mix": self.mix.state() if self.mix is not None else None}
+
+    def resume(self, state: dict, on_resumed=None) -> None:
+        """The next iteration replays the interrupted epoch's first batches (same seeds: same batches) unseen;
+        `on_resumed()` runs after the replay, before the first new batch is drawn."""
+        self.epoch = int(state["epoch"])
+        self._resume = (state, on_resumed)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -137,7 +177,18 @@ class DataLoaderAdapter:
         # the global RNG, which the trainer re-seeds from (seed, epoch) at every epoch start.
         self.generator.manual_seed(derived_generator(self.seed, self.epoch).initial_seed())
         _start_mix(self.mix, self.seed, self.epoch)
-        for batch in self.loader:
+        resume, self._resume = self._resume, None
+        resume, on_resumed = resume if resume else (None, None)
+        skip = int(resume["batches"]) if resume else 0
+        self._done = skip
+        batches = iter(self.loader)
+        for _ in range(skip):  # worker seeds derive from the epoch's generator: replaying gives the same batches
+            next(batches)
+        if resume and self.mix is not None and resume.get("mix") is not None:
+            self.mix.set_state(resume["mix"])
+        if on_resumed is not None:
+            on_resumed()  # e.g. the global RNG as it was after the last finished step
+        for batch in batches:
             x, y = batch[0], batch[1]
             if len(batch) == 3:  # (x, y, number of unreadable files skipped)
                 self.skipped += int(batch[2])
@@ -146,7 +197,9 @@ class DataLoaderAdapter:
             x = x.to(self.device, non_blocking=self.non_blocking).float()
             y = y.to(self.device, non_blocking=self.non_blocking)
             x = self.normalize(x)
-            yield self.mix(x, y) if self.mix is not None else (x, y)
+            batch = self.mix(x, y) if self.mix is not None else (x, y)
+            self._done += 1
+            yield batch
 
 
 def _seed_worker(worker_id: int) -> None:

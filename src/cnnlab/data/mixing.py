@@ -47,6 +47,12 @@ class BatchMix:
         """A fresh stream per (run seed, epoch), like every other random choice of the data path."""
         self.rng = np.random.default_rng(seed)
 
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
     def choose(self, h: int, w: int) -> tuple[str, float, tuple[int, int, int, int] | None]:
         """('none'|'mixup'|'cutmix', the weight of the original image, the CutMix box (top, bottom, left, right))."""
         if self.rng.random() >= self.prob:

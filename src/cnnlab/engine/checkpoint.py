@@ -87,7 +87,45 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise ConfigError(f"{path} is not a readable cnnlab checkpoint: {str(bad).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{path} is not a cnnlab checkpoint (no model weights and config inside)")
+    version = ckpt.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(f"{path} has checkpoint format {version!r}, newer than this cnnlab reads "
+                          f"(up to {FORMAT_VERSION}); upgrade cnnlab to use it")
+    stored = ckpt.get("config_hash")
+    if stored is not None and stored != config_hash(ckpt["config"]):
+        raise ConfigError(f"{path}: the config stored in the checkpoint does not match its hash; the file was "
+                          f"altered or damaged")
     return ckpt
+
+
+def config_hash(config: dict) -> str:
+    """A stable fingerprint of a resolved config (sorted-key JSON, SHA-256)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def newest_valid(candidates: list[Path]) -> tuple[Path, dict, list[str]]:
+    """Of the checkpoint files given, the readable one furthest into training; and why others were passed over."""
+    best, skipped = None, []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except ConfigError as bad:
+            skipped.append(f"{path.name} ({bad})")
+            continue
+        partial = ckpt.get("partial") or {}
+        progress = (int(ckpt.get("epoch", 0)), int(partial.get("loader", {}).get("batches", 0)) if partial else 0)
+        if best is None or progress > best[2]:
+            best = (path, ckpt, progress)
+    if best is None and not skipped:
+        raise ConfigError(f"no checkpoint in that directory (looked for {', '.join(str(c) for c in candidates)})")
+    if best is None:
+        raise ConfigError(f"no readable checkpoint in that directory: {'; '.join(skipped)}")
+    return best[0], best[1], skipped
 
 
 def check_channels(ckpt: dict, path, in_channels: int | None, key: str = "checkpoint") -> None:

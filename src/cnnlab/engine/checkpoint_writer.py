@@ -46,9 +46,13 @@ class CheckpointWriter:
     def _write(state: dict, paths: list[Path]) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)  # serialise once, even when best and last get the same state
-        write_bytes_atomic(buffer.getvalue(), paths[0])
-        for path in paths[1:]:
-            link_atomic(paths[0], path)
+        try:
+            write_bytes_atomic(buffer.getvalue(), paths[0])
+            for path in paths[1:]:
+                link_atomic(paths[0], path)
+        except OSError as bad:
+            bad.filename = bad.filename or str(paths[0])  # so the error message can name the file
+            raise
 
     def _raise_finished_errors(self) -> None:
         still = []

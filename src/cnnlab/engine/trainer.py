@@ -12,10 +12,13 @@ import torch.nn as nn
 
 from cnnlab import __version__
 from cnnlab.devices import Precision
-from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION
+from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION, config_hash
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.engine.early_stopping import MonitoredMetric
 from cnnlab.engine.progress import Progress
+from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message, is_out_of_memory,
+                                  out_of_memory_message)
+from cnnlab.errors import RunError, TrainingStopped
 from cnnlab.metrics import MetricTracker, confusion_matrix, hard_labels, per_class_accuracy
 from cnnlab.seeding import derived_generator, rng_state, set_rng_state
 
@@ -73,6 +76,11 @@ class Trainer:
         self.val_acc_best: float | None = None
         self.stopped_early = False
         self.checkpoints = CheckpointWriter()
+        self.nonfinite = str(cfg.get("nonfinite", "stop"))
+        self.nonfinite_steps = 0  # steps skipped for a non-finite loss/gradient (trainer.nonfinite=skip)
+        self.handle_signals = bool(cfg.get("handle_signals", True))
+        self.partial: dict | None = None  # a mid-epoch checkpoint's position, continued by the next fit
+        self.batch_size: int | None = None
 
     # ---- one step ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -80,7 +88,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor):
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0):
+        """One optimisation step; returns (loss, logits), or None when a non-finite step was skipped."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -94,54 +103,130 @@ class Trainer:
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            # Inf/NaN gradients are the scaler's business (it skips the step and lowers the scale).
+            if self.nonfinite != "off" and not self._finite(loss, None, epoch, step):
+                return None
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            norm = None
             if self.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            elif self.nonfinite != "off":
+                norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            if self.nonfinite != "off" and not self._finite(loss, norm, epoch, step):
+                return None
             self.optimizer.step()
         self.schedule.step_batch()
         return loss, logits
+
+    def _finite(self, loss: torch.Tensor, grad_norm, epoch: int, step: int) -> bool:
+        """Check loss (and gradient norm) once per step: stop with a diagnosis, or skip the step."""
+        ok = torch.isfinite(loss.detach())
+        if grad_norm is not None:
+            ok = ok & torch.isfinite(grad_norm)
+        if bool(ok):  # the one sync per step this check costs
+            return True
+        what = f"the loss is {float(loss):g}" if not torch.isfinite(loss.detach()) else "a gradient is not finite"
+        if self.nonfinite == "skip":
+            self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.step_batch()  # the schedule keeps its pace, as with a scaler-skipped step
+            self.nonfinite_steps += 1
+            if self.nonfinite_steps in (1, 10, 100, 1000):
+                log.warning("skipped step %d of epoch %d: %s (%d skipped so far)", step + 1, epoch, what,
+                            self.nonfinite_steps)
+            return False
+        raise RunError(divergence_message(what, epoch, step + 1, self.global_step + 1, self._kept()))
+
+    def _kept(self) -> str:
+        """What a failed run leaves to resume from, for the error message."""
+        last = self.run_dir / CKPT_DIR / "last.ckpt"
+        if self.epoch and last.is_file():
+            return f"The last good checkpoint, {last} (epoch {self.epoch}), is kept."
+        return "No checkpoint had been written yet."
 
     # ---- loops ---------------------------------------------------------------------------------------
     def steps_per_epoch(self, train) -> int:
         return steps_per_epoch(len(train), self.limit_train_batches)
 
     def fit(self, train, val) -> list[dict]:
+        """Train to trainer.max_epochs (or an early stop). Stops cleanly on SIGINT/SIGTERM; failures a user can
+        act on (divergence, out of memory, full disk) become a RunError that says what was kept."""
+        try:
+            with StopSignals(self.handle_signals) as signals:
+                self._fit(train, val, signals)
+        except (RunError, TrainingStopped):
+            raise
+        except OSError as bad:
+            if bad.errno is None:
+                raise
+            raise RunError(disk_message(bad.filename or self.run_dir, bad, self._kept())) from bad
+        except RuntimeError as bad:
+            if not is_out_of_memory(bad):
+                raise
+            where = f"training epoch {self.epoch + 1}"
+            raise RunError(out_of_memory_message(where, self.batch_size, str(self.cfg.precision), self._kept())) from bad
+        finally:
+            self.progress.close()
+        return self.history
+
+    def _fit(self, train, val, signals: StopSignals) -> None:
         max_epochs = int(self.cfg.max_epochs)
         monitor = self.monitored.monitor
         if self.epoch >= max_epochs:
             log.info("nothing to train: the checkpoint already completed %d of %d epochs", self.epoch, max_epochs)
-        if self.epoch == 0 and self.tb is not None:
+        if self.epoch == 0 and self.partial is None and self.tb is not None:
             self.tb.filters(self.model, 0)
+        self.batch_size = getattr(train, "batch_size", None)
         for epoch in range(self.epoch + 1, max_epochs + 1):
-            # Global RNG (dropout, per-sample transforms) re-seeded per epoch: a resumed epoch k draws
-            # exactly what the uninterrupted run drew.
-            torch.manual_seed(derived_generator(self.seed, epoch, 7).initial_seed())
-            train.set_epoch(epoch)
+            partial, self.partial = self.partial, None
+            tracker = MetricTracker((1,), self.device)  # top-k beyond 1 is an evaluation metric
+            first_step, seconds_before = 0, 0.0
+            if partial is None:
+                # Global RNG (dropout, per-sample transforms) re-seeded per epoch: a resumed epoch k draws
+                # exactly what the uninterrupted run drew.
+                torch.manual_seed(derived_generator(self.seed, epoch, 7).initial_seed())
+                train.set_epoch(epoch)
+            else:  # continue an epoch stopped mid-way: same batches, same random draws from here on
+                rng = partial["rng"]
+                train.resume(partial["loader"], on_resumed=lambda: set_rng_state(rng))
+                first_step, seconds_before = int(partial["loader"]["batches"]), float(partial["seconds"])
+                tracker.loss_sum.fill_(float(partial["tracker"]["loss_sum"]))
+                tracker.correct.copy_(partial["tracker"]["correct"].to(self.device))
+                tracker.count = int(partial["tracker"]["count"])
+                log.info("continuing epoch %d after step %d", epoch, first_step)
             if self.freezer is not None:
                 self.freezer.before_epoch(epoch)
             self.model.train()
             if self.freezer is not None:
                 self.freezer.set_modes()
-            tracker = MetricTracker((1,), self.device)  # top-k beyond 1 is an evaluation metric
             self.progress.start_epoch(epoch, self.steps_per_epoch(train))
             start = time.perf_counter()
-            for step, (x, y) in enumerate(train):
+            step = first_step
+            for step, (x, y) in enumerate(train, start=first_step):
                 if step == self.limit_train_batches:
                     break
                 if self.global_step == 0 and self.tb is not None:
                     self.tb.input_batch(x, self.data_info.mean, self.data_info.std, 0)
-                loss, logits = self._train_step(x, y)
-                tracker.update(loss, logits, y)
-                self.progress.update(tracker)
+                result = self._train_step(x, y, epoch, step)
+                if result is not None:
+                    tracker.update(result[0], result[1], y)
+                    self.progress.update(tracker)
                 self.global_step += 1
+                if signals.requested:
+                    self._stop_mid_epoch(train, tracker, epoch, seconds_before + time.perf_counter() - start,
+                                         signals.requested)
+            if self.nonfinite == "skip" and tracker.count == 0 and step > first_step:
+                raise RunError(divergence_message(f"every step of epoch {epoch} had a non-finite loss or gradient",
+                                                  epoch, step + 1, self.global_step, self._kept()))
             metrics = tracker.compute("train")  # reads the sums: the one sync per epoch
-            seconds = time.perf_counter() - start
+            seconds = seconds_before + time.perf_counter() - start
             metrics["lr"] = self.schedule.lr()
             metrics["throughput/img_s"] = tracker.count / max(seconds, 1e-9)
             metrics["time/epoch_s"] = seconds
+            if self.nonfinite == "skip":
+                metrics["train/nonfinite_steps"] = self.nonfinite_steps
             metrics.update(self.evaluate(val, "val"))
             if monitor not in metrics:
                 from cnnlab.errors import ConfigError
@@ -162,14 +247,38 @@ class Trainer:
                     self.tb.histograms(self.model, epoch)
             self._save_checkpoints(improved)
             self.progress.end_epoch(epoch, metrics, seconds, improved)
+            if signals.requested:  # arrived during validation: the epoch's checkpoint is the place to resume
+                self.checkpoints.wait()
+                raise TrainingStopped(self._stopped_message(signals.requested, f"after epoch {epoch}"),
+                                      signals.requested)
             if self.cfg.early_stopping.enabled and self.monitored.should_stop:
                 self.stopped_early = True
                 log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", monitor,
                          self.monitored.patience, self.monitored.best, self.monitored.best_epoch)
                 break
-        self.progress.close()
         self.checkpoints.wait()  # the caller may read best.ckpt next
-        return self.history
+
+    def _stop_mid_epoch(self, train, tracker: MetricTracker, epoch: int, seconds: float, signum: int) -> None:
+        """Write last.ckpt at this step (synchronously) and stop; resuming continues this epoch here."""
+        state = self.state_dict()
+        state["partial"] = {
+            "epoch": epoch, "loader": train.state_dict(), "seconds": seconds, "rng": rng_state(),
+            "tracker": {"loss_sum": float(tracker.loss_sum), "correct": tracker.correct.cpu(), "count": tracker.count},
+        }
+        if self.cfg.checkpoint.save_last:
+            self.checkpoints.submit(state, [self.run_dir / CKPT_DIR / "last.ckpt"])
+        self.checkpoints.wait()
+        where = f"at epoch {epoch}, step {state['partial']['loader']['batches']}"
+        raise TrainingStopped(self._stopped_message(signum, where), signum)
+
+    def _stopped_message(self, signum: int, where: str) -> str:
+        import signal
+
+        name = signal.Signals(signum).name
+        if not self.cfg.checkpoint.save_last:
+            return f"stopped by {name} {where}; no checkpoint written (trainer.checkpoint.save_last=false)"
+        return (f"stopped by {name} {where}; checkpoint written to {self.run_dir / CKPT_DIR / 'last.ckpt'}. "
+                f"Continue with: cnnlab-train trainer.resume={self.run_dir}")
 
     def evaluate(self, loader, prefix: str, with_confusion: bool = False):
         """Loss and top-k accuracy over a split; optionally also the confusion matrix (rows = true class)."""
@@ -215,7 +324,9 @@ class Trainer:
             "val_acc_best": self.val_acc_best,
             "history": self.history,
             "rng": rng_state(),
+            "nonfinite_steps": self.nonfinite_steps,
             "config": self.config,
+            "config_hash": config_hash(self.config),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -229,6 +340,8 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.history = list(state.get("history", []))
         self.val_acc_best = state.get("val_acc_best")
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.partial = state.get("partial")
         set_rng_state(state["rng"])
 
     def _save_checkpoints(self, improved: bool) -> None:

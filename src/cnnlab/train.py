@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, RunError
 
 log = logging.getLogger("cnnlab")
 
@@ -66,8 +66,15 @@ def check_compatible(saved: DictConfig, merged: DictConfig, path) -> None:
 
     differences = flat_differences(saved, merged)
     bad = [d for d in differences if any(d[0] == k or d[0].startswith(k + ".") for k in INCOMPATIBLE_KEYS)]
+    if str(saved.scheduler.get("_target_", "")).endswith("OneCycleLR"):
+        # one-cycle's schedule is laid out over the whole run's steps: it cannot be stretched afterwards
+        bad += [d for d in differences if d[0] in ("trainer.max_epochs", "trainer.limit_train_batches",
+                                                   "data.batch_size")]
     if bad:
         lines = [f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in bad]
+        if any(key.startswith(("trainer.", "data.batch_size")) for key, _, _ in bad):
+            lines.append("scheduler=onecycle plans its steps over the whole run: to train longer, start a new run "
+                         "with finetune.checkpoint=<run dir>, or use another scheduler")
         raise ConfigError([f"trainer.resume={path}: this config cannot continue that checkpoint ({line})"
                            for line in lines])
     changed = [d for d in differences if not d[0].startswith(("paths.", "trainer.resume"))]
@@ -197,6 +204,18 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Train one model as the config says; returns the final metrics (also written to metrics.json)."""
     started = time.perf_counter()
     run = prepare(cfg, overrides)
+
+    try:
+        return _fit_test_record(run, started)
+    except OSError as bad:
+        if bad.errno is None:
+            raise
+        from cnnlab.engine.safety import disk_message
+
+        raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer._kept())) from bad
+
+
+def _fit_test_record(run: Run, started: float) -> dict:
     from cnnlab.runinfo import environment, flat_hparams, write_json
 
     trainer, tcfg = run.trainer, run.cfg.trainer
@@ -205,28 +224,32 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     try:
         trainer.fit(run.data.train, run.data.val)
         results = trainer.test(run.data.test, run.data.info.classes)
-    except BaseException:
-        # Keep what was logged so far readable and let queued checkpoint writes finish.
-        trainer.progress.close()
+        summary = dict(results)
+        summary.update({
+            "val/acc_best": trainer.val_acc_best,
+            "best_epoch": trainer.monitored.best_epoch,
+            f"best_{tcfg.monitor}": trainer.monitored.best,
+            "epochs_completed": trainer.epoch,
+            "stopped_early": trainer.stopped_early,
+            "params": run.n_params,
+            "wall_time_s": time.perf_counter() - started,
+            "run_dir": str(run.run_dir),
+        })
+        write_json(summary, run.run_dir / "metrics.json")
+        run.tb.hparams(flat_hparams(run.config), {k: v for k, v in summary.items()
+                                                  if k.startswith(("test/", "val/")) and isinstance(v, float)})
         run.tb.close()
         trainer.checkpoints.close()
+    except BaseException:
+        # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure
+        # here (the same full disk) must not hide the first.
+        trainer.progress.close()
+        for close in (run.tb.close, trainer.checkpoints.close):
+            try:
+                close()
+            except OSError as also:
+                log.warning("while stopping: %s", also)
         raise
-    summary = dict(results)
-    summary.update({
-        "val/acc_best": trainer.val_acc_best,
-        "best_epoch": trainer.monitored.best_epoch,
-        f"best_{tcfg.monitor}": trainer.monitored.best,
-        "epochs_completed": trainer.epoch,
-        "stopped_early": trainer.stopped_early,
-        "params": run.n_params,
-        "wall_time_s": time.perf_counter() - started,
-        "run_dir": str(run.run_dir),
-    })
-    write_json(summary, run.run_dir / "metrics.json")
-    run.tb.hparams(flat_hparams(run.config), {k: v for k, v in summary.items()
-                                              if k.startswith(("test/", "val/")) and isinstance(v, float)})
-    run.tb.close()
-    trainer.checkpoints.close()
     log.info("test/loss %.4f  test/acc %.4f  (best epoch %s)  run dir: %s", summary["test/loss"], summary["test/acc"],
              summary["best_epoch"], run.run_dir)
     return summary

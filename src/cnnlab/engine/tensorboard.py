@@ -13,6 +13,21 @@ from cnnlab.engine.images import confusion_image, grid
 log = logging.getLogger(__name__)
 
 
+def _names_event_file(method):
+    """An OSError while writing (e.g. a full disk, raised by the writer thread on the next call) names the file."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as bad:
+            bad.filename = bad.filename or f"{self.run_dir}/events.out.tfevents.* (TensorBoard event file)"
+            raise
+
+    return wrapper
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -22,6 +37,7 @@ class TensorBoardLogger:
 
     def __init__(self, cfg, run_dir: Path):
         self.cfg = cfg
+        self.run_dir = Path(run_dir)
         self.writer = None
         if cfg.enabled:
             from torch.utils.tensorboard import SummaryWriter
@@ -32,6 +48,7 @@ class TensorBoardLogger:
     def enabled(self) -> bool:
         return self.writer is not None
 
+    @_names_event_file
     def scalars(self, metrics: dict, step: int) -> None:
         if self.writer is None:
             return
@@ -43,6 +60,7 @@ class TensorBoardLogger:
         every = int(self.cfg.histogram_every_n_epochs)
         return self.writer is not None and every > 0 and epoch % every == 0
 
+    @_names_event_file
     def histograms(self, model: nn.Module, step: int) -> None:
         """Weights and the last step's gradients, per parameter, plus each layer's gradient L2 norm."""
         for name, param in model.named_parameters():
@@ -52,6 +70,7 @@ class TensorBoardLogger:
                 self.writer.add_histogram(f"grads/{name}", grad.cpu(), step)
                 self.writer.add_scalar(f"grad_norm/{name}", float(grad.norm()), step)
 
+    @_names_event_file
     def input_batch(self, images: torch.Tensor, mean, std, step: int, tag: str = "inputs/train_batch") -> None:
         """A grid of (augmented) training inputs, un-normalised so they look like the data."""
         if self.writer is None or not self.cfg.images:
@@ -61,6 +80,7 @@ class TensorBoardLogger:
         std_t = torch.tensor(list(std)).view(1, -1, 1, 1)
         self.writer.add_image(tag, grid(x * std_t + mean_t), step)
 
+    @_names_event_file
     def filters(self, model: nn.Module, step: int) -> None:
         if self.writer is None or not self.cfg.images:
             return
@@ -69,6 +89,7 @@ class TensorBoardLogger:
             return
         self.writer.add_image("filters/first_conv", grid(conv.weight, normalize_each=True, pad=1), step)
 
+    @_names_event_file
     def confusion(self, confusion: torch.Tensor, classes, step: int, tag: str = "test/confusion_matrix") -> None:
         if self.writer is None or not self.cfg.images:
             return
@@ -78,6 +99,7 @@ class TensorBoardLogger:
                        for c, row in zip(classes, confusion.tolist()))
         self.writer.add_text(tag, header + rows, step)
 
+    @_names_event_file
     def hparams(self, hparams: dict, metrics: dict) -> None:
         """HParams-tab entry in this run's own event file (add_hparams would start a separate sub-run)."""
         if self.writer is None or not self.cfg.hparams:
@@ -90,6 +112,7 @@ class TensorBoardLogger:
         for summary in (experiment, session_start, session_end):
             file_writer.add_summary(summary)
 
+    @_names_event_file
     def close(self) -> None:
         if self.writer is not None:
             self.writer.flush()

@@ -128,7 +128,7 @@ class Trainer:
             ok = ok & torch.isfinite(grad_norm)
         if bool(ok):  # the one sync per step this check costs
             return True
-        what = f"the loss is {float(loss):g}" if not torch.isfinite(loss.detach()) else "a gradient is not finite"
+        what = f"the loss is {float(loss.detach()):g}" if not torch.isfinite(loss.detach()) else "a gradient is not finite"
         if self.nonfinite == "skip":
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step_batch()  # the schedule keeps its pace, as with a scaler-skipped step
@@ -140,11 +140,22 @@ class Trainer:
         raise RunError(divergence_message(what, epoch, step + 1, self.global_step + 1, self._kept()))
 
     def _kept(self) -> str:
-        """What a failed run leaves to resume from, for the error message."""
+        """What a failed run leaves to resume from, for the error message (read back from disk: the writer is
+        asynchronous, so the newest epoch in memory may not be the one on disk)."""
+        from cnnlab.engine.checkpoint import load_checkpoint
+
         last = self.run_dir / CKPT_DIR / "last.ckpt"
-        if self.epoch and last.is_file():
-            return f"The last good checkpoint, {last} (epoch {self.epoch}), is kept."
-        return "No checkpoint had been written yet."
+        try:
+            self.checkpoints.wait()
+        except OSError:
+            pass  # the failure being reported
+        try:
+            ckpt = load_checkpoint(last)
+        except Exception:  # missing or unreadable: say so rather than fail while reporting a failure
+            return "No readable checkpoint had been written yet."
+        partial = ckpt.get("partial")
+        at = f"epoch {partial['epoch']}, step {partial['loader']['batches']}" if partial else f"epoch {ckpt['epoch']}"
+        return f"The last good checkpoint, {last} ({at}), is kept."
 
     # ---- loops ---------------------------------------------------------------------------------------
     def steps_per_epoch(self, train) -> int:

@@ -32,7 +32,9 @@ def make_cfg(tmp_path):
 
 
 def _run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # This checkout's code, also when another copy of cnnlab is installed and the command runs elsewhere.
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

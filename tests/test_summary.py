@@ -1,4 +1,5 @@
-"""The architecture inspector against hand-computed and published figures, and for every zoo entry."""
+"""The architecture inspector against hand-computed and published figures, for every zoo entry, and through
+the cnnlab-summary command line."""
 
 from __future__ import annotations
 
@@ -305,3 +306,85 @@ def test_a_failing_functional_op_names_its_module_and_the_op():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), Head())
     assert first_failure(model, (1, 5, 5)).startswith("layer '1' (Head, in max_pool2d): ")
     assert first_failure(model, (1, 6, 6)) is None
+
+
+# ---- the command line --------------------------------------------------------------------------------------------
+def compose_summary(tmp_path, *overrides):
+    from cnnlab.config import compose_config
+
+    return compose_config(list(overrides), tmp_path, config_name="summary")
+
+
+@pytest.mark.parametrize("value,expected", [("40", ((1, 40, 40), 10)), ("[40,48]", ((1, 40, 48), 10)),
+                                            ("[3,227,227]", ((3, 227, 227), 10))])
+def test_input_size_override(tmp_path, value, expected):
+    from cnnlab.summary import summary_input
+
+    assert summary_input(compose_summary(tmp_path, f"input_size={value}")) == expected
+
+
+@pytest.mark.parametrize("override,message", [
+    ("input_size=[1,2,3,4]", r"input_size=\[1, 2, 3, 4\] must be N .*, \[H, W\] or \[C, H, W\]"),
+    ("num_classes=0", "num_classes=0 must be a positive integer"),
+    ("format=xml", "format='xml' is not accepted; choose one of table, json"),
+    ("model.name=resnet19", "model.name='resnet19' is not in the zoo; choose one of .*resnet18"),
+])
+def test_bad_summary_values(tmp_path, override, message):
+    from cnnlab.summary import build_summary
+
+    with pytest.raises(ConfigError, match=message):
+        build_summary(compose_summary(tmp_path, override))
+
+
+def test_summary_config_composes_like_training(tmp_path):
+    from cnnlab.config import compose_config
+
+    train = compose_config(["model=resnet20", "data=shapes", "finetune.freeze=backbone"], tmp_path)
+    summary = compose_summary(tmp_path, "model=resnet20", "data=shapes", "finetune.freeze=backbone")
+    for key in ("model", "data", "finetune", "trainer", "optimizer", "seed"):
+        assert summary[key] == train[key], key
+    assert summary.format == "table" and summary.input_size is None
+
+
+def test_summary_through_the_config_freezes_the_backbone(tmp_path):
+    from cnnlab.summary import build_summary
+
+    summary = build_summary(compose_summary(tmp_path, "finetune.freeze=backbone"))
+    assert summary.frozen_params == 61_706 - 850 and summary.trainable_params == 850
+
+
+def test_cli_table_and_json(run_cli, tmp_path):
+    table = run_cli("summary", "model=alexnet", "input_size=[3,227,227]", "num_classes=1000", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr[-3000:]
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("alexnet on a 3x227x227 input")
+    conv1 = next(line.split() for line in lines if line.startswith("features.0 "))
+    assert conv1 == ["features.0", "Conv2d", "11x11", "4", "0", "96x55x55", "34,944", "0", "105,415,200", "11", "4"]
+    assert any(line.startswith("parameters") and "62,378,344" in line for line in lines)
+
+    done = run_cli("summary", "model=alexnet", "input_size=[3,227,227]", "num_classes=1000", "--json",
+                   f"output={tmp_path / 'alexnet.json'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(done.stdout)
+    assert json.loads((tmp_path / "alexnet.json").read_text()) == data
+    assert data["input_shape"] == [3, 227, 227] and data["output_shape"] == [1000]
+    assert data["totals"]["params"] == 62_378_344 and data["totals"]["frozen_params"] == 0
+    layers = {layer["name"]: layer for layer in data["layers"]}
+    assert layers["features.3"]["output_shape"] == [96, 27, 27] and layers["features.14"]["receptive_field"] == [195, 195]
+    assert len(data["layers"]) == len([line for line in lines if line.startswith(("features.", "classifier."))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alexnet.json"]  # no run dir, no log file
+
+
+def test_cli_too_small_input_names_the_layer(run_cli, tmp_path):
+    done = run_cli("summary", "model=alexnet_torchvision", cwd=tmp_path)  # the default data: 1x28x28 digits
+    assert done.returncode == 2
+    assert "error: model 'alexnet_torchvision' cannot take 1x28x28 inputs: layer 'features.5' (MaxPool2d)" in done.stderr
+    assert "smallest square input it accepts is 63x63" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_cli_unknown_model_lists_the_zoo(run_cli, tmp_path):
+    done = run_cli("summary", "model=resnet19", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: model=resnet19 is not in the zoo; choose one of alexnet, " in done.stderr
+    assert all(stem in done.stderr for stem in MODEL_CONFIGS)

@@ -1,5 +1,5 @@
-"""The architecture inspector against hand-computed and published figures, for every zoo entry, and through
-the cnnlab-summary command line."""
+"""The architecture inspector against hand-computed and published figures, for every zoo entry, through the
+cnnlab-summary command line, and at the start of training."""
 
 from __future__ import annotations
 
@@ -388,3 +388,34 @@ def test_cli_unknown_model_lists_the_zoo(run_cli, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: model=resnet19 is not in the zoo; choose one of alexnet, " in done.stderr
     assert all(stem in done.stderr for stem in MODEL_CONFIGS)
+
+
+# ---- training logs the same summary --------------------------------------------------------------------------------
+def test_training_writes_the_summary_to_the_run_dir(trained_run):
+    run_dir, _ = trained_run
+    model = build_model(entry_cfg("lenet5"), 1, 10, (28, 28))
+    expected = summarize(model, (1, 28, 28), "lenet5")
+    assert (run_dir / "model_summary.txt").read_text() == expected.table() + "\n"
+    assert json.loads((run_dir / "model_summary.json").read_text()) == json.loads(json.dumps(expected.to_dict()))
+
+
+def test_training_summary_shows_frozen_parameters_and_totals_only(make_cfg, caplog):
+    from cnnlab.train import prepare
+
+    with caplog.at_level("INFO", logger="cnnlab"):
+        run = prepare(make_cfg("finetune.freeze=backbone", "trainer.summary=totals", "logger=none"), overrides=[])
+    data = json.loads((run.run_dir / "model_summary.json").read_text())
+    assert data["totals"]["frozen_params"] == 61_706 - 850 and data["totals"]["trainable_params"] == 850
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "parameters            61,706 (61.71 K): 850 trainable, 60,856 frozen" in logged
+    assert "features.0 " not in logged  # totals only on the console; the file has every layer
+    assert "features.0 " in (run.run_dir / "model_summary.txt").read_text()
+
+
+def test_training_summary_can_be_switched_off(make_cfg):
+    from cnnlab.train import prepare
+
+    run = prepare(make_cfg("trainer.summary=none", "logger=none"), overrides=[])
+    assert not (run.run_dir / "model_summary.txt").exists()
+    with pytest.raises(ConfigError, match="trainer.summary='some' is not accepted; choose one of full, totals, none"):
+        prepare(make_cfg("trainer.summary=some", "logger=none"), overrides=[])

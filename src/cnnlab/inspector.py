@@ -302,9 +302,7 @@ class _Trace(TorchFunctionMode):
                 if window is not None and self.pending["window"] is None:
                     self.pending["window"] = window
             elif name in _SIGNATURES or name in _MATMULS:  # a functional op in a container's forward: own row
-                owner = self.names[self.stack[-1]] if self.stack else ""
-                row = {"name": f"{owner}.{name}" if owner else name, "type": f"F.{name}", "macs": macs,
-                       **(window or {})}
+                row = {"name": self._row_name(name), "type": f"F.{name}", "macs": macs, **(window or {})}
                 self._finish_row(row, outputs[0], inputs[:1])
         return out
 
@@ -417,7 +415,14 @@ class _Trace(TorchFunctionMode):
         grid = rf_in.grid
         if all(k >= g for k, g in zip(window, grid)) and grid != (1, 1):
             self.feature_map = {"layer": self.origin.get(id(first), "input"), "receptive_field": rf_in.size,
-                                "jump": rf_in.jump, "map": grid, "pooled_by": self._where() or name}
+                                "jump": rf_in.jump, "map": grid, "pooled_by": self._row_name(name)}
+
+    def _row_name(self, op: str) -> str:
+        """The row an op belongs to: the leaf module running it, else '<container>.<op>'."""
+        owner = self.names[self.stack[-1]] if self.stack else ""
+        if self.pending is not None:
+            return owner
+        return f"{owner}.{op}" if owner else op
 
     def _where(self) -> str:
         return self.names[self.stack[-1]] if self.stack and self.names[self.stack[-1]] else "(model)"
@@ -669,8 +674,9 @@ def totals_lines(summary: Summary) -> list[str]:
         lines.append(label("receptive field") + f"{_axes(s.receptive_field)} at the output: {seen}")
         if s.feature_map is not None:
             f = s.feature_map
-            lines.append(label("") + f"{_axes(f['receptive_field'])} at {f['layer']}, the last feature map "
-                                     f"({_axes(f['map'], collapse=False)}, jump {_axes(f['jump'])}) before "
+            where = "the input" if f["layer"] == "input" else f"layer {f['layer']}"
+            lines.append(label("") + f"{_axes(f['receptive_field'])} at {where}, the last feature map "
+                                     f"({_axes(f['map'], collapse=False)}, jump {_axes(f['jump'])}), before layer "
                                      f"{f['pooled_by']} mixes all its positions")
     lines += [f"note: {n}" for n in s.notes]
     return lines

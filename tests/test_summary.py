@@ -419,3 +419,34 @@ def test_training_summary_can_be_switched_off(make_cfg):
     assert not (run.run_dir / "model_summary.txt").exists()
     with pytest.raises(ConfigError, match="trainer.summary='some' is not accepted; choose one of full, totals, none"):
         prepare(make_cfg("trainer.summary=some", "logger=none"), overrides=[])
+
+
+# ---- the guide shows the tool's real output ------------------------------------------------------------------------
+def doc_examples():
+    """(command-line args, printed lines) of every untrimmed `$ cnnlab-summary ...` table in docs/summary.md."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "summary.md").read_text()
+    examples = []
+    for block in text.split("```")[1::2]:
+        lines = block.strip("\n").splitlines()
+        starts = [i for i, line in enumerate(lines) if line.startswith("$ cnnlab-summary")]
+        for n, i in enumerate(starts):
+            output = lines[i + 1: starts[n + 1] if n + 1 < len(starts) else len(lines)]
+            while output and not output[-1]:
+                output.pop()
+            args = shlex.split(lines[i])[2:]
+            if "..." not in output and "--json" not in args and output and not output[0].startswith("error:"):
+                examples.append((args, output))
+    return examples
+
+
+GUIDE = doc_examples()
+
+
+@pytest.mark.parametrize("args,printed", GUIDE, ids=[" ".join(args) for args, _ in GUIDE])
+def test_guide_tables_are_the_tools_output(tmp_path, args, printed):
+    from cnnlab.summary import build_summary
+
+    table = build_summary(compose_summary(tmp_path, *args)).table().splitlines()
+    assert table[1:] == printed[1:]  # the title line names the config choice only under the CLI

@@ -450,3 +450,15 @@ def test_guide_tables_are_the_tools_output(tmp_path, args, printed):
 
     table = build_summary(compose_summary(tmp_path, *args)).table().splitlines()
     assert table[1:] == printed[1:]  # the title line names the config choice only under the CLI
+
+
+def test_an_unknown_op_that_resizes_the_map_is_noted():
+    class Upsample(nn.Module):
+        def forward(self, x):
+            return F.interpolate(nn.functional.relu(x), scale_factor=2)
+
+    summary = summarize(nn.Sequential(nn.Conv2d(1, 2, 3), Upsample(), nn.Conv2d(2, 2, 3)), (1, 8, 8))
+    assert [layer.output_shape for layer in summary.layers] == [(2, 6, 6), (2, 12, 12), (2, 10, 10)]
+    assert summary.notes == ["1: interpolate changes the map size from 6x6 to 12x12; the inspector does not know "
+                             "how, so the receptive field there is carried over unchanged"]
+    assert summary.table().endswith("note: " + summary.notes[0])

@@ -391,8 +391,9 @@ class _Trace(TorchFunctionMode):
             grid = tuple(out.shape[-2:])
             if name not in _SIZE_ONLY and any(t.dim() == 4 and tuple(t.shape[-2:]) != grid for t, _ in known):
                 self.notes.append(f"{self._where()}: {name} changes the map size from "
-                                  f"{tuple(known[0][0].shape[-2:])} to {grid}; the inspector does not know how, so "
-                                  "the receptive field there is carried over unchanged")
+                                  f"{_axes(known[0][0].shape[-2:], collapse=False)} to {_axes(grid, collapse=False)};"
+                                  " the inspector does not know how, so the receptive field there is carried over "
+                                  "unchanged")
         else:
             grid = tuple(max(rf.grid[a] for _, rf in known) for a in (0, 1))
         return RF(size, jump, grid)

@@ -2,8 +2,8 @@
 
 Parameters are counted on the meta device (no memory, no init) at two standard settings: 1000 classes on
 3x224x224 (ImageNet; 3x299x299 for Inception v3, 3x227x227 for the paper AlexNet) and 10 classes on 3x32x32
-(CIFAR-10). The smallest input is the smallest square 3-channel image the entry accepts, found by the same
-dry-run search the input-size check uses.
+(CIFAR-10). The smallest input is the smallest square 3-channel image the entry accepts, found by the
+inspector's shape trace and search that the zoo's input-size check uses (cnnlab.inspector).
 
     python scripts/zoo_table.py > /tmp/zoo.md
 """
@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnlab.errors import ConfigError  # noqa: E402
-from cnnlab.models import MODELS, _builds_and_runs, _import_zoo  # noqa: E402
+from cnnlab.inspector import builds_and_runs, smallest_square_input  # noqa: E402
+from cnnlab.models import MODELS, _import_zoo  # noqa: E402
 
 SOURCES = {
     "lenet5": "LeCun et al. 1998", "mlp": "Rosenblatt 1958; Rumelhart et al. 1986",
@@ -55,16 +56,8 @@ def smallest(name: str, keys: dict, classes: int) -> str:
     def build(size):
         return MODELS[name](in_channels=3, num_classes=classes, input_size=tuple(size), **keys)
 
-    lo, hi = 1, 512
-    if not _builds_and_runs(build, 3, (hi, hi)):
-        return "> 512"
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _builds_and_runs(build, 3, (mid, mid)):
-            hi = mid
-        else:
-            lo = mid + 1
-    return f"{lo}x{lo}"
+    side = smallest_square_input(lambda size: builds_and_runs(build, 3, size), limit=512)
+    return "> 512" if side is None else f"{side}x{side}"
 
 
 def main() -> None:

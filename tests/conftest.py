@@ -31,9 +31,15 @@ def make_cfg(tmp_path):
     return make
 
 
+def cli_env() -> dict:
+    """Environment for running a cnnlab command in a subprocess: this checkout's code first on the path, also
+    when another copy of cnnlab is installed and the command runs in another directory."""
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+
+
 def _run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,6 +11,8 @@ import time
 import pytest
 import torch
 
+from conftest import cli_env
+
 from cnnlab.engine.progress import Progress
 from cnnlab.train import train
 
@@ -60,7 +62,7 @@ def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, run_cli):
     assert done.returncode == 0, done.stderr[-2000:]
 
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.train", *args, f"hydra.run.dir={killed_dir}"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     killed_at = None

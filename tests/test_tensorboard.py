@@ -141,6 +141,39 @@ def test_images(events, trained_run):
     assert batch.width > 2 * 28 and batch.height > 2 * 28
 
 
+def test_model_graph(events):
+    assert events.Tags()["graph"], "no model graph in the event file"
+    nodes = [node.name for node in events.Graph().node]
+    assert "input/x" in nodes
+    for layer in ("Sequential[features]/Conv2d[0]", "Sequential[features]/Conv2d[3]", "Sequential[classifier]/Linear[5]"):
+        assert any(layer in name for name in nodes), layer
+
+
+class NotTraceable(torch.nn.Module):
+    def forward(self, x):
+        return {"logits": x.flatten(1), "note": "not a tensor"}
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_graph_that_cannot_be_traced_or_is_off_leaves_the_run_going(tmp_path, caplog, graph):
+    from omegaconf import OmegaConf
+
+    from cnnlab.engine.tensorboard import TensorBoardLogger
+
+    cfg = OmegaConf.create({"enabled": True, "flush_secs": 30, "graph": graph})
+    tb = TensorBoardLogger(cfg, tmp_path)
+    model = NotTraceable().train()
+    with caplog.at_level("WARNING"):
+        tb.graph(model, torch.zeros(1, 1, 4, 4))
+    assert model.training
+    assert ("model graph not added to TensorBoard" in caplog.text) == graph
+    tb.scalars({"train/loss": 1.0}, 1)
+    tb.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert not acc.Tags()["graph"] and acc.Tags()["scalars"] == ["train/loss"]
+
+
 def test_confusion_matrix_text_matches_metrics(events, trained_run):
     _, metrics = trained_run
     text_tags = plugin_content(events, "text")

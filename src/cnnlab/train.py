@@ -174,6 +174,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
     freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
     freezer.freeze()
+    log_model_summary(model, cfg, (info.in_channels, *info.input_size), run_dir)
     model = model.to(device)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -190,6 +191,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     from cnnlab.engine.tensorboard import TensorBoardLogger
 
     tb = TensorBoardLogger(cfg.logger, run_dir)
+    tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
     trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule, loss=loss, device=device,
                       precision=precision, cfg=tcfg, run_dir=run_dir, seed=int(cfg.seed), config=config, tb=tb,
                       progress=progress, monitored=monitored, data_info=info, freezer=freezer)
@@ -198,6 +200,29 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
         _carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
     return Run(cfg, config, run_dir, data, model, trainer, tb, n_params)
+
+
+SUMMARY_MODES = ("full", "totals", "none")
+
+
+def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> None:
+    """The inspector's summary of the model about to train: model_summary.txt / .json in the run dir, and on
+    the console (and train.log) the whole table or, with trainer.summary=totals, only its totals."""
+    mode = cfg.trainer.get("summary", "full")
+    if mode == "none":
+        return
+    from cnnlab.inspector import LayerFailure, summarize, totals_lines
+    from cnnlab.runinfo import write_json
+
+    try:
+        summary = summarize(model, input_shape, name=str(cfg.model.name))
+    except LayerFailure as bad:  # build_model's dry run passed, so this is not expected; never fatal
+        log.warning("no model summary: %s", bad)
+        return
+    table = summary.table()
+    (run_dir / "model_summary.txt").write_text(table + "\n")
+    write_json(summary.to_dict(), run_dir / "model_summary.json")
+    log.info("%s", table if mode == "full" else "\n".join(totals_lines(summary)))
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:

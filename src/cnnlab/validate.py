@@ -121,6 +121,8 @@ def validate(cfg: DictConfig) -> None:
     choice("trainer.progress", PROGRESS)
     choice("trainer.monitor_mode", MONITOR_MODES)
     choice("trainer.test_with", ("best", "last"))
+    if _get(cfg, "trainer.summary") is not None:  # configs saved before the key existed have none
+        choice("trainer.summary", ("full", "totals", "none"))
     number_in("trainer.label_smoothing", 0, 1, hi_open=True)
     number_in("trainer.grad_clip", 0, float("inf"), allow_none=True)
     positive_int("trainer.log_every_n_steps", allow_zero=True)

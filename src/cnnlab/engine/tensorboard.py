@@ -48,6 +48,33 @@ class TensorBoardLogger:
     def enabled(self) -> bool:
         return self.writer is not None
 
+    def graph(self, model: nn.Module, example: torch.Tensor) -> None:
+        """The model's graph for the Graphs tab, traced once (torch.jit.trace) on `example` in eval mode.
+
+        Some models cannot be traced (data-dependent control flow, outputs that are not tensors): that costs
+        a one-line warning, never the run. logger.graph=false skips it.
+        """
+        if self.writer is None or not self.cfg.get("graph", True):
+            return
+        import contextlib
+        import io
+        import warnings
+
+        modes = {m: m.training for m in model.modules()}
+        model.eval()  # no batch-norm statistics change, no dropout, no auxiliary heads
+        try:
+            # Tracer warnings and add_graph's own printout on failure would only repeat the warning below.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                warnings.simplefilter("ignore")
+                self.writer.add_graph(model, example)
+        except Exception as bad:  # noqa: BLE001 - any tracing failure leaves the run as it was
+            message = str(bad).strip().splitlines()
+            log.warning("model graph not added to TensorBoard (%s: %s)", type(bad).__name__,
+                        message[0] if message else "")
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
     @_names_event_file
     def scalars(self, metrics: dict, step: int) -> None:
         if self.writer is None:

@@ -43,6 +43,8 @@ def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modul
     if unknown:
         raise ConfigError(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
                           f"it accepts {', '.join(sorted(accepted)) or 'none'}")
+    from cnnlab.inspector import builds_and_runs, first_failure
+
     def build(size):
         return builder(in_channels=int(in_channels), num_classes=int(num_classes), input_size=tuple(size), **kwargs)
 
@@ -50,11 +52,12 @@ def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modul
         model = build(input_size)
     except RuntimeError as bad:  # entries that size their head with a shape pass fail while being built
         _input_size_error(name, int(in_channels), input_size, f"{str(bad).splitlines()[0]}",
-                          lambda size: _builds_and_runs(build, int(in_channels), size))
-    failure = _dry_run(model, int(in_channels), tuple(input_size))
+                          lambda size: builds_and_runs(build, int(in_channels), size))
+    # The input-size check is the inspector's shape trace of one sample (on the meta device: no compute).
+    failure = first_failure(model, (int(in_channels), *input_size))
     if failure is not None:
         _input_size_error(name, int(in_channels), input_size, failure,
-                          lambda size: _dry_run(model, int(in_channels), size) is None)
+                          lambda size: first_failure(model, (int(in_channels), *size)) is None)
     if init != "default":
         initialize(model, init)
     return model
@@ -80,57 +83,14 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def _builds_and_runs(build, in_channels: int, size) -> bool:
-    import torch
-
-    try:
-        with torch.device("meta"):  # shapes only: no memory, no weight init
-            model = build(size)
-        return _dry_run(model, in_channels, size) is None
-    except (RuntimeError, ConfigError):
-        return False
-
-
 def _input_size_error(name: str, in_channels: int, input_size, failure: str, accepts) -> None:
     """Raise a ConfigError naming the failing layer and the smallest square input `accepts` (size -> bool)."""
-    lo, hi = 1, 1024
-    if not accepts((hi, hi)):
-        smallest = "none up to 1024x1024"
-    else:
-        while lo < hi:  # binary search: larger inputs never fail where a smaller one passes
-            mid = (lo + hi) // 2
-            if accepts((mid, mid)):
-                hi = mid
-            else:
-                lo = mid + 1
-        smallest = f"{lo}x{lo}"
+    from cnnlab.inspector import smallest_square_input
+
+    side = smallest_square_input(accepts, limit=1024)
+    smallest = "none up to 1024x1024" if side is None else f"{side}x{side}"
     raise ConfigError(f"model {name!r} cannot take {in_channels}x{input_size[0]}x{input_size[1]} inputs: {failure}. "
                       f"The smallest square input it accepts is {smallest}; change data.input_size or the model")
-
-
-def _dry_run(model: nn.Module, in_channels: int, size) -> str | None:
-    """Run one zero image through the model; None if it passes, else 'layer (Type): first line of the error'."""
-    import torch
-
-    entered: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_pre_hook(lambda mod, _: entered.append(names[mod]))
-             for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, *size, device=device))
-        return None
-    except (RuntimeError, ValueError) as bad:
-        layer = entered[-1] if entered else "input"
-        kind = type(model.get_submodule(layer)).__name__ if entered else ""
-        return f"layer {layer!r} ({kind}): {str(bad).splitlines()[0]}"
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
 
 
 # Modules whose @register decorators fill MODELS. They import torchvision only inside the builders that

@@ -1,0 +1,142 @@
+"""`cnnlab-summary model=<name> data=<name>`: the architecture inspector's report, before any training.
+
+One row per layer in execution order (name, type, kernel/stride/padding, output shape, trainable and frozen
+parameters, multiply-accumulates, receptive field and jump), then totals: parameters, MACs, activation
+memory for one sample, model size, receptive field. `--json` (or format=json) prints the same as JSON.
+
+The config is composed exactly as for cnnlab-train (configs/summary.yaml includes train.yaml), so any
+training command line can be inspected by swapping the command. The model is built on the meta device and
+the data set is never loaded: its shape comes from the data config.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.cli import reports_config_errors
+from cnnlab.config import CONFIG_DIR
+from cnnlab.errors import ConfigError
+
+FORMATS = ("table", "json")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
+    """((C, H, W), classes) to inspect: the data config's, with the summary's input_size / num_classes on top."""
+    from cnnlab.data.build import data_info
+
+    info = data_info(cfg.data)  # reads the data config only; no images are loaded
+    channels, size, classes = info.in_channels, tuple(info.input_size), info.num_classes
+    override = cfg.get("input_size")
+    if override is not None:
+        values = [override] if not OmegaConf.is_list(override) else list(override)
+        if not (len(values) in (1, 2, 3) and all(_positive_int(v) for v in values)):
+            raise ConfigError(f"input_size={OmegaConf.to_container(override) if OmegaConf.is_list(override) else override!r}"
+                              " must be N (a square N x N input), [H, W] or [C, H, W] with positive integers")
+        if len(values) == 3:
+            channels, size = values[0], tuple(values[1:])
+        else:
+            size = (values[0], values[0]) if len(values) == 1 else tuple(values)
+    if cfg.get("num_classes") is not None:
+        if not _positive_int(cfg.num_classes):
+            raise ConfigError(f"num_classes={cfg.num_classes!r} must be a positive integer")
+        classes = int(cfg.num_classes)
+    return (int(channels), int(size[0]), int(size[1])), classes
+
+
+def model_label(cfg: DictConfig) -> str:
+    """The name the user picked: the model config (e.g. convnet_exercise), with model.name if it differs."""
+    name = str(cfg.model.get("name"))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+    except ValueError:
+        choice = None
+    return name if choice in (None, name) else f"{choice} (model.name={name})"
+
+
+def build_summary(cfg: DictConfig):
+    """Build the configured model on the meta device, freeze what finetune.freeze names, and inspect it."""
+    fmt = cfg.get("format", "table")
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r} is not accepted; choose one of {', '.join(FORMATS)}")
+    from cnnlab.validate import validate
+
+    validate(cfg)
+    shape, classes = summary_input(cfg)
+
+    import torch
+
+    from cnnlab.inspector import summarize
+    from cnnlab.models import build_model
+
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    notes = []
+    if model_cfg.get("weights"):
+        # Pretrained weights change no shape; loading them would need the file (or the network) for nothing.
+        model_cfg.weights = None
+        notes.append(f"model.weights={cfg.model.weights} is not loaded: weights do not change the architecture")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
+        model = build_model(model_cfg, shape[0], classes, shape[1:])
+    freeze = (cfg.get("finetune") or {}).get("freeze", "none")
+    if freeze not in (None, "none"):
+        from cnnlab.finetune import Freezer
+
+        Freezer(model, freeze, classes).freeze()
+    summary = summarize(model, shape, name=model_label(cfg))
+    summary.notes = notes + summary.notes
+    return summary
+
+
+def render(summary, fmt: str) -> str:
+    return summary.json() if fmt == "json" else summary.table()
+
+
+def run_summary(cfg: DictConfig) -> str:
+    """Print the summary (table or JSON) and write it to cfg.output if set; returns the text."""
+    summary = build_summary(cfg)
+    text = render(summary, cfg.get("format", "table"))
+    print(text, flush=True)
+    if cfg.get("output"):
+        path = Path(str(cfg.output))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return text
+
+
+@reports_config_errors
+def check_group_choices(args: list[str]) -> None:
+    """An unknown `group=option` (model=resnet19) is a ConfigError listing the options, before Hydra starts."""
+    root = Path(CONFIG_DIR)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or "," in value or not (root / key).is_dir() or key == "hydra" or value in ("null", ""):
+            continue
+        options = sorted(p.stem for p in (root / key).glob("*.yaml"))
+        if value not in options:
+            what = "in the zoo" if key == "model" else "an option of " + key
+            raise ConfigError(f"{key}={value} is not {what}; choose one of {', '.join(options)}")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="summary", version_base="1.3")
+@reports_config_errors
+def _hydra_main(cfg: DictConfig) -> None:
+    run_summary(cfg)
+
+
+def main() -> None:
+    sys.argv = [("format=json" if arg == "--json" else arg) for arg in sys.argv]
+    check_group_choices(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -228,6 +228,25 @@ def test_nan_loss_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(make
     assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
+def test_weights_gone_bad_are_never_checkpointed(make_cfg, tmp_path, monkeypatch):
+    """Finite training losses but a non-finite val/loss (the last step's update broke the weights): the
+    epoch's checkpoint is not written."""
+    from cnnlab.engine.trainer import Trainer
+
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, loader, prefix, with_confusion=False):
+        result = real_evaluate(self, loader, prefix, with_confusion)
+        if prefix == "val" and self.epoch == 1:  # during epoch 2
+            result = {**result, "val/loss": float("inf")}
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    with pytest.raises(RunError, match="val/loss is inf after the epoch at epoch 2.*\\(epoch 1\\), is kept"):
+        train(make_cfg(*SHORT), overrides=[])
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["epoch"] == 1
+
+
 def test_nan_steps_can_be_skipped_and_counted(make_cfg, tmp_path, monkeypatch):
     _nan_at(monkeypatch, {3, 50, 51})
     metrics = train(make_cfg(*SHORT, "trainer.nonfinite=skip"), overrides=[])

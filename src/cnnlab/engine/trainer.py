@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -110,11 +111,10 @@ class Trainer:
             self.scaler.update()
         else:
             loss.backward()
-            norm = None
+            norm = None  # checked when clipping computes it anyway; an Inf/NaN gradient otherwise shows up as
+            # a non-finite loss on the next step or as a non-finite val/loss before the epoch's checkpoint
             if self.grad_clip:
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            elif self.nonfinite != "off":
-                norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             if self.nonfinite != "off" and not self._finite(loss, norm, epoch, step):
                 return None
             self.optimizer.step()
@@ -239,6 +239,10 @@ class Trainer:
             if self.nonfinite == "skip":
                 metrics["train/nonfinite_steps"] = self.nonfinite_steps
             metrics.update(self.evaluate(val, "val"))
+            if self.nonfinite != "off" and not math.isfinite(metrics.get("val/loss", 0.0)):
+                # weights went bad on a step whose loss was still finite: never checkpoint them
+                raise RunError(divergence_message(f"val/loss is {metrics['val/loss']:g} after the epoch", epoch,
+                                                  step + 1, self.global_step, self._kept()))
             if monitor not in metrics:
                 from cnnlab.errors import ConfigError
 

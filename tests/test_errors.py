@@ -18,7 +18,7 @@ BAD = [
     (["trainer.label_smoothing=1.5"], r"trainer.label_smoothing=1.5 must be in \[0, 1\)"),
     (["trainer.monitor=train/loss"], r"trainer.monitor='train/loss' must be a validation metric"),
     (["trainer.early_stopping.patience=0"], r"trainer.early_stopping.patience=0 must be a positive integer"),
-    (["data.split.val=0.6", "data.split.test=0.5"], r"leaves nothing to train on"),
+    (["data.split.val=0.6", "data.split.test=0.5"], r"data.split.val \+ data.split.test = 1.1 leaves nothing to train on"),
     (["data.loader=gpu"], r"data.loader='gpu' is not accepted; choose one of auto, tensor, dataloader"),
     (["model.activation=relu6"], r"model.activation='relu6' is not accepted; choose one of relu, leaky_relu"),
     (["model.pool=l3"], r"model.pool='l3' is not accepted; choose one of max, avg"),
@@ -38,6 +38,15 @@ BAD = [
     (["data.mean=[0.1,0.2]"], r"data.mean=\[0.1, 0.2\] must list one value per channel \(data.in_channels=1\)"),
     (["data=imagefolder", "data.resize_mode=squash", "data.root=/tmp"], r"data.resize_mode='squash' is not accepted"),
     (["data=cifar10", "data.download=maybe"], r"data.download='maybe' must be true or false"),
+    (["trainer.nonfinite=ignore"], r"trainer.nonfinite='ignore' is not accepted; choose one of stop, skip, off"),
+    (["trainer.handle_signals=3"], r"trainer.handle_signals=3 must be true or false"),
+    (["data.input_size=[0,28]"], r"data.input_size=\[0, 28\] must be \[height, width\] with positive integers"),
+    (["scheduler.interval=hour"], r"scheduler.interval='hour' is not accepted; choose one of epoch, step"),
+    (["trainer.monitor_mode=up"], r"trainer.monitor_mode='up' is not accepted; choose one of auto, min, max"),
+    (["data.split.val=1.5"], r"data.split.val=1.5 must be in \[0, 1\)"),
+    (["logger.histogram_every_n_epochs=-1"], r"logger.histogram_every_n_epochs=-1 must be a non-negative integer"),
+    (["model.init=orthogonal"], r"model.init='orthogonal' is not accepted; choose one of default, kaiming, xavier"),
+    (["model.name=resnet19"], r"model.name='resnet19' is not in the zoo; choose one of .*resnet20"),
 ]
 
 
@@ -46,6 +55,16 @@ def test_bad_value_is_rejected_before_training(make_cfg, tmp_path, overrides, me
     with pytest.raises(ConfigError, match=message):
         train(make_cfg(*overrides, run="bad"), overrides=overrides)
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_the_catalogue_holds_thirty_distinct_bad_inputs_whose_messages_name_the_key():
+    """test_bad_value_is_rejected_before_training checks each message against its pattern; here: there are 30+
+    distinct cases, and every pattern names a key the case sets (so the user is told which key is wrong)."""
+    assert len({tuple(o) for o, _ in BAD}) >= 30
+    for overrides, pattern in BAD:
+        keys = [o.split("=", 1)[0].lstrip("+") for o in overrides]
+        named = [k for k in keys if k.replace(".", "\\.") in pattern or k in pattern]
+        assert named, (overrides, pattern)
 
 
 def test_all_problems_are_reported_at_once(make_cfg):

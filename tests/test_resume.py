@@ -89,3 +89,35 @@ def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, run_cli):
     resumed_metrics = json.loads((resumed_dir / "metrics.json").read_text())
     for key in ("test/loss", "test/acc", "val/acc_best", "best_epoch", "epochs_completed", "test/confusion_matrix"):
         assert resumed_metrics[key] == full_metrics[key], key
+
+
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(make_cfg, loader):
+    """The position a mid-epoch checkpoint stores is enough to reproduce the epoch's remaining batches exactly,
+    augmentation and MixUp/CutMix draws included, on both loader paths."""
+    from cnnlab.data import build_data
+    from cnnlab.seeding import set_rng_state, rng_state
+
+    cfg = make_cfg("augment=basic", "augment/mix=mixup_cutmix", f"data.loader={loader}", "data.batch_size=256")
+
+    def fresh():
+        return build_data(cfg.data, 3, torch.device("cpu"), cfg.augment).train
+
+    def run_epoch(train, stop_after=None):
+        torch.manual_seed(11)
+        train.set_epoch(2)
+        batches = []
+        for i, batch in enumerate(train):
+            batches.append(batch)
+            if stop_after is not None and i + 1 == stop_after:
+                return batches, train.state_dict(), rng_state()
+        return batches, None, None
+
+    full, _, _ = run_epoch(fresh())
+    head, state, rng = run_epoch(fresh(), stop_after=5)
+    resumed = fresh()
+    resumed.resume(state, on_resumed=lambda: set_rng_state(rng))
+    tail = list(resumed)
+    assert len(head) + len(tail) == len(full) and state["batches"] == 5
+    for (x, y), (fx, fy) in zip(head + tail, full):
+        assert torch.equal(x, fx) and torch.equal(y, fy)

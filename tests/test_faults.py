@@ -376,3 +376,45 @@ def test_a_checkpoint_cannot_make_cnnlab_instantiate_an_untrusted_class(make_cfg
                                           "not trusted"):
         train(make_cfg(*overrides, run="again"), overrides=overrides)
     assert not marker.exists()
+
+
+def test_an_aliased_or_non_class_target_is_not_trusted_even_under_a_trusted_prefix(make_cfg, tmp_path):
+    """Hydra walks attributes through module globals: a path that starts like a trusted one but reaches a
+    function through an imported module (here shutil.copy2 via torch.optim's own imports) must be refused."""
+    train(make_cfg(*SHORT, "trainer.max_epochs=1"), overrides=[])
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    victim, copy = tmp_path / "victim.txt", tmp_path / "copied.txt"
+    victim.write_text("secret")
+    ckpt["config"]["optimizer"]["betas"] = {"_target_": "torch.optim.optimizer.torch.serialization.shutil.copy2",
+                                            "_args_": [str(victim), str(copy)]}
+    ckpt["config_hash"] = config_hash(ckpt["config"])
+    torch.save(ckpt, tmp_path / "crafted.ckpt")
+    overrides = [f"trainer.resume={tmp_path / 'crafted.ckpt'}"]
+    with pytest.raises(ConfigError, match="optimizer.betas._target_=.* is not trusted"):
+        train(make_cfg(*overrides, run="again"), overrides=overrides)
+    assert not copy.exists()
+
+
+def test_a_mid_epoch_checkpoint_refuses_a_new_batch_size(make_cfg, tmp_path, monkeypatch):
+    """'After batch k of epoch e' means nothing with another batch size: resuming such a checkpoint says so."""
+    import os
+
+    from cnnlab.engine.trainer import Trainer
+    from cnnlab.errors import TrainingStopped
+
+    real_step = Trainer._train_step
+
+    def step(self, x, y, epoch=0, step=0):
+        result = real_step(self, x, y, epoch, step)
+        if self.global_step == 45:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the run: stop after this step
+        return result
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    with pytest.raises(TrainingStopped):
+        train(make_cfg(*SHORT), overrides=[])
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["partial"]["loader"]["batches"] == 6
+    overrides = [f"trainer.resume={tmp_path / 'run'}", "data.batch_size=64"]
+    with pytest.raises(ConfigError, match="data.batch_size: 32 in the checkpoint, 64 now"):
+        train(make_cfg(*overrides, run="again"), overrides=overrides)

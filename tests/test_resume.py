@@ -91,14 +91,16 @@ def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, run_cli):
         assert resumed_metrics[key] == full_metrics[key], key
 
 
-@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
-def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(make_cfg, loader):
+@pytest.mark.parametrize("loader,workers", [("tensor", 0), ("dataloader", 0), ("dataloader", 2)])
+def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(make_cfg, loader, workers):
     """The position a mid-epoch checkpoint stores is enough to reproduce the epoch's remaining batches exactly,
     augmentation and MixUp/CutMix draws included, on both loader paths."""
     from cnnlab.data import build_data
     from cnnlab.seeding import set_rng_state, rng_state
 
-    cfg = make_cfg("augment=basic", "augment/mix=mixup_cutmix", f"data.loader={loader}", "data.batch_size=256")
+    cfg = make_cfg("augment=strong", "augment/mix=mixup_cutmix", f"data.loader={loader}", "data.batch_size=256",
+                   f"data.num_workers={workers}") if loader == "dataloader" else \
+        make_cfg("augment=basic", "augment/mix=mixup_cutmix", "data.loader=tensor", "data.batch_size=256")
 
     def fresh():
         return build_data(cfg.data, 3, torch.device("cpu"), cfg.augment).train
@@ -113,7 +115,9 @@ def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(make
                 return batches, train.state_dict(), rng_state()
         return batches, None, None
 
-    full, _, _ = run_epoch(fresh())
+    warm = fresh()
+    run_epoch(warm)  # an epoch before: persistent workers must not carry state into the next epoch
+    full, _, _ = run_epoch(warm)
     head, state, rng = run_epoch(fresh(), stop_after=5)
     resumed = fresh()
     resumed.resume(state, on_resumed=lambda: set_rng_state(rng))

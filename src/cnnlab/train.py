@@ -49,23 +49,55 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
     merged = apply_overrides(saved, cfg, keys)
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
-    check_compatible(saved, merged, path)
+    check_compatible(saved, merged, path, mid_epoch=bool(partial))
     check_trusted_targets(merged, cfg, f"the config saved in {path}")
     return merged, ckpt, path
 
 
+def _trusted_class(path, prefixes: tuple[str, ...]) -> bool:
+    """True when `path` names a class defined under a trusted prefix, reached only through modules of that very
+    name: `cnnlab.train.shutil.copy2` is refused although it starts with `cnnlab.`, because `shutil` is not
+    `cnnlab.train.shutil`."""
+    import importlib
+    import inspect
+
+    path = str(path)
+    if not path.startswith(prefixes):
+        return False
+    parts = path.split(".")
+    try:
+        obj = importlib.import_module(parts[0])
+    except ImportError:
+        return False
+    for i, part in enumerate(parts[1:], start=2):
+        if not inspect.ismodule(obj) or obj.__name__ != ".".join(parts[:i - 1]):
+            return False  # only modules, by their own name, may lead to the class
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+        else:
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                return False
+    return inspect.isclass(obj) and str(obj.__module__).startswith(prefixes)
+
+
 # Keys whose change makes a checkpoint's tensors or training state mean something else.
 INCOMPATIBLE_KEYS = ("model", "data.name", "data.in_channels", "data.num_classes", "data.input_size",
-                     "data.classes", "data.class_subset", "optimizer._target_", "scheduler._target_",
-                     "scheduler.interval", "seed")
+                     "data.classes", "data.class_subset", "data.split", "data.num_samples", "data.generator_seed",
+                     "data.image_size", "data.noise", "data.root", "data.train_root", "data.val_root",
+                     "data.test_root", "optimizer._target_", "scheduler._target_", "scheduler.interval", "seed")
+# ... and, for a checkpoint taken mid-epoch, keys that change what "after batch k of this epoch" means.
+MID_EPOCH_KEYS = ("data.batch_size", "data.loader", "trainer.device", "augment")
 
 
-def check_compatible(saved: DictConfig, merged: DictConfig, path) -> None:
+def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: bool = False) -> None:
     """Refuse a resume whose overrides change what the checkpoint's state means; list what differs."""
     from cnnlab.config import flat_differences
 
     differences = flat_differences(saved, merged)
-    bad = [d for d in differences if any(d[0] == k or d[0].startswith(k + ".") for k in INCOMPATIBLE_KEYS)]
+    keys = INCOMPATIBLE_KEYS + (MID_EPOCH_KEYS if mid_epoch else ())
+    bad = [d for d in differences if any(d[0] == k or d[0].startswith(k + ".") for k in keys)]
     if str(saved.scheduler.get("_target_", "")).endswith("OneCycleLR"):
         # one-cycle's schedule is laid out over the whole run's steps: it cannot be stretched afterwards
         bad += [d for d in differences if d[0] in ("trainer.max_epochs", "trainer.limit_train_batches",
@@ -83,7 +115,7 @@ def check_compatible(saved: DictConfig, merged: DictConfig, path) -> None:
                  ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changed))
 
 
-def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str) -> None:
+def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str, skip: tuple[str, ...] = ()) -> None:
     """Every _target_ that came from a file must be one the user's own config allows (trusted_targets
     prefixes, or the very class the user's own config names at that key): a checkpoint cannot make cnnlab
     instantiate something the user never chose."""
@@ -92,7 +124,7 @@ def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str) -> None
     prefixes = tuple(str(p) for p in (own.get("trusted_targets") or ()))
     own_targets = dict(targets(own))
     untrusted = [(key, value) for key, value in targets(cfg)
-                 if not str(value).startswith(prefixes) and own_targets.get(key) != value]
+                 if not key.startswith(skip) and own_targets.get(key) != value and not _trusted_class(value, prefixes)]
     if untrusted:
         raise ConfigError([f"{key}={value!r} in {source} is not trusted: your config allows _target_ classes under "
                            f"{', '.join(prefixes) or '(none)'}; add its prefix to trusted_targets if you trust "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -81,7 +82,11 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     pools = {name: _resized(pool, full.input_size) for name, pool in pools.items()}
     pools = _split(pools, cfg, seed)
     if cfg.get("mean") is None or cfg.get("std") is None:
-        found["mean"], found["std"] = measure_mean_std(pools["train"], source, full, seed)
+        mean, std = measure_mean_std(pools["train"], source, full, seed)
+        if cfg.get("mean") is None:
+            found["mean"] = mean
+        if cfg.get("std") is None:
+            found["std"] = std
     info = _info(cfg, found, subset)
 
     transforms, mix_cfg = _augment_parts(augment)
@@ -122,6 +127,10 @@ def _augment_parts(augment):
 def _found_values(cfg, source: SourceData) -> dict:
     """Values the files decide (an image folder's classes): checked against any the config states."""
     found = dict(source.found)
+    for key in ("root", "train_root", "val_root", "test_root"):  # saved absolute: eval may run elsewhere
+        value = cfg.get(key)
+        if value and not Path(str(value)).expanduser().is_absolute():
+            found[key] = str(Path(str(value)).expanduser().resolve())
     classes = found.get("classes")
     if classes is not None:
         if cfg.get("classes") is not None and [str(c) for c in cfg.classes] != list(classes):
@@ -186,37 +195,49 @@ def _split(pools: dict[str, Pool], cfg, seed: int) -> dict[str, Pool]:
 
 
 def measure_mean_std(pool: Pool, source: SourceData, info: DataInfo, seed: int, limit: int = 2000):
-    """Per-channel mean and std of the training images (at most `limit` of them, drawn with the seed)."""
-    n = len(pool)
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
-    if pool.resident:
-        x = pool.images[pick].float() / 255.0
-    else:
-        from cnnlab.data.imagefolder import ImageFiles, UnreadableImage
+    """Per-channel mean and std of the training images (at most `limit` of them, drawn with the seed),
+    accumulated in chunks so a large input size does not need all of them in memory at once."""
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+    total = torch.zeros(info.in_channels, dtype=torch.float64)
+    squares = torch.zeros(info.in_channels, dtype=torch.float64)
+    count = 0
+    files = None
+    if not pool.resident:
+        from cnnlab.data.imagefolder import ImageFiles
 
-        files = ImageFiles([pool.files[i] for i in pick.tolist()], pool.labels[pick], info.in_channels,
-                           info.input_size, source.resize_mode, skip=True)
-        decoded = [files[i] for i in range(len(files))]
-        kept = [item[0] for item in decoded if item is not None]
-        if not kept:
-            raise UnreadableImage("no readable image among those sampled to measure data.mean/std")
-        x = torch.stack(kept).float() / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    log.info("data.mean=%s data.std=%s measured on %d training images", [round(v, 4) for v in mean.tolist()],
-             [round(v, 4) for v in std.tolist()], len(x))
-    return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
+        files = ImageFiles(pool.files, pool.labels, info.in_channels, info.input_size, source.resize_mode, skip=True)
+    for start in range(0, len(pick), 128):
+        chunk = pick[start:start + 128]
+        if files is None:
+            x = pool.images[chunk]
+        else:
+            decoded = [files[i] for i in chunk]
+            kept = [item[0] for item in decoded if item is not None]
+            if not kept:
+                continue
+            x = torch.stack(kept)
+        x = x.to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    if count == 0:
+        raise ConfigError("data: no readable training image to measure data.mean / data.std from")
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-6).sqrt()
+    mean, std = [round(v, 4) for v in mean.tolist()], [round(max(v, 1e-3), 4) for v in std.tolist()]
+    log.info("data.mean=%s data.std=%s measured on %d training images", mean, std, len(pick))
+    return mean, std
 
 
 def _dataloader(pool: Pool, source: SourceData, info: DataInfo, pipeline, batch_size: int, shuffle: bool,
                 workers: int, mix, common):
     if pool.resident:
-        dataset, collate = TransformDataset(pool.images, pool.labels, pipeline), None
+        dataset, collate = TransformDataset(pool.images, pool.labels, pipeline, seed=common["seed"]), None
     else:
         from cnnlab.data.imagefolder import ImageFiles, collate_skipping
 
         dataset = ImageFiles(pool.files, pool.labels, info.in_channels, info.input_size, source.resize_mode,
-                             skip=source.skip_unreadable, transform=pipeline)
+                             skip=source.skip_unreadable, transform=pipeline, seed=common["seed"])
         collate = collate_skipping
     return DataLoaderAdapter(dataset, batch_size, shuffle=shuffle, num_workers=workers, mix=mix,
                              collate_fn=collate, **common)
@@ -229,9 +250,18 @@ def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: 
     if pool.resident:
         sample = pool.images[:2]
     else:
-        from cnnlab.data.imagefolder import decode, fit_to_size
+        from cnnlab.data.imagefolder import UnreadableImage, decode, fit_to_size
 
-        sample = fit_to_size(decode(pool.files[0], info.in_channels), info.input_size, source.resize_mode)[None]
+        sample = None
+        for path in pool.files[:50]:  # the first readable file (unreadable ones are the loader's business)
+            try:
+                sample = fit_to_size(decode(path, info.in_channels), info.input_size, source.resize_mode)[None]
+                break
+            except UnreadableImage:
+                continue
+        if sample is None:
+            raise ConfigError(f"data: none of the first {min(50, len(pool.files))} training images can be read "
+                              f"(e.g. {pool.files[0]})")
     try:
         if kind == "tensor":
             out = BatchAugment(transforms)(sample.float(), torch.Generator().manual_seed(0))

@@ -64,6 +64,10 @@ def decode(path: Path, channels: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float: scale to 8 bits, not clip
+                values = np.asarray(image, dtype=np.float64)
+                top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+                image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     except Exception as bad:  # Pillow raises many types for damaged files
         raise UnreadableImage(f"cannot read image {path}: {bad}") from None
@@ -91,15 +95,17 @@ class ImageFiles(Dataset):
     With skip=True an unreadable file yields None, which `collate_skipping` drops and counts.
     """
 
-    def __init__(self, files, labels, channels: int, size, resize_mode: str, skip: bool, transform=None):
+    def __init__(self, files, labels, channels: int, size, resize_mode: str, skip: bool, transform=None,
+                 seed: int = 0):
         self.files, self.labels = list(files), torch.as_tensor(labels, dtype=torch.long)
         self.channels, self.size, self.resize_mode, self.skip = channels, tuple(size), resize_mode, skip
-        self.transform = transform
+        self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        i, epoch = key if isinstance(key, tuple) else (key, None)  # (index, epoch) from EpochSampler
         try:
             x = fit_to_size(decode(self.files[i], self.channels), self.size, self.resize_mode)
         except UnreadableImage as bad:
@@ -107,6 +113,10 @@ class ImageFiles(Dataset):
                 return None
             raise UnreadableImage(f"{bad}; set data.skip_unreadable=true to skip and count such files") from None
         if self.transform is not None:
+            if epoch is not None:
+                from cnnlab.data.loaders import seed_sample
+
+                seed_sample(self.seed, epoch, i)
             x = self.transform(x)
         return x, self.labels[i]
 

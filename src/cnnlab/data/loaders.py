@@ -110,24 +110,59 @@ class TensorLoader:
             yield batch
 
 
-class TransformDataset(Dataset):
-    """Per-sample view of uint8 tensors with an optional torchvision v2 transform, for the DataLoader path."""
+def seed_sample(seed: int, epoch: int, index: int) -> None:
+    """Per-sample transforms draw from torch's global RNG: seed it from (run seed, epoch, sample index), so a
+    sample's augmentation is the same whichever worker decodes it, in whatever order, in a resumed run too."""
+    value = (seed * 1_000_003 + epoch) % (2**63 - 1)
+    torch.manual_seed((value * 1_000_003 + index) % (2**63 - 1))
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
+
+class TransformDataset(Dataset):
+    """Per-sample view of uint8 tensors with an optional torchvision v2 transform, for the DataLoader path.
+
+    Indexed by (index, epoch) pairs from EpochSampler (plain indices also work, unseeded)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, seed: int = 0):
+        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         x = self.images[i]
         if self.transform is not None:
+            if epoch is not None:
+                seed_sample(self.seed, epoch, i)
             x = self.transform(x)
         return x, self.labels[i]
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (index, epoch) pairs: the epoch's order from a generator seeded with (seed, epoch), starting at
+    an offset when an interrupted epoch is resumed (no batches are replayed)."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.epoch, self.offset = 0, 0
+
+    def __len__(self) -> int:
+        return self.n - self.offset
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=derived_generator(self.seed, self.epoch)).tolist()
+        else:
+            order = list(range(self.n))
+        epoch = self.epoch
+        return iter([(i, epoch) for i in order[self.offset:]])
+
+
 class DataLoaderAdapter:
-    """A torch DataLoader that yields normalised float batches on the device, like TensorLoader."""
+    """A torch DataLoader that yields normalised float batches on the device, like TensorLoader.
+
+    Workers are persistent; which samples a batch holds and how each is augmented depend only on (seed, epoch,
+    position), never on the number of workers or on the process having been restarted."""
 
     kind = "dataloader"
 
@@ -139,11 +174,12 @@ class DataLoaderAdapter:
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
-        self.generator = torch.Generator()
+        self.batch_size = int(batch_size)
+        self.sampler = EpochSampler(len(dataset), shuffle, seed)
         pin = self.device.type == "cuda"
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-            pin_memory=pin, persistent_workers=num_workers > 0, generator=self.generator,
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, drop_last=drop_last,
+            pin_memory=pin, persistent_workers=num_workers > 0,
             worker_init_fn=_seed_worker if num_workers > 0 else None, collate_fn=collate_fn)
         self.mix = mix
         self.skipped = 0  # unreadable files dropped by a skipping collate function, over all epochs
@@ -160,8 +196,8 @@ class DataLoaderAdapter:
                 "mix": self.mix.state() if self.mix is not None else None}
 
     def resume(self, state: dict, on_resumed=None) -> None:
-        """The next iteration replays the interrupted epoch's first batches (same seeds: same batches) unseen;
-        `on_resumed()` runs after the replay, before the first new batch is drawn."""
+        """The next iteration continues the interrupted epoch after its first `batches` batches.
+        `on_resumed()` runs once positioned, before the first new batch is drawn."""
         self.epoch = int(state["epoch"])
         self._resume = (state, on_resumed)
 
@@ -173,26 +209,37 @@ class DataLoaderAdapter:
         return len(self.loader.dataset)
 
     def __iter__(self):
-        # Re-seeding per epoch fixes the shuffle and the workers' seeds; in-process transforms draw from
-        # the global RNG, which the trainer re-seeds from (seed, epoch) at every epoch start.
-        self.generator.manual_seed(derived_generator(self.seed, self.epoch).initial_seed())
-        _start_mix(self.mix, self.seed, self.epoch)
         resume, self._resume = self._resume, None
         resume, on_resumed = resume if resume else (None, None)
         skip = int(resume["batches"]) if resume else 0
+        self.sampler.epoch, self.sampler.offset = self.epoch, skip * self.batch_size
         self._done = skip
-        batches = iter(self.loader)
-        for _ in range(skip):  # worker seeds derive from the epoch's generator: replaying gives the same batches
-            next(batches)
+        _start_mix(self.mix, self.seed, self.epoch)
         if resume and self.mix is not None and resume.get("mix") is not None:
             self.mix.set_state(resume["mix"])
         if on_resumed is not None:
             on_resumed()  # e.g. the global RNG as it was after the last finished step
-        for batch in batches:
+        try:
+            yield from self._batches()
+        except Exception as bad:
+            from cnnlab.data.imagefolder import UnreadableImage
+
+            if isinstance(bad, UnreadableImage):  # re-raised from a worker with its traceback in the message
+                from cnnlab.errors import ConfigError
+
+                lines = [line for line in str(bad).splitlines() if "cannot read image" in line]
+                raise ConfigError(lines[-1].split("UnreadableImage: ")[-1] if lines else str(bad)) from None
+            raise
+        finally:
+            self.sampler.offset = 0
+
+    def _batches(self):
+        for batch in self.loader:
             x, y = batch[0], batch[1]
             if len(batch) == 3:  # (x, y, number of unreadable files skipped)
                 self.skipped += int(batch[2])
                 if x is None:
+                    self._done += 1
                     continue
             x = x.to(self.device, non_blocking=self.non_blocking).float()
             y = y.to(self.device, non_blocking=self.non_blocking)

@@ -203,7 +203,8 @@ def imagefolder(cfg) -> SourceData:
         listed[split] = (key, *folder.list_images(root, classes, key, require_all=split == "train"))
     total = sum(len(files) for _, files, _ in listed.values())
     budget = float(cfg.memory_limit_mb) * 2**20
-    in_memory = {"auto": total * channels * size[0] * size[1] <= budget, True: True, False: False}[cfg.in_memory]
+    choice = str(cfg.in_memory).lower()
+    in_memory = total * channels * size[0] * size[1] <= budget if choice == "auto" else choice == "true"
     pools, skipped = {}, 0
     for split, (key, files, labels) in listed.items():
         if in_memory:

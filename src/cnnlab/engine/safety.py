@@ -31,8 +31,11 @@ class StopSignals:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested: int | None = None
         self._previous = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid:  # a forked DataLoader worker inherited the handler: the parent decides
+            return
         if self.requested is not None:  # second signal: the system's default action (terminate), now
             log.warning("second %s: stopping at once, without a checkpoint", signal.Signals(signum).name)
             signal.signal(signum, signal.SIG_DFL)
@@ -79,7 +82,9 @@ def out_of_memory_message(where: str, batch_size: int | None, precision: str, ke
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    text = str(error).lower()
+    return (isinstance(error, torch.OutOfMemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)  # the CPU allocator's wording
 
 
 def disk_message(path, error: OSError, kept: str) -> str:

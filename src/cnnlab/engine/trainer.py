@@ -81,7 +81,6 @@ class Trainer:
         self.nonfinite_steps = 0  # steps skipped for a non-finite loss/gradient (trainer.nonfinite=skip)
         self.handle_signals = bool(cfg.get("handle_signals", True))
         self.partial: dict | None = None  # a mid-epoch checkpoint's position, continued by the next fit
-        self.batch_size: int | None = None
 
     # ---- one step ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -182,7 +181,8 @@ class Trainer:
             if not is_out_of_memory(bad):
                 raise
             where = f"training epoch {self.epoch + 1}"
-            raise RunError(out_of_memory_message(where, self.batch_size, str(self.cfg.precision), self._kept())) from bad
+            batch_size = getattr(train, "batch_size", None)
+            raise RunError(out_of_memory_message(where, batch_size, str(self.cfg.precision), self._kept())) from bad
         finally:
             self.progress.close()
         return self.history
@@ -194,7 +194,6 @@ class Trainer:
             log.info("nothing to train: the checkpoint already completed %d of %d epochs", self.epoch, max_epochs)
         if self.epoch == 0 and self.partial is None and self.tb is not None:
             self.tb.filters(self.model, 0)
-        self.batch_size = getattr(train, "batch_size", None)
         for epoch in range(self.epoch + 1, max_epochs + 1):
             partial, self.partial = self.partial, None
             tracker = MetricTracker((1,), self.device)  # top-k beyond 1 is an evaluation metric

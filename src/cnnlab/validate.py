@@ -201,25 +201,7 @@ def _missing_class(target: str) -> str | None:
 
 
 def _model_problems(cfg) -> list[str]:
-    import inspect
-
-    from cnnlab.models import GENERIC_KEYS, INITS, MODELS, _import_zoo
+    from cnnlab.models import model_config_problems
 
     model = _get(cfg, "model")
-    if model is None:
-        return []
-    _import_zoo()
-    name = model.get("name")
-    if name not in MODELS:
-        return [f"model.name={name!r} is not in the zoo; choose one of {', '.join(sorted(MODELS))}"]
-    problems = []
-    init = model.get("init", "default") or "default"
-    if init not in INITS:
-        problems.append(f"model.init={init!r} is not accepted; choose one of {', '.join(INITS)}")
-    accepted = set(inspect.signature(MODELS[name]).parameters) - {"in_channels", "num_classes", "input_size"}
-    unknown = sorted(k for k in model if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")
-                     and k not in accepted)
-    if unknown:
-        problems.append(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
-                        f"it accepts {', '.join(sorted(accepted)) or 'none'}")
-    return problems
+    return [] if model is None else model_config_problems(model)

@@ -25,24 +25,37 @@ def register(name: str):
     return wrap
 
 
-def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Module:
-    """Build the zoo entry named by cfg.name, sized for the data; unknown names and keys list what is valid."""
+def model_config_problems(cfg) -> list[str]:
+    """What is wrong with a model config (name, init, keys), found from the builder's signature without
+    building anything: the validator reports these before data loads, build_model refuses them."""
     _import_zoo()
     name = cfg.get("name")
     if name not in MODELS:
-        raise ConfigError(f"model.name={name!r} is not in the zoo; choose one of {', '.join(sorted(MODELS))}")
+        return [f"model.name={name!r} is not in the zoo; choose one of {', '.join(sorted(MODELS))}"]
+    problems = []
+    init = cfg.get("init", "default") or "default"
+    if init not in INITS:
+        problems.append(f"model.init={init!r} is not accepted; choose one of {', '.join(INITS)}")
+    accepted = set(inspect.signature(MODELS[name]).parameters) - {"in_channels", "num_classes", "input_size"}
+    unknown = sorted(k for k in cfg if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")
+                     and k not in accepted)
+    if unknown:
+        problems.append(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
+                        f"it accepts {', '.join(sorted(accepted)) or 'none'}")
+    return problems
+
+
+def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Module:
+    """Build the zoo entry named by cfg.name, sized for the data; unknown names and keys list what is valid."""
+    problems = model_config_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     if int(num_classes) < 1:
         raise ConfigError(f"data.num_classes={num_classes} must be at least 1")
+    name = cfg.get("name")
     builder = MODELS[name]
     kwargs = {k: v for k, v in cfg.items() if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")}
     init = cfg.get("init", "default") or "default"
-    if init not in INITS:
-        raise ConfigError(f"model.init={init!r} is not accepted; choose one of {', '.join(INITS)}")
-    accepted = set(inspect.signature(builder).parameters) - {"in_channels", "num_classes", "input_size"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ConfigError(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
-                          f"it accepts {', '.join(sorted(accepted)) or 'none'}")
     from cnnlab.inspector import builds_and_runs, first_failure
 
     def build(size):

@@ -14,6 +14,12 @@ from cnnlab.model_io import find_checkpoint, load_trained_model
 from cnnlab.train import train
 
 
+def _minimal(weights: dict, name: str = "lenet5") -> dict:
+    """The least a checkpoint holds: weights, a config naming the model, and the config's hash."""
+    config = {"model": {"name": name}}
+    return {"model": weights, "config": config, "config_hash": config_hash(config)}
+
+
 def test_checkpoint_holds_what_resume_needs(trained_run):
     run_dir, _ = trained_run
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -31,8 +37,7 @@ def test_round_trip_gives_identical_predictions(trained_run, tmp_path):
     x = torch.randn(8, 1, 28, 28)
     with torch.inference_mode():
         before = loaded.model(x)
-    state = {"model": loaded.model.state_dict(), "config": loaded.cfg and dict(model={"name": "lenet5"})}
-    save_atomic(state, tmp_path / "copy.ckpt")
+    save_atomic(_minimal(loaded.model.state_dict()), tmp_path / "copy.ckpt")
     again = load_checkpoint(tmp_path / "copy.ckpt")
     loaded.model.load_state_dict(again["model"])
     with torch.inference_mode():
@@ -42,7 +47,7 @@ def test_round_trip_gives_identical_predictions(trained_run, tmp_path):
 def test_atomic_writes_leave_no_temp_files(tmp_path):
     writer = CheckpointWriter()
     weights = torch.nn.Linear(3, 2).state_dict()
-    writer.submit({"model": weights, "config": {}}, [tmp_path / "best.ckpt", tmp_path / "last.ckpt"])
+    writer.submit(_minimal(weights), [tmp_path / "best.ckpt", tmp_path / "last.ckpt"])
     writer.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert torch.equal(load_checkpoint(tmp_path / "last.ckpt")["model"]["weight"], weights["weight"])
@@ -52,7 +57,7 @@ def test_snapshot_is_taken_at_submit_time(tmp_path):
     layer = torch.nn.Linear(3, 2)
     writer = CheckpointWriter()
     expected = layer.weight.detach().clone()
-    writer.submit({"model": layer.state_dict(), "config": {}}, [tmp_path / "last.ckpt"])
+    writer.submit(_minimal(layer.state_dict()), [tmp_path / "last.ckpt"])
     with torch.no_grad():
         layer.weight.add_(1.0)  # training goes on while the write is queued
     writer.close()

@@ -186,11 +186,13 @@ def test_sigkill_during_checkpoint_writes_leaves_a_readable_file(tmp_path):
     path = tmp_path / "last.ckpt"
     writer = (
         "import sys, torch\n"
-        "from cnnlab.engine.checkpoint import save_atomic\n"
+        "from cnnlab.engine.checkpoint import config_hash, save_atomic\n"
+        "config = {'model': {'name': 'mlp'}}\n"
         "i = 0\n"
         "while True:\n"
         "    i += 1\n"
-        "    save_atomic({'model': {'w': torch.full((2_000_000,), float(i))}, 'config': {}, 'epoch': i}, sys.argv[1])\n"
+        "    save_atomic({'model': {'w': torch.full((2_000_000,), float(i))}, 'config': config,\n"
+        "                 'config_hash': config_hash(config), 'epoch': i}, sys.argv[1])\n"
     )
     rng = random.Random(3)
     seen = set()

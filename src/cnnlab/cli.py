@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import tempfile
 
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 
@@ -33,8 +35,49 @@ def reports_config_errors(fn):
         except TrainingStopped as stopped:
             _report(str(stopped))
             sys.exit(128 + stopped.signum)
+        except KeyboardInterrupt:  # Ctrl-C before training installed its own handler (start-up, eval, predict)
+            _report("interrupted by Ctrl-C before training started; nothing was trained")
+            sys.exit(130)
 
     return wrapper
+
+
+# Command-line keys that say where a run's directory goes, most specific first.
+_OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "paths.output_root")
+
+
+@reports_config_errors
+def check_output_location(args: list[str], default_root: str = "outputs") -> None:
+    """Before Hydra starts: the run directory the command line asks for can be created and written.
+
+    Hydra creates the run dir before any cnnlab code runs; a location under a regular file or on a read-only
+    file system would otherwise end in Hydra's traceback. The check creates the directory (or the output
+    root) that Hydra would create a moment later.
+    """
+    given = {}
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in _OUTPUT_KEYS:
+            given[key] = value
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for key in ("hydra.sweep.dir" if multirun else "hydra.run.dir", "paths.output_root"):
+        if key in given:
+            where = given[key]
+            break
+    else:
+        key, where = "paths.output_root", default_root
+    if "${" in where:
+        return  # an interpolation: Hydra resolves it later
+    try:
+        os.makedirs(os.path.expanduser(where), exist_ok=True)
+        probe = tempfile.TemporaryFile(dir=os.path.expanduser(where))
+        probe.close()
+    except OSError as bad:
+        reason = bad.strerror or type(bad).__name__
+        if isinstance(bad, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way: the run directory would go under a regular file"
+        raise ConfigError(f"{key}={where}: cannot create or write the run directory there ({reason}); "
+                          f"choose a directory you can write to") from None
 
 
 def hydra_overrides() -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cnnlab.errors import ConfigError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -18,6 +21,16 @@ def config_dir() -> Path:
 
 
 CONFIG_DIR = str(config_dir())
+
+
+def _register_resolvers() -> None:
+    """Resolvers the config tree uses (${pid:} in hydra.run.dir), registered before Hydra composes it."""
+    from cnnlab.rundir import register_resolvers
+
+    register_resolvers()
+
+
+_register_resolvers()
 
 
 def compose_config(overrides: list[str], output_dir, config_name: str = "train") -> DictConfig:
@@ -60,6 +73,49 @@ def apply_overrides(saved: DictConfig, composed: DictConfig, keys: list[str]) ->
                 node = OmegaConf.to_container(node, resolve=True)
             OmegaConf.update(merged, key, node, merge=False, force_add=True)
     return merged
+
+
+def literal(node):
+    """A copy of a plain container whose strings OmegaConf reads as the text they are, never as `${...}`
+    interpolations: cnnlab's configs are resolved before they are saved or instantiated, so a `${` left in
+    a value is text (or something crafted) and must not be resolved a second time."""
+    if isinstance(node, dict):
+        return {key: literal(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [literal(value) for value in node]
+    if isinstance(node, str) and "${" in node:
+        # OmegaConf reads `\${` as a literal `${`; backslashes right before it are doubled to stay literal
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", node)
+    return node
+
+
+def instantiate_resolved(options, key: str, **kwargs):
+    """hydra.utils.instantiate on a resolved config (a DictConfig or a plain container), `key` naming it.
+
+    Hydra turns a plain dict back into a config and resolves it, more than once, so a `${...}` left in a
+    value would be read as an interpolation however it is escaped (a saved config's `${oc.create:...}` would
+    build a `_target_` no trust check saw). Values are resolved by now, so such a string is refused.
+    _convert_="all" hands torch plain lists and dicts, not ListConfig/DictConfig.
+    """
+    from hydra.utils import instantiate
+
+    if OmegaConf.is_config(options):
+        options = OmegaConf.to_container(options, resolve=True)
+    found = [(k, v) for k, v in _leaves(options, key) if isinstance(v, str) and "${" in v]
+    if found:
+        raise ConfigError([f"{k}={v!r}: a value handed to a class may not contain '${{' (it would be resolved "
+                           f"again as an interpolation); use the plain value" for k, v in found])
+    return instantiate(options, _convert_="all", **kwargs)
+
+
+def _leaves(node, key: str):
+    """(dotted key, value) of every leaf, into lists too (list items by index)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        yield key, node
+        return
+    for name, value in items:
+        yield from _leaves(value, f"{key}.{name}")
 
 
 def _flatten(node, prefix: str = ""):

@@ -11,9 +11,13 @@ from cnnlab.errors import ConfigError
 PRECISIONS = ("32", "bf16", "fp16")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is not there is an error, not a fallback."""
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is not there is an error, not a fallback.
+
+    `key` is how the user set it (trainer.device=, or a command's --device), so that errors name it that way.
+    """
     name = str(name).strip().lower()
+    says, choose = (f"{key}={name}", f"{key}=auto or cpu")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -23,18 +27,18 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{key}={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"trainer.device={name} but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, {torch.cuda.device_count()} GPUs visible); use trainer.device=auto or cpu")
+                f"{says} but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, {torch.cuda.device_count()} GPUs visible); use {choose}")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ConfigError(f"{says} but only {torch.cuda.device_count()} CUDA device(s) exist")
     elif device.type == "mps" and not _mps_available():
-        raise ConfigError(f"trainer.device={name} but MPS is not available; use trainer.device=auto or cpu")
+        raise ConfigError(f"{says} but MPS is not available; use {choose}")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"trainer.device={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"{key}={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 

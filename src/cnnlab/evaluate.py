@@ -23,7 +23,7 @@ EVAL_KEYS = ("ckpt", "split", "task_name")
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    from cnnlab.engine.checkpoint import load_checkpoint
+    from cnnlab.engine.checkpoint import load_checkpoint, saved_config
     from cnnlab.model_io import find_checkpoint
 
     overrides = hydra_overrides() if overrides is None else overrides
@@ -33,8 +33,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         from cnnlab.errors import ConfigError
 
         raise ConfigError(f"split={split!r} is not a split; choose train, val or test")
-    saved = OmegaConf.create(load_checkpoint(path)["config"])
-    keys = command_line_keys(overrides, skip=EVAL_KEYS + ("experiment",)) + ["paths"]
+    saved = saved_config(load_checkpoint(path))
+    keys = command_line_keys(overrides, skip=EVAL_KEYS + ("experiment",))
+    check_split_unchanged(keys, cfg)
+    keys.append("paths")
     run_cfg = apply_overrides(saved, cfg, keys)
     # Evaluation never augments, and progress/TensorBoard output belongs to training runs.
     OmegaConf.update(run_cfg, "augment.transforms", [], force_add=True)
@@ -45,6 +47,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     # evaluation builds data and model only; the optimizer and scheduler in the saved config are never built
     check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
+    out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
+    from cnnlab.rundir import claim
+
+    claim(out_dir, "eval", existing=str(cfg.paths.get("existing_run", "refuse")), task_cfg=cfg)
 
     from cnnlab.data import build_data
     from cnnlab.devices import resolve_device, resolve_precision
@@ -58,8 +64,6 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     precision = resolve_precision(tcfg.precision, device)
     loaded = load_trained_model(path, device, run_cfg)
     data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
-    out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def autocast():
         import contextlib
@@ -89,6 +93,22 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return result
 
 
+# Keys that decide which images are training images: another value would move training images into the
+# split being evaluated.
+SPLIT_KEYS = ("seed", "data.split", "data.num_samples", "data.generator_seed", "data.class_subset")
+
+
+def check_split_unchanged(keys: list[str], cfg: DictConfig) -> None:
+    bad = [k for k in keys if any(k == s or k.startswith(s + ".") for s in SPLIT_KEYS)]
+    if bad:
+        from cnnlab.errors import ConfigError
+
+        raise ConfigError([f"{key}={OmegaConf.select(cfg, key)!r} cannot be changed for evaluation: {', '.join(SPLIT_KEYS)} "
+                           f"decide which images the run trained on, and another value would put training images "
+                           f"into the {cfg.split} split; drop the override to evaluate on the run's own split"
+                           for key in bad])
+
+
 def _print_report(result: dict, split: str, classes, confusion) -> None:
     log.info("checkpoint %s (epoch %d), %s split: %d images", result["checkpoint"], result["epoch"], split,
              result["images"])
@@ -111,7 +131,13 @@ def _hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
+@reports_config_errors
 def main() -> None:
+    import sys
+
+    from cnnlab.cli import check_output_location
+
+    check_output_location(sys.argv[1:])
     _hydra_main()
 
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.data.build import DataInfo, data_info
-from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
+from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint, saved_config
 from cnnlab.models import build_model
 
 
@@ -30,7 +30,11 @@ def find_checkpoint(path, key: str) -> Path:
 def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None = None) -> LoadedModel:
     """The model described by `cfg` (default: the config saved in the checkpoint) with the saved weights."""
     ckpt = load_checkpoint(path)
-    cfg = cfg if cfg is not None else OmegaConf.create(ckpt["config"])
+    if cfg is None:  # the saved config alone (predict): checked like any config before it is used
+        from cnnlab.validate import validate
+
+        cfg = saved_config(ckpt)
+        validate(cfg)
     info = data_info(cfg.data)
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
     load_model_weights(model, ckpt, path, cfg.model.name, info.in_channels)

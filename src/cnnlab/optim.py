@@ -49,7 +49,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 
 def build_optimizer(cfg, model: nn.Module, head: tuple[str, ...] = (), backbone_lr_scale: float = 1.0):
-    from hydra.utils import instantiate
+    from cnnlab.config import instantiate_resolved
 
     options = OmegaConf.to_container(cfg, resolve=True)
     decay_norm_and_bias = bool(options.pop("decay_norm_and_bias", True))
@@ -59,8 +59,7 @@ def build_optimizer(cfg, model: nn.Module, head: tuple[str, ...] = (), backbone_
         raise ConfigError(f"finetune.backbone_lr_scale={backbone_lr_scale} must be > 0 (freeze the backbone instead)")
     groups = parameter_groups(model, float(options.get("weight_decay", 0.0) or 0.0), decay_norm_and_bias,
                               head=head, backbone_lr_scale=backbone_lr_scale, lr=options.get("lr"))
-    # _convert_="all" hands torch plain lists/dicts (betas as a list, not a ListConfig).
-    factory = instantiate(options, _convert_="all")
+    factory = instantiate_resolved(options, "optimizer")
     try:
         return factory(groups)
     except (ValueError, TypeError) as bad:
@@ -130,7 +129,7 @@ class LRSchedule:
 
 
 def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, monitor_mode: str) -> LRSchedule:
-    from hydra.utils import instantiate
+    from cnnlab.config import instantiate_resolved
 
     options = OmegaConf.to_container(cfg, resolve=True)
     interval = options.pop("interval", "epoch")
@@ -163,7 +162,7 @@ def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, mon
         elif short == "ReduceLROnPlateau" and options.get("mode") is None:
             options["mode"] = monitor_mode
         try:
-            scheduler = instantiate(options, optimizer=optimizer, _convert_="all")
+            scheduler = instantiate_resolved(options, "scheduler", optimizer=optimizer)
         except Exception as bad:
             raise ConfigError(f"scheduler {target}: {bad}") from None
     return LRSchedule(optimizer, scheduler, interval, warmup_epochs * steps_per_epoch, start_factor)

@@ -1,4 +1,4 @@
-"""`cnnlab-predict CKPT IMAGE [IMAGE ...]`: classify image files with a trained checkpoint, print the top-k labels.
+"""`cnnlab-predict CKPT IMAGE|DIR [...]`: classify image files with a trained checkpoint, print the top-k labels.
 
 Each image is converted to the training data's channels, resized to its input size and normalised with
 its mean/std, all taken from the config saved inside the checkpoint.
@@ -28,6 +28,29 @@ def load_image(path: Path, in_channels: int, size: tuple[int, int], resize_mode:
         raise ConfigError(f"image {path} cannot be read as an image: {bad}") from None
 
 
+PREDICT_BATCH = 256  # images decoded and classified together
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files to classify: each file as given, each directory as the image files under it (sorted)."""
+    from cnnlab.data.imagefolder import EXTENSIONS
+
+    files = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+            if not found:
+                raise ConfigError(f"{given} is a directory with no image files in it (looked for "
+                                  f"{', '.join(EXTENSIONS)}, in sub-folders too)")
+            files += found
+        elif not path.is_file():
+            raise ConfigError(f"image {given}: no such file or directory")
+        else:
+            files.append(path)
+    return files
+
+
 def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -> list[dict]:
     import torch
 
@@ -37,14 +60,19 @@ def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -
 
     if topk < 1:
         raise ConfigError(f"--topk={topk} must be at least 1")
-    target = resolve_device(device)
+    images = image_files(images)
+    target = resolve_device(device, key="--device")
     loaded = load_trained_model(find_checkpoint(ckpt, "checkpoint"), target)
     info = loaded.info
     mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
-    batch = torch.stack([load_image(Path(p), info.in_channels, info.input_size, mode) for p in images]).to(target)
-    x = Normalize(info.mean, info.std, target)(batch.float())
-    with torch.inference_mode():
-        probs = loaded.model(x).float().softmax(dim=1)
+    normalize = Normalize(info.mean, info.std, target)
+    chunks = []
+    for start in range(0, len(images), PREDICT_BATCH):  # a whole directory need not fit in memory at once
+        batch = torch.stack([load_image(p, info.in_channels, info.input_size, mode)
+                             for p in images[start:start + PREDICT_BATCH]]).to(target)
+        with torch.inference_mode():
+            chunks.append(loaded.model(normalize(batch.float())).float().softmax(dim=1).cpu())
+    probs = torch.cat(chunks)
     k = min(topk, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     results = []
@@ -58,7 +86,7 @@ def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cnnlab-predict", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .ckpt file or a run dir (uses its best.ckpt, else last.ckpt)")
-    parser.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
+    parser.add_argument("images", nargs="+", help="image files (png, jpg, ...), or directories: every image in them")
     parser.add_argument("--topk", type=int, default=3, help="how many labels to print per image (default 3)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -68,6 +68,9 @@ def build_summary(cfg: DictConfig):
     fmt = cfg.get("format", "table")
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not accepted; choose one of {', '.join(FORMATS)}")
+    if cfg.get("output") and Path(str(cfg.output)).expanduser().is_dir():
+        raise ConfigError(f"output={cfg.output} is a directory; give a file name, e.g. "
+                          f"output={Path(str(cfg.output)) / ('summary.json' if fmt == 'json' else 'summary.txt')}")
     from cnnlab.validate import validate
 
     validate(cfg)
@@ -106,9 +109,13 @@ def run_summary(cfg: DictConfig) -> str:
     text = render(summary, cfg.get("format", "table"))
     print(text, flush=True)
     if cfg.get("output"):
-        path = Path(str(cfg.output))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        path = Path(str(cfg.output)).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
+        except OSError as bad:
+            raise ConfigError(f"output={cfg.output}: cannot write the summary there "
+                              f"({bad.strerror or type(bad).__name__})") from None
     return text
 
 
@@ -132,6 +139,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_summary(cfg)
 
 
+@reports_config_errors
 def main() -> None:
     sys.argv = [("format=json" if arg == "--json" else arg) for arg in sys.argv]
     check_group_choices(sys.argv[1:])

@@ -27,7 +27,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
 
     A run dir resumes from its newest readable checkpoint (last.ckpt, else best.ckpt), and says which.
     """
-    from cnnlab.engine.checkpoint import CKPT_DIR, load_checkpoint, newest_valid
+    from cnnlab.engine.checkpoint import CKPT_DIR, load_checkpoint, newest_valid, saved_config
 
     where = Path(str(cfg.trainer.resume)).expanduser()
     if where.is_dir():
@@ -45,7 +45,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     partial = ckpt.get("partial")
     log.info("resuming from %s (%s)", path, f"epoch {partial['epoch']}, after step {partial['loader']['batches']}"
              if partial else f"end of epoch {ckpt.get('epoch', 0)}")
-    saved = OmegaConf.create(ckpt["config"])
+    saved = saved_config(ckpt)
     keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
     merged = apply_overrides(saved, cfg, keys)
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
@@ -151,15 +151,23 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     Every check on user input runs here, before the first training step.
     """
     overrides = hydra_overrides() if overrides is None else overrides
+    composed = cfg
     resume_ckpt = resume_path = None
     if cfg.trainer.get("resume"):
+        if (cfg.get("finetune") or {}).get("checkpoint"):
+            raise ConfigError(f"trainer.resume={cfg.trainer.resume} and finetune.checkpoint="
+                              f"{cfg.finetune.checkpoint} cannot be combined: resume continues a run with its own "
+                              f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
     from cnnlab.validate import validate
 
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(config["paths"]["output_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from cnnlab.rundir import claim
+
+    claim(run_dir, "train", existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
+          task_cfg=composed)
 
     import torch
 
@@ -340,7 +348,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("test/acc")
 
 
+@reports_config_errors
 def main() -> None:
+    import sys
+
+    from cnnlab.cli import check_output_location
+
+    check_output_location(sys.argv[1:])
     try:
         _hydra_main()
     finally:

@@ -146,6 +146,12 @@ def validate(cfg: DictConfig) -> None:
     # logger
     positive_int("logger.histogram_every_n_epochs", allow_zero=True)
 
+    # run dir
+    if _get(cfg, "paths.existing_run") is not None:
+        from cnnlab.rundir import EXISTING_CHOICES
+
+        choice("paths.existing_run", EXISTING_CHOICES)
+
     if problems:
         raise ConfigError(problems)
 

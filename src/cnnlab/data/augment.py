@@ -239,14 +239,17 @@ class BatchAugment:
 
 def build_v2_pipeline(transforms: Sequence):
     """Instantiate the entries as a per-sample torchvision.transforms.v2.Compose (DataLoader path)."""
-    from hydra.utils import instantiate
     from torchvision.transforms import v2
 
+    from cnnlab.config import instantiate_resolved
+
     built = []
-    for entry in transforms:
+    for i, entry in enumerate(transforms):
         name = _short_name(entry)
         try:
-            built.append(instantiate(entry, _convert_="all"))
+            built.append(instantiate_resolved(entry, f"augment.transforms.{i}"))
+        except ConfigError:
+            raise
         except Exception as bad:  # Hydra wraps import and argument errors; name the entry either way
             raise ConfigError(f"augment.transforms: cannot build {name!r}: {bad}") from None
     return v2.Compose(built)

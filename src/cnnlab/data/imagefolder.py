@@ -28,11 +28,26 @@ class UnreadableImage(ValueError):
     """An image file that neither torchvision.io nor Pillow can decode."""
 
 
+def class_name(folder_name: str) -> str:
+    """A folder's name as a class name every writer accepts (JSON, YAML, TensorBoard, the console).
+
+    Bytes that are not UTF-8 (which Python keeps as lone surrogates) are written as \\xNN escapes, so the
+    name stays readable and distinct; `class_folders` maps it back to the folder on disk.
+    """
+    return os.fsencode(folder_name).decode("utf-8", "backslashreplace")
+
+
+def class_folders(root: Path) -> dict[str, str]:
+    """Class name -> folder name of each class sub-folder of `root`, sorted by folder name."""
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return {class_name(name): name for name in names}
+
+
 def find_classes(root: Path, key: str) -> list[str]:
     if not root.is_dir():
         raise ConfigError(f"{key}={root} is not a folder (resolved to {root.resolve()}); it should hold one "
                           f"sub-folder of images per class")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    classes = list(class_folders(root))
     if not classes:
         raise ConfigError(f"{key}={root} has no class sub-folders; expected {root}/<class name>/<image files>")
     return classes
@@ -41,8 +56,9 @@ def find_classes(root: Path, key: str) -> list[str]:
 def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> tuple[list[Path], list[int]]:
     """Image files (recursively) under each class folder, in a stable order, with their class indices."""
     files, labels, empty = [], [], []
+    folders = class_folders(root) if root.is_dir() else {}
     for index, name in enumerate(classes):
-        folder = root / name
+        folder = root / folders.get(name, name)
         found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()) \
             if folder.is_dir() else []
         if not found:

@@ -79,23 +79,71 @@ def resolve_checkpoint(path: str | os.PathLike, key: str, prefer: tuple[str, ...
     raise ConfigError(f"{key}={path}: no such file or directory")
 
 
+def unreadable_reason(bad: BaseException) -> str:
+    """One line saying why torch.load failed, whatever the exception's text (an empty EOFError included).
+
+    torch's own advice to retry with weights_only=False is never passed on: that would run the file's code.
+    """
+    import pickle
+    import zipfile
+
+    if isinstance(bad, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(bad, pickle.UnpicklingError) and "weights_only" in str(bad).lower():
+        return "it holds objects other than tensors and plain containers (refused: loading them could run code)"
+    if isinstance(bad, zipfile.BadZipFile) or "PytorchStreamReader" in str(bad):
+        return "it is not a complete torch file (damaged or cut short)"
+    lines = [line.strip() for line in str(bad).splitlines()
+             if line.strip() and "weights_only" not in line and "trust" not in line]
+    return f"{type(bad).__name__}: {lines[0]}" if lines else type(bad).__name__
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
+    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects.
+
+    The result is checked for the shape cnnlab writes: a dict of weights, a config mapping with a model
+    name, a known format version and the config's hash (a config edited or damaged after writing is refused).
+    """
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as bad:
-        raise ConfigError(f"{path} is not a readable cnnlab checkpoint: {str(bad).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not a readable cnnlab checkpoint: {unreadable_reason(bad)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{path} is not a cnnlab checkpoint (no model weights and config inside)")
+    if not isinstance(ckpt["model"], dict):
+        raise ConfigError(f"{path} is not a cnnlab checkpoint: its model weights are "
+                          f"{type(ckpt['model']).__name__}, not a mapping of tensors")
+    config = ckpt["config"]
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        what = type(config).__name__ if not isinstance(config, dict) else f"model: {config.get('model')!r}"
+        raise ConfigError(f"{path} is not a cnnlab checkpoint: its config ({what}) is not a mapping with a "
+                          f"model section")
     version = ckpt.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ConfigError(f"{path} has checkpoint format {version!r}, newer than this cnnlab reads "
                           f"(up to {FORMAT_VERSION}); upgrade cnnlab to use it")
     stored = ckpt.get("config_hash")
-    if stored is not None and stored != config_hash(ckpt["config"]):
+    if stored is None:
+        raise ConfigError(f"{path}: the checkpoint has no config_hash, so its config cannot be checked; every "
+                          f"checkpoint cnnlab writes carries one: the file was altered")
+    if stored != config_hash(config):
         raise ConfigError(f"{path}: the config stored in the checkpoint does not match its hash; the file was "
                           f"altered or damaged")
     return ckpt
+
+
+def saved_config(ckpt: dict):
+    """The checkpoint's config as a DictConfig whose values are data, never expressions.
+
+    cnnlab stores configs resolved, so a `${...}` in one is either a literal the user escaped or something
+    crafted (`${oc.env:...}` would copy the environment into the new run, `${oc.create:...}` would build a
+    `_target_` the trust check never saw). Every such string is escaped: it stays the literal text.
+    """
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import literal
+
+    return OmegaConf.create(literal(ckpt["config"]))
 
 
 def config_hash(config: dict) -> str:

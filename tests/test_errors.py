@@ -47,6 +47,9 @@ BAD = [
     (["logger.histogram_every_n_epochs=-1"], r"logger.histogram_every_n_epochs=-1 must be a non-negative integer"),
     (["model.init=orthogonal"], r"model.init='orthogonal' is not accepted; choose one of default, kaiming, xavier"),
     (["model.name=resnet19"], r"model.name='resnet19' is not in the zoo; choose one of .*resnet20"),
+    (["paths.existing_run=keep"], r"paths.existing_run='keep' is not accepted; choose one of refuse, clear"),
+    (["trainer.resume=/nonexistent/run", "finetune.checkpoint=/nonexistent/other"],
+     r"trainer.resume=/nonexistent/run and finetune.checkpoint=/nonexistent/other cannot be combined"),
 ]
 
 

@@ -89,3 +89,54 @@ def test_eval_cli_writes_json_in_its_own_dir(trained_run, run_cli, tmp_path):
     assert len(outputs) == 1
     assert json.loads(outputs[0].read_text())["test/acc"] == pytest.approx(metrics["test/acc"])
     assert "confusion matrix" in done.stdout
+
+
+@pytest.mark.parametrize("override", ["seed=1", "data.split.val=0.3", "data.split.test=0.05"])
+def test_eval_refuses_overrides_that_move_training_images_into_the_split(trained_run, make_cfg, override):
+    run_dir, _ = trained_run
+    overrides = [f"ckpt={run_dir}", override]
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}=.* cannot be changed for evaluation: .*would put training "
+                                          f"images into the test split"):
+        evaluate(make_cfg(*overrides, config_name="eval", run="eval"), overrides=overrides)
+
+
+def test_predict_classifies_every_image_in_a_directory(trained_run, digit_files, tmp_path):
+    run_dir, _ = trained_run
+    paths, truth, _ = digit_files
+    folder = paths[0].rsplit("/", 1)[0]
+    results = predict(str(run_dir), [folder], topk=1, device="cpu")
+    assert [r["image"] for r in results] == sorted(paths + [digit_files[2]])
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="empty_dir is a directory with no image files in it"):
+        predict(str(run_dir), [str(empty)])
+
+
+def test_predict_names_its_own_device_option(trained_run, digit_files):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    run_dir, _ = trained_run
+    with pytest.raises(ConfigError, match="^--device=cuda but CUDA is not available") as err:
+        predict(str(run_dir), [digit_files[0][0]], device="cuda")
+    assert "trainer.device" not in str(err.value)
+
+
+def test_eval_and_predict_cli_on_a_checkpoint_of_the_wrong_shape(trained_run, digit_files, run_cli, tmp_path):
+    """Its config a string (a null model section and the like: tests/test_untrusted_files.py, in process)."""
+    import torch
+
+    from cnnlab.engine.checkpoint import config_hash, load_checkpoint
+
+    run_dir, _ = trained_run
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    ckpt["config"] = "a string"
+    ckpt["config_hash"] = config_hash(ckpt["config"])
+    torch.save(ckpt, tmp_path / "odd.ckpt")
+    for done in (run_cli("evaluate", f"ckpt={tmp_path / 'odd.ckpt'}", cwd=tmp_path),
+                 run_cli("predict", str(tmp_path / "odd.ckpt"), digit_files[0][0], cwd=tmp_path)):
+        assert done.returncode == 2, done.stderr[-2000:]
+        out = done.stdout + done.stderr
+        assert "error: " in out and "odd.ckpt is not a cnnlab checkpoint" in out and "Traceback" not in out

@@ -80,3 +80,10 @@ def test_checkpoint_of_another_architecture(task_a, make_cfg):
     a_dir, _ = task_a
     with pytest.raises(ConfigError, match="holds a 'lenet5' model, but the config builds model.name='resnet20'"):
         prepare(make_cfg(*TASK_B, "model=resnet20", f"finetune.checkpoint={a_dir}"), overrides=[])
+
+
+def test_resume_and_finetune_checkpoint_together_are_refused(task_a, make_cfg, tmp_path):
+    run_dir, _ = task_a
+    overrides = [f"trainer.resume={run_dir}", f"finetune.checkpoint={run_dir}"]
+    with pytest.raises(ConfigError, match="trainer.resume=.* and finetune.checkpoint=.* cannot be combined"):
+        train(make_cfg(*overrides, run="both"), overrides=overrides)

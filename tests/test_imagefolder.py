@@ -127,3 +127,29 @@ def test_corrupt_image_is_named_or_skipped_and_counted(make_cfg, tmp_path, in_me
         seen = sum(len(y) for _, y in data.train) + sum(len(y) for _, y in data.val) + sum(len(y) for _, y in data.test)
         loaders = (data.train, data.val, data.test)
         assert seen == 29 and sum(loader.skipped for loader in loaders if hasattr(loader, "skipped")) == 1
+
+
+def test_class_folders_whose_names_are_not_utf8_train_test_and_record(make_cfg, tmp_path):
+    """A folder name with bytes that are not UTF-8 (a Latin-1 'café') is written as caf\\xe9 in every output:
+    the whole run, its test pass, TensorBoard text, metrics.json and config_resolved.yaml; eval and predict
+    find the folder again."""
+    import json
+    import os
+
+    from cnnlab.evaluate import evaluate
+    from cnnlab.predict import predict
+    from cnnlab.train import train
+
+    latin1 = os.fsdecode(b"caf\xe9")
+    files = disk.write_image_folder(tmp_path / "imgs", classes=("bar", latin1, "tea"), per_class=12)
+    cfg = make_cfg(*SMALL, f"data.root={tmp_path / 'imgs'}", "model=convnet", "trainer.max_epochs=2")
+    metrics = train(cfg, overrides=[])
+    assert set(metrics["test/per_class_acc"]) == {"bar", "caf\\xe9", "tea"}
+    assert "caf\\xe9" in json.loads((tmp_path / "run" / "metrics.json").read_text())["test/per_class_acc"]
+    assert "caf\\xe9" in (tmp_path / "run" / "config_resolved.yaml").read_text()
+    overrides = [f"ckpt={tmp_path / 'run'}"]
+    result = evaluate(make_cfg(*overrides, config_name="eval", run="eval"), overrides=overrides)
+    assert result["images"] == sum(map(sum, metrics["test/confusion_matrix"]))
+    labels = {r["top"][0]["label"] for r in predict(str(tmp_path / "run"), [str(files[latin1][0])], topk=3,
+                                                    device="cpu")}
+    assert labels <= {"bar", "caf\\xe9", "tea"}

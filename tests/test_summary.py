@@ -462,3 +462,10 @@ def test_an_unknown_op_that_resizes_the_map_is_noted():
     assert summary.notes == ["1: interpolate changes the map size from 6x6 to 12x12; the inspector does not know "
                              "how, so the receptive field there is carried over unchanged"]
     assert summary.table().endswith("note: " + summary.notes[0])
+
+
+def test_cli_output_that_is_a_directory_is_one_error_line(run_cli, tmp_path):
+    done = run_cli("summary", "model=lenet5", f"output={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: output={tmp_path} is a directory; give a file name") and \
+        "Traceback" not in done.stderr

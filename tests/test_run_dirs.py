@@ -169,3 +169,13 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "Traceback" not in out and ("interrupted by Ctrl-C" in out or "stopped by SIGINT" in out)
+
+
+def test_a_marker_from_another_machine_is_refused_unless_cleared(tmp_path):
+    run_dir = tmp_path / "shared_fs"
+    run_dir.mkdir()
+    (run_dir / MARKER).write_text(json.dumps({"pid": 1, "host": "some-other-node", "started": "earlier"}))
+    with pytest.raises(ConfigError, match="process 1 on some-other-node.*set paths.existing_run=clear"):
+        claim(run_dir, "train")
+    claim(run_dir, "train", existing="clear")
+    assert json.loads((run_dir / MARKER).read_text())["host"] == os.uname().nodename

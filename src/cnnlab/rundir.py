@@ -83,9 +83,13 @@ def claim(run_dir: Path, kind: str, existing: str = "refuse", resuming: Path | N
             f"trainer.resume={run_dir} hydra.run.dir={run_dir}, or set paths.existing_run=clear to delete its "
             f"files first")
     if owner is not None and _running(owner):
-        raise ConfigError(f"{run_dir} is in use by another cnnlab run (process {owner.get('pid')} on "
-                          f"{owner.get('host')}, started {owner.get('started')}); leave hydra.run.dir unset so "
-                          f"that each run gets its own directory")
+        elsewhere = owner.get("host") != socket.gethostname()
+        if not (elsewhere and existing == "clear"):  # another machine's process cannot be checked: the user may
+            raise ConfigError(                       # say it is gone
+                f"{run_dir} is in use by another cnnlab run (process {owner.get('pid')} on {owner.get('host')}, "
+                f"started {owner.get('started')}); leave hydra.run.dir unset so that each run gets its own "
+                f"directory" + ("; if that run is no longer running, set paths.existing_run=clear" if elsewhere
+                                else ""))
     if _clear(run_dir):
         log.info("%s: deleted the files of %s", run_dir, "the previous run (paths.existing_run=clear)" if found
                  else "an earlier run that stopped before writing any result")

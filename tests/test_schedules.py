@@ -93,3 +93,30 @@ def test_schedule_state_round_trips():
     opt2.param_groups[0]["lr"] = opt.param_groups[0]["lr"]
     s2.load_state_dict(state)
     assert run_epochs(s, 2, 2) == run_epochs(s2, 2, 2)
+
+
+@pytest.mark.parametrize("epochs,steps", [(2, 2), (1, 4), (1, 1), (1, 2), (3, 1), (1, 3)])
+def test_onecycle_works_for_runs_of_a_few_steps(epochs, steps):
+    """The README's smoke run (trainer.max_epochs=2 trainer.limit_train_batches=2) once died in OneCycleLR with
+    ZeroDivisionError: every run of at least one step must get a usable schedule."""
+    import math
+
+    opt = optimizer(lr=0.5)
+    cfg = schedule_cfg(_target_="torch.optim.lr_scheduler.OneCycleLR", max_lr=None, total_steps=None, pct_start=0.25,
+                       interval="step", cycle_momentum=None)
+    s = build_schedule(cfg, opt, max_epochs=epochs, steps_per_epoch=steps, monitor_mode="min")
+    lrs = run_epochs(s, epochs, steps)
+    assert len(lrs) == epochs * steps and all(math.isfinite(lr) and 0 < lr <= 0.5 + 1e-9 for lr in lrs)
+    if epochs * steps >= 3:
+        assert max(lrs) == pytest.approx(0.5, rel=1e-6)  # the cycle still reaches the optimizer's lr
+
+
+def test_optimizer_default_spares_biases_and_norm_weights_from_weight_decay():
+    """One default, the YAML files' false: an optimizer config without decay_norm_and_bias decays weights only."""
+    from cnnlab.optim import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "weight_decay": 0.01})
+    opt = build_optimizer(cfg, model)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}

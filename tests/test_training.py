@@ -47,7 +47,9 @@ def test_run_dir_holds_everything(make_cfg, tmp_path):
     assert len(saved["test/confusion_matrix"]) == 10
     assert set(saved["test/per_class_acc"]) == {str(d) for d in range(10)}
     env = json.loads((run / "environment.json").read_text())
-    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    from importlib.metadata import version
+
+    assert env["packages"]["torch"] == version("torch") and torch.__version__.startswith(version("torch").split("+")[0])
     assert env["device"] == "cpu"
     assert "git" in env
     assert "model:" in (run / "config_resolved.yaml").read_text()
@@ -118,3 +120,15 @@ def test_torch_compile(make_cfg):
 def test_dataloader_path_matches_the_tensor_path_in_quality(make_cfg):
     metrics = train(make_cfg("data.loader=dataloader", "trainer.max_epochs=2", "logger=none"), overrides=[])
     assert metrics["test/acc"] > 0.85
+
+
+def test_label_smoothing_applies_to_mse_and_bce_as_to_cross_entropy():
+    from cnnlab.losses import Loss
+
+    logits, target = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]), torch.tensor([0, 2])
+    smoothed = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.0, 0.9]]) + 0.1 / 3
+    want = torch.nn.functional.mse_loss(logits.softmax(dim=1), smoothed)
+    assert torch.allclose(Loss("mse", 0.1)(logits, target), want)
+    assert not torch.allclose(Loss("mse", 0.1)(logits, target), Loss("mse", 0.0)(logits, target))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, smoothed)
+    assert torch.allclose(Loss("bce", 0.1)(logits, target), bce)

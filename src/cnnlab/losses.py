@@ -34,9 +34,9 @@ class Loss:
                 target = target.to(logits.dtype)
             return F.cross_entropy(logits, target, label_smoothing=self.smoothing)
         dense = one_hot_targets(target, logits.shape[1], logits.dtype)
+        if self.smoothing:  # the same smoothed targets cross-entropy uses: (1 - s) one-hot + s / classes
+            dense = dense * (1.0 - self.smoothing) + self.smoothing / logits.shape[1]
         if self.name == "bce":
-            if self.smoothing:
-                dense = dense * (1.0 - self.smoothing) + self.smoothing / logits.shape[1]
             return F.binary_cross_entropy_with_logits(logits, dense)
         # mse: the quadratic cost of the early literature, between class probabilities and one-hot targets.
         return F.mse_loss(logits.softmax(dim=1), dense)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -9,6 +10,8 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from cnnlab.errors import ConfigError
+
+log = logging.getLogger("cnnlab")
 
 # Keys in configs/optimizer and configs/scheduler that cnnlab reads itself; torch never sees them.
 OPTIMIZER_KEYS = ("decay_norm_and_bias",)
@@ -52,7 +55,8 @@ def build_optimizer(cfg, model: nn.Module, head: tuple[str, ...] = (), backbone_
     from cnnlab.config import instantiate_resolved
 
     options = OmegaConf.to_container(cfg, resolve=True)
-    decay_norm_and_bias = bool(options.pop("decay_norm_and_bias", True))
+    # false, as in every optimizer YAML: biases and norm-layer weights are not decayed unless the config says so
+    decay_norm_and_bias = bool(options.pop("decay_norm_and_bias", False))
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
     if not backbone_lr_scale > 0:
@@ -64,6 +68,21 @@ def build_optimizer(cfg, model: nn.Module, head: tuple[str, ...] = (), backbone_
         return factory(groups)
     except (ValueError, TypeError) as bad:
         raise ConfigError(f"optimizer {options.get('_target_')}: {bad}") from None
+
+
+def _fit_one_cycle_to_a_short_run(options: dict) -> None:
+    """OneCycleLR divides by the length of its rising phase (pct_start x total_steps - 1 steps), so a run of a
+    few steps (trainer.max_epochs=2 trainer.limit_train_batches=2) would end in ZeroDivisionError. Such a run
+    peaks after its first step instead; a one-step run takes its one step at the starting rate."""
+    steps = int(options["total_steps"])
+    pct = float(options.get("pct_start", 0.3))
+    if steps * pct > 1:
+        return
+    total = max(steps, 2)  # stepping stops at the run's end, so a longer plan than a one-step run is harmless
+    # peak at step 1 when a falling phase of at least one step remains; else halfway between steps 0 and 1
+    options["total_steps"], options["pct_start"] = total, (2.0 if total >= 3 else 1.5) / total
+    log.info("scheduler=onecycle: %d step(s) are too few for pct_start=%s; the rate peaks after the first step "
+             "instead", steps, pct)
 
 
 class LRSchedule:
@@ -153,6 +172,7 @@ def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, mon
                 options["max_lr"] = [g["lr"] for g in optimizer.param_groups]
             if options.get("total_steps") is None:
                 options["total_steps"] = max(1, main_epochs * steps_per_epoch)
+            _fit_one_cycle_to_a_short_run(options)
             if options.get("cycle_momentum") is None:
                 defaults = optimizer.defaults
                 options["cycle_momentum"] = "betas" in defaults or bool(defaults.get("momentum"))

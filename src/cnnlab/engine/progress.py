@@ -34,14 +34,15 @@ class Progress:
         self.bar = None
         self._last = 0.0
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        self.epoch, self.steps, self.step = epoch, steps, 0
+    def start_epoch(self, epoch: int, steps: int, first_step: int = 0) -> None:
+        """first_step: the steps of this epoch already done (an epoch resumed mid-way counts on from there)."""
+        self.epoch, self.steps, self.step = epoch, steps, first_step
         self._last = time.monotonic()
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.max_epochs}", leave=False, dynamic_ncols=True,
-                            file=sys.stderr, unit="batch")
+            self.bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}/{self.max_epochs}", leave=False,
+                            dynamic_ncols=True, file=sys.stderr, unit="batch")
 
     def update(self, tracker) -> None:
         self.step += 1

@@ -216,7 +216,7 @@ class Trainer:
             self.model.train()
             if self.freezer is not None:
                 self.freezer.set_modes()
-            self.progress.start_epoch(epoch, self.steps_per_epoch(train))
+            self.progress.start_epoch(epoch, self.steps_per_epoch(train), first_step)
             start = time.perf_counter()
             step = first_step
             for step, (x, y) in enumerate(train, start=first_step):

@@ -93,12 +93,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return result
 
 
-# Keys that decide which images are training images: another value would move training images into the
-# split being evaluated.
-SPLIT_KEYS = ("seed", "data.split", "data.num_samples", "data.generator_seed", "data.class_subset")
-
-
 def check_split_unchanged(keys: list[str], cfg: DictConfig) -> None:
+    """Another value of a key that decides the split would move training images into the split evaluated."""
+    from cnnlab.train import SPLIT_KEYS
+
     bad = [k for k in keys if any(k == s or k.startswith(s + ".") for s in SPLIT_KEYS)]
     if bad:
         from cnnlab.errors import ConfigError

@@ -33,13 +33,13 @@ PREDICT_BATCH = 256  # images decoded and classified together
 
 def image_files(paths: list[str]) -> list[Path]:
     """The files to classify: each file as given, each directory as the image files under it (sorted)."""
-    from cnnlab.data.imagefolder import EXTENSIONS
+    from cnnlab.data.imagefolder import EXTENSIONS, images_under
 
     files = []
     for given in paths:
         path = Path(given).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+            found = images_under(path)
             if not found:
                 raise ConfigError(f"{given} is a directory with no image files in it (looked for "
                                   f"{', '.join(EXTENSIONS)}, in sub-folders too)")

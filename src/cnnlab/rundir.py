@@ -136,14 +136,10 @@ def _write_marker(run_dir: Path, kind: str) -> None:
         f.write("\n")
 
 
-def _log_files(run_dir: Path) -> set[Path]:
-    """Log files in run_dir that this process's logging writes (Hydra's `<task>.log`)."""
-    files = set()
-    for handler in logging.getLogger().handlers:
-        name = getattr(handler, "baseFilename", None)
-        if name and Path(name).resolve().parent == run_dir.resolve():
-            files.add(Path(name).resolve())
-    return files
+def _log_handlers(run_dir: Path) -> list:
+    """This process's logging handlers that write a file in run_dir (Hydra's `<task>.log`)."""
+    return [h for h in logging.getLogger().handlers
+            if getattr(h, "baseFilename", None) and Path(h.baseFilename).resolve().parent == run_dir.resolve()]
 
 
 def _clear(run_dir: Path) -> bool:
@@ -158,11 +154,9 @@ def _clear(run_dir: Path) -> bool:
         else:
             entry.unlink()
     if entries:
-        for path in _log_files(run_dir):
-            for handler in logging.getLogger().handlers:
-                if getattr(handler, "baseFilename", None) and Path(handler.baseFilename).resolve() == path:
-                    handler.flush()
-            os.truncate(path, 0)
+        for handler in _log_handlers(run_dir):
+            handler.flush()
+            os.truncate(handler.baseFilename, 0)
     return bool(entries)
 
 

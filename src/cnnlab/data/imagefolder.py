@@ -53,14 +53,20 @@ def find_classes(root: Path, key: str) -> list[str]:
     return classes
 
 
+def images_under(folder: Path) -> list[Path]:
+    """Image files (by extension) anywhere under `folder`, in a stable order; none if it is not a folder."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
 def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> tuple[list[Path], list[int]]:
     """Image files (recursively) under each class folder, in a stable order, with their class indices."""
     files, labels, empty = [], [], []
     folders = class_folders(root) if root.is_dir() else {}
     for index, name in enumerate(classes):
         folder = root / folders.get(name, name)
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()) \
-            if folder.is_dir() else []
+        found = images_under(folder)
         if not found:
             empty.append(name)
         files += found

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+from cnnlab.restore import check_split_unchanged, check_trusted_targets
 
 log = logging.getLogger("cnnlab")
 
@@ -43,8 +44,6 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     from cnnlab.validate import validate
 
     validate(run_cfg)
-    from cnnlab.train import check_trusted_targets
-
     # evaluation builds data and model only; the optimizer and scheduler in the saved config are never built
     check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
@@ -91,20 +90,6 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     _print_report(result, split, classes, confusion)
     log.info("wrote %s", out_dir / "eval_metrics.json")
     return result
-
-
-def check_split_unchanged(keys: list[str], cfg: DictConfig) -> None:
-    """Another value of a key that decides the split would move training images into the split evaluated."""
-    from cnnlab.train import SPLIT_KEYS
-
-    bad = [k for k in keys if any(k == s or k.startswith(s + ".") for s in SPLIT_KEYS)]
-    if bad:
-        from cnnlab.errors import ConfigError
-
-        raise ConfigError([f"{key}={OmegaConf.select(cfg, key)!r} cannot be changed for evaluation: {', '.join(SPLIT_KEYS)} "
-                           f"decide which images the run trained on, and another value would put training images "
-                           f"into the {cfg.split} split; drop the override to evaluate on the run's own split"
-                           for key in bad])
 
 
 def _print_report(result: dict, split: str, classes, confusion) -> None:

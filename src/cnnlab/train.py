@@ -7,7 +7,6 @@ sweeps call it directly.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,121 +15,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import hydra_overrides, reports_config_errors
-from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+from cnnlab.config import CONFIG_DIR
 from cnnlab.errors import ConfigError, RunError
+from cnnlab.restore import carry_best_checkpoint, resume_config
 
 log = logging.getLogger("cnnlab")
-
-
-def resume_config(cfg: DictConfig, overrides: list[str]):
-    """For trainer.resume: the killed run's saved config with this command line's overrides on top.
-
-    A run dir resumes from its newest readable checkpoint (last.ckpt, else best.ckpt), and says which.
-    """
-    from cnnlab.engine.checkpoint import CKPT_DIR, load_checkpoint, newest_valid, saved_config
-
-    where = Path(str(cfg.trainer.resume)).expanduser()
-    if where.is_dir():
-        folder = where / CKPT_DIR if (where / CKPT_DIR).is_dir() else where
-        try:
-            path, ckpt, skipped = newest_valid([folder / "last.ckpt", folder / "best.ckpt"])
-        except ConfigError as bad:
-            raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {bad}") from None
-        for reason in skipped:
-            log.warning("passing over unreadable checkpoint %s", reason)
-    elif where.is_file():
-        path, ckpt = where, load_checkpoint(where)
-    else:
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: no such file or directory")
-    partial = ckpt.get("partial")
-    log.info("resuming from %s (%s)", path, f"epoch {partial['epoch']}, after step {partial['loader']['batches']}"
-             if partial else f"end of epoch {ckpt.get('epoch', 0)}")
-    saved = saved_config(ckpt)
-    keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
-    merged = apply_overrides(saved, cfg, keys)
-    OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
-    check_compatible(saved, merged, path, mid_epoch=bool(partial))
-    check_trusted_targets(merged, cfg, f"the config saved in {path}")
-    return merged, ckpt, path
-
-
-def _trusted_class(path, prefixes: tuple[str, ...]) -> bool:
-    """True when `path` names a class defined under a trusted prefix, reached only through modules of that very
-    name: `cnnlab.train.shutil.copy2` is refused although it starts with `cnnlab.`, because `shutil` is not
-    `cnnlab.train.shutil`."""
-    import importlib
-    import inspect
-
-    path = str(path)
-    if not path.startswith(prefixes):
-        return False
-    parts = path.split(".")
-    try:
-        obj = importlib.import_module(parts[0])
-    except ImportError:
-        return False
-    for i, part in enumerate(parts[1:], start=2):
-        if not inspect.ismodule(obj) or obj.__name__ != ".".join(parts[:i - 1]):
-            return False  # only modules, by their own name, may lead to the class
-        if hasattr(obj, part):
-            obj = getattr(obj, part)
-        else:
-            try:
-                obj = importlib.import_module(".".join(parts[:i]))
-            except ImportError:
-                return False
-    return inspect.isclass(obj) and str(obj.__module__).startswith(prefixes)
-
-
-# Keys whose change makes a checkpoint's tensors or training state mean something else.
-# Keys that decide which images are training images (a resume and an evaluation must keep them).
-SPLIT_KEYS = ("seed", "data.split", "data.num_samples", "data.generator_seed", "data.class_subset")
-INCOMPATIBLE_KEYS = SPLIT_KEYS + ("model", "data.name", "data.in_channels", "data.num_classes", "data.input_size",
-                                  "data.classes", "data.image_size", "data.noise", "data.root", "data.train_root",
-                                  "data.val_root", "data.test_root", "optimizer._target_", "scheduler._target_",
-                                  "scheduler.interval")
-# ... and, for a checkpoint taken mid-epoch, keys that change what "after batch k of this epoch" means.
-MID_EPOCH_KEYS = ("data.batch_size", "data.loader", "trainer.device", "augment")
-
-
-def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: bool = False) -> None:
-    """Refuse a resume whose overrides change what the checkpoint's state means; list what differs."""
-    from cnnlab.config import flat_differences
-
-    differences = flat_differences(saved, merged)
-    keys = INCOMPATIBLE_KEYS + (MID_EPOCH_KEYS if mid_epoch else ())
-    bad = [d for d in differences if any(d[0] == k or d[0].startswith(k + ".") for k in keys)]
-    if str(saved.scheduler.get("_target_", "")).endswith("OneCycleLR"):
-        # one-cycle's schedule is laid out over the whole run's steps: it cannot be stretched afterwards
-        bad += [d for d in differences if d[0] in ("trainer.max_epochs", "trainer.limit_train_batches",
-                                                   "data.batch_size")]
-    if bad:
-        lines = [f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in bad]
-        if any(key.startswith(("trainer.", "data.batch_size")) for key, _, _ in bad):
-            lines.append("scheduler=onecycle plans its steps over the whole run: to train longer, start a new run "
-                         "with finetune.checkpoint=<run dir>, or use another scheduler")
-        raise ConfigError([f"trainer.resume={path}: this config cannot continue that checkpoint ({line})"
-                           for line in lines])
-    changed = [d for d in differences if not d[0].startswith(("paths.", "trainer.resume"))]
-    if changed:
-        log.info("resuming with changed settings: %s",
-                 ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changed))
-
-
-def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str, skip: tuple[str, ...] = ()) -> None:
-    """Every _target_ that came from a file must be one the user's own config allows (trusted_targets
-    prefixes, or the very class the user's own config names at that key): a checkpoint cannot make cnnlab
-    instantiate something the user never chose."""
-    from cnnlab.config import targets
-
-    prefixes = tuple(str(p) for p in (own.get("trusted_targets") or ()))
-    own_targets = dict(targets(own))
-    untrusted = [(key, value) for key, value in targets(cfg)
-                 if not key.startswith(skip) and own_targets.get(key) != value and not _trusted_class(value, prefixes)]
-    if untrusted:
-        raise ConfigError([f"{key}={value!r} in {source} is not trusted: your config allows _target_ classes under "
-                           f"{', '.join(prefixes) or '(none)'}; add its prefix to trusted_targets if you trust "
-                           f"this file" for key, value in untrusted])
 
 
 @dataclass
@@ -239,7 +128,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
                       progress=progress, monitored=monitored, data_info=info, freezer=freezer)
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
-        _carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
+        carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
     return Run(cfg, config, run_dir, data, model, trainer, tb, n_params)
 
@@ -332,14 +221,6 @@ def _exempt_from_gc() -> None:
     import gc
 
     gc.freeze()
-
-
-def _carry_best_checkpoint(resume_path: Path, ckpt_dir: Path) -> None:
-    """A resumed run starts its own run dir; bring the old best.ckpt along so 'test with best' still sees it."""
-    source = Path(resume_path).parent / "best.ckpt"
-    if source.is_file() and source.resolve() != (ckpt_dir / "best.ckpt").resolve():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, ckpt_dir / "best.ckpt")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")

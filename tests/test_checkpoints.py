@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
+import shutil
 
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import config_hash, load_checkpoint, save_atomic
+from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint, save_atomic
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.errors import ConfigError
-from cnnlab.model_io import find_checkpoint, load_trained_model
+from cnnlab.model_io import load_trained_model
 from cnnlab.train import train
 
 
@@ -33,7 +35,7 @@ def test_checkpoint_holds_what_resume_needs(trained_run):
 
 def test_round_trip_gives_identical_predictions(trained_run, tmp_path):
     run_dir, _ = trained_run
-    loaded = load_trained_model(find_checkpoint(run_dir, "ckpt"), torch.device("cpu"))
+    loaded = load_trained_model(find_checkpoint(run_dir, "ckpt")[0], torch.device("cpu"))
     x = torch.randn(8, 1, 28, 28)
     with torch.inference_mode():
         before = loaded.model(x)
@@ -64,11 +66,50 @@ def test_snapshot_is_taken_at_submit_time(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "last.ckpt")["model"]["weight"], expected)
 
 
-def test_run_dir_resolves_to_best_then_last(trained_run):
+def test_run_dir_resolves_to_best_then_last(trained_run, tmp_path):
     run_dir, _ = trained_run
-    assert find_checkpoint(run_dir, "ckpt").name == "best.ckpt"
+    path, ckpt = find_checkpoint(run_dir, "ckpt")
+    assert path.name == "best.ckpt" and ckpt["epoch"] == load_checkpoint(path)["epoch"]
+    assert find_checkpoint(run_dir / "checkpoints", "ckpt")[0].name == "best.ckpt"  # the folder itself
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", folder / "last.ckpt")
+    assert find_checkpoint(tmp_path / "run", "ckpt")[0].name == "last.ckpt"  # no best.ckpt: last.ckpt
     with pytest.raises(ConfigError, match="ckpt=/definitely/not/here: no such file"):
         find_checkpoint("/definitely/not/here", "ckpt")
+    with pytest.raises(ConfigError, match=r"ckpt=.*: no checkpoint in that directory \(looked for .*best.ckpt"):
+        find_checkpoint(tmp_path, "ckpt")
+
+
+def test_resume_takes_the_newest_state_and_weights_the_best(trained_run, tmp_path):
+    """One rule, two purposes: resume continues from the checkpoint furthest into training, eval, predict and
+    finetune take the best weights."""
+    run_dir, _ = trained_run
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    torch.save(last, folder / "last.ckpt")
+    torch.save(dict(last, epoch=1), folder / "best.ckpt")  # the hash covers the config only
+    assert find_checkpoint(tmp_path / "run", "trainer.resume", purpose="resume")[0].name == "last.ckpt"
+    assert find_checkpoint(tmp_path / "run", "ckpt", purpose="weights")[0].name == "best.ckpt"
+    # a best.ckpt further into training than last.ckpt (e.g. last.ckpt from an older run) is the newer state
+    torch.save(dict(last, epoch=5), folder / "best.ckpt")
+    assert find_checkpoint(tmp_path / "run", "trainer.resume", purpose="resume")[0].name == "best.ckpt"
+
+
+def test_an_unreadable_best_checkpoint_falls_back_to_last_with_a_warning(trained_run, tmp_path, caplog):
+    run_dir, _ = trained_run
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", folder / "last.ckpt")
+    (folder / "best.ckpt").write_bytes(b"")
+    caplog.set_level(logging.WARNING)
+    path, ckpt = find_checkpoint(tmp_path / "run", "ckpt")
+    assert path.name == "last.ckpt" and "model" in ckpt
+    assert "passing over unreadable checkpoint best.ckpt" in caplog.text and "empty or cut short" in caplog.text
+    (folder / "last.ckpt").write_bytes(b"torn")
+    with pytest.raises(ConfigError, match=r"ckpt=.*: no readable checkpoint in that directory: best.ckpt \(.*; last.ckpt"):
+        find_checkpoint(tmp_path / "run", "ckpt")
 
 
 def test_pickled_code_is_refused(tmp_path):

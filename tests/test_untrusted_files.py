@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.engine.checkpoint import config_hash, load_checkpoint, newest_valid, saved_config
+from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint, saved_config
 from cnnlab.errors import ConfigError
 from cnnlab.evaluate import evaluate
 from cnnlab.model_io import load_trained_model
@@ -125,16 +125,18 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_clear_error(trained_run, tmp_pat
 
 
 @pytest.mark.parametrize("content", [b"", b"\x80", b"PK\x03\x04 torn zip"], ids=["empty", "one-byte", "torn-zip"])
-def test_any_unreadable_checkpoint_is_passed_over_with_a_one_line_reason(trained_run, tmp_path, content):
+def test_any_unreadable_checkpoint_is_passed_over_with_a_one_line_reason(trained_run, tmp_path, content, caplog):
     run_dir, _ = trained_run
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     shutil.copy(run_dir / "checkpoints" / "best.ckpt", folder / "best.ckpt")
     (folder / "last.ckpt").write_bytes(content)
-    path, ckpt, skipped = newest_valid([folder / "last.ckpt", folder / "best.ckpt"])
+    caplog.set_level(logging.WARNING)
+    path, ckpt = find_checkpoint(tmp_path, "trainer.resume", purpose="resume")
     assert path.name == "best.ckpt" and "model" in ckpt
-    assert len(skipped) == 1 and skipped[0].startswith("last.ckpt (") and "\n" not in skipped[0]
-    assert "weights_only" not in skipped[0]
+    skipped = [r.getMessage() for r in caplog.records if "passing over" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].startswith("passing over unreadable checkpoint last.ckpt (")
+    assert "\n" not in skipped[0] and "weights_only" not in skipped[0]
 
 
 def test_an_empty_last_checkpoint_falls_back_to_best_on_resume(trained_run, make_cfg, tmp_path, caplog):

@@ -24,17 +24,16 @@ EVAL_KEYS = ("ckpt", "split", "task_name")
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    from cnnlab.engine.checkpoint import load_checkpoint, saved_config
-    from cnnlab.model_io import find_checkpoint
+    from cnnlab.engine.checkpoint import find_checkpoint, saved_config
 
     overrides = hydra_overrides() if overrides is None else overrides
-    path = find_checkpoint(cfg.ckpt, "ckpt")
+    path, ckpt = find_checkpoint(cfg.ckpt, "ckpt")
     split = str(cfg.split)
     if split not in ("train", "val", "test"):
         from cnnlab.errors import ConfigError
 
         raise ConfigError(f"split={split!r} is not a split; choose train, val or test")
-    saved = saved_config(load_checkpoint(path))
+    saved = saved_config(ckpt)
     keys = command_line_keys(overrides, skip=EVAL_KEYS + ("experiment",))
     check_split_unchanged(keys, cfg)
     keys.append("paths")
@@ -61,7 +60,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     tcfg = run_cfg.trainer
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)
-    loaded = load_trained_model(path, device, run_cfg)
+    loaded = load_trained_model(path, device, run_cfg, ckpt)
     data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
 
     def autocast():

@@ -26,17 +26,17 @@ def _under(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def load_pretrained(model: nn.Module, path: Path, model_name: str, num_classes: int,
+def load_pretrained(model: nn.Module, ckpt: dict, path: Path, model_name: str, num_classes: int,
                     in_channels: int | None = None) -> list[str]:
-    """Load a cnnlab checkpoint's weights into `model`, all but the classifier head, which stays freshly
-    initialised for the new task (even with the same number of classes, its outputs mean other things).
+    """Load a cnnlab checkpoint's weights (`ckpt`, read from `path`) into `model`, all but the classifier head,
+    which stays freshly initialised for the new task (even with the same number of classes, its outputs mean
+    other things).
 
     Returns the names of the tensors left freshly initialised. Any other mismatch is an error: the
     checkpoint is of another architecture.
     """
-    from cnnlab.engine.checkpoint import check_channels, load_checkpoint
+    from cnnlab.engine.checkpoint import check_channels
 
-    ckpt = load_checkpoint(path)
     check_channels(ckpt, path, in_channels, "finetune.checkpoint")
     saved_name = ckpt["config"].get("model", {}).get("name")
     if saved_name != model_name:

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.data.build import DataInfo, data_info
-from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint, saved_config
+from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, saved_config
 from cnnlab.models import build_model
 
 
@@ -22,14 +22,13 @@ class LoadedModel:
     epoch: int
 
 
-def find_checkpoint(path, key: str) -> Path:
-    """A checkpoint file, or a run dir: its best.ckpt when there is one, else last.ckpt."""
-    return resolve_checkpoint(path, key, prefer=("best.ckpt", "last.ckpt"))
+def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None = None,
+                       ckpt: dict | None = None) -> LoadedModel:
+    """The model described by `cfg` (default: the config saved in the checkpoint) with the saved weights.
 
-
-def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None = None) -> LoadedModel:
-    """The model described by `cfg` (default: the config saved in the checkpoint) with the saved weights."""
-    ckpt = load_checkpoint(path)
+    `ckpt`: the checkpoint at `path` when it is already loaded (`find_checkpoint` returns it), else it is read.
+    """
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if cfg is None:  # the saved config alone (predict): checked like any config before it is used
         from cnnlab.validate import validate
 

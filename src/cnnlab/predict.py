@@ -56,13 +56,15 @@ def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -
 
     from cnnlab.data.loaders import Normalize
     from cnnlab.devices import resolve_device
-    from cnnlab.model_io import find_checkpoint, load_trained_model
+    from cnnlab.engine.checkpoint import find_checkpoint
+    from cnnlab.model_io import load_trained_model
 
     if topk < 1:
         raise ConfigError(f"--topk={topk} must be at least 1")
     images = image_files(images)
     target = resolve_device(device, key="--device")
-    loaded = load_trained_model(find_checkpoint(ckpt, "checkpoint"), target)
+    path, saved = find_checkpoint(ckpt, "checkpoint")
+    loaded = load_trained_model(path, target, ckpt=saved)
     info = loaded.info
     mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
     normalize = Normalize(info.mean, info.std, target)

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import apply_overrides, command_line_keys, flat_differences, targets
-from cnnlab.engine.checkpoint import CKPT_DIR, load_checkpoint, newest_valid, saved_config
+from cnnlab.engine.checkpoint import find_checkpoint, saved_config
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -36,21 +36,9 @@ MID_EPOCH_KEYS = ("data.batch_size", "data.loader", "trainer.device", "augment")
 def resume_config(cfg: DictConfig, overrides: list[str]):
     """For trainer.resume: the killed run's saved config with this command line's overrides on top.
 
-    A run dir resumes from its newest readable checkpoint (last.ckpt, else best.ckpt), and says which.
+    A run dir resumes from its newest readable checkpoint (`find_checkpoint(..., "resume")`), and says which.
     """
-    where = Path(str(cfg.trainer.resume)).expanduser()
-    if where.is_dir():
-        folder = where / CKPT_DIR if (where / CKPT_DIR).is_dir() else where
-        try:
-            path, ckpt, skipped = newest_valid([folder / "last.ckpt", folder / "best.ckpt"])
-        except ConfigError as bad:
-            raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {bad}") from None
-        for reason in skipped:
-            log.warning("passing over unreadable checkpoint %s", reason)
-    elif where.is_file():
-        path, ckpt = where, load_checkpoint(where)
-    else:
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: no such file or directory")
+    path, ckpt = find_checkpoint(str(cfg.trainer.resume), "trainer.resume", purpose="resume")
     partial = ckpt.get("partial")
     log.info("resuming from %s (%s)", path, f"epoch {partial['epoch']}, after step {partial['loader']['batches']}"
              if partial else f"end of epoch {ckpt.get('epoch', 0)}")

@@ -98,10 +98,10 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     if resume_ckpt is not None:
         load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels)
     elif ft.get("checkpoint"):
-        from cnnlab.model_io import find_checkpoint
+        from cnnlab.engine.checkpoint import find_checkpoint
 
-        source = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
-        fresh = load_pretrained(model, source, cfg.model.name, info.num_classes, info.in_channels)
+        source, saved = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
+        fresh = load_pretrained(model, saved, source, cfg.model.name, info.num_classes, info.in_channels)
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
     freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
     freezer.freeze()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import torch
 
 from cnnlab.errors import ConfigError
+
+log = logging.getLogger("cnnlab")
 
 FORMAT_VERSION = 1
 CKPT_DIR = "checkpoints"
@@ -64,19 +67,61 @@ def _umask() -> int:
     return mask
 
 
-def resolve_checkpoint(path: str | os.PathLike, key: str, prefer: tuple[str, ...] = ("last.ckpt",)) -> Path:
-    """A checkpoint file, or a run dir in which to look for `prefer` (in order) under checkpoints/."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        looked = [p / CKPT_DIR / name for name in prefer] + [p / name for name in prefer]
-        for candidate in looked:
-            if candidate.is_file():
-                return candidate
+# Which checkpoint of a run dir each purpose takes, in order of preference (see find_checkpoint).
+CHECKPOINT_CHOICE = {
+    "resume": ("last.ckpt", "best.ckpt"),   # trainer.resume: the newest training state
+    "weights": ("best.ckpt", "last.ckpt"),  # cnnlab-eval, cnnlab-predict, finetune.checkpoint: the best weights
+}
+
+
+def find_checkpoint(path: str | os.PathLike, key: str, purpose: str = "weights") -> tuple[Path, dict]:
+    """The checkpoint that `key=path` points at, and its contents (read by `load_checkpoint`).
+
+    Every command answers "which checkpoint in this directory" here:
+    - a file is that file; one that cannot be read is an error;
+    - a run dir is looked into: its checkpoints/ folder, or the directory itself when it has none (a
+      checkpoints/ folder given directly). What is taken there depends on `purpose`:
+      - "weights" (cnnlab-eval, cnnlab-predict, finetune.checkpoint): best.ckpt, else last.ckpt;
+      - "resume" (trainer.resume): the newest training state: last.ckpt, or best.ckpt when that one is
+        further into training (epoch, then batches into a partial epoch);
+      either way a file that cannot be read (empty, cut short, altered) is passed over with a warning that
+      names it and says why, and the error lists what was looked for when nothing readable is left.
+    """
+    if purpose not in CHECKPOINT_CHOICE:
+        raise ValueError(f"purpose={purpose!r}: one of {', '.join(CHECKPOINT_CHOICE)}")
+    where = Path(path).expanduser()
+    if where.is_file():
+        return where, load_checkpoint(where)
+    if not where.is_dir():
+        raise ConfigError(f"{key}={path}: no such file or directory")
+    folder = where / CKPT_DIR if (where / CKPT_DIR).is_dir() else where
+    candidates = [folder / name for name in CHECKPOINT_CHOICE[purpose]]
+    readable, skipped = [], []
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        try:
+            readable.append((candidate, load_checkpoint(candidate)))
+        except ConfigError as bad:
+            skipped.append(f"{candidate.name} ({bad})")
+            log.warning("passing over unreadable checkpoint %s", skipped[-1])
+            continue
+        if purpose == "weights":
+            break
+    if not readable and not skipped:
         raise ConfigError(f"{key}={path}: no checkpoint in that directory (looked for "
-                          f"{', '.join(str(c) for c in looked)})")
-    raise ConfigError(f"{key}={path}: no such file or directory")
+                          f"{', '.join(str(c) for c in candidates)})")
+    if not readable:
+        raise ConfigError(f"{key}={path}: no readable checkpoint in that directory: {'; '.join(skipped)}")
+    if purpose == "resume":  # max() keeps the first of equals: last.ckpt
+        return max(readable, key=lambda found: _progress(found[1]))
+    return readable[0]
+
+
+def _progress(ckpt: dict) -> tuple[int, int]:
+    """How far into training a checkpoint is: (epoch, batches done of a partial next epoch)."""
+    partial = ckpt.get("partial") or {}
+    return int(ckpt.get("epoch", 0)), int(partial.get("loader", {}).get("batches", 0)) if partial else 0
 
 
 def unreadable_reason(bad: BaseException) -> str:
@@ -152,28 +197,6 @@ def config_hash(config: dict) -> str:
     import json
 
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def newest_valid(candidates: list[Path]) -> tuple[Path, dict, list[str]]:
-    """Of the checkpoint files given, the readable one furthest into training; and why others were passed over."""
-    best, skipped = None, []
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            ckpt = load_checkpoint(path)
-        except ConfigError as bad:
-            skipped.append(f"{path.name} ({bad})")
-            continue
-        partial = ckpt.get("partial") or {}
-        progress = (int(ckpt.get("epoch", 0)), int(partial.get("loader", {}).get("batches", 0)) if partial else 0)
-        if best is None or progress > best[2]:
-            best = (path, ckpt, progress)
-    if best is None and not skipped:
-        raise ConfigError(f"no checkpoint in that directory (looked for {', '.join(str(c) for c in candidates)})")
-    if best is None:
-        raise ConfigError(f"no readable checkpoint in that directory: {'; '.join(skipped)}")
-    return best[0], best[1], skipped
 
 
 def check_channels(ckpt: dict, path, in_channels: int | None, key: str = "checkpoint") -> None:

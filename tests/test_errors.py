@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError
+from cnnlab.schema_check import check_override_keys
 from cnnlab.train import train
 
 BAD = [
@@ -50,6 +52,29 @@ BAD = [
     (["paths.existing_run=keep"], r"paths.existing_run='keep' is not accepted; choose one of refuse, clear"),
     (["trainer.resume=/nonexistent/run", "finetune.checkpoint=/nonexistent/other"],
      r"trainer.resume=/nonexistent/run and finetune.checkpoint=/nonexistent/other cannot be combined"),
+    # keys added with + that no code reads: refused, naming the key that was meant
+    (["+trainer.max_epoch=3"], r"trainer.max_epoch is not a config key; did you mean trainer.max_epochs\?"),
+    (["+data.batchsize=64"], r"data.batchsize is not a config key; did you mean data.batch_size\?"),
+    (["+optimizer.learning_rate=0.1"], r"optimizer.learning_rate is not an argument of torch.optim.AdamW; did you "
+                                       r"mean optimizer.lr\?"),
+    (["+seeds=1"], r"seeds is not a config key; did you mean seed\?"),
+    # NaN passes every comparison and inf every lower bound: both refused
+    (["trainer.early_stopping.min_delta=nan"], r"trainer.early_stopping.min_delta=nan is not a finite number"),
+    (["augment/mix=mixup", "augment.mix.mixup_alpha=nan"], r"augment.mix.mixup_alpha=nan is not a finite number"),
+    (["optimizer.lr=inf"], r"optimizer.lr=inf is not a finite number: it must be > 0"),
+    (["trainer.grad_clip=nan"], r"trainer.grad_clip=nan is not a finite number"),
+    (["model=mlp", "model.dropout=nan"], r"model.dropout=nan (must be a finite number|is not a finite number)"),
+    # wrong types: one line each, no traceback
+    (["seed=abc"], r"seed='abc' must be an integer"),
+    (["seed=99999999999999999999999"], r"seed=99999999999999999999999 must be an integer in \[-2\*\*63, 2\*\*64\)"),
+    (["data.mean=[abc]"], r"data.mean=\['abc'\] must be a list of numbers, one per channel"),
+    (["data.class_subset=[cat,dog]"], r"data.class_subset=\['cat', 'dog'\] must be a list of class indices"),
+    (["data.class_subset=5"], r"data.class_subset=5 must be a list of class indices"),
+    (["data.class_subset=[1.7,2.2,3]"], r"data.class_subset=\[1.7, 2.2, 3\] must be a list of class indices"),
+    (["trainer.max_epochs=2.5"], r"trainer.max_epochs=2.5 must be a positive integer"),
+    (["trainer.deterministic=yes"], r"trainer.deterministic='yes' must be true or false"),
+    (["model=mlp", "model.hidden=[64,abc]"], r"model.hidden\[1\]='abc' must be a positive integer"),
+    (["optimizer=sgd", "+optimizer.betas=[0.9,0.99]"], r"optimizer.betas is not an argument of torch.optim.SGD"),
 ]
 
 
@@ -101,6 +126,34 @@ def test_cli_unknown_group_option_lists_the_choices(run_cli, tmp_path):
     assert "Could not find 'optimizer/adamm'" in out
     for name in ("sgd", "adagrad", "rmsprop", "adam", "adamw"):
         assert name in out
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("override,meant", [("trainer.max_epoch=3", "trainer.max_epochs"),
+                                             ("optimizer.learning_rate=0.1", "optimizer.lr"),
+                                             ("data.batchsize=64", "data.batch_size"),
+                                             ("logger.histograms_every_n_epochs=2", "logger.histogram_every_n_epochs"),
+                                             ("sed=1", "seed")])
+def test_an_override_of_a_key_that_does_not_exist_names_the_closest_one(override, meant):
+    """Hydra refuses these itself, with exit status 1 and without the key that was meant: cnnlab checks first."""
+    with pytest.raises(ConfigError, match=f"{override.split('=')[0]} is not a config key; did you mean {meant}\\?"):
+        check_override_keys([override], config_dir())
+
+
+def test_overrides_of_existing_keys_and_other_forms_pass_the_key_check():
+    check_override_keys(["trainer.max_epochs=3", "-m", "optimizer=sgd,adam", "optimizer.momentum=0.8",
+                         "augment.transforms.1._target_=x", "data.num_workers=3", "+new.key=1", "~trainer.resume", "hydra.run.dir=/tmp/x",
+                         "augment/mix=mixup", "data.split.val=0.2", "model.layers=[]", "--config-name", "train",
+                         "experiment=lenet5_classic"], config_dir())
+
+
+@pytest.mark.parametrize("args", [["trainer.max_epoch=3"], ["+trainer.max_epoch=3"], ["seed=abc"],
+                                  ["trainer.grad_clip=nan"]])
+def test_cli_refuses_typos_nan_and_wrong_types_with_exit_2_and_one_line(run_cli, tmp_path, args):
+    done = run_cli("train", *args, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "error: " in out and "Traceback" not in out
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
 
 

@@ -80,6 +80,17 @@ def check_output_location(args: list[str], default_root: str = "outputs") -> Non
                           f"choose a directory you can write to") from None
 
 
+@reports_config_errors
+def check_command_line(args: list[str], config_name: str = "train") -> None:
+    """Before Hydra starts: every overridden key exists in the config tree (else the closest one is named),
+    and the run directory can be written."""
+    from cnnlab.config import config_dir
+    from cnnlab.schema_check import check_override_keys  # imports torch (the zoo): paid by every command anyway
+
+    check_override_keys(args, config_dir(), config_name)
+    check_output_location(args)
+
+
 def hydra_overrides() -> list[str]:
     """The command line's overrides when running under Hydra, else none."""
     from hydra.core.hydra_config import HydraConfig

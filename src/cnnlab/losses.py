@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cnnlab.errors import ConfigError
 
-LOSSES = ("cross_entropy", "bce", "mse")
 
 
 def one_hot_targets(target: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -21,10 +19,7 @@ class Loss:
     """Callable loss(logits, target). Dense 2-D targets (e.g. from mixup) work with every loss."""
 
     def __init__(self, name: str, label_smoothing: float = 0.0):
-        if name not in LOSSES:
-            raise ConfigError(f"trainer.loss={name!r} is not accepted; choose one of {', '.join(LOSSES)}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"trainer.label_smoothing={label_smoothing} must be in [0, 1)")
+        # name is one of cnnlab.schema.Loss and 0 <= label_smoothing < 1: the schema checked the config
         self.name = name
         self.smoothing = float(label_smoothing)
 

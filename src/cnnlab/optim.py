@@ -154,12 +154,7 @@ def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, mon
     interval = options.pop("interval", "epoch")
     warmup_epochs = int(options.pop("warmup_epochs", 0) or 0)
     start_factor = float(options.pop("warmup_start_factor", 0.1))
-    if interval not in ("epoch", "step"):
-        raise ConfigError(f"scheduler.interval={interval!r} is not accepted; choose epoch or step")
-    if not 0 <= warmup_epochs < max_epochs:
-        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs} must be in [0, trainer.max_epochs={max_epochs})")
-    if not 0.0 < start_factor <= 1.0:
-        raise ConfigError(f"scheduler.warmup_start_factor={start_factor} must be in (0, 1]")
+    # interval, warm-up epochs (< max_epochs) and start factor were checked with the config (cnnlab.schema)
     target = options.get("_target_")
     scheduler = None
     if target:

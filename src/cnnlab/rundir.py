@@ -33,7 +33,6 @@ from cnnlab.errors import ConfigError
 log = logging.getLogger("cnnlab")
 
 MARKER = ".cnnlab-run.json"
-EXISTING_CHOICES = ("refuse", "clear")
 # What a run writes that is worth keeping: finding one means the directory holds another run.
 RESULTS = ("checkpoints/*.ckpt", "metrics.json", "eval_metrics.json")
 # What a run writes before its first result; with the results, the only names `claim` ever deletes.
@@ -69,9 +68,6 @@ def claim(run_dir: Path, kind: str, existing: str = "refuse", resuming: Path | N
     continues, whose own run dir may be reused; task_cfg: the composed config, saved to .hydra/config.yaml.
     """
     run_dir = Path(run_dir)
-    if existing not in EXISTING_CHOICES:
-        raise ConfigError(f"paths.existing_run={existing!r} is not accepted; choose one of "
-                          f"{', '.join(EXISTING_CHOICES)}")
     if resuming is not None and run_dir.is_dir() and _run_of(resuming) == run_dir.resolve():
         return  # the very run, continued in place: its marker and .hydra/ record stay as they were
     found = results_in(run_dir)

@@ -21,9 +21,6 @@ from cnnlab.cli import reports_config_errors
 from cnnlab.config import CONFIG_DIR
 from cnnlab.errors import ConfigError
 
-FORMATS = ("table", "json")
-
-
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -65,15 +62,13 @@ def model_label(cfg: DictConfig) -> str:
 
 def build_summary(cfg: DictConfig):
     """Build the configured model on the meta device, freeze what finetune.freeze names, and inspect it."""
+    from cnnlab.validate import validate
+
+    validate(cfg, "summary")
     fmt = cfg.get("format", "table")
-    if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt!r} is not accepted; choose one of {', '.join(FORMATS)}")
     if cfg.get("output") and Path(str(cfg.output)).expanduser().is_dir():
         raise ConfigError(f"output={cfg.output} is a directory; give a file name, e.g. "
                           f"output={Path(str(cfg.output)) / ('summary.json' if fmt == 'json' else 'summary.txt')}")
-    from cnnlab.validate import validate
-
-    validate(cfg)
     shape, classes = summary_input(cfg)
 
     import torch
@@ -141,8 +136,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 @reports_config_errors
 def main() -> None:
+    from cnnlab.schema_check import check_override_keys
+
     sys.argv = [("format=json" if arg == "--json" else arg) for arg in sys.argv]
     check_group_choices(sys.argv[1:])
+    check_override_keys(sys.argv[1:], Path(CONFIG_DIR), "summary")
     _hydra_main()
 
 

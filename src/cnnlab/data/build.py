@@ -17,7 +17,6 @@ from cnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-LOADERS = ("auto", "tensor", "dataloader")
 
 
 @dataclass(frozen=True)
@@ -279,8 +278,6 @@ def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: 
 
 
 def _choose_loader(requested: str, transforms, resident: bool = True) -> str:
-    if requested not in LOADERS:
-        raise ConfigError(f"data.loader={requested!r} is not accepted; choose one of {', '.join(LOADERS)}")
     if not resident:
         if requested == "tensor":
             raise ConfigError("data.loader=tensor needs the whole set in memory, but this image folder is decoded per "

@@ -21,7 +21,6 @@ from cnnlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-RESIZE_MODES = ("center_crop", "stretch")
 
 
 class UnreadableImage(ValueError):

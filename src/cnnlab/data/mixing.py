@@ -14,18 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.errors import ConfigError
 
 
 class BatchMix:
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5):
-        problems = [f"augment.mix.{k}={v} must be >= 0" for k, v in
-                    (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)) if float(v) < 0]
-        problems += [f"augment.mix.{k}={v} must be in [0, 1]" for k, v in
-                     (("prob", prob), ("switch_prob", switch_prob)) if not 0 <= float(v) <= 1]
-        if problems:
-            raise ConfigError(problems)
+        # alphas >= 0 and probabilities in [0, 1]: checked with the config (cnnlab.schema.Mix)
         self.num_classes = int(num_classes)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.prob, self.switch_prob = float(prob), float(switch_prob)

@@ -175,8 +175,6 @@ def imagefolder(cfg) -> SourceData:
         raise ConfigError(f"{train_key}={roots['train']} has a single class folder ({classes[0]}); a classifier "
                           f"needs at least two: <root>/<class>/<image files>")
     mode = str(cfg.resize_mode)
-    if mode not in folder.RESIZE_MODES:
-        raise ConfigError(f"data.resize_mode={mode!r} is not accepted; choose one of {', '.join(folder.RESIZE_MODES)}")
     channels, size, skip = int(cfg.in_channels), tuple(int(v) for v in cfg.input_size), bool(cfg.skip_unreadable)
     listed = {}
     for split, root in roots.items():

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import math
 
-from cnnlab.errors import ConfigError
 
 
 def resolve_mode(monitor: str, mode: str) -> str:
     """min for losses, max for accuracies, unless the config says otherwise."""
     if mode in ("min", "max"):
         return mode
-    if mode != "auto":
-        raise ConfigError(f"trainer.monitor_mode={mode!r} is not accepted; choose min, max or auto")
     return "max" if "acc" in monitor.rsplit("/", 1)[-1] else "min"
 
 
@@ -24,10 +21,6 @@ class MonitoredMetric:
     """
 
     def __init__(self, monitor: str, mode: str, patience: int | None, min_delta: float = 0.0):
-        if patience is not None and patience < 1:
-            raise ConfigError(f"trainer.early_stopping.patience={patience} must be a positive integer")
-        if min_delta < 0:
-            raise ConfigError(f"trainer.early_stopping.min_delta={min_delta} must be >= 0")
         self.monitor = monitor
         self.mode = mode
         self.patience = patience

@@ -6,16 +6,11 @@ import logging
 import sys
 import time
 
-from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
 
-MODES = ("auto", "bar", "plain", "none")
-
-
 def resolve_mode(mode: str, stream=None) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"trainer.progress={mode!r} is not accepted; choose one of {', '.join(MODES)}")
+    """`trainer.progress` (one of cnnlab.schema.Progress) with auto decided by the stream."""
     if mode == "auto":
         stream = stream or sys.stderr
         return "bar" if hasattr(stream, "isatty") and stream.isatty() else "plain"

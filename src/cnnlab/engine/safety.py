@@ -15,7 +15,6 @@ from cnnlab.errors import RunError
 
 log = logging.getLogger("cnnlab")
 
-NONFINITE_MODES = ("stop", "skip", "off")
 
 
 class StopSignals:

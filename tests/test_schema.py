@@ -1,0 +1,117 @@
+"""The config schema (cnnlab.schema) is the one place a key's type, choices and range are declared: every
+preset validates against it, and it refuses what it declares."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from cnnlab import schema
+from cnnlab.config import compose_config, config_dir
+from cnnlab.errors import ConfigError
+from cnnlab.schema_check import closest, config_problems
+from cnnlab.validate import validate
+
+CONFIGS = Path(config_dir())
+GROUPS = ("data", "model", "augment", "augment/mix", "optimizer", "scheduler", "trainer", "logger", "paths")
+# What a preset needs from the user before it can run (the value `???` in its file).
+NEEDS = {("data", "imagefolder"): ["data.root=/tmp/images"]}
+
+
+def _options():
+    for group in GROUPS:
+        for path in sorted((CONFIGS / group).glob("*.yaml")):
+            yield group, path.stem
+
+
+OPTIONS = list(_options())
+
+
+def test_the_presets_are_all_found():
+    groups = {g for g, _ in OPTIONS}
+    assert groups == set(GROUPS) and len(OPTIONS) >= 60
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_preset_validates_against_the_schema_and_an_unknown_key_in_it_is_refused(tmp_path, group, option):
+    overrides = [f"{group}={option}", *NEEDS.get((group, option), [])]
+    validate(compose_config(overrides, tmp_path))
+    package = group.replace("/", ".")
+    with pytest.raises(ConfigError, match=rf"{package}.zz_not_a_key"):
+        validate(compose_config([*overrides, f"+{package}.zz_not_a_key=1"], tmp_path))
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_validates(tmp_path, experiment):
+    validate(compose_config([f"experiment={experiment}"], tmp_path))
+
+
+def test_eval_and_summary_configs_validate_with_their_own_keys(tmp_path):
+    assert config_problems(compose_config(["ckpt=/tmp/run"], tmp_path, "eval"), "eval") == []
+    assert config_problems(compose_config([], tmp_path, "summary"), "summary") == []
+    problems = config_problems(compose_config(["ckpt=/tmp/run", "split=holdout"], tmp_path, "eval"), "eval")
+    assert problems == ["split='holdout' is not accepted; choose one of train, val, test"]
+    problems = config_problems(compose_config(["format=yaml"], tmp_path, "summary"), "summary")
+    assert problems == ["format='yaml' is not accepted; choose one of table, json"]
+
+
+def test_every_problem_is_reported_at_once_each_naming_its_key(tmp_path):
+    cfg = compose_config(["seed=abc", "trainer.grad_clip=nan", "+trainer.max_epoch=3", "data.loader=gpu",
+                          "optimizer.lr=inf"], tmp_path)
+    problems = config_problems(cfg)
+    assert sorted(p.split("=")[0].split(" ")[0] for p in problems) == [
+        "data.loader", "optimizer.lr", "seed", "trainer.grad_clip", "trainer.max_epoch"]
+
+
+def test_a_config_saved_before_newer_keys_existed_still_validates(tmp_path):
+    """Checkpoints written before trainer.summary and paths.existing_run existed hold no such keys."""
+    cfg = compose_config([], tmp_path)
+    with open_dict(cfg):
+        del cfg.trainer["summary"]
+        del cfg.paths["existing_run"]
+    assert config_problems(cfg) == []
+
+
+def test_a_missing_key_is_named(tmp_path):
+    cfg = compose_config([], tmp_path)
+    with open_dict(cfg):
+        del cfg.trainer["max_epochs"]
+    assert config_problems(cfg) == ["trainer.max_epochs is missing"]
+
+
+def test_precision_given_as_a_number_is_the_choice_32(tmp_path):
+    """Hydra reads trainer.precision=32 as the int 32; the choice is the text "32"."""
+    assert config_problems(compose_config(["trainer.precision=32"], tmp_path)) == []
+    assert config_problems(compose_config(["trainer.precision=16"], tmp_path)) == [
+        "trainer.precision=16 is not accepted; choose one of 32, bf16, fp16"]
+
+
+def test_inf_and_nan_are_refused_in_model_and_optimizer_arguments_the_schema_does_not_type(tmp_path):
+    cfg = compose_config(["model=mlp", "model.dropout=inf", "+optimizer.foreach=true",
+                          "+optimizer.maximize=false"], tmp_path)
+    assert config_problems(cfg) == ["model.dropout=inf is not a finite number: it must be a number"]
+
+
+def test_closest_key_by_spelling_and_by_abbreviation():
+    assert closest("max_epoch", ["max_epochs", "device"]) == "max_epochs"
+    assert closest("learning_rate", ["lr", "momentum", "weight_decay"]) == "lr"
+    assert closest("batchsize", ["batch_size", "eval_batch_size"]) == "batch_size"
+    assert closest("zzz", ["lr", "momentum"]) is None
+
+
+def test_choice_lists_are_declared_once_in_the_schema():
+    """The modules that act on a choice hold no list of their own (the schema's Literal is the list)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
+    declared = {name: typing.get_args(getattr(schema, name)) for name in
+                ("Progress", "MonitorMode", "PrecisionName", "Loss", "NonFinite", "Interval", "ResizeMode",
+                 "LoaderKind", "ExistingRun", "SummaryMode")}
+    for path in src.rglob("*.py"):
+        if path.name == "schema.py":
+            continue
+        text = path.read_text()
+        for name, choices in declared.items():
+            spelled = "(" + ", ".join(f'"{c}"' for c in choices) + ")"
+            assert spelled not in text, f"{path.name} repeats the {name} choices {spelled}"

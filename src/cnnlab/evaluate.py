@@ -117,9 +117,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     import sys
 
-    from cnnlab.cli import check_output_location
+    from cnnlab.cli import check_command_line
 
-    check_output_location(sys.argv[1:])
+    check_command_line(sys.argv[1:], "eval")
     _hydra_main()
 
 

@@ -133,7 +133,6 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     return Run(cfg, config, run_dir, data, model, trainer, tb, n_params)
 
 
-SUMMARY_MODES = ("full", "totals", "none")
 
 
 def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> None:
@@ -235,9 +234,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     import sys
 
-    from cnnlab.cli import check_output_location
+    from cnnlab.cli import check_command_line
 
-    check_output_location(sys.argv[1:])
+    check_command_line(sys.argv[1:], "train")
     try:
         _hydra_main()
     finally:

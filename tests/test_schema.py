@@ -115,3 +115,10 @@ def test_choice_lists_are_declared_once_in_the_schema():
         for name, choices in declared.items():
             spelled = "(" + ", ".join(f'"{c}"' for c in choices) + ")"
             assert spelled not in text, f"{path.name} repeats the {name} choices {spelled}"
+
+
+def test_eval_refuses_an_unknown_split_before_reading_the_checkpoint(make_cfg):
+    from cnnlab.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match=r"^split='holdout' is not accepted; choose one of train, val, test$"):
+        evaluate(make_cfg("ckpt=/nonexistent/run", "split=holdout", config_name="eval"), overrides=[])

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+from cnnlab.errors import ConfigError
 from cnnlab.restore import check_split_unchanged, check_trusted_targets
+from cnnlab.schema_check import command_key_problems
 
 log = logging.getLogger("cnnlab")
 
@@ -27,12 +29,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     from cnnlab.engine.checkpoint import find_checkpoint, saved_config
 
     overrides = hydra_overrides() if overrides is None else overrides
+    problems = command_key_problems(cfg, "eval")
+    if problems:
+        raise ConfigError(problems)
     path, ckpt = find_checkpoint(cfg.ckpt, "ckpt")
     split = str(cfg.split)
-    if split not in ("train", "val", "test"):
-        from cnnlab.errors import ConfigError
-
-        raise ConfigError(f"split={split!r} is not a split; choose train, val or test")
     saved = saved_config(ckpt)
     keys = command_line_keys(overrides, skip=EVAL_KEYS + ("experiment",))
     check_split_unchanged(keys, cfg)

@@ -48,6 +48,14 @@ def config_problems(cfg, kind: str = "train") -> list[str]:
     return problems
 
 
+def command_key_problems(cfg, kind: str) -> list[str]:
+    """Problems of the keys a command adds to the training config (cnnlab-eval's ckpt and split) only: the
+    rest of its config stands for the checkpoint's saved config, which is checked once the two are merged."""
+    own = set(schema.CONFIGS[kind].model_fields) - set(schema.TrainConfig.model_fields)
+    container = _missing_to_none(OmegaConf.to_container(cfg, resolve=True))
+    return [p for p in _problems(schema.CONFIGS[kind], container) if p.split("=")[0].split(" ")[0] in own]
+
+
 def _missing_to_none(node):
     """Mandatory values not given (`???`) count as null here; the rule that needs them names them."""
     if isinstance(node, dict):

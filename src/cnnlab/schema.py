@@ -26,13 +26,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 class Section(BaseModel):
     """A closed config section: unknown keys, wrong types, NaN and infinity are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    # defer_build: a model's validator is built on first use, so a run pays only for the sections it checks
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, defer_build=True)
 
 
 class OpenSection(Section):
     """A section whose other keys are a class's arguments (checked against its signature elsewhere)."""
 
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, defer_build=True)
 
 
 def _bounds_phrase(kind: type, gt=None, ge=None, lt=None, le=None) -> str:

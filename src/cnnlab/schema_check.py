@@ -16,6 +16,7 @@ import typing
 from functools import lru_cache
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -300,7 +301,6 @@ def check_override_keys(args: list[str], config_dir: Path, config_name: str = "t
     """
     problems = []
     skip_next = False
-    known = None
     for arg in args:
         if skip_next:
             skip_next = False
@@ -311,8 +311,9 @@ def check_override_keys(args: list[str], config_dir: Path, config_name: str = "t
         key, sep, _ = arg.partition("=")
         if not sep or key.startswith(("+", "~", "hydra.", "hydra/")) or key == "hydra" or "/" in key or "@" in key:
             continue
-        if known is None:
-            known = _tree_keys(str(config_dir), config_name)
+        if key in _schema_keys(config_name):
+            continue  # declared keys need no file reading
+        known = _tree_keys(str(config_dir), config_name, key.split(".")[0])
         if not _known(key, known):
             parent, _, name = key.rpartition(".")
             siblings = sorted({k[len(parent) + 1:].split(".")[0] for k in known
@@ -325,8 +326,27 @@ def check_override_keys(args: list[str], config_dir: Path, config_name: str = "t
         raise ConfigError(problems)
 
 
+@lru_cache(maxsize=None)
+def _schema_keys(config_name: str) -> frozenset[str]:
+    """Every dotted key the schema declares for this command (all data sources, optimizer and scheduler)."""
+    keys: set[str] = set()
+
+    def walk(model, prefix):
+        for key, info in _fields_by_key(model).items():
+            keys.add(prefix + key)
+            inner = _model_in(info.annotation)
+            if inner is not None:
+                walk(inner, f"{prefix}{key}.")
+
+    walk(schema.CONFIGS.get(config_name, schema.TrainConfig), "")
+    for section, model in [("data", m) for m in set(schema.DATA_SOURCES.values())] + [
+            ("optimizer", schema.Optimizer), ("scheduler", schema.Scheduler)]:
+        walk(model, f"{section}.")
+    return frozenset(keys)
+
+
 def _known(key: str, known: frozenset[str]) -> bool:
-    """The key itself, or an item inside a list or class-argument node the tree has (augment.transforms.1.p)."""
+    """The key itself, or an item inside a list the tree has (augment.transforms.1.p)."""
     if key in known:
         return True
     parts = key.split(".")
@@ -334,31 +354,32 @@ def _known(key: str, known: frozenset[str]) -> bool:
 
 
 @lru_cache(maxsize=None)
-def _tree_keys(config_dir: str, config_name: str) -> frozenset[str]:
-    """Every dotted key a file of the config tree sets (group files under their package), plus groups."""
+def _tree_keys(config_dir: str, config_name: str, group: str) -> frozenset[str]:
+    """Every dotted key that the top-level files, the experiments and the files of `group` set (group files
+    under their package, with the files their defaults list includes `@_here_`), plus the group names."""
     root = Path(config_dir)
-    keys: set[str] = set()
-    for path in root.rglob("*.yaml"):
+    keys: set[str] = {p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "base")}
+    for name in dict.fromkeys(("train", config_name)):
+        _collect(_load(root / f"{name}.yaml"), "", keys)
+    for path in [*(root / "experiment").glob("*.yaml"), *((root / group).rglob("*.yaml") if group in keys else [])]:
         relative = path.relative_to(root)
-        if relative.parts[0] in ("hydra", "base"):  # base/ files count where a defaults list includes them
-            continue
-        if len(relative.parts) == 1:
-            if path.stem not in (config_name, "train"):
-                continue
-            package = ""
-        else:
-            keys.add(".".join(relative.parts[:-1]))  # a group name (data, augment.mix) is a key too
-            first = path.read_text().split("\n", 1)[0]
-            package = "" if "@package _global_" in first else ".".join(relative.parts[:-1])
-        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        keys.add(".".join(relative.parts[:-1]))  # a group name (data, augment.mix) is a key too
+        node = _load(path)
+        first = path.read_text().split("\n", 1)[0]
+        package = "" if "@package _global_" in first else ".".join(relative.parts[:-1])
         _collect(node, package, keys)
         for entry in node.get("defaults", []) if isinstance(node, dict) else []:
             if isinstance(entry, str) and entry.endswith("@_here_"):  # e.g. /base/data@_here_
                 name = entry[: -len("@_here_")]
                 included = root / f"{name.lstrip('/')}.yaml" if name.startswith("/") else path.parent / f"{name}.yaml"
                 if included.is_file():
-                    _collect(OmegaConf.to_container(OmegaConf.load(included), resolve=False), package, keys)
+                    _collect(_load(included), package, keys)
     return frozenset(keys)
+
+
+def _load(path: Path):
+    """A YAML file's keys (PyYAML directly: OmegaConf.load is ten times slower and values don't matter here)."""
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def _collect(node, prefix: str, keys: set[str]) -> None:

@@ -41,9 +41,7 @@ def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
             channels, size = values[0], tuple(values[1:])
         else:
             size = (values[0], values[0]) if len(values) == 1 else tuple(values)
-    if cfg.get("num_classes") is not None:
-        if not _positive_int(cfg.num_classes):
-            raise ConfigError(f"num_classes={cfg.num_classes!r} must be a positive integer")
+    if cfg.get("num_classes") is not None:  # a positive integer: the schema checked it
         classes = int(cfg.num_classes)
     return (int(channels), int(size[0]), int(size[1])), classes
 

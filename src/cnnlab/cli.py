@@ -8,7 +8,9 @@ import os
 import sys
 import tempfile
 
+from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
+from cnnlab.schema_check import check_override_keys
 
 
 def _report(message: str) -> None:
@@ -84,16 +86,13 @@ def check_output_location(args: list[str], default_root: str = "outputs") -> Non
 def check_command_line(args: list[str], config_name: str = "train") -> None:
     """Before Hydra starts: every overridden key exists in the config tree (else the closest one is named),
     and the run directory can be written."""
-    from cnnlab.config import config_dir
-    from cnnlab.schema_check import check_override_keys  # imports torch (the zoo): paid by every command anyway
-
     check_override_keys(args, config_dir(), config_name)
     check_output_location(args)
 
 
 def hydra_overrides() -> list[str]:
     """The command line's overrides when running under Hydra, else none."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # Hydra, in library code: cnnlab-predict never loads it
 
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)

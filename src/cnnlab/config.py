@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.errors import ConfigError
+from cnnlab.rundir import register_resolvers
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -23,19 +24,13 @@ def config_dir() -> Path:
 CONFIG_DIR = str(config_dir())
 
 
-def _register_resolvers() -> None:
-    """Resolvers the config tree uses (${pid:} in hydra.run.dir), registered before Hydra composes it."""
-    from cnnlab.rundir import register_resolvers
-
-    register_resolvers()
-
-
-_register_resolvers()
+# Resolvers the config tree uses (${pid:} in hydra.run.dir), registered before Hydra composes it.
+register_resolvers()
 
 
 def compose_config(overrides: list[str], output_dir, config_name: str = "train") -> DictConfig:
     """Compose the config tree outside the CLI (tests, scripts), with the run dir set to `output_dir`."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_dir  # Hydra, in library code: only where a config is composed
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides))
@@ -46,7 +41,7 @@ def compose_config(overrides: list[str], output_dir, config_name: str = "train")
 
 def command_line_keys(overrides: list[str], skip: tuple[str, ...] = ()) -> list[str]:
     """The config keys (or groups) that the given Hydra override strings set, e.g. ['optimizer', 'data.batch_size']."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # Hydra's parser: loaded on use only
 
     keys = []
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -97,7 +92,7 @@ def instantiate_resolved(options, key: str, **kwargs):
     build a `_target_` no trust check saw). Values are resolved by now, so such a string is refused.
     _convert_="all" hands torch plain lists and dicts, not ListConfig/DictConfig.
     """
-    from hydra.utils import instantiate
+    from hydra.utils import instantiate  # Hydra's instantiate: only runs that build from a config pay its import
 
     if OmegaConf.is_config(options):
         options = OmegaConf.to_container(options, resolve=True)

@@ -7,17 +7,30 @@ trainer.device=cpu, split=val) are applied on top of the run's saved config.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.cli import hydra_overrides, reports_config_errors
+from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+from cnnlab.data import build_data
+from cnnlab.devices import resolve_device, resolve_precision
+from cnnlab.engine.checkpoint import find_checkpoint, saved_config
+from cnnlab.engine.trainer import evaluate_model
 from cnnlab.errors import ConfigError
+from cnnlab.losses import Loss
+from cnnlab.metrics import per_class_accuracy
+from cnnlab.model_io import load_trained_model
 from cnnlab.restore import check_split_unchanged, check_trusted_targets
+from cnnlab.rundir import claim
+from cnnlab.runinfo import write_json
 from cnnlab.schema_check import command_key_problems
+from cnnlab.validate import validate
 
 log = logging.getLogger("cnnlab")
 
@@ -26,8 +39,6 @@ EVAL_KEYS = ("ckpt", "split", "task_name")
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    from cnnlab.engine.checkpoint import find_checkpoint, saved_config
-
     overrides = hydra_overrides() if overrides is None else overrides
     problems = command_key_problems(cfg, "eval")
     if problems:
@@ -41,22 +52,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     run_cfg = apply_overrides(saved, cfg, keys)
     # Evaluation never augments, and progress/TensorBoard output belongs to training runs.
     OmegaConf.update(run_cfg, "augment.transforms", [], force_add=True)
-    from cnnlab.validate import validate
-
     validate(run_cfg)
     # evaluation builds data and model only; the optimizer and scheduler in the saved config are never built
     check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
-    from cnnlab.rundir import claim
-
     claim(out_dir, "eval", existing=str(cfg.paths.get("existing_run", "refuse")), task_cfg=cfg)
-
-    from cnnlab.data import build_data
-    from cnnlab.devices import resolve_device, resolve_precision
-    from cnnlab.engine.trainer import evaluate_model
-    from cnnlab.losses import Loss
-    from cnnlab.model_io import load_trained_model
-    from cnnlab.runinfo import write_json
 
     tcfg = run_cfg.trainer
     device = resolve_device(tcfg.device)
@@ -65,17 +65,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
 
     def autocast():
-        import contextlib
-
-        import torch
-
         return torch.autocast(device.type, precision.autocast_dtype) if precision.enabled else contextlib.nullcontext()
 
     ks = tuple(sorted({1, *(int(k) for k in tcfg.topk)}))
     metrics, confusion = evaluate_model(loaded.model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing)),
                                         split, ks=ks, device=device, autocast=autocast, with_confusion=True)
-    from cnnlab.metrics import per_class_accuracy
-
     classes = list(loaded.info.classes)
     result = {
         "checkpoint": str(path),
@@ -116,10 +110,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 @reports_config_errors
 def main() -> None:
-    import sys
-
-    from cnnlab.cli import check_command_line
-
     check_command_line(sys.argv[1:], "eval")
     _hydra_main()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from cnnlab.engine.checkpoint import check_channels
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -35,8 +36,6 @@ def load_pretrained(model: nn.Module, ckpt: dict, path: Path, model_name: str, n
     Returns the names of the tensors left freshly initialised. Any other mismatch is an error: the
     checkpoint is of another architecture.
     """
-    from cnnlab.engine.checkpoint import check_channels
-
     check_channels(ckpt, path, in_channels, "finetune.checkpoint")
     saved_name = ckpt["config"].get("model", {}).get("name")
     if saved_name != model_name:

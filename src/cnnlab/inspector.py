@@ -24,12 +24,16 @@ the same trace that fills the table names the layer where a too-small input brea
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
+
+from cnnlab.errors import ConfigError
 
 # Positional parameter names of the functional ops the trace reads arguments from.
 _SIGNATURES = {
@@ -156,9 +160,6 @@ class Summary:
 
     def json(self) -> str:
         """to_dict() as JSON text: one line per layer, short lists kept on one line."""
-        import json
-        import re
-
         data = self.to_dict()
         layers = data.pop("layers")
         data = {**{k: data[k] for k in ("model", "input_shape", "output_shape")}, "layers": "@LAYERS@",
@@ -511,8 +512,6 @@ def first_failure(model: nn.Module, input_shape) -> str | None:
 
 def builds_and_runs(build, in_channels: int, size) -> bool:
     """Whether build(size) constructs (on the meta device) a model that takes in_channels x size inputs."""
-    from cnnlab.errors import ConfigError
-
     try:
         with torch.device("meta"):  # shapes only: no memory, no weight init
             model = build(tuple(size))

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnlab.data.build import DataInfo, data_info
 from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, saved_config
 from cnnlab.models import build_model
+from cnnlab.validate import validate
 
 
 @dataclass
@@ -30,8 +31,6 @@ def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None 
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if cfg is None:  # the saved config alone (predict): checked like any config before it is used
-        from cnnlab.validate import validate
-
         cfg = saved_config(ckpt)
         validate(cfg)
     info = data_info(cfg.data)

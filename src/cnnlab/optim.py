@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from cnnlab.config import instantiate_resolved
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -52,8 +53,6 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 
 def build_optimizer(cfg, model: nn.Module, head: tuple[str, ...] = (), backbone_lr_scale: float = 1.0):
-    from cnnlab.config import instantiate_resolved
-
     options = OmegaConf.to_container(cfg, resolve=True)
     # false, as in every optimizer YAML: biases and norm-layer weights are not decayed unless the config says so
     decay_norm_and_bias = bool(options.pop("decay_norm_and_bias", False))
@@ -148,8 +147,6 @@ class LRSchedule:
 
 
 def build_schedule(cfg, optimizer, *, max_epochs: int, steps_per_epoch: int, monitor_mode: str) -> LRSchedule:
-    from cnnlab.config import instantiate_resolved
-
     options = OmegaConf.to_container(cfg, resolve=True)
     interval = options.pop("interval", "epoch")
     warmup_epochs = int(options.pop("warmup_epochs", 0) or 0)

@@ -11,15 +11,20 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from cnnlab.cli import reports_config_errors
+from cnnlab.data.imagefolder import EXTENSIONS, UnreadableImage, images_under, read_image
+from cnnlab.data.loaders import Normalize
+from cnnlab.devices import resolve_device
+from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.errors import ConfigError
+from cnnlab.model_io import load_trained_model
 
 
 def load_image(path: Path, in_channels: int, size: tuple[int, int], resize_mode: str = "stretch"):
     """A (C, H, W) uint8 tensor in the model's channel count and input size, prepared as training images were
     (an image folder's resize_mode; the resident sets were resized to exactly the input size)."""
-    from cnnlab.data.imagefolder import UnreadableImage, read_image
-
     if not path.is_file():
         raise ConfigError(f"image {path}: no such file")
     try:
@@ -33,8 +38,6 @@ PREDICT_BATCH = 256  # images decoded and classified together
 
 def image_files(paths: list[str]) -> list[Path]:
     """The files to classify: each file as given, each directory as the image files under it (sorted)."""
-    from cnnlab.data.imagefolder import EXTENSIONS, images_under
-
     files = []
     for given in paths:
         path = Path(given).expanduser()
@@ -52,13 +55,6 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -> list[dict]:
-    import torch
-
-    from cnnlab.data.loaders import Normalize
-    from cnnlab.devices import resolve_device
-    from cnnlab.engine.checkpoint import find_checkpoint
-    from cnnlab.model_io import load_trained_model
-
     if topk < 1:
         raise ConfigError(f"--topk={topk} must be at least 1")
     images = image_files(images)

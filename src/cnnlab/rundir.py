@@ -158,7 +158,7 @@ def _clear(run_dir: Path) -> bool:
 
 def _save_hydra_record(run_dir: Path, task_cfg) -> None:
     """What Hydra would have written to .hydra/: the composed config, Hydra's config and the overrides."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # Hydra, in library code: loaded only when a run dir is claimed
 
     if not HydraConfig.initialized():
         return

@@ -15,11 +15,20 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import reports_config_errors
 from cnnlab.config import CONFIG_DIR
+from cnnlab.data.build import data_info
 from cnnlab.errors import ConfigError
+from cnnlab.finetune import Freezer
+from cnnlab.inspector import summarize
+from cnnlab.models import build_model
+from cnnlab.schema_check import check_override_keys
+from cnnlab.validate import validate
+
 
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
@@ -27,7 +36,6 @@ def _positive_int(value) -> bool:
 
 def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
     """((C, H, W), classes) to inspect: the data config's, with the summary's input_size / num_classes on top."""
-    from cnnlab.data.build import data_info
 
     info = data_info(cfg.data)  # reads the data config only; no images are loaded
     channels, size, classes = info.in_channels, tuple(info.input_size), info.num_classes
@@ -50,8 +58,6 @@ def model_label(cfg: DictConfig) -> str:
     """The name the user picked: the model config (e.g. convnet_exercise), with model.name if it differs."""
     name = str(cfg.model.get("name"))
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         choice = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
     except ValueError:
         choice = None
@@ -60,20 +66,12 @@ def model_label(cfg: DictConfig) -> str:
 
 def build_summary(cfg: DictConfig):
     """Build the configured model on the meta device, freeze what finetune.freeze names, and inspect it."""
-    from cnnlab.validate import validate
-
     validate(cfg, "summary")
     fmt = cfg.get("format", "table")
     if cfg.get("output") and Path(str(cfg.output)).expanduser().is_dir():
         raise ConfigError(f"output={cfg.output} is a directory; give a file name, e.g. "
                           f"output={Path(str(cfg.output)) / ('summary.json' if fmt == 'json' else 'summary.txt')}")
     shape, classes = summary_input(cfg)
-
-    import torch
-
-    from cnnlab.inspector import summarize
-    from cnnlab.models import build_model
-
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     notes = []
     if model_cfg.get("weights"):
@@ -84,8 +82,6 @@ def build_summary(cfg: DictConfig):
         model = build_model(model_cfg, shape[0], classes, shape[1:])
     freeze = (cfg.get("finetune") or {}).get("freeze", "none")
     if freeze not in (None, "none"):
-        from cnnlab.finetune import Freezer
-
         Freezer(model, freeze, classes).freeze()
     summary = summarize(model, shape, name=model_label(cfg))
     summary.notes = notes + summary.notes
@@ -134,8 +130,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 @reports_config_errors
 def main() -> None:
-    from cnnlab.schema_check import check_override_keys
-
     sys.argv = [("format=json" if arg == "--json" else arg) for arg in sys.argv]
     check_group_choices(sys.argv[1:])
     check_override_keys(sys.argv[1:], Path(CONFIG_DIR), "summary")

@@ -6,18 +6,38 @@ sweeps call it directly.
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.cli import hydra_overrides, reports_config_errors
+from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR
+from cnnlab.data import build_data
+from cnnlab.devices import resolve_device, resolve_precision
+from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights
+from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
+from cnnlab.engine.progress import Progress
+from cnnlab.engine.safety import disk_message
+from cnnlab.engine.tensorboard import TensorBoardLogger
+from cnnlab.engine.trainer import Trainer, steps_per_epoch
 from cnnlab.errors import ConfigError, RunError
+from cnnlab.finetune import Freezer, load_pretrained
+from cnnlab.inspector import LayerFailure, summarize, totals_lines
+from cnnlab.losses import Loss
+from cnnlab.models import build_model
+from cnnlab.optim import build_optimizer, build_schedule
 from cnnlab.restore import carry_best_checkpoint, resume_config
+from cnnlab.rundir import claim
+from cnnlab.runinfo import environment, flat_hparams, write_json
+from cnnlab.seeding import seed_everything
+from cnnlab.validate import validate
 
 log = logging.getLogger("cnnlab")
 
@@ -50,29 +70,13 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
                               f"{cfg.finetune.checkpoint} cannot be combined: resume continues a run with its own "
                               f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
-    from cnnlab.validate import validate
-
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(config["paths"]["output_dir"])
-    from cnnlab.rundir import claim
-
     claim(run_dir, "train", existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
           task_cfg=composed)
 
-    import torch
-
-    _exempt_from_gc()  # torch's import leaves ~10^6 long-lived objects that every collection would rescan
-    from cnnlab.data import build_data
-    from cnnlab.devices import resolve_device, resolve_precision
-    from cnnlab.engine.checkpoint import CKPT_DIR, load_model_weights
-    from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
-    from cnnlab.engine.progress import Progress
-    from cnnlab.engine.trainer import Trainer, steps_per_epoch
-    from cnnlab.losses import Loss
-    from cnnlab.models import build_model
-    from cnnlab.optim import build_optimizer, build_schedule
-    from cnnlab.seeding import seed_everything
+    _exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
 
     tcfg = cfg.trainer
     device = resolve_device(tcfg.device)
@@ -92,14 +96,10 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
                 cfg.data[key] = value
         config["data"].update(data.found)
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
-    from cnnlab.finetune import Freezer, load_pretrained
-
     ft = cfg.get("finetune") or {}
     if resume_ckpt is not None:
         load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels)
     elif ft.get("checkpoint"):
-        from cnnlab.engine.checkpoint import find_checkpoint
-
         source, saved = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
         fresh = load_pretrained(model, saved, source, cfg.model.name, info.num_classes, info.in_channels)
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
@@ -118,8 +118,6 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
                               monitor_mode=mode)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
-
-    from cnnlab.engine.tensorboard import TensorBoardLogger
 
     tb = TensorBoardLogger(cfg.logger, run_dir)
     tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
@@ -141,9 +139,6 @@ def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> Non
     mode = cfg.trainer.get("summary", "full")
     if mode == "none":
         return
-    from cnnlab.inspector import LayerFailure, summarize, totals_lines
-    from cnnlab.runinfo import write_json
-
     try:
         summary = summarize(model, input_shape, name=str(cfg.model.name))
     except LayerFailure as bad:  # build_model's dry run passed, so this is not expected; never fatal
@@ -165,14 +160,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     except OSError as bad:
         if bad.errno is None:
             raise
-        from cnnlab.engine.safety import disk_message
-
         raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer._kept())) from bad
 
 
 def _fit_test_record(run: Run, started: float) -> dict:
-    from cnnlab.runinfo import environment, flat_hparams, write_json
-
     trainer, tcfg = run.trainer, run.cfg.trainer
     write_json(environment(trainer.device), run.run_dir / "environment.json")
     (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(run.config))
@@ -217,8 +208,6 @@ def _exempt_from_gc() -> None:
     collection during start-up and at interpreter shutdown walks all of them (about a second per run on
     two cores, see docs/benchmarks.md). Objects created later are collected as usual.
     """
-    import gc
-
     gc.freeze()
 
 
@@ -232,10 +221,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 @reports_config_errors
 def main() -> None:
-    import sys
-
-    from cnnlab.cli import check_command_line
-
     check_command_line(sys.argv[1:], "train")
     try:
         _hydra_main()

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from cnnlab.config import instantiate_resolved
 from cnnlab.errors import ConfigError
 
 V2_PREFIX = "torchvision.transforms.v2."
@@ -239,9 +240,7 @@ class BatchAugment:
 
 def build_v2_pipeline(transforms: Sequence):
     """Instantiate the entries as a per-sample torchvision.transforms.v2.Compose (DataLoader path)."""
-    from torchvision.transforms import v2
-
-    from cnnlab.config import instantiate_resolved
+    from torchvision.transforms import v2  # torchvision costs ~1 s at start-up: only the DataLoader path needs it
 
     built = []
     for i, entry in enumerate(transforms):

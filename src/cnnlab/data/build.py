@@ -7,8 +7,10 @@ from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from cnnlab.data.augment import BatchAugment, batched_unsupported, build_v2_pipeline
+from cnnlab.data.imagefolder import ImageFiles, UnreadableImage, collate_skipping, read_image
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
 from cnnlab.data.mixing import BatchMix
 from cnnlab.data.sources import Pool, SourceData, load_source
@@ -202,8 +204,6 @@ def measure_mean_std(pool: Pool, source: SourceData, info: DataInfo, seed: int, 
     count = 0
     files = None
     if not pool.resident:
-        from cnnlab.data.imagefolder import ImageFiles
-
         files = ImageFiles(pool.files, pool.labels, info.in_channels, info.input_size, source.resize_mode, skip=True)
     for start in range(0, len(pick), 128):
         chunk = pick[start:start + 128]
@@ -233,8 +233,6 @@ def _dataloader(pool: Pool, source: SourceData, info: DataInfo, pipeline, batch_
     if pool.resident:
         dataset, collate = TransformDataset(pool.images, pool.labels, pipeline, seed=common["seed"]), None
     else:
-        from cnnlab.data.imagefolder import ImageFiles, collate_skipping
-
         dataset = ImageFiles(pool.files, pool.labels, info.in_channels, info.input_size, source.resize_mode,
                              skip=source.skip_unreadable, transform=pipeline, seed=common["seed"])
         collate = collate_skipping
@@ -249,8 +247,6 @@ def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: 
     if pool.resident:
         sample = pool.images[:2]
     else:
-        from cnnlab.data.imagefolder import UnreadableImage, read_image
-
         sample = None
         for path in pool.files[:50]:  # the first readable file (unreadable ones are the loader's business)
             try:
@@ -299,8 +295,6 @@ def resize_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a resident uint8 set once, up front, to the model's input size (antialiased bilinear)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    import torch.nn.functional as F
-
     resized = F.interpolate(images.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 

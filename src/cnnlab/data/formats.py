@@ -97,7 +97,7 @@ def read_cifar(files: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarra
 def read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """SVHN's cropped-digit .mat: X is (32, 32, 3, N), y is (N, 1) with the digit 0 stored as label 10."""
     try:
-        import scipy.io
+        import scipy.io  # optional, and slow to import: only SVHN's files need it
     except ImportError:
         raise DataFileError("reading SVHN's .mat files needs scipy: pip install scipy") from None
     try:

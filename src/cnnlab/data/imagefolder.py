@@ -13,10 +13,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from cnnlab.errors import ConfigError
+from cnnlab.seeding import transform_sample
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,7 @@ def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> 
 
 def decode(path: Path, channels: int) -> torch.Tensor:
     """uint8 (C, H, W) with C = channels (1: grayscale, 3: RGB), whatever the file stores (Pillow decodes)."""
-    import numpy as np
-    from PIL import Image
+    from PIL import Image  # only image folders and cnnlab-predict decode files
 
     try:
         with Image.open(path) as image:
@@ -98,7 +99,7 @@ def decode(path: Path, channels: int) -> torch.Tensor:
 
 def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """Bring one image to `size`: scale the shorter side and crop the centre, or stretch to fit."""
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2 import functional as TF  # torchvision costs ~1 s at start-up; only resizing needs it
 
     if tuple(image.shape[-2:]) == tuple(size):
         return image
@@ -138,15 +139,11 @@ class ImageFiles(Dataset):
             if self.skip:
                 return None
             raise UnreadableImage(f"{bad}; set data.skip_unreadable=true to skip and count such files") from None
-        from cnnlab.data.loaders import transform_sample
-
         return transform_sample(self.transform, x, self.seed, epoch, i), self.labels[i]
 
 
 def collate_skipping(batch):
     """default_collate over the readable samples, plus how many were skipped."""
-    from torch.utils.data import default_collate
-
     kept = [item for item in batch if item is not None]
     x, y = default_collate(kept) if kept else (None, None)
     return x, y, len(batch) - len(kept)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.augment import BatchAugment
+from cnnlab.data.imagefolder import UnreadableImage
 from cnnlab.data.mixing import BatchMix
-from cnnlab.seeding import derived_generator
+from cnnlab.errors import ConfigError
+from cnnlab.seeding import derived_generator, transform_sample
 
 MIX_SALT = 0x6D6978  # keeps the MixUp/CutMix stream apart from the shuffle/augmentation stream
 
@@ -110,24 +114,6 @@ class TensorLoader:
             yield batch
 
 
-def seed_sample(seed: int, epoch: int, index: int) -> None:
-    """Per-sample transforms draw from torch's global RNG: seed it from (run seed, epoch, sample index), so a
-    sample's augmentation is the same whichever worker decodes it, in whatever order, in a resumed run too."""
-    value = (seed * 1_000_003 + epoch) % (2**63 - 1)
-    # The CPU generator alone (what v2 transforms draw from): torch.manual_seed also seeds every accelerator
-    # and costs ~60 us, which at one call per sample halved the DataLoader path's throughput.
-    torch.default_generator.manual_seed((value * 1_000_003 + index) % (2**63 - 1))
-
-
-def transform_sample(transform, x: torch.Tensor, seed: int, epoch: int | None, index: int) -> torch.Tensor:
-    """Apply a per-sample transform, seeded from (seed, epoch, index) when the epoch is known."""
-    if transform is None:
-        return x
-    if epoch is not None:
-        seed_sample(seed, epoch, index)
-    return transform(x)
-
-
 class TransformDataset(Dataset):
     """Per-sample view of uint8 tensors with an optional torchvision v2 transform, for the DataLoader path.
 
@@ -174,8 +160,6 @@ class DataLoaderAdapter:
 
     def __init__(self, dataset: Dataset, batch_size: int, *, mean, std, shuffle: bool, seed: int, device,
                  num_workers: int = 0, drop_last: bool = False, mix: BatchMix | None = None, collate_fn=None):
-        from torch.utils.data import DataLoader
-
         self.device = torch.device(device)
         self.seed = seed
         self.shuffle = shuffle
@@ -228,11 +212,7 @@ class DataLoaderAdapter:
         try:
             yield from self._batches()
         except Exception as bad:
-            from cnnlab.data.imagefolder import UnreadableImage
-
             if isinstance(bad, UnreadableImage):  # re-raised from a worker with its traceback in the message
-                from cnnlab.errors import ConfigError
-
                 lines = [line for line in str(bad).splitlines() if "cannot read image" in line]
                 raise ConfigError(lines[-1].split("UnreadableImage: ")[-1] if lines else str(bad)) from None
             raise
@@ -256,10 +236,6 @@ class DataLoaderAdapter:
 
 
 def _seed_worker(worker_id: int) -> None:
-    import random
-
-    import numpy as np
-
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

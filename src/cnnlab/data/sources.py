@@ -16,6 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cnnlab.data import imagefolder as folder
+from cnnlab.data import torchvision_sets as tv
+from cnnlab.data.formats import DataFileError
+from cnnlab.data.shapes import generate
 from cnnlab.errors import ConfigError
 
 
@@ -82,8 +86,6 @@ def mnist_sample(cfg) -> tuple[torch.Tensor, torch.Tensor]:
 @register("shapes")
 def shapes(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Procedurally generated coloured shapes (see cnnlab.data.shapes): deterministic from data.generator_seed."""
-    from cnnlab.data.shapes import generate
-
     if int(cfg.image_size) < 8:
         raise ConfigError(f"data.image_size={cfg.image_size} is too small to draw shapes; use 8 or more")
     if int(cfg.num_samples) < 10 * int(cfg.num_classes):
@@ -117,7 +119,7 @@ def digits(cfg) -> tuple[torch.Tensor, torch.Tensor]:
 @register("fake")
 def fake(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's FakeData: random images and labels, for smoke tests of a model or a pipeline."""
-    from torchvision.datasets import FakeData
+    from torchvision.datasets import FakeData  # torchvision costs ~1 s at start-up: only data=fake pays it
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     h, w = (int(v) for v in cfg.image_size)
@@ -132,9 +134,6 @@ def fake(cfg) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _torchvision_set(name: str):
     def load(cfg) -> SourceData:
-        from cnnlab.data import torchvision_sets as tv
-        from cnnlab.data.formats import DataFileError
-
         root = Path(str(cfg.root)).expanduser()
         if bool(cfg.download):
             try:
@@ -162,8 +161,6 @@ for _name in ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn",
 @register("imagefolder")
 def imagefolder(cfg) -> SourceData:
     """root/<class>/<images>, or separate train_root / val_root / test_root trees with the same class folders."""
-    from cnnlab.data import imagefolder as folder
-
     roots = {split: cfg.get(f"{split}_root") for split in ("train", "val", "test")}
     if not roots["train"]:
         roots["train"] = cfg.get("root")

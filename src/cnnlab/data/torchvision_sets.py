@@ -97,7 +97,7 @@ def _missing_message(name: str, root: Path, missing: list[Path]) -> str:
 
 def download(name: str, root: Path) -> None:
     """Let torchvision fetch, verify and extract the set into the layout read here."""
-    import torchvision.datasets
+    import torchvision.datasets  # torchvision costs ~1 s at start-up: only data.download=true needs it
 
     layout = LAYOUTS[name]
     cls = getattr(torchvision.datasets, layout.torchvision_class)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from cnnlab.config import literal
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -129,9 +135,6 @@ def unreadable_reason(bad: BaseException) -> str:
 
     torch's own advice to retry with weights_only=False is never passed on: that would run the file's code.
     """
-    import pickle
-    import zipfile
-
     if isinstance(bad, EOFError):
         return "the file is empty or cut short"
     if isinstance(bad, pickle.UnpicklingError) and "weights_only" in str(bad).lower():
@@ -184,18 +187,11 @@ def saved_config(ckpt: dict):
     crafted (`${oc.env:...}` would copy the environment into the new run, `${oc.create:...}` would build a
     `_target_` the trust check never saw). Every such string is escaped: it stays the literal text.
     """
-    from omegaconf import OmegaConf
-
-    from cnnlab.config import literal
-
     return OmegaConf.create(literal(ckpt["config"]))
 
 
 def config_hash(config: dict) -> str:
     """A stable fingerprint of a resolved config (sorted-key JSON, SHA-256)."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 

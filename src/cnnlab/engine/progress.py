@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from tqdm import tqdm
+
 
 log = logging.getLogger("cnnlab")
 
@@ -34,8 +36,6 @@ class Progress:
         self.epoch, self.steps, self.step = epoch, steps, first_step
         self._last = time.monotonic()
         if self.mode == "bar":
-            from tqdm import tqdm
-
             self.bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}/{self.max_epochs}", leave=False,
                             dynamic_ncols=True, file=sys.stderr, unit="batch")
 

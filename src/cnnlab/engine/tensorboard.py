@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,8 +19,6 @@ log = logging.getLogger(__name__)
 
 def _names_event_file(method):
     """An OSError while writing (e.g. a full disk, raised by the writer thread on the next call) names the file."""
-    import functools
-
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -40,7 +42,7 @@ class TensorBoardLogger:
         self.run_dir = Path(run_dir)
         self.writer = None
         if cfg.enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # ~0.3 s to import: only when logging is on
 
             self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=int(cfg.flush_secs))
 
@@ -56,10 +58,6 @@ class TensorBoardLogger:
         """
         if self.writer is None or not self.cfg.get("graph", True):
             return
-        import contextlib
-        import io
-        import warnings
-
         modes = {m: m.training for m in model.modules()}
         model.eval()  # no batch-norm statistics change, no dropout, no auxiliary heads
         try:
@@ -131,7 +129,7 @@ class TensorBoardLogger:
         """HParams-tab entry in this run's own event file (add_hparams would start a separate sub-run)."""
         if self.writer is None or not self.cfg.hparams:
             return
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        from torch.utils.tensorboard.summary import hparams as hparams_summary  # as SummaryWriter, above
 
         metric_dict = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         experiment, session_start, session_end = hparams_summary(hparams, metric_dict)

@@ -6,12 +6,14 @@ from configs/model/<name>.yaml, so one config line swaps architectures.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Callable
 
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
+from cnnlab.inspector import builds_and_runs, first_failure, smallest_square_input
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -56,7 +58,6 @@ def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modul
     builder = MODELS[name]
     kwargs = {k: v for k, v in cfg.items() if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")}
     init = cfg.get("init", "default") or "default"
-    from cnnlab.inspector import builds_and_runs, first_failure
 
     def build(size):
         return builder(in_channels=int(in_channels), num_classes=int(num_classes), input_size=tuple(size), **kwargs)
@@ -98,8 +99,6 @@ def initialize(model: nn.Module, scheme: str) -> None:
 
 def _input_size_error(name: str, in_channels: int, input_size, failure: str, accepts) -> None:
     """Raise a ConfigError naming the failing layer and the smallest square input `accepts` (size -> bool)."""
-    from cnnlab.inspector import smallest_square_input
-
     side = smallest_square_input(accepts, limit=1024)
     smallest = "none up to 1024x1024" if side is None else f"{side}x{side}"
     raise ConfigError(f"model {name!r} cannot take {in_channels}x{input_size[0]}x{input_size[1]} inputs: {failure}. "
@@ -112,7 +111,5 @@ ZOO_MODULES = ("lenet", "alexnet", "torchvision_zoo", "mlp", "cifar_resnet", "de
 
 
 def _import_zoo() -> None:
-    import importlib
-
     for module in ZOO_MODULES:
         importlib.import_module(f"cnnlab.models.{module}")

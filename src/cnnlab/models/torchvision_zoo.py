@@ -8,6 +8,9 @@ unadapted models.
 
 from __future__ import annotations
 
+import os
+
+import torch.hub
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
@@ -81,7 +84,7 @@ def torchvision_model(fn_name: str, weights: str | None, num_classes: int, **kwa
     Pretrained models are built with their own classes, then every classifier layer with that many outputs
     is replaced by a fresh one for `num_classes`.
     """
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # ~1 s to import: only torchvision entries pay it, when built
 
     if not weights:
         return getattr(tvm, fn_name)(weights=None, num_classes=num_classes, **kwargs)
@@ -95,10 +98,6 @@ def torchvision_model(fn_name: str, weights: str | None, num_classes: int, **kwa
     try:
         model = getattr(tvm, fn_name)(weights=chosen, **kwargs)
     except (OSError, RuntimeError) as bad:  # URLError is an OSError; offline downloads end here
-        import os
-
-        import torch.hub
-
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
         raise ConfigError(
             f"model.weights={weights}: cannot load {chosen.url} ({str(bad).splitlines()[0]}). Without network, "

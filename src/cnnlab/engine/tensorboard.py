@@ -133,7 +133,7 @@ class TensorBoardLogger:
 
         metric_dict = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         experiment, session_start, session_end = hparams_summary(hparams, metric_dict)
-        file_writer = self.writer._get_file_writer()
+        file_writer = self.writer.file_writer  # created with the SummaryWriter, open until close()
         for summary in (experiment, session_start, session_end):
             file_writer.add_summary(summary)
 

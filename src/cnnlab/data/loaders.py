@@ -40,7 +40,7 @@ class TensorLoader:
     """Batches drawn from uint8 images held on the device: shuffle by index, augment whole batches, normalise.
 
     Every epoch's order and augmentation come from a generator seeded with (seed, epoch), so epoch k looks
-    the same whether or not the run was interrupted before it.
+    the same whether or not the run was interrupted before it. Implements cnnlab.engine.task.TrainLoader.
     """
 
     kind = "tensor"
@@ -59,6 +59,7 @@ class TensorLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self.skipped = 0       # unreadable files dropped: none here, the images are already decoded
         self._live = None      # (generator, batches yielded) of the epoch being iterated
         self._resume = None    # state_dict() of an interrupted epoch, applied by the next __iter__
 
@@ -154,7 +155,8 @@ class DataLoaderAdapter:
     """A torch DataLoader that yields normalised float batches on the device, like TensorLoader.
 
     Workers are persistent; which samples a batch holds and how each is augmented depend only on (seed, epoch,
-    position), never on the number of workers or on the process having been restarted."""
+    position), never on the number of workers or on the process having been restarted. Implements
+    cnnlab.engine.task.TrainLoader."""
 
     kind = "dataloader"
 

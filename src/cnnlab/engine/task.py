@@ -1,0 +1,120 @@
+"""What a Trainer is given, in four groups, and what it needs of a training loader.
+
+    Trainer(task, options, context, callbacks)
+
+- `Task`: what is trained and what counts as better: model, optimizer, LR schedule, loss, the monitored metric
+  (best epoch, patience) and the fine-tuning freezer. Its state is what a checkpoint carries.
+- `TrainerOptions`: how the loop runs, read once from `cfg.trainer` (plain values: the loop never touches the
+  config object).
+- `RunContext`: where the run happens and what it records: device, precision, run dir, seed and the resolved
+  config that every checkpoint carries.
+- callbacks: what happens around the loop (TensorBoard, checkpoint files, progress, early stopping), see
+  `cnnlab.engine.callbacks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn as nn
+
+from cnnlab.devices import Precision
+
+
+@dataclass
+class Task:
+    """The model and everything that updates it or judges it.
+
+    monitored: a MonitoredMetric, shared with the early-stopping callback and deciding best.ckpt.
+    freezer: cnnlab.finetune.Freezer (or None): unfreezes on schedule, keeps frozen batch norm in eval mode.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # cnnlab.optim.LRSchedule: step_batch(), step_epoch(metric), lr(), state_dict()
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    monitored: Any  # cnnlab.engine.early_stopping.MonitoredMetric
+    freezer: Any = None
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """The `trainer.*` settings the loop itself reads (configs/trainer/default.yaml documents each)."""
+
+    max_epochs: int
+    limit_train_batches: int | None = None
+    topk: tuple[int, ...] = (1,)       # always includes 1
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float = 0.0
+    nonfinite: str = "stop"           # stop | skip | off
+    handle_signals: bool = True
+    test_with: str = "best"           # best | last
+    precision: str = "32"             # the configured name, for messages
+
+    @classmethod
+    def from_config(cls, cfg) -> TrainerOptions:
+        """From `cfg.trainer`."""
+        return cls(
+            max_epochs=int(cfg.max_epochs),
+            limit_train_batches=int(cfg.limit_train_batches) if cfg.get("limit_train_batches") else None,
+            topk=tuple(sorted({1, *(int(k) for k in cfg.topk)})),
+            channels_last=bool(cfg.channels_last),
+            compile=bool(cfg.compile),
+            grad_clip=float(cfg.grad_clip or 0.0),
+            nonfinite=str(cfg.get("nonfinite", "stop")),
+            handle_signals=bool(cfg.get("handle_signals", True)),
+            test_with=str(cfg.test_with),
+            precision=str(cfg.precision),
+        )
+
+
+@dataclass
+class RunContext:
+    """Where one run happens and what identifies it.
+
+    config: the resolved config (a plain dict), saved with its hash in every checkpoint.
+    """
+
+    device: torch.device
+    precision: Precision
+    run_dir: Path
+    seed: int
+    config: dict
+
+
+@runtime_checkable
+class TrainLoader(Protocol):
+    """What the training loop needs of its loader of training batches.
+
+    Implemented by cnnlab.data.loaders.TensorLoader and DataLoaderAdapter. Batches are (inputs, targets) on
+    the device, normalised. An epoch's batches depend only on (seed, epoch), so an interrupted epoch can be
+    continued exactly: `state_dict()` says where the current epoch stands, and `resume(state, on_resumed)`
+    makes the next iteration continue from there.
+    """
+
+    batch_size: int
+    skipped: int  # unreadable image files dropped so far (data.skip_unreadable=true), 0 where none can be
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration yields this epoch's batches (order, augmentation), from the first."""
+
+    def state_dict(self) -> dict:
+        """Position in the current epoch: its number, batches done and the random streams after them."""
+
+    def resume(self, state: dict, on_resumed: Callable[[], None] | None = None) -> None:
+        """The next iteration continues the epoch `state` describes; `on_resumed()` runs once positioned, before
+        the first new batch is drawn."""
+
+    def __len__(self) -> int:
+        """Batches in a full epoch."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    @property
+    def dataset_size(self) -> int:
+        """Samples in the split."""

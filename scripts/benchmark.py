@@ -36,7 +36,7 @@ def engine_round(overrides, epochs, tmp):
     start, cpu = time.perf_counter(), time.process_time()
     run.trainer.fit(run.data.train, run.data.val)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    run.tb.close()
+    run.trainer.teardown()  # event file, checkpoint writer thread
     images = run.data.train.dataset_size * epochs
     return images / seconds, images / cpu, run
 

@@ -406,7 +406,7 @@ def test_a_mid_epoch_checkpoint_refuses_a_new_batch_size(make_cfg, tmp_path, mon
     from cnnlab.engine.trainer import Trainer
     from cnnlab.errors import TrainingStopped
 
-    real_step = Trainer._train_step
+    real_step = Trainer.train_step
 
     def step(self, x, y, epoch=0, step=0):
         result = real_step(self, x, y, epoch, step)
@@ -414,10 +414,10 @@ def test_a_mid_epoch_checkpoint_refuses_a_new_batch_size(make_cfg, tmp_path, mon
             os.kill(os.getpid(), signal.SIGTERM)  # handled by the run: stop after this step
         return result
 
-    monkeypatch.setattr(Trainer, "_train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     with pytest.raises(TrainingStopped):
         train(make_cfg(*SHORT), overrides=[])
-    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["partial"]["loader"]["batches"] == 6
     overrides = [f"trainer.resume={tmp_path / 'run'}", "data.batch_size=64"]
     with pytest.raises(ConfigError, match="data.batch_size: 32 in the checkpoint, 64 now"):
@@ -431,7 +431,7 @@ def test_progress_after_a_mid_epoch_resume_counts_on_from_the_true_step(make_cfg
     from cnnlab.engine.trainer import Trainer
     from cnnlab.errors import TrainingStopped
 
-    real_step = Trainer._train_step
+    real_step = Trainer.train_step
 
     def step(self, x, y, epoch=0, step=0):
         result = real_step(self, x, y, epoch, step)
@@ -439,10 +439,10 @@ def test_progress_after_a_mid_epoch_resume_counts_on_from_the_true_step(make_cfg
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(Trainer, "_train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     with pytest.raises(TrainingStopped):
         train(make_cfg(*SHORT), overrides=[])
-    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
     caplog.set_level(logging.INFO)
     overrides = [f"trainer.resume={tmp_path / 'run'}", "trainer.progress=plain", "trainer.log_every_n_steps=1"]
     train(make_cfg(*SHORT, *overrides, run="again"), overrides=overrides)

@@ -50,7 +50,7 @@ def test_unfreeze_after_n_epochs_and_backbone_learning_rate(task_a, make_cfg, tm
                  "finetune.unfreeze_after_epochs=1", "finetune.backbone_lr_scale=0.1", "scheduler=none",
                  "optimizer.lr=0.002"]
     run = prepare(make_cfg(*overrides, run="u"), overrides=[])
-    lrs = sorted({g["lr"] for g in run.trainer.optimizer.param_groups})
+    lrs = sorted({g["lr"] for g in run.trainer.task.optimizer.param_groups})
     assert lrs == [pytest.approx(0.0002), pytest.approx(0.002)]
     assert not run.model.features[0].weight.requires_grad and run.model.classifier[5].weight.requires_grad
     run.trainer.fit(run.data.train, run.data.val)
@@ -63,8 +63,8 @@ def test_unfreeze_after_n_epochs_and_backbone_learning_rate(task_a, make_cfg, tm
 def test_frozen_batch_norm_stays_in_eval_mode(make_cfg):
     run = prepare(make_cfg("model=resnet18", "finetune.freeze=[bn1,layer1]", "logger=none"), overrides=[])
     trainer = run.trainer
-    trainer.model.train()
-    trainer.freezer.set_modes()
+    trainer.task.model.train()
+    trainer.task.freezer.set_modes()
     assert not run.model.bn1.training and not run.model.layer1[0].bn1.training
     assert run.model.layer2[0].bn1.training
     assert run.model.conv1.weight.requires_grad and not run.model.bn1.weight.requires_grad

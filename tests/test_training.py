@@ -59,28 +59,28 @@ def test_cli_overrides_reach_the_objects_built(make_cfg):
     run = prepare(make_cfg("optimizer=sgd", "optimizer.lr=0.123", "optimizer.momentum=0.5", "optimizer.nesterov=true",
                            "scheduler=step", "scheduler.step_size=3", "data.batch_size=32", "model.activation=tanh",
                            "model.pool=avg", "trainer.label_smoothing=0.1"), overrides=[])
-    opt = run.trainer.optimizer
+    opt = run.trainer.task.optimizer
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.123)
     assert opt.param_groups[0]["momentum"] == 0.5 and opt.param_groups[0]["nesterov"] is True
-    assert isinstance(run.trainer.schedule.scheduler, torch.optim.lr_scheduler.StepLR)
-    assert run.trainer.schedule.scheduler.step_size == 3
+    assert isinstance(run.trainer.task.schedule.scheduler, torch.optim.lr_scheduler.StepLR)
+    assert run.trainer.task.schedule.scheduler.step_size == 3
     assert run.data.train.batch_size == 32
     kinds = {type(m) for m in run.model.modules()}
     assert torch.nn.Tanh in kinds and torch.nn.AvgPool2d in kinds and torch.nn.ReLU not in kinds
-    assert run.trainer.loss.smoothing == 0.1
+    assert run.trainer.task.loss.smoothing == 0.1
     run.tb.close()
 
 
 def test_weight_decay_can_spare_biases(make_cfg):
     run = prepare(make_cfg("optimizer.weight_decay=0.01", "optimizer.decay_norm_and_bias=false"), overrides=[])
-    groups = run.trainer.optimizer.param_groups
+    groups = run.trainer.task.optimizer.param_groups
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
     run.tb.close()
     run = prepare(make_cfg("optimizer.weight_decay=0.01", "optimizer.decay_norm_and_bias=true", run="r2"),
                   overrides=[])
-    assert len(run.trainer.optimizer.param_groups) == 1
+    assert len(run.trainer.task.optimizer.param_groups) == 1
     run.tb.close()
 
 

@@ -123,9 +123,9 @@ def test_trainer_adds_the_weighted_aux_losses(make_cfg):
     run.model.train()
     with torch.no_grad():
         logits, aux = split_outputs(run.model(x))
-        expected = trainer.loss(logits, y) + 0.3 * sum(trainer.loss(a, y) for a in aux)
+        expected = trainer.task.loss(logits, y) + 0.3 * sum(trainer.task.loss(a, y) for a in aux)
     torch.manual_seed(0)
-    loss, _ = trainer._train_step(x, y)
+    loss, _ = trainer.train_step(x, y)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     run.tb.close()
 

@@ -21,10 +21,12 @@ from cnnlab.cli import check_command_line, hydra_overrides, reports_config_error
 from cnnlab.config import CONFIG_DIR
 from cnnlab.data import build_data
 from cnnlab.devices import resolve_device, resolve_precision
+from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.safety import disk_message
+from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.trainer import Trainer, steps_per_epoch
 from cnnlab.errors import ConfigError, RunError
@@ -121,9 +123,14 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
 
     tb = TensorBoardLogger(cfg.logger, run_dir)
     tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
-    trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule, loss=loss, device=device,
-                      precision=precision, cfg=tcfg, run_dir=run_dir, seed=int(cfg.seed), config=config, tb=tb,
-                      progress=progress, monitored=monitored, data_info=info, freezer=freezer)
+    callbacks = [TensorBoardCallback(tb, info.mean, info.std)] if tb.enabled else []
+    # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
+    checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best))
+    callbacks += [checkpoints, ProgressDisplay(progress)]
+    if tcfg.early_stopping.enabled:
+        callbacks.append(EarlyStopping(monitored))
+    trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer), TrainerOptions.from_config(tcfg),
+                      RunContext(device, precision, run_dir, int(cfg.seed), config), callbacks)
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
         carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
@@ -160,7 +167,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     except OSError as bad:
         if bad.errno is None:
             raise
-        raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer._kept())) from bad
+        raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer.kept())) from bad
 
 
 def _fit_test_record(run: Run, started: float) -> dict:
@@ -173,8 +180,8 @@ def _fit_test_record(run: Run, started: float) -> dict:
         summary = dict(results)
         summary.update({
             "val/acc_best": trainer.val_acc_best,
-            "best_epoch": trainer.monitored.best_epoch,
-            f"best_{tcfg.monitor}": trainer.monitored.best,
+            "best_epoch": trainer.task.monitored.best_epoch,
+            f"best_{tcfg.monitor}": trainer.task.monitored.best,
             "epochs_completed": trainer.epoch,
             "stopped_early": trainer.stopped_early,
             "params": run.n_params,
@@ -184,17 +191,11 @@ def _fit_test_record(run: Run, started: float) -> dict:
         write_json(summary, run.run_dir / "metrics.json")
         run.tb.hparams(flat_hparams(run.config), {k: v for k, v in summary.items()
                                                   if k.startswith(("test/", "val/")) and isinstance(v, float)})
-        run.tb.close()
-        trainer.checkpoints.close()
+        trainer.teardown()  # closes the event file and the checkpoint writer
     except BaseException:
         # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure
         # here (the same full disk) must not hide the first.
-        trainer.progress.close()
-        for close in (run.tb.close, trainer.checkpoints.close):
-            try:
-                close()
-            except OSError as also:
-                log.warning("while stopping: %s", also)
+        trainer.teardown(after_error=True)
         raise
     log.info("test/loss %.4f  test/acc %.4f  (best epoch %s)  run dir: %s", summary["test/loss"], summary["test/acc"],
              summary["best_epoch"], run.run_dir)

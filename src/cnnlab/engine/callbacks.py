@@ -1,0 +1,231 @@
+"""Callbacks: what happens around the training loop, called by the Trainer at named moments.
+
+A callback subclasses `Callback` and overrides the moments it needs; the others are no-ops. The Trainer holds
+them in a list and calls each moment on every callback in list order, so order matters where one callback's
+output is another's input (the checkpoint is submitted before the progress line is printed).
+
+    on_fit_start(trainer)                            before the first epoch of this fit (also when resuming)
+    on_train_epoch_start(trainer, epoch)             model in train mode, loader positioned
+    on_train_batch_end(trainer, batch, outputs, step)  after every optimisation step (see below)
+    on_epoch_end(trainer, metrics)                   after validation; the epoch's metrics are final and recorded
+    on_fit_end(trainer)                              after the last epoch (or an early stop)
+    on_exception(trainer, error)                     fit is ending with an exception (failure, or a stop signal)
+    on_test_end(trainer, metrics, confusion, classes)  after the final test pass
+    teardown(trainer)                                release files and threads; once per run, also after a failure
+
+What the trainer offers them: `trainer.task` (model, optimizer, schedule, loss, monitored metric),
+`trainer.epoch` (last completed epoch), `trainer.global_step` (steps taken), `trainer.tracker` (the running
+sums of the epoch being trained), `trainer.improved` (the epoch just ended set a new best of the monitored
+metric), `trainer.history`; a callback ends training after the current epoch by setting
+`trainer.should_stop = True`. Raising from a moment ends the run with that error.
+
+Per-step cost: `on_train_batch_end` runs once per optimisation step, where a few microseconds are a visible
+share of a small model's step. The trainer therefore calls it only on callbacks that override it; a callback
+with per-step work keeps it to counters and comparisons and does anything costly every N steps.
+
+The callbacks of a training run (built by cnnlab.train.prepare, in this order): TensorBoardCallback,
+ModelCheckpoint, ProgressDisplay, and EarlyStopping when trainer.early_stopping.enabled. A new one is a
+subclass here (or next to what it reports to), added to that list; under distributed training, callbacks
+that write files would be added on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.checkpoint_writer import CheckpointWriter
+from cnnlab.engine.early_stopping import MonitoredMetric
+from cnnlab.engine.progress import Progress
+from cnnlab.engine.tensorboard import TensorBoardLogger
+
+if TYPE_CHECKING:  # for annotations only: the trainer imports this module
+    from cnnlab.engine.trainer import Trainer
+
+log = logging.getLogger("cnnlab")
+
+
+class Callback:
+    """Base class: every moment is a no-op. Override the ones you need (signatures as below)."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch of `fit`; `trainer.global_step == 0` on a fresh run."""
+
+    def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """The epoch is about to train `trainer.epoch_steps` batches, `trainer.first_step` of which were
+        already done before an interruption (then the epoch continues after them)."""
+
+    def on_train_batch_end(self, trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor], outputs,
+                           step: int) -> None:
+        """After optimisation step `step` (0-based within the epoch; `trainer.global_step` already counts it).
+
+        outputs: (loss, logits) of the step, or None when a non-finite step was skipped (trainer.nonfinite=skip).
+        Called only on callbacks that override it (see the module docstring).
+        """
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        """After training and validating epoch `trainer.epoch`: `metrics` is its entry in `trainer.history`
+        (train/*, val/*, lr, ..., epoch); the schedule and the monitored metric have been updated."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch of a fit that ended normally (max_epochs or `should_stop`)."""
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        """`fit` is ending with `error` (a failure, TrainingStopped on a signal, KeyboardInterrupt)."""
+
+    def on_test_end(self, trainer: Trainer, metrics: dict, confusion: torch.Tensor, classes) -> None:
+        """After the final test pass: test/* metrics and the confusion matrix (rows = true class)."""
+
+    def teardown(self, trainer: Trainer) -> None:
+        """Release what the callback holds (files, threads). Called once the run is over, also after a failure;
+        it may be called twice, so it must be idempotent."""
+
+
+def overrides(callback: Callback, moment: str) -> bool:
+    """Whether the callback's class defines its own `moment` (rather than Callback's no-op)."""
+    return getattr(type(callback), moment) is not getattr(Callback, moment)
+
+
+class ModelCheckpoint(Callback):
+    """checkpoints/last.ckpt after every epoch (trainer.checkpoint.save_last) and best.ckpt when the monitored
+    metric improves (save_best), serialised on a background thread; last.ckpt is also the resume point a stop
+    request writes mid-epoch."""
+
+    def __init__(self, folder: Path, save_last: bool = True, save_best: bool = True):
+        self.folder = Path(folder)
+        self.save_last = save_last
+        self.save_best = save_best
+        self.writer = CheckpointWriter()
+
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.ckpt"
+
+    @property
+    def resume_path(self) -> Path | None:
+        """Where a resumable checkpoint is written, or None when none is (save_last=false)."""
+        return self.last_path if self.save_last else None
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        paths = []
+        if trainer.improved and self.save_best:
+            paths.append(self.folder / "best.ckpt")
+        if self.save_last:
+            paths.append(self.last_path)
+        if paths:
+            self.writer.submit(trainer.state_dict(), paths)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.wait()  # the caller may read best.ckpt next
+
+    def save_resume_point(self, state: dict) -> Path | None:
+        """Write `state` (e.g. a mid-epoch state on a stop request) to last.ckpt and wait until every checkpoint
+        is on disk; returns the path, or None when save_last=false (then nothing is written)."""
+        if self.save_last:
+            self.writer.submit(state, [self.last_path])
+        self.writer.wait()
+        return self.resume_path
+
+    def wait(self) -> None:
+        """Block until every submitted checkpoint is on disk."""
+        self.writer.wait()
+
+    def kept(self) -> str:
+        """What a failed run leaves to resume from, for the error message (read back from disk: the writer is
+        asynchronous, so the newest epoch in memory may not be the one on disk)."""
+        try:
+            self.writer.wait()
+        except OSError:
+            pass  # the failure being reported
+        try:
+            ckpt = load_checkpoint(self.last_path)
+        except Exception:  # missing or unreadable: say so rather than fail while reporting a failure
+            return NOTHING_KEPT
+        partial = ckpt.get("partial")
+        at = f"epoch {partial['epoch']}, step {partial['loader']['batches']}" if partial else f"epoch {ckpt['epoch']}"
+        return f"The last good checkpoint, {self.last_path} ({at}), is kept."
+
+    def teardown(self, trainer: Trainer) -> None:
+        self.writer.close()
+
+
+NOTHING_KEPT = "No readable checkpoint had been written yet."
+
+
+class EarlyStopping(Callback):
+    """Stops training after `patience` epochs without improvement of the monitored metric (the MonitoredMetric
+    the trainer updates each epoch; trainer.early_stopping.*)."""
+
+    def __init__(self, monitored: MonitoredMetric):
+        self.monitored = monitored
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        m = self.monitored
+        if m.should_stop:
+            trainer.should_stop = True
+            log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)", m.monitor,
+                     m.patience, m.best, m.best_epoch)
+
+
+class TensorBoardCallback(Callback):
+    """Per-epoch scalars and histograms, the first-layer filters at the start, a grid of the first training
+    batch, and the test pass's scalars and confusion matrix, into the run's TensorBoard event file.
+
+    mean, std: the data's normalisation, undone so the input grid looks like the data.
+    """
+
+    def __init__(self, tb: TensorBoardLogger, mean, std):
+        self.tb = tb
+        self.mean, self.std = mean, std
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.global_step == 0:
+            self.tb.filters(trainer.task.model, 0)
+
+    def on_train_batch_end(self, trainer: Trainer, batch, outputs, step: int) -> None:
+        if trainer.global_step == 1:  # the run's very first batch, as augmented; one comparison per step after
+            self.tb.input_batch(batch[0], self.mean, self.std, 0)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        epoch = metrics["epoch"]
+        self.tb.scalars({k: v for k, v in metrics.items() if k != "epoch"}, epoch)
+        if self.tb.wants_histograms(epoch):
+            self.tb.histograms(trainer.task.model, epoch)
+
+    def on_test_end(self, trainer: Trainer, metrics: dict, confusion: torch.Tensor, classes) -> None:
+        self.tb.scalars(metrics, trainer.epoch)
+        self.tb.confusion(confusion, classes, trainer.epoch)
+
+    def teardown(self, trainer: Trainer) -> None:
+        self.tb.close()
+
+
+class ProgressDisplay(Callback):
+    """The console progress (cnnlab.engine.progress.Progress: a bar, plain lines, or nothing) driven by the
+    loop: a bar tick per step, and one summary line per epoch."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.progress.start_epoch(epoch, trainer.epoch_steps, trainer.first_step)
+
+    def on_train_batch_end(self, trainer: Trainer, batch, outputs, step: int) -> None:
+        if outputs is not None:  # a skipped step does not count
+            self.progress.update(trainer.tracker)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.progress.end_epoch(metrics["epoch"], metrics, metrics["time/epoch_s"], trainer.improved)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.progress.close()
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self.progress.close()  # the error message must not land inside a live bar
+
+    def teardown(self, trainer: Trainer) -> None:
+        self.progress.close()

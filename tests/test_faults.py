@@ -36,12 +36,12 @@ def _metrics(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The reference: the same short run, never interrupted, as a CLI process."""
+    """The reference: the same short run, never interrupted (in process: the same config gives the same run as
+    the command line, whose interrupted and resumed runs are compared with it)."""
+    from conftest import compose_cfg
+
     out = tmp_path_factory.mktemp("faults") / "full"
-    proc = _cli([*SHORT, "trainer.progress=none", f"hydra.run.dir={out}"], out.parent, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    train(compose_cfg(out, *SHORT, "trainer.progress=none"), overrides=[])
     return _metrics(out)
 
 
@@ -69,7 +69,7 @@ def _signal_mid_epoch(run_dir: Path, cwd: Path, signals: list[int], epoch: int =
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_after_the_step_and_resume_continues_mid_epoch(tmp_path, uninterrupted, sig):
+def test_signal_stops_after_the_step_and_resume_continues_mid_epoch(tmp_path, uninterrupted, sig, make_cfg, caplog):
     stopped = tmp_path / "stopped"
     code, output = _signal_mid_epoch(stopped, tmp_path, [sig])
     name = signal.Signals(sig).name
@@ -84,10 +84,18 @@ def test_signal_stops_after_the_step_and_resume_continues_mid_epoch(tmp_path, un
     assert [e.step for e in events.Scalars("val/loss")] == [1]
 
     resumed = tmp_path / "resumed"
-    proc = _cli([f"trainer.resume={stopped}", "trainer.progress=none", f"hydra.run.dir={resumed}"], tmp_path,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    if sig == signal.SIGTERM:  # resumed as a user does, on the command line
+        proc = _cli([f"trainer.resume={stopped}", "trainer.progress=none", f"hydra.run.dir={resumed}"], tmp_path,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    else:  # the same resume in process (the command line's own is the SIGTERM case's)
+        import logging
+
+        caplog.set_level(logging.INFO)
+        overrides = [f"trainer.resume={stopped}"]
+        train(make_cfg(*overrides, run="resumed"), overrides=overrides)
+        out = caplog.text
     assert f"(epoch 2, after step {ckpt['partial']['loader']['batches']})" in out
     assert "continuing epoch 2 after step" in out
     got = _metrics(resumed)
@@ -184,27 +192,47 @@ def test_sigkill_during_checkpoint_writes_leaves_a_readable_file(tmp_path):
     """A process that does nothing but rewrite one big checkpoint is killed at random moments: the file on
     disk is always the previous complete checkpoint or the new one."""
     path = tmp_path / "last.ckpt"
-    writer = (
-        "import sys, torch\n"
+    # One interpreter imports torch once, then per round forks a writer and SIGKILLs it at a random moment: the
+    # kills land among the writes, never in an interpreter's start-up.
+    supervisor = (
+        "import os, random, signal, sys, time, torch\n"
         "from cnnlab.engine.checkpoint import config_hash, save_atomic\n"
         "config = {'model': {'name': 'mlp'}}\n"
-        "i = 0\n"
-        "while True:\n"
-        "    i += 1\n"
-        "    save_atomic({'model': {'w': torch.full((2_000_000,), float(i))}, 'config': config,\n"
-        "                 'config_hash': config_hash(config), 'epoch': i}, sys.argv[1])\n"
+        "rng = random.Random(3)\n"
+        "for _ in sys.stdin:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:  # the writer: does nothing but rewrite the checkpoint\n"
+        "        try:\n"
+        "            torch.set_num_threads(1)\n"
+        "            i = 0\n"
+        "            while True:\n"
+        "                i += 1\n"
+        "                save_atomic({'model': {'w': torch.full((2_000_000,), float(i))}, 'config': config,\n"
+        "                             'config_hash': config_hash(config), 'epoch': i}, sys.argv[1])\n"
+        "        finally:\n"
+        "            os._exit(1)\n"
+        "    time.sleep(rng.uniform(0.1, 0.5))  # a write takes ~0.05 s: kills land before, in and after writes\n"
+        "    os.kill(pid, signal.SIGKILL)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    print('killed', flush=True)\n"
     )
-    rng = random.Random(3)
+    proc = subprocess.Popen([sys.executable, "-c", supervisor, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     seen = set()
-    for _ in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
-        time.sleep(rng.uniform(1.5, 3.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        if path.is_file():
+    try:
+        for _ in range(8):
+            proc.stdin.write("next\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "killed"
+            if not path.is_file():
+                continue
             ckpt = load_checkpoint(path)
             assert torch.all(ckpt["model"]["w"] == float(ckpt["epoch"]))  # whole, never mixed
             seen.add(ckpt["epoch"])
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
     assert seen
     # A kill may leave temp files; they are hidden names that no reader looks for, never a second checkpoint.
     others = [p.name for p in tmp_path.iterdir() if p != path]

@@ -54,8 +54,8 @@ class Progress:
 
     @staticmethod
     def _running(tracker) -> dict[str, str]:
-        n = max(tracker.count, 1)
-        return {"loss": f"{float(tracker.loss_sum) / n:.4f}", "acc": f"{int(tracker.correct[0]) / n:.4f}"}
+        loss, acc = tracker.running()
+        return {"loss": f"{loss:.4f}", "acc": f"{acc:.4f}"}
 
     def end_epoch(self, epoch: int, metrics: dict, seconds: float, improved: bool) -> None:
         if self.bar is not None:

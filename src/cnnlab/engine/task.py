@@ -17,28 +17,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
 
 from cnnlab.devices import Precision
 
+if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
+    from cnnlab.engine.early_stopping import MonitoredMetric
+    from cnnlab.finetune import Freezer
+    from cnnlab.optim import LRSchedule
+
 
 @dataclass
 class Task:
     """The model and everything that updates it or judges it.
 
-    monitored: a MonitoredMetric, shared with the early-stopping callback and deciding best.ckpt.
-    freezer: cnnlab.finetune.Freezer (or None): unfreezes on schedule, keeps frozen batch norm in eval mode.
+    monitored: best value and patience of trainer.monitor, shared with the early-stopping callback; it decides
+    best.ckpt. freezer: unfreezes on schedule and keeps frozen batch norm in eval mode (fine-tuning).
     """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: Any  # cnnlab.optim.LRSchedule: step_batch(), step_epoch(metric), lr(), state_dict()
+    schedule: LRSchedule
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    monitored: Any  # cnnlab.engine.early_stopping.MonitoredMetric
-    freezer: Any = None
+    monitored: MonitoredMetric
+    freezer: Freezer | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@ preset validates against it, and it refuses what it declares."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import typing
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from omegaconf import open_dict
 from cnnlab import schema
 from cnnlab.config import compose_config, config_dir
 from cnnlab.errors import ConfigError
-from cnnlab.schema_check import closest, config_problems
+from cnnlab.schema_check import _ctrl_c_deferred, closest, config_problems
 from cnnlab.validate import validate
 
 CONFIGS = Path(config_dir())
@@ -122,3 +125,16 @@ def test_eval_refuses_an_unknown_split_before_reading_the_checkpoint(make_cfg):
 
     with pytest.raises(ConfigError, match=r"^split='holdout' is not accepted; choose one of train, val, test$"):
         evaluate(make_cfg("ckpt=/nonexistent/run", "split=holdout", config_name="eval"), overrides=[])
+
+
+def test_ctrl_c_while_the_schema_is_checked_waits_for_the_check_then_interrupts():
+    # pydantic builds a deferred schema in Rust on first use; Ctrl-C inside that build came out as a
+    # SchemaError traceback instead of the one-line "interrupted" report.
+    reached_the_end = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # a signal is handled between bytecodes: give it the chance to interrupt
+            reached_the_end.append(True)
+    assert reached_the_end == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

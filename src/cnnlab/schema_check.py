@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import contextlib
 import inspect
 import math
+import signal
+import threading
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -66,9 +69,30 @@ def _missing_to_none(node):
     return None if node == "???" else node
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Hold Ctrl-C until the block ends. pydantic builds a deferred schema on first use in Rust code that calls
+    back into Python; a KeyboardInterrupt raised there comes out as a SchemaError and a traceback, not as the
+    interrupt the entry point reports in one line."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
 def _problems(model: type[BaseModel], data: dict, prefix: str = "") -> list[str]:
     try:
-        model.model_validate(data)
+        with _ctrl_c_deferred():
+            model.model_validate(data)
     except ValidationError as invalid:
         return _messages(model, data, invalid.errors(), prefix)
     return []

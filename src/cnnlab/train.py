@@ -58,10 +58,11 @@ class Run:
     n_params: int
 
 
-def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
+def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = ()) -> Run:
     """Validate the config, then build data -> model -> optimizer/schedule -> trainer (restored if resuming).
 
-    Every check on user input runs here, before the first training step.
+    Every check on user input runs here, before the first training step. `extra_callbacks` are added after the
+    run's own (a search trial's pruning report, for example).
     """
     overrides = hydra_overrides() if overrides is None else overrides
     composed = cfg
@@ -130,7 +131,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None) -> Run:
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
     trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer), TrainerOptions.from_config(tcfg),
-                      RunContext(device, precision, run_dir, int(cfg.seed), config), callbacks)
+                      RunContext(device, precision, run_dir, int(cfg.seed), config), [*callbacks, *extra_callbacks])
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
         carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
@@ -157,10 +158,13 @@ def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> Non
     log.info("%s", table if mode == "full" else "\n".join(totals_lines(summary)))
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Train one model as the config says; returns the final metrics (also written to metrics.json)."""
+def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple = ()) -> dict:
+    """Train one model as the config says; returns the final metrics (also written to metrics.json).
+
+    callbacks: extra engine callbacks, called after the run's own at each moment.
+    """
     started = time.perf_counter()
-    run = prepare(cfg, overrides)
+    run = prepare(cfg, overrides, callbacks)
 
     try:
         return _fit_test_record(run, started)

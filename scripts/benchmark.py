@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def engine_round(overrides, epochs, tmp):
     from cnnlab.config import compose_config
-    from cnnlab.train import prepare
+    from cnnlab.training import prepare
 
     cfg = compose_config([f"trainer.max_epochs={epochs}", "trainer.early_stopping.enabled=false", *overrides],
                   tempfile.mkdtemp(dir=tmp))

@@ -35,7 +35,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from cnnlab.config import compose_config
     from cnnlab.engine.checkpoint import load_checkpoint
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,7 +52,7 @@ def run_cli():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short real training run shared by tests that only read its outputs (checkpoints, events, metrics)."""
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     run_dir = tmp_path_factory.mktemp("shared") / "run"
     cfg = compose_cfg(run_dir, "trainer.progress=none", "trainer.max_epochs=3", "logger.histogram_every_n_epochs=1")

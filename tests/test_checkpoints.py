@@ -13,7 +13,7 @@ from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoi
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.errors import ConfigError
 from cnnlab.model_io import load_trained_model
-from cnnlab.train import train
+from cnnlab.training import train
 
 
 def _minimal(weights: dict, name: str = "lenet5") -> dict:

@@ -12,7 +12,7 @@ from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDatase
 from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressDisplay, overrides
 from cnnlab.engine.task import TrainLoader
 from cnnlab.metrics import MetricTracker
-from cnnlab.train import prepare
+from cnnlab.training import prepare
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 

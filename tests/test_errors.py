@@ -8,7 +8,7 @@ import torch
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError
 from cnnlab.schema_check import check_override_keys
-from cnnlab.train import train
+from cnnlab.training import train
 
 BAD = [
     (["optimizer.lr=-0.1"], r"optimizer.lr=-0.1 must be > 0"),

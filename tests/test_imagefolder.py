@@ -61,7 +61,7 @@ def test_per_sample_decoding_matches_the_in_memory_set(make_cfg, tmp_path):
 
 
 def test_a_run_trains_on_an_image_folder_and_saves_its_classes(make_cfg, tmp_path):
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     files = disk.write_image_folder(tmp_path / "imgs", per_class=12)
     cfg = make_cfg(*SMALL, f"data.root={tmp_path / 'imgs'}", "model=convnet", "augment=basic",
@@ -138,7 +138,7 @@ def test_class_folders_whose_names_are_not_utf8_train_test_and_record(make_cfg, 
 
     from cnnlab.evaluate import evaluate
     from cnnlab.predict import predict
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     latin1 = os.fsdecode(b"caf\xe9")
     files = disk.write_image_folder(tmp_path / "imgs", classes=("bar", latin1, "tea"), per_class=12)

@@ -14,7 +14,7 @@ import torch
 from conftest import cli_env
 
 from cnnlab.engine.progress import Progress
-from cnnlab.train import train
+from cnnlab.training import train
 
 COMMON = ["trainer.max_epochs=4", "trainer.limit_train_batches=12", "scheduler=step", "scheduler.step_size=1",
           "scheduler.gamma=0.7", "logger.histogram_every_n_epochs=0"]

@@ -15,7 +15,7 @@ import pytest
 
 from cnnlab.errors import ConfigError
 from cnnlab.rundir import MARKER, claim
-from cnnlab.train import train
+from cnnlab.training import train
 
 from conftest import cli_env
 

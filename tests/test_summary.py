@@ -400,7 +400,7 @@ def test_training_writes_the_summary_to_the_run_dir(trained_run):
 
 
 def test_training_summary_shows_frozen_parameters_and_totals_only(make_cfg, caplog):
-    from cnnlab.train import prepare
+    from cnnlab.training import prepare
 
     with caplog.at_level("INFO", logger="cnnlab"):
         run = prepare(make_cfg("finetune.freeze=backbone", "trainer.summary=totals", "logger=none"), overrides=[])
@@ -413,7 +413,7 @@ def test_training_summary_shows_frozen_parameters_and_totals_only(make_cfg, capl
 
 
 def test_training_summary_can_be_switched_off(make_cfg):
-    from cnnlab.train import prepare
+    from cnnlab.training import prepare
 
     run = prepare(make_cfg("trainer.summary=none", "logger=none"), overrides=[])
     assert not (run.run_dir / "model_summary.txt").exists()

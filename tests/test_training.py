@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cnnlab.train import prepare, train
+from cnnlab.training import prepare, train
 
 
 def test_lenet_really_learns(trained_run):

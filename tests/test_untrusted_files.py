@@ -16,7 +16,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.evaluate import evaluate
 from cnnlab.model_io import load_trained_model
 from cnnlab.predict import predict
-from cnnlab.train import train
+from cnnlab.training import train
 
 
 def _craft(trained_run, tmp_path, name: str, edit) -> str:

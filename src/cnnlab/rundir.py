@@ -61,11 +61,13 @@ def _run_of(checkpoint: Path) -> Path:
 
 
 def claim(run_dir: Path, kind: str, existing: str = "refuse", resuming: Path | None = None,
-          task_cfg=None) -> None:
+          task_cfg=None, overrides: list[str] | None = None) -> None:
     """Make `run_dir` this run's own before anything is written into it (see the module docstring).
 
     kind: what the run is (train, eval), recorded in the marker; resuming: the checkpoint a resumed run
-    continues, whose own run dir may be reused; task_cfg: the composed config, saved to .hydra/config.yaml.
+    continues, whose own run dir may be reused; task_cfg: the composed config, saved to .hydra/config.yaml;
+    overrides: the run's own overrides when it was composed outside Hydra's job (a search trial), saved to
+    .hydra/overrides.yaml instead of the Hydra job's.
     """
     run_dir = Path(run_dir)
     if resuming is not None and run_dir.is_dir() and _run_of(resuming) == run_dir.resolve():
@@ -91,7 +93,7 @@ def claim(run_dir: Path, kind: str, existing: str = "refuse", resuming: Path | N
                  else "an earlier run that stopped before writing any result")
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_marker(run_dir, kind)
-    _save_hydra_record(run_dir, task_cfg)
+    _save_hydra_record(run_dir, task_cfg, overrides)
 
 
 def _marker(run_dir: Path) -> dict | None:
@@ -156,17 +158,20 @@ def _clear(run_dir: Path) -> bool:
     return bool(entries)
 
 
-def _save_hydra_record(run_dir: Path, task_cfg) -> None:
+def _save_hydra_record(run_dir: Path, task_cfg, overrides: list[str] | None = None) -> None:
     """What Hydra would have written to .hydra/: the composed config, Hydra's config and the overrides."""
     from hydra.core.hydra_config import HydraConfig  # Hydra, in library code: loaded only when a run dir is claimed
 
-    if not HydraConfig.initialized():
+    if overrides is None and not HydraConfig.initialized():
         return
-    hydra_cfg = HydraConfig.get()
     folder = run_dir / ".hydra"
     folder.mkdir(exist_ok=True)
     if task_cfg is not None:
         OmegaConf.save(task_cfg, folder / "config.yaml")
+    if overrides is not None:  # composed by cnnlab itself (a search trial): the Hydra job's record is not this run's
+        OmegaConf.save(OmegaConf.create(list(overrides)), folder / "overrides.yaml")
+        return
+    hydra_cfg = HydraConfig.get()
     OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)}),
                    folder / "hydra.yaml")
     OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")

@@ -89,6 +89,10 @@ LoaderKind = Literal["auto", "tensor", "dataloader"]
 ExistingRun = Literal["refuse", "clear"]
 Split = Literal["train", "val", "test"]
 SummaryFormat = Literal["table", "json"]
+SamplerName = Literal["grid", "random", "tpe", "qmc"]
+PrunerName = Literal["none", "median", "hyperband"]
+Direction = Literal["auto", "maximize", "minimize"]
+ParamType = Literal["float", "int", "categorical"]
 
 
 # ---- data: one base that every data source's keys extend ----
@@ -315,4 +319,57 @@ class SummaryConfig(TrainConfig):
     output: Optional[str] = None
 
 
-CONFIGS: dict[str, type[TrainConfig]] = {"train": TrainConfig, "eval": EvalConfig, "summary": SummaryConfig}
+# ---- cnnlab-tune: the search section (rules between its keys live in cnnlab.search.space) ----
+Scalar = Optional[bool | int | float | str]
+
+
+class SearchParam(Section):
+    key: Annotated[str, Field(min_length=1, description="must be a config key (optimizer.lr) or group (model)")]
+    type: ParamType
+    low: Optional[int | float] = None
+    high: Optional[int | float] = None
+    log: bool = False
+    step: Annotated[Optional[int | float], Field(gt=0, description="must be a positive number, or null")] = None
+    choices: Annotated[Optional[list[Scalar]], Field(min_length=1, description="must be a non-empty list")] = None
+
+
+class Sampler(Section):
+    name: SamplerName
+    n_startup_trials: NonNegativeInt = 10  # tpe: random trials before the model of good and bad values is used
+
+
+class Pruner(Section):
+    name: PrunerName
+    min_resource: PositiveInt = 1         # epochs every trial trains before it can be pruned
+    reduction_factor: Annotated[int, Field(ge=2, description="must be an integer >= 2")] = 3  # hyperband
+    n_startup_trials: NonNegativeInt = 5  # median: trials that finish before any is pruned
+
+
+class Objective(Section):
+    metric: Annotated[Optional[str], Field(pattern=r"^val/", description="must be a validation metric such as "
+                                                                        "val/acc or val/loss, or null")] = None
+    direction: Direction
+
+
+class Search(Section):
+    study_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description=(
+        "must be a name of letters, digits, '_', '.' and '-' (it names the study dir)"))]
+    storage: Optional[str] = None
+    n_trials: PositiveInt
+    timeout: Annotated[Optional[float], Field(gt=0, description="must be a positive number of seconds, or null")] = None
+    seed: Seed
+    workers: PositiveInt
+    retry_interrupted: bool
+    space: Annotated[dict[str, SearchParam], Field(min_length=1, description="must name at least one parameter")]
+    sampler: Sampler
+    pruner: Pruner
+    objective: Objective
+    overrides: list[str] = []
+
+
+class TuneConfig(TrainConfig):
+    search: Search
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {"train": TrainConfig, "eval": EvalConfig, "summary": SummaryConfig,
+                                         "tune": TuneConfig}

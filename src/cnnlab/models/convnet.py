@@ -183,3 +183,23 @@ def build_convnet(layer_specs, in_channels: int, num_classes: int, input_size) -
 @register("convnet")
 def convnet(in_channels: int, num_classes: int, input_size, layers=None) -> nn.Module:
     return build_convnet(layers, in_channels, num_classes, input_size)
+
+
+@register("convnet_blocks")
+def convnet_blocks(in_channels: int, num_classes: int, input_size, blocks: int = 2, width: int = 32,
+                   dense: int = 128, kernel: int = 3, pool: str = "max", batchnorm: bool = False,
+                   dropout: float = 0.5) -> nn.Module:
+    """The layer-list ConvNet described by its depth and width, for searches over both: `blocks` times
+    [conv `width`*2^i kernel x kernel (same) -> batch norm (optional) -> ReLU -> pool 2], then a dense layer of
+    `dense` units (0: none) with dropout, then the output layer."""
+    layers = []
+    for i in range(blocks):
+        conv = {"type": "conv", "filters": width * 2**i, "kernel": kernel, "padding": "same"}
+        layers.append(conv if batchnorm else {**conv, "activation": "relu"})
+        if batchnorm:
+            layers += [{"type": "batchnorm"}, {"type": "activation", "name": "relu"}]
+        layers.append({"type": "pool", "kind": pool, "kernel": 2})
+    layers.append({"type": "flatten"})
+    if dense:
+        layers += [{"type": "dense", "units": dense, "activation": "relu"}, {"type": "dropout", "rate": dropout}]
+    return build_convnet(layers, in_channels, num_classes, input_size)

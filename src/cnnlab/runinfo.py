@@ -65,8 +65,12 @@ def write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def flat_hparams(config: dict) -> dict:
-    """Scalar leaves of the config as 'group.key' -> value, for TensorBoard's HParams tab."""
+def flat_hparams(config: dict, first=()) -> dict:
+    """Scalar leaves of the config as 'group.key' -> value, for TensorBoard's HParams tab.
+
+    `first`: config keys (the run's overrides: in a sweep, what varies) whose leaves come first, in that order;
+    a group key ('optimizer') brings all its leaves. TensorBoard shows the columns in this order.
+    """
     out = {}
 
     def walk(prefix, node):
@@ -80,4 +84,5 @@ def flat_hparams(config: dict) -> dict:
         elif isinstance(node, (bool, int, float, str)):
             out[prefix] = node
     walk("", {k: v for k, v in config.items() if k not in ("paths",)})
-    return out
+    leading = [name for key in first for name in out if name == key or name.startswith(f"{key}.")]
+    return {name: out[name] for name in dict.fromkeys([*leading, *out])}

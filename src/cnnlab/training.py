@@ -27,6 +27,7 @@ from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.trainer import Trainer, steps_per_epoch
 from cnnlab.errors import ConfigError, RunError
+from cnnlab.experiments.runs import read_overrides
 from cnnlab.finetune import Freezer, load_pretrained
 from cnnlab.inspector import LayerFailure, summarize, totals_lines
 from cnnlab.losses import Loss
@@ -191,8 +192,10 @@ def _fit_test_record(run: Run, started: float) -> dict:
             "run_dir": str(run.run_dir),
         })
         write_json(summary, run.run_dir / "metrics.json")
-        run.tb.hparams(flat_hparams(run.config), {k: v for k, v in summary.items()
-                                                  if k.startswith(("test/", "val/")) and isinstance(v, float)})
+        # The run's own overrides lead the HParams columns: in a sweep, what varies is seen first.
+        hparams = flat_hparams(run.config, first=read_overrides(run.run_dir))
+        run.tb.hparams(hparams, {k: v for k, v in summary.items()
+                                 if k.startswith(("test/", "val/")) and isinstance(v, float)})
         trainer.teardown()  # closes the event file and the checkpoint writer
     except BaseException:
         # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure

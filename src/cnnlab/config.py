@@ -31,9 +31,13 @@ register_resolvers()
 def compose_config(overrides: list[str], output_dir, config_name: str = "train") -> DictConfig:
     """Compose the config tree outside the CLI (tests, scripts), with the run dir set to `output_dir`."""
     from hydra import compose, initialize_config_dir  # Hydra, in library code: only where a config is composed
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra job (a cnnlab-tune trial): its config tree
         cfg = compose(config_name, overrides=list(overrides))
+    else:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg

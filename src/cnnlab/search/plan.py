@@ -1,0 +1,129 @@
+"""From the composed `cnnlab-tune` config to a checked plan and an open study, before any trial runs.
+
+Everything a user can get wrong is checked here and reported at once: the search section's types (the
+schema), the space's rules, keys the training config does not have, values at the ends of each range that
+the training config refuses, an objective metric that no run logs, an unreachable storage, and a study name
+that already holds another search.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import config_dir
+from cnnlab.errors import ConfigError
+from cnnlab.search import storage as stores
+from cnnlab.search.space import Param, config_groups, group_options, key_problems, parse_space
+from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
+                                 open_study)
+from cnnlab.search.worker import TrialComposer, WorkerPlan
+from cnnlab.validate import validate
+
+log = logging.getLogger("cnnlab")
+
+STUDY_FILE = "study.yaml"
+
+
+def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, optuna.Study, bool]:
+    """Check the search and open its study. Returns (plan, study, continued: the study existed already)."""
+    validate(cfg, "tune")
+    search = OmegaConf.to_container(cfg.search, resolve=True)
+    groups = config_groups(config_dir()) - {"base", "hydra", "search"}
+    params, problems = parse_space(search["space"], groups)
+    metric = search["objective"]["metric"] or str(cfg.trainer.monitor)
+    logged = logged_val_metrics(cfg.trainer.topk)
+    if metric not in logged:
+        problems.append(f"search.objective.metric={metric} is not a metric a run logs each epoch; choose one of "
+                        f"{', '.join(logged)}")
+    if problems:
+        raise ConfigError(problems)
+    direction = objective_direction(metric, search["objective"]["direction"])
+
+    tune_overrides = [o for o in command_line if not o.lstrip("+~").startswith("hydra.")]
+    # every trial's overrides: the search's, then the command line's training overrides (which win), then the
+    # objective as the monitored metric, so checkpoints, early stopping and plateau schedules follow it too
+    training = [o for o in tune_overrides if not o.lstrip("+~").startswith("search")]
+    base_overrides = last_wins([*search["overrides"], *training, f"trainer.monitor={metric}"])
+    compose = TrialComposer(tune_overrides)
+    problems = _trial_config_problems(compose, base_overrides, params)
+    if problems:
+        raise ConfigError(problems)
+
+    study_dir = Path(cfg.paths.output_dir)
+    storage = stores.open_storage(search["storage"], study_dir)
+    n_trials = int(search["n_trials"])
+    if search["sampler"]["name"] == "grid" and grid_size(params) is not None and grid_size(params) < n_trials:
+        log.info("the grid has %d points: search.n_trials=%d is lowered to it", grid_size(params), n_trials)
+        n_trials = grid_size(params)
+    max_epochs = int(compose(base_overrides, None).trainer.max_epochs)
+    study, continued = open_study(storage, search["study_name"], params, metric, direction,
+                                  build_sampler(search, params), build_pruner(search, max_epochs))
+    _write_study_file(study_dir, search, metric, direction, command_line)
+    timeout = search["timeout"]
+    plan = WorkerPlan(study_dir, search["study_name"], search["storage"], search, params, tune_overrides,
+                      base_overrides, metric, max_epochs, n_trials,
+                      None if timeout is None else time.time() + float(timeout))
+    return plan, study, continued
+
+
+def last_wins(overrides: list[str]) -> list[str]:
+    """The overrides with only the last one of each key kept, in order (a trial's record names each key once)."""
+    seen, kept = set(), []
+    for o in reversed(overrides):
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key not in seen:
+            seen.add(key)
+            kept.append(o)
+    return kept[::-1]
+
+
+def _trial_config_problems(compose: TrialComposer, base: list[str], params: list[Param]) -> list[str]:
+    """The training config of a trial, checked before any trial runs: with the study's overrides alone, then
+    with each end of every range (each choice of a categorical), so a value the sampler may pick that the
+    config refuses (a negative lr, an unknown optimizer) is named now, not in trial 17."""
+    try:
+        cfg = compose(base, None)
+        validate(cfg)
+    except ConfigError as bad:
+        return [f"search.overrides / the command line: {p}" for p in bad.problems]
+    except Exception as bad:  # Hydra refused an override (an unknown group option, a key not in the tree)
+        return [f"search.overrides={base}: {str(bad).splitlines()[0]}"]
+    variants = [cfg]
+    for p in params:
+        if p.group:
+            for choice in p.distribution.choices:
+                variants.append(compose([*base, p.override(choice)], None))
+    problems = key_problems(params, variants, lambda group: group_options(config_dir(), group))
+    bad_keys = {line.split(".key=")[0] for line in problems}
+    for p in params:
+        if p.group or f"search.space.{p.name}" in bad_keys or not _has_key(cfg, p.key):
+            continue  # a key only some group choices have (optimizer.momentum) is checked by its trials
+        for value in p.ends():
+            override = p.override(value)
+            try:
+                validate(compose([*base, override], None))
+            except ConfigError as bad:
+                problems.append(f"search.space.{p.name}: with {override}, {bad.problems[0]}")
+            except Exception as bad:
+                problems.append(f"search.space.{p.name}: with {override}, {str(bad).splitlines()[0]}")
+    return problems
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def _write_study_file(study_dir: Path, search: dict, metric: str, direction: str, command_line: list[str]) -> None:
+    """study.yaml: what cnnlab-compare needs to open the study, and how it was started."""
+    record = {"study_name": search["study_name"], "storage": search["storage"], "metric": metric,
+              "direction": direction, "command": ["cnnlab-tune", *command_line]}
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / STUDY_FILE).write_text(yaml.safe_dump(record, sort_keys=False))

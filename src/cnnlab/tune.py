@@ -1,0 +1,84 @@
+"""`cnnlab-tune`: a hyper-parameter search with Optuna whose trials are ordinary cnnlab training runs.
+
+    cnnlab-tune search=lenet_lr_wd_bs [search.n_trials=30] [any training override]
+
+The study dir (outputs/search/<study_name>) holds study.yaml, the study's journal file (the default storage),
+one run dir per trial under trials/, tune.log, and at the end summary.csv / summary.md. Running the same
+command again continues the study. The checks run before any trial (cnnlab.search.plan); the trials run in
+cnnlab.search.worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import optuna
+from omegaconf import DictConfig
+
+from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
+from cnnlab.config import CONFIG_DIR
+from cnnlab.experiments.runs import is_run_dir, read_run
+from cnnlab.experiments.summary import write_summary
+from cnnlab.search import storage as stores
+from cnnlab.search.plan import plan_search
+from cnnlab.search.trial import TRIALS_DIR, Interrupted
+from cnnlab.search.worker import run_workers
+from cnnlab.training import exempt_from_gc
+
+log = logging.getLogger("cnnlab")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="tune", version_base="1.3")
+@reports_config_errors
+def _hydra_main(cfg: DictConfig) -> float | None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab logs one line per trial itself
+    plan, study, continued = plan_search(cfg, hydra_overrides())
+    stores.recover_interrupted(study, bool(cfg.search.retry_interrupted), stores.study_lock(plan.study_dir))
+    done = sum(stores.counted(t) for t in study.get_trials(deepcopy=False))
+    log.info("study %s in %s: %s; %d of %d trials %s, objective %s (%s)", plan.study_name, plan.study_dir,
+             "continued" if continued else "new", min(done, plan.n_trials), plan.n_trials,
+             "done or running", plan.metric, study.direction.name.lower())
+    try:
+        run_workers(plan, int(cfg.search.workers))
+    except Interrupted as stop:
+        log.info("stopped; run the same command again to continue the study (%s)",
+                 "the interrupted trial runs again" if cfg.search.retry_interrupted else
+                 "the interrupted trial stays failed and its place in the budget is taken by a new one")
+        raise stop.__cause__ from None
+    finally:
+        _summarize(plan.study_dir, plan.study_name)
+    return _report_best(study, plan.metric)
+
+
+def _summarize(study_dir: Path, name: str) -> None:
+    trials = sorted(d for d in (study_dir / TRIALS_DIR).glob("*") if is_run_dir(d))
+    if trials:
+        path = write_summary([read_run(d) for d in trials], study_dir, f"Study {name}")
+        log.info("summary of %d trials: %s", len(trials), path)
+
+
+def _report_best(study: optuna.Study, metric: str) -> float | None:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        log.info("no trial has completed yet")
+        return None
+    best = study.best_trial
+    log.info("best: trial %d, %s %.4f, in %s", best.number, metric, best.value, best.user_attrs.get("run_dir"))
+    log.info("to train it again: cnnlab-train %s", " ".join(best.user_attrs.get("overrides", [])))
+    return best.value
+
+
+@reports_config_errors
+def main() -> None:
+    check_command_line(sys.argv[1:], "tune")
+    try:
+        _hydra_main()
+    finally:
+        exempt_from_gc()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""`cnnlab-compare PATH...`: a table of runs (the hyper-parameters that differ, then the metrics), written as
+compare.csv / compare.md, and PNG plots: the runs' validation curves overlaid and, for a study dir, Optuna's
+optimisation history and parameter importances.
+
+A PATH is a run dir, a sweep dir (`cnnlab-train -m`: its job dirs) or a study dir (`cnnlab-tune`: study.yaml
+and trials/<number>/). Everything is read from files; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cnnlab.cli import reports_config_errors
+from cnnlab.errors import ConfigError
+from cnnlab.experiments.collect import expand, load_study
+from cnnlab.experiments.runs import read_run
+from cnnlab.experiments.plots import plot_curves, plot_study
+from cnnlab.experiments.summary import markdown_table, run_labels, run_table, varied_keys, write_summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab-compare", description="Compare cnnlab runs: a table of what differs and how each did, plots "
+                                           "of their validation curves and, for a study, of the search.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run dirs, sweep dirs or study dirs")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for compare.csv, compare.md and the plots (default: the one sweep or study "
+                             "dir given, else ./compare-<date>-<time>)")
+    parser.add_argument("--metric", default=None,
+                        help="the per-epoch tag to plot (val/acc, val/loss, train/loss, ...; default: the runs' "
+                             "monitored metric)")
+    parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    return parser.parse_args(argv)
+
+
+def _legend(record, keys: list[str], fallback: str) -> str:
+    parts = [f"{k}={record.overrides.get(k, record.config.get(k))}" for k in keys
+             if k in record.overrides or k in record.config]
+    return " ".join(parts) or fallback
+
+
+@reports_config_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    found = [expand(p, "PATH") for p in args.paths]
+    run_dirs = list(dict.fromkeys(d.resolve() for f in found for d in f.run_dirs))
+    if not run_dirs:
+        raise ConfigError(f"PATH {found[0].path}: the study has no trial run dirs yet (trials/<number>/)")
+    if args.out is not None:
+        out = args.out
+    elif len(found) == 1 and found[0].kind in ("sweep", "study"):
+        out = found[0].path
+    else:
+        out = Path(f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    studies = [f.path for f in found if f.kind == "study"]
+    # Before any file is written: a study whose storage cannot be opened is bad input too.
+    opened = [load_study(s) for s in studies] if not args.no_plots else []
+
+    records = [read_run(d) for d in run_dirs]
+    title = f"Study {opened[0].study_name}" if len(opened) == 1 and len(found) == 1 else f"{len(records)} runs"
+    summary = write_summary(records, out, title, prefix="compare")
+    table = run_table(records)
+    print(markdown_table(table))
+    print(f"\n{table.note}; written: {summary}, {out / 'compare.csv'}, {out / 'compare_seeds.csv'}")
+    if args.no_plots:
+        return
+
+    tag = args.metric or next((r.monitor for r in records if r.monitor), "val/loss")
+    keys, names = varied_keys(records), run_labels(records)
+    legends = [_legend(r, keys, names[r.run_dir]) for r in records]
+    curves = plot_curves(records, legends, tag, out / f"curves_{tag.replace('/', '_')}.png")
+    print(f"plot: {curves}" if curves else f"note: no run logged {tag} per epoch (see --metric): no curve plot")
+    for study in opened:
+        files, notes = plot_study(study, out)
+        for path in files:
+            print(f"plot: {path}")
+        for note in notes:
+            print(f"note: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

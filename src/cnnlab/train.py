@@ -30,6 +30,7 @@ from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.trainer import Trainer, steps_per_epoch
 from cnnlab.errors import ConfigError, RunError
+from cnnlab.experiments.sweep import continues_sweep
 from cnnlab.finetune import Freezer, load_pretrained
 from cnnlab.inspector import LayerFailure, summarize, totals_lines
 from cnnlab.losses import Loss
@@ -218,10 +219,12 @@ def _exempt_from_gc() -> None:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 @reports_config_errors
-def _hydra_main(cfg: DictConfig) -> float | None:
+@continues_sweep  # in a multirun a failed job is recorded and the other jobs still run
+def _hydra_main(cfg: DictConfig) -> float:
     metrics = train(cfg)
-    # Returned for Hydra sweepers that optimise a value.
-    return metrics.get("test/acc")
+    # For Hydra sweepers that optimise a value: the monitored validation metric, never a test metric (tuning
+    # on the test set would make its score meaningless).
+    return metrics[f"best_{cfg.trainer.monitor}"]
 
 
 @reports_config_errors

@@ -40,6 +40,7 @@ import os
 import re
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ LOCK_NAME = "study.lock"
 RDB_BACKENDS = ("sqlite", "postgresql", "mysql")
 CONNECT_TIMEOUT_S = 5  # an unreachable server is reported in seconds, not after the OS's minutes-long default
 MAX_RETRIES = 3
+TABLE_CREATION_ATTEMPTS = 5
 
 # User attrs on trials: who runs a trial, and why it failed.
 WORKER_HOST, WORKER_PID, WORKER_STARTED = "worker_host", "worker_pid", "worker_started"
@@ -109,17 +111,28 @@ def open_rdb(url: str, *, heartbeat_s: int) -> RDBStorage:
     engine_kwargs = {}
     if backend != "sqlite" and "connect_timeout" not in parsed.query:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    try:
-        with warnings.catch_warnings():  # heartbeat_interval is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                              grace_period=2 * heartbeat_s)
-    except ImportError:
-        raise ConfigError(f"{KEY}={shown!r}: {missing_driver(parsed)}") from None
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as bad:
-        reason = first_line(bad.orig if getattr(bad, "orig", None) is not None else bad)
-        raise ConfigError(f"{KEY}={shown!r}: cannot use the database: "
-                          f"{reason.replace(parsed.password, '***') if parsed.password else reason}") from None
+    for attempt in range(TABLE_CREATION_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                                  heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+        except ImportError:
+            raise ConfigError(f"{KEY}={shown!r}: {missing_driver(parsed)}") from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as bad:
+            # Workers starting together on a new database race to create Optuna's tables; the loser's
+            # CREATE TABLE fails on a duplicate, and the next attempt finds the tables there.
+            if attempt + 1 == TABLE_CREATION_ATTEMPTS:
+                raise ConfigError(f"{KEY}={shown!r}: cannot use the database: {db_reason(bad, parsed)}") from None
+            time.sleep(0.2 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as bad:
+            raise ConfigError(f"{KEY}={shown!r}: cannot use the database: {db_reason(bad, parsed)}") from None
+
+
+def db_reason(error: Exception, url) -> str:
+    """The database driver's own first line (not SQLAlchemy's wrapping), the password masked should it appear."""
+    reason = first_line(error.orig if getattr(error, "orig", None) is not None else error)
+    return reason.replace(url.password, "***") if url.password else reason
 
 
 def postgres_driver() -> str:

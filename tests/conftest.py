@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cnnlab.config import compose_config
+from postgres import postgres_url  # noqa: F401  (a real PostgreSQL server for the search storage tests)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,8 @@ def plot_curves(records: list[RunRecord], labels: list[str], tag: str, path: Pat
     from matplotlib.ticker import MaxNLocator  # with pyplot, above
 
     colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
-    fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
+    # A two-column legend beyond 20 runs needs room of its own: widen the figure rather than shrink the plot.
+    fig, ax = plt.subplots(figsize=(10 if len(curves) <= 20 else 14, 5.5), layout="constrained")
     for i, (label, points) in enumerate(curves):
         epochs, values = zip(*points)
         ax.plot(epochs, values, label=label, color=colours[i % len(colours)],

@@ -33,7 +33,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 study_dir, url, n_trials, retry, sleep_s, hang_on = sys.argv[1:]
 storage = open_storage(url or None, Path(study_dir), heartbeat_s=1)
 study = optuna.create_study(storage=storage, study_name=Path(study_dir).parent.name, load_if_exists=True)
-lock = study_lock(Path(study_dir))
+lock = study_lock(Path(study_dir), storage)
 recover_interrupted(study, retry == "1", lock)
 while (trial := trial_slot(study, int(n_trials), lock)) is not None:
     with heartbeat(study, trial):
@@ -131,18 +131,31 @@ def test_the_budget_counts_failures_but_not_interrupted_trials(journal_study):
     assert len(study.trials) == 4
 
 
-def test_a_trial_slot_waits_for_the_worker_holding_the_study(tmp_path, journal_study):
-    study, lock = journal_study
-    other_worker = optuna.load_study(study_name="search", storage=open_storage(None, tmp_path))
+def check_trial_slot_waits_for_the_lock_holder(study, lock, other_study, other_lock):
     slots = []
-    with lock:  # another worker counts the trials and asks for one: nobody else may ask meanwhile
-        waiting = threading.Thread(target=lambda: slots.append(trial_slot(other_worker, 1, study_lock(tmp_path))))
+    with lock:  # a worker counts the trials and asks for one: nobody else may ask meanwhile
+        waiting = threading.Thread(target=lambda: slots.append(trial_slot(other_study, 1, other_lock)))
         waiting.start()
         waiting.join(0.5)
         assert waiting.is_alive() and study.trials == []
         study.ask()  # as the holder's own trial_slot does: it takes the last slot
     waiting.join(10)
     assert slots == [None] and len(study.trials) == 1
+
+
+def test_a_trial_slot_waits_for_the_worker_holding_the_study(tmp_path, journal_study):
+    other_worker = optuna.load_study(study_name="search", storage=open_storage(None, tmp_path))
+    check_trial_slot_waits_for_the_lock_holder(*journal_study, other_worker, study_lock(tmp_path))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own study.ask()
+def test_workers_on_two_machines_wait_for_each_other_on_postgresql(tmp_path, postgres_url):
+    # two machines: one database, a study dir (and its flock) of their own
+    storages = [open_storage(postgres_url, tmp_path / machine) for machine in ("a", "b")]
+    study = optuna.create_study(storage=storages[0], study_name=tmp_path.name)
+    other = optuna.load_study(storage=storages[1], study_name=tmp_path.name)
+    check_trial_slot_waits_for_the_lock_holder(study, study_lock(tmp_path / "a", storages[0]),
+                                               other, study_lock(tmp_path / "b", storages[1]))
 
 
 def test_a_reused_pid_is_not_the_worker_and_a_live_worker_is_left_alone(journal_study):

@@ -4,7 +4,7 @@ A worker (one `cnnlab-tune` process) uses the study like this:
 
     storage = open_storage(url, study_dir)              # None: study_dir/study.journal; or an RDB URL
     study = optuna.create_study(storage=storage, study_name=..., load_if_exists=True, ...)
-    lock = study_lock(study_dir)
+    lock = study_lock(study_dir, storage)
     recover_interrupted(study, retry, lock)             # trials of dead workers: FAIL (and re-enqueued if retry)
     while (trial := trial_slot(study, n_trials, lock)) is not None:
         with heartbeat(study, trial):                   # RDB only: proves this worker is alive
@@ -14,10 +14,12 @@ A worker (one `cnnlab-tune` process) uses the study like this:
 - The default storage is a journal file in the study dir. It is for ONE machine: its writers and the study
   lock use `fcntl.flock`, which the kernel releases when a holder dies, but which network file systems do not
   reliably provide. Workers on several machines share a study through an RDB URL (PostgreSQL, MySQL).
-- `study_lock(study_dir)` is a `fcntl.flock` on `study_dir/study.lock`: it serialises the workers of this
-  machine. With an RDB shared by several machines it is best effort: two machines racing in `trial_slot` may
-  start at most workers-1 trials beyond `n_trials`, and two machines recovering at the same moment may
-  enqueue one interrupted trial twice.
+- `study_lock(study_dir, storage)` is a `fcntl.flock` on `study_dir/study.lock`, which serialises the workers
+  of this machine, plus, on PostgreSQL, an advisory lock (`pg_advisory_lock`), which serialises the workers of
+  all machines: it is held for the milliseconds of counting and asking, and the server drops it if its holder
+  dies. On MySQL (and without the storage argument) several machines are best effort: two machines racing in
+  `trial_slot` may start at most workers-1 trials beyond `n_trials`, and two machines recovering at the same
+  moment may enqueue one interrupted trial twice.
 - `trial_slot` counts the trials that use the budget (COMPLETE, PRUNED, RUNNING, and FAIL unless
   interrupted) and asks for a new one only below `n_trials`. `study.ask()` pops an enqueued (WAITING) trial
   first: that is how a retry runs. The new trial carries its worker (`mark_worker`) and, on an RDB, a first
@@ -61,6 +63,7 @@ RDB_BACKENDS = ("sqlite", "postgresql", "mysql")
 CONNECT_TIMEOUT_S = 5  # an unreachable server is reported in seconds, not after the OS's minutes-long default
 MAX_RETRIES = 3
 TABLE_CREATION_ATTEMPTS = 5
+ADVISORY_LOCK_KEY = 0x636E6E6C6162  # 'cnnlab': the PostgreSQL advisory lock of trial slots
 
 # User attrs on trials: who runs a trial, and why it failed.
 WORKER_HOST, WORKER_PID, WORKER_STARTED = "worker_host", "worker_pid", "worker_started"
@@ -194,10 +197,67 @@ class FileLock:
         self.release()
 
 
-def study_lock(study_dir: Path) -> FileLock:
-    """The lock that makes `trial_slot` and `recover_interrupted` atomic among this machine's workers."""
+class StudyLock:
+    """The lock that makes `trial_slot` and `recover_interrupted` atomic: this machine's flock, then the
+    database's advisory lock where the storage is PostgreSQL."""
+
+    def __init__(self, file_lock: FileLock, engine=None):
+        self.file_lock = file_lock
+        self.engine = engine
+        self._held = threading.local()
+
+    def __enter__(self) -> StudyLock:
+        self.file_lock.acquire()
+        if self.engine is not None:
+            try:
+                self._held.connection = advisory_lock(self.engine)
+            except BaseException:
+                self.file_lock.release()
+                raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.engine is not None:
+                advisory_unlock(self._held.connection)
+        finally:
+            self.file_lock.release()
+
+
+def study_lock(study_dir: Path, storage: BaseStorage | None = None) -> StudyLock:
+    """The study's lock; pass the storage from `open_storage` so that a PostgreSQL study is locked across
+    machines."""
     study_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(study_dir / LOCK_NAME)
+    engine = getattr(storage, "engine", None)
+    return StudyLock(FileLock(study_dir / LOCK_NAME), engine if engine is not None and engine.name == "postgresql"
+                     else None)
+
+
+def advisory_lock(engine):
+    """A connection holding PostgreSQL's session-level advisory lock of cnnlab studies. One key for the whole
+    database: it is held for milliseconds per trial start, and needs no study name."""
+    import sqlalchemy  # Optuna's own dependency; only RDB storages need it
+
+    connection = engine.connect()
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+    except BaseException:
+        connection.invalidate()  # never hand a connection in an unknown lock state back to the pool
+        connection.close()
+        raise
+    return connection
+
+
+def advisory_unlock(connection) -> None:
+    import sqlalchemy  # as in advisory_lock
+
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        connection.rollback()
+    except Exception:
+        connection.invalidate()  # closing the session releases the lock on the server
+    finally:
+        connection.close()
 
 
 # --- workers and their trials --------------------------------------------------------------------------------
@@ -252,7 +312,7 @@ def counted(trial: FrozenTrial) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def trial_slot(study: optuna.Study, n_trials: int, lock: FileLock) -> optuna.Trial | None:
+def trial_slot(study: optuna.Study, n_trials: int, lock: StudyLock) -> optuna.Trial | None:
     """A new trial for this worker, or None when the study's n_trials trials are done or running.
     The trial is marked with its worker (and, on an RDB, has its first heartbeat) before the lock is released."""
     with lock:
@@ -301,7 +361,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 # --- recovery ------------------------------------------------------------------------------------------------
 
 
-def recover_interrupted(study: optuna.Study, retry: bool, lock: FileLock, *,
+def recover_interrupted(study: optuna.Study, retry: bool, lock: StudyLock, *,
                         max_retries: int = MAX_RETRIES) -> list[int]:
     """Fail the RUNNING trials whose worker is gone (user attrs interrupted=True, fail_reason) and, with `retry`,
     enqueue every interrupted trial not yet retried with its params. Returns the numbers of the trials failed

@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cnnlab.errors import ConfigError, RunError
+from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import is_run_dir, read_run, write_failure
 
 log = logging.getLogger("cnnlab")
@@ -35,7 +35,7 @@ def continues_sweep(task):
             return task(cfg)
         except Exception as bad:
             job = _multirun_job()
-            if job is None:
+            if job is None or isinstance(bad, TrainingStopped):  # a signal stops the whole sweep, as Ctrl-C does
                 raise
             job_dir, overrides = job
             if isinstance(bad, (ConfigError, RunError)):

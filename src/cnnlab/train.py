@@ -1,220 +1,20 @@
-"""`cnnlab-train`: compose the config, build data -> model -> optimizer/schedule, fit, test, record.
+"""`cnnlab-train`: compose the config with Hydra, then train one model (cnnlab.training.train).
 
-The Hydra entry point is thin; `train(cfg)` does the work and returns the final metrics, so tests and
-sweeps call it directly.
+The entry point is thin: it checks the command line before Hydra starts, and returns the monitored
+validation metric to Hydra's sweepers.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
+from cnnlab.cli import check_command_line, reports_config_errors
 from cnnlab.config import CONFIG_DIR
-from cnnlab.data import build_data
-from cnnlab.devices import resolve_device, resolve_precision
-from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
-from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights
-from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
-from cnnlab.engine.progress import Progress
-from cnnlab.engine.safety import disk_message
-from cnnlab.engine.task import RunContext, Task, TrainerOptions
-from cnnlab.engine.tensorboard import TensorBoardLogger
-from cnnlab.engine.trainer import Trainer, steps_per_epoch
-from cnnlab.errors import ConfigError, RunError
 from cnnlab.experiments.sweep import continues_sweep
-from cnnlab.finetune import Freezer, load_pretrained
-from cnnlab.inspector import LayerFailure, summarize, totals_lines
-from cnnlab.losses import Loss
-from cnnlab.models import build_model
-from cnnlab.optim import build_optimizer, build_schedule
-from cnnlab.restore import carry_best_checkpoint, resume_config
-from cnnlab.rundir import claim
-from cnnlab.runinfo import environment, flat_hparams, write_json
-from cnnlab.seeding import seed_everything
-from cnnlab.validate import validate
-
-log = logging.getLogger("cnnlab")
-
-
-@dataclass
-class Run:
-    """Everything built for one training run, ready for trainer.fit."""
-
-    cfg: DictConfig
-    config: dict
-    run_dir: Path
-    data: object
-    model: object
-    trainer: object
-    tb: object
-    n_params: int
-
-
-def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = ()) -> Run:
-    """Validate the config, then build data -> model -> optimizer/schedule -> trainer (restored if resuming).
-
-    Every check on user input runs here, before the first training step. `extra_callbacks` are added after the
-    run's own (a search trial's pruning report, for example).
-    """
-    overrides = hydra_overrides() if overrides is None else overrides
-    composed = cfg
-    resume_ckpt = resume_path = None
-    if cfg.trainer.get("resume"):
-        if (cfg.get("finetune") or {}).get("checkpoint"):
-            raise ConfigError(f"trainer.resume={cfg.trainer.resume} and finetune.checkpoint="
-                              f"{cfg.finetune.checkpoint} cannot be combined: resume continues a run with its own "
-                              f"weights and state; finetune.checkpoint starts a new run from other weights")
-        cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
-    validate(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir = Path(config["paths"]["output_dir"])
-    claim(run_dir, "train", existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
-          task_cfg=composed)
-
-    _exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
-
-    tcfg = cfg.trainer
-    device = resolve_device(tcfg.device)
-    precision = resolve_precision(tcfg.precision, device)
-    mode = resolve_mode(tcfg.monitor, tcfg.monitor_mode)
-    loss = Loss(tcfg.loss, float(tcfg.label_smoothing))
-    progress = Progress(tcfg.progress, int(tcfg.max_epochs), int(tcfg.log_every_n_steps))
-    monitored = MonitoredMetric(tcfg.monitor, mode, int(tcfg.early_stopping.patience),
-                                float(tcfg.early_stopping.min_delta))
-    seed_everything(int(cfg.seed), bool(tcfg.deterministic))
-
-    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment)
-    info = data.info
-    if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
-        with open_dict(cfg):
-            for key, value in data.found.items():
-                cfg.data[key] = value
-        config["data"].update(data.found)
-    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
-    ft = cfg.get("finetune") or {}
-    if resume_ckpt is not None:
-        load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels)
-    elif ft.get("checkpoint"):
-        source, saved = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
-        fresh = load_pretrained(model, saved, source, cfg.model.name, info.num_classes, info.in_channels)
-        log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
-    freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
-    freezer.freeze()
-    log_model_summary(model, cfg, (info.in_channels, *info.input_size), run_dir)
-    model = model.to(device)
-    if tcfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # The first optimizer imports torch._dynamo.
-    optimizer = build_optimizer(cfg.optimizer, model, head=tuple(freezer.heads),
-                                backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
-    _exempt_from_gc()
-    schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
-                              steps_per_epoch=steps_per_epoch(len(data.train), tcfg.get("limit_train_batches")),
-                              monitor_mode=mode)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
-
-    tb = TensorBoardLogger(cfg.logger, run_dir)
-    tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
-    callbacks = [TensorBoardCallback(tb, info.mean, info.std)] if tb.enabled else []
-    # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
-    checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best))
-    callbacks += [checkpoints, ProgressDisplay(progress)]
-    if tcfg.early_stopping.enabled:
-        callbacks.append(EarlyStopping(monitored))
-    trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer), TrainerOptions.from_config(tcfg),
-                      RunContext(device, precision, run_dir, int(cfg.seed), config), [*callbacks, *extra_callbacks])
-    if resume_ckpt is not None:
-        trainer.load_state_dict(resume_ckpt)
-        carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
-        log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
-    return Run(cfg, config, run_dir, data, model, trainer, tb, n_params)
-
-
-
-
-def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> None:
-    """The inspector's summary of the model about to train: model_summary.txt / .json in the run dir, and on
-    the console (and train.log) the whole table or, with trainer.summary=totals, only its totals."""
-    mode = cfg.trainer.get("summary", "full")
-    if mode == "none":
-        return
-    try:
-        summary = summarize(model, input_shape, name=str(cfg.model.name))
-    except LayerFailure as bad:  # build_model's dry run passed, so this is not expected; never fatal
-        log.warning("no model summary: %s", bad)
-        return
-    table = summary.table()
-    (run_dir / "model_summary.txt").write_text(table + "\n")
-    write_json(summary.to_dict(), run_dir / "model_summary.json")
-    log.info("%s", table if mode == "full" else "\n".join(totals_lines(summary)))
-
-
-def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple = ()) -> dict:
-    """Train one model as the config says; returns the final metrics (also written to metrics.json).
-
-    callbacks: extra engine callbacks, called after the run's own at each moment.
-    """
-    started = time.perf_counter()
-    run = prepare(cfg, overrides, callbacks)
-
-    try:
-        return _fit_test_record(run, started)
-    except OSError as bad:
-        if bad.errno is None:
-            raise
-        raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer.kept())) from bad
-
-
-def _fit_test_record(run: Run, started: float) -> dict:
-    trainer, tcfg = run.trainer, run.cfg.trainer
-    write_json(environment(trainer.device), run.run_dir / "environment.json")
-    (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(run.config))
-    try:
-        trainer.fit(run.data.train, run.data.val)
-        results = trainer.test(run.data.test, run.data.info.classes)
-        summary = dict(results)
-        summary.update({
-            "val/acc_best": trainer.val_acc_best,
-            "best_epoch": trainer.task.monitored.best_epoch,
-            f"best_{tcfg.monitor}": trainer.task.monitored.best,
-            "epochs_completed": trainer.epoch,
-            "stopped_early": trainer.stopped_early,
-            "params": run.n_params,
-            "wall_time_s": time.perf_counter() - started,
-            "run_dir": str(run.run_dir),
-        })
-        write_json(summary, run.run_dir / "metrics.json")
-        run.tb.hparams(flat_hparams(run.config), {k: v for k, v in summary.items()
-                                                  if k.startswith(("test/", "val/")) and isinstance(v, float)})
-        trainer.teardown()  # closes the event file and the checkpoint writer
-    except BaseException:
-        # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure
-        # here (the same full disk) must not hide the first.
-        trainer.teardown(after_error=True)
-        raise
-    log.info("test/loss %.4f  test/acc %.4f  (best epoch %s)  run dir: %s", summary["test/loss"], summary["test/acc"],
-             summary["best_epoch"], run.run_dir)
-    return summary
-
-
-def _exempt_from_gc() -> None:
-    """Move every object alive now into the collector's permanent generation.
-
-    Module-level objects from torch and torch._dynamo live until exit anyway; without this, each full
-    collection during start-up and at interpreter shutdown walks all of them (about a second per run on
-    two cores, see docs/benchmarks.md). Objects created later are collected as usual.
-    """
-    gc.freeze()
+from cnnlab.training import exempt_from_gc, train
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -233,7 +33,7 @@ def main() -> None:
     try:
         _hydra_main()
     finally:
-        _exempt_from_gc()  # shutdown's final collection then skips the run's long-lived objects
+        exempt_from_gc()  # shutdown's final collection then skips the run's long-lived objects
 
 
 if __name__ == "__main__":

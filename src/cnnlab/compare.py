@@ -18,7 +18,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.experiments.collect import expand, load_study
 from cnnlab.experiments.runs import read_run
 from cnnlab.experiments.plots import plot_curves, plot_study
-from cnnlab.experiments.summary import markdown_table, run_labels, run_table, varied_keys, write_summary
+from cnnlab.experiments.summary import (markdown_table, readable, run_labels, run_table, varied_keys,
+                                       write_summary)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,10 +37,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _legend(record, keys: list[str], fallback: str) -> str:
-    parts = [f"{k}={record.overrides.get(k, record.config.get(k))}" for k in keys
+def _legend(record, keys: list[str], name: str) -> str:
+    """'<run>: lr=0.005544 weight_decay=0.000207 ...': the run as the table names it, then what differs (keys by
+    their last part where that is unambiguous, long floats shortened)."""
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    shown = short if len(set(short)) == len(short) else keys
+    parts = [f"{label}={readable(record.overrides.get(k, record.config.get(k)))}" for k, label in zip(keys, shown)
              if k in record.overrides or k in record.config]
-    return " ".join(parts) or fallback
+    return f"{name}: {' '.join(parts)}" if parts else name
 
 
 @reports_config_errors

@@ -181,9 +181,28 @@ def _cell(column: str, value) -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if column.startswith(("wall_time_s", "best_epoch")) else f"{value:.4f}"
     text = " ".join(str(value).split())  # one line per row, whatever the error said
+    return _clip(readable(text))
+
+
+def readable(value) -> str:
+    """A value to read: a searched float such as 0.005544373508303136 as 0.005544 (4 significant digits;
+    the CSV files keep the exact value), anything else as it is."""
+    text = str(value)
+    return f"{float(text):.4g}" if _long_float(text) else text
+
+
+def _clip(text: str) -> str:
     if len(text) > 120:
         text = text[:117] + "..."
     return text.replace("|", "\\|")
+
+
+def _long_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "." in text and len(text.lstrip("-").replace("0.", "", 1).lstrip("0")) > 6
 
 
 def _header(column: str) -> str:

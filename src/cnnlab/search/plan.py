@@ -94,12 +94,18 @@ def _trial_config_problems(compose: TrialComposer, base: list[str], params: list
         return [f"search.overrides / the command line: {p}" for p in bad.problems]
     except Exception as bad:  # Hydra refused an override (an unknown group option, a key not in the tree)
         return [f"search.overrides={base}: {str(bad).splitlines()[0]}"]
-    variants = [cfg]
+    variants, problems = [cfg], []
     for p in params:
         if p.group:
+            options = group_options(config_dir(), p.key)
             for choice in p.distribution.choices:
-                variants.append(compose([*base, p.override(choice)], None))
-    problems = key_problems(params, variants, lambda group: group_options(config_dir(), group))
+                if choice not in options:
+                    continue  # named by key_problems below
+                try:
+                    variants.append(validated(compose([*base, p.override(choice)], None)))
+                except ConfigError as bad:
+                    problems.append(f"search.space.{p.name}: with {p.override(choice)}, {bad.problems[0]}")
+    problems += key_problems(params, variants, lambda group: group_options(config_dir(), group))
     bad_keys = {line.split(".key=")[0] for line in problems}
     for p in params:
         if p.group or f"search.space.{p.name}" in bad_keys or not _has_key(cfg, p.key):
@@ -113,6 +119,11 @@ def _trial_config_problems(compose: TrialComposer, base: list[str], params: list
             except Exception as bad:
                 problems.append(f"search.space.{p.name}: with {override}, {str(bad).splitlines()[0]}")
     return problems
+
+
+def validated(cfg: DictConfig) -> DictConfig:
+    validate(cfg)
+    return cfg
 
 
 def _has_key(cfg: DictConfig, key: str) -> bool:

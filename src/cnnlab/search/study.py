@@ -45,12 +45,20 @@ def build_sampler(search: dict, params: list[Param], stream: int = 0) -> optuna.
         if continuous:
             raise ConfigError(f"search.sampler.name=grid needs every parameter to have finitely many values: give "
                               f"{', '.join('search.space.' + n for n in continuous)} a step, or make it categorical")
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _Grid(grid, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(search["sampler"]["n_startup_trials"]))
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler without its `study.stop()` once the grid is covered: that works only inside study.optimize,
+    and the trial budget (n_trials, lowered to the grid's size) already ends the search."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def build_pruner(search: dict, max_epochs: int) -> optuna.pruners.BasePruner:

@@ -62,7 +62,7 @@ def work(plan: WorkerPlan, worker: int = 0) -> int:
                               pruner=build_pruner(plan.search, plan.max_epochs))
     # a fresh single-worker study draws from search.seed itself; a continued one or another worker elsewhere
     study.sampler = build_sampler(plan.search, plan.params, stream=len(study.trials) * 1009 + worker)
-    lock = stores.study_lock(plan.study_dir)
+    lock = stores.study_lock(plan.study_dir, storage)
     setup = TrialSetup(plan.study_dir, plan.params, plan.base_overrides, plan.metric,
                        TrialComposer(plan.tune_overrides), train)
     ran = 0

@@ -21,6 +21,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.experiments.runs import read_run
 from cnnlab.search.plan import plan_search
 from cnnlab.search.storage import open_storage
+from cnnlab.search.worker import run_workers
 
 # Tiny trials: the 8x8 digits, a few batches an epoch, nothing written that the tests do not read.
 TINY = ["data=digits", "trainer.limit_train_batches=3", "logger.histogram_every_n_epochs=0", "logger.images=false",
@@ -34,6 +35,15 @@ def tune(tmp_path: Path, *args: str, timeout: int = 240, wait: bool = True):
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_study(tmp_path: Path, *args: str) -> Path:
+    """The search in this process (what cnnlab-tune does after Hydra composed its config); returns the study dir."""
+    overrides = [*TINY, *args]
+    cfg = compose_config(overrides, tmp_path / "study", config_name="tune")
+    plan, _, _ = plan_search(cfg, overrides)
+    run_workers(plan, 1)
+    return plan.study_dir
 
 
 def load(study_dir: Path, storage: str | None = None) -> optuna.Study:
@@ -92,22 +102,38 @@ def test_a_study_killed_mid_trial_continues_with_only_the_remaining_trials(tmp_p
     assert "continued; 1 of 3 trials" in done.stdout
 
 
-def test_ctrl_c_stops_the_study_and_a_rerun_retries_the_interrupted_trial(tmp_path):
-    args = ["search.study_name=intr", "search.n_trials=1", "search.pruner.name=none", "trainer.max_epochs=2",
-            "trainer.limit_train_batches=30", "search.retry_interrupted=true"]
+def _interrupt_first_trial(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     proc = tune(tmp_path, *args, wait=False)
     first = tmp_path / "search" / "intr" / "trials" / "0000" / "train.log"
     deadline = time.monotonic() + 120
     while not (first.exists() and "model lenet5" in first.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
+    return proc
+
+
+CTRL_C = ["search.study_name=intr", "search.n_trials=1", "search.pruner.name=none", "trainer.max_epochs=2",
+          "trainer.limit_train_batches=30"]
+
+
+def test_ctrl_c_stops_the_study_with_the_trial_recorded_as_interrupted(tmp_path):
+    proc = _interrupt_first_trial(tmp_path, CTRL_C)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "run the same command again to continue" in out
+    interrupted = load(tmp_path / "search" / "intr").trials[0]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["interrupted"] is True
+    assert read_run(Path(interrupted.user_attrs["run_dir"])).status == "failed"
+
+
+@pytest.mark.slow  # two CLI runs; the retry itself is covered fast in tests/test_search_storage.py
+def test_a_rerun_after_ctrl_c_retries_the_interrupted_trial(tmp_path):
+    args = [*CTRL_C, "search.retry_interrupted=true"]
+    proc = _interrupt_first_trial(tmp_path, args)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
     study_dir = tmp_path / "search" / "intr"
     interrupted = load(study_dir).trials[0]
-    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["interrupted"] is True
-
     done = tune(tmp_path, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     trials = load(study_dir).trials
@@ -118,12 +144,11 @@ def test_ctrl_c_stops_the_study_and_a_rerun_retries_the_interrupted_trial(tmp_pa
 
 
 def test_a_diverging_trial_is_a_failed_trial_and_the_study_goes_on(tmp_path):
-    done = tune(tmp_path, "search.study_name=div", "search.sampler.name=grid", "search.pruner.name=none",
-                "optimizer=sgd", "scheduler=none", "trainer.max_epochs=2", "~search.space.weight_decay",
-                "~search.space.batch_size", "~search.space.lr",
-                "+search.space.lr={key: optimizer.lr, type: categorical, choices: [1.0e+12, 0.05]}")
-    assert done.returncode == 0, done.stdout + done.stderr
-    by_lr = {t.params["lr"]: t for t in load(tmp_path / "search" / "div").trials}
+    study_dir = run_study(tmp_path, "search.sampler.name=grid", "search.pruner.name=none",
+                          "optimizer=sgd", "scheduler=none", "trainer.max_epochs=2", "~search.space.weight_decay",
+                          "~search.space.batch_size", "~search.space.lr",
+                          "+search.space.lr={key: optimizer.lr, type: categorical, choices: [1.0e+12, 0.05]}")
+    by_lr = {t.params["lr"]: t for t in load(study_dir).trials}
     assert by_lr[1e12].state == TrialState.FAIL
     assert "not finite" in by_lr[1e12].user_attrs["fail_reason"] or "nan" in by_lr[1e12].user_attrs["fail_reason"]
     assert by_lr[0.05].state == TrialState.COMPLETE
@@ -132,12 +157,10 @@ def test_a_diverging_trial_is_a_failed_trial_and_the_study_goes_on(tmp_path):
 
 def test_group_choices_and_conditional_keys(tmp_path):
     """optimizer is a config-group choice; momentum is suggested only where the chosen optimizer has it."""
-    done = tune(tmp_path, "search=optimizer_choice", "search.study_name=opt", "search.sampler.name=grid",
-                "search.pruner.name=none", "trainer.max_epochs=1", "~search.space.lr",
-                "search.space.optimizer.choices=[sgd,adam]",
-                "search.space.momentum.high=0.9", "+search.space.momentum.step=0.9")
-    assert done.returncode == 0, done.stdout + done.stderr
-    trials = load(tmp_path / "search" / "opt").trials
+    study_dir = run_study(tmp_path, "search=optimizer_choice", "search.sampler.name=grid", "search.pruner.name=none",
+                          "trainer.max_epochs=1", "~search.space.lr", "search.space.optimizer.choices=[sgd,adam]",
+                          "search.space.momentum.high=0.9", "+search.space.momentum.step=0.9")
+    trials = load(study_dir).trials
     # the grid is 2 optimizers x 2 momenta; adam has no momentum, so its two grid points train the same run
     assert sorted(t.params["optimizer"] for t in trials) == ["adam", "adam", "sgd", "sgd"]
     assert sorted(t.params["momentum"] for t in trials if t.params["optimizer"] == "sgd") == [0.0, 0.9]

@@ -9,49 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from cnnlab.cli import reports_config_errors
-from cnnlab.data.imagefolder import EXTENSIONS, UnreadableImage, images_under, read_image
 from cnnlab.data.loaders import Normalize
 from cnnlab.devices import resolve_device
 from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.errors import ConfigError
+from cnnlab.image_input import image_files, load_image
 from cnnlab.model_io import load_trained_model
 
 
-def load_image(path: Path, in_channels: int, size: tuple[int, int], resize_mode: str = "stretch"):
-    """A (C, H, W) uint8 tensor in the model's channel count and input size, prepared as training images were
-    (an image folder's resize_mode; the resident sets were resized to exactly the input size)."""
-    if not path.is_file():
-        raise ConfigError(f"image {path}: no such file")
-    try:
-        return read_image(path, in_channels, size, resize_mode)
-    except UnreadableImage as bad:
-        raise ConfigError(f"image {path} cannot be read as an image: {bad}") from None
-
-
 PREDICT_BATCH = 256  # images decoded and classified together
-
-
-def image_files(paths: list[str]) -> list[Path]:
-    """The files to classify: each file as given, each directory as the image files under it (sorted)."""
-    files = []
-    for given in paths:
-        path = Path(given).expanduser()
-        if path.is_dir():
-            found = images_under(path)
-            if not found:
-                raise ConfigError(f"{given} is a directory with no image files in it (looked for "
-                                  f"{', '.join(EXTENSIONS)}, in sub-folders too)")
-            files += found
-        elif not path.is_file():
-            raise ConfigError(f"image {given}: no such file or directory")
-        else:
-            files.append(path)
-    return files
 
 
 def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto") -> list[dict]:

@@ -1,0 +1,1 @@
+"""The checks of cnnlab-doctor for a network that will not train."""

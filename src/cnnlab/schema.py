@@ -273,6 +273,9 @@ class Logger(Section):
     hparams: bool
     graph: bool
     flush_secs: PositiveInt
+    # configs saved before these keys existed have none
+    projector: bool = False
+    projector_max_samples: Annotated[int, Field(ge=1, le=10000, description="must be in [1, 10000]")] = 1000
 
 
 class Paths(Section):
@@ -317,6 +320,55 @@ class SummaryConfig(TrainConfig):
         description="must be N (a square N x N input), [H, W] or [C, H, W] with positive integers")] = None
     num_classes: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")] = None
     output: Optional[str] = None
+
+
+# ---- cnnlab-doctor: the checklist's budgets and thresholds (configs/doctor.yaml documents each key) ----
+Fraction01 = number(float, gt=0, le=1)
+
+
+class OverfitCheck(Section):
+    batches: PositiveInt
+    steps: PositiveInt
+    target_acc: Fraction01
+
+
+class LrRangeCheck(Section):
+    enabled: bool
+    steps: Annotated[int, Field(ge=10, description="must be an integer >= 10")]
+    start_lr: Positive
+    end_lr: Positive
+    warn_factor: Annotated[float, Field(gt=1, description="must be a number > 1")]
+
+
+class GradientCheck(Section):
+    steps: PositiveInt
+    vanishing_ratio: Fraction01
+    exploding_norm: Positive
+    update_ratio_low: Positive
+    update_ratio_high: Positive
+    dead_fraction: Fraction01
+    saturated_fraction: Fraction01
+
+
+class DataCheck(Section):
+    max_images: PositiveInt
+    imbalance_ratio: Annotated[float, Field(ge=1, description="must be a number >= 1")]
+    mean_tolerance: Positive
+    std_range: Annotated[list[Annotated[float, Field(gt=0)]], Field(
+        min_length=2, max_length=2, description="must be [low, high] with 0 < low < high, e.g. [0.5, 2.0]")]
+    grid_images: PositiveInt
+
+
+class Doctor(Section):
+    init_loss_tolerance: Positive
+    overfit: OverfitCheck
+    lr_range: LrRangeCheck
+    gradients: GradientCheck
+    data: DataCheck
+
+
+class DoctorConfig(TrainConfig):
+    doctor: Doctor
 
 
 # ---- cnnlab-tune: the search section (rules between its keys live in cnnlab.search.space) ----
@@ -372,4 +424,4 @@ class TuneConfig(TrainConfig):
 
 
 CONFIGS: dict[str, type[TrainConfig]] = {"train": TrainConfig, "eval": EvalConfig, "summary": SummaryConfig,
-                                         "tune": TuneConfig}
+                                         "tune": TuneConfig, "doctor": DoctorConfig}

@@ -56,11 +56,13 @@ class Run:
     n_params: int
 
 
-def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = ()) -> Run:
+def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = (),
+            kind: str = "train") -> Run:
     """Validate the config, then build data -> model -> optimizer/schedule -> trainer (restored if resuming).
 
     Every check on user input runs here, before the first training step. `extra_callbacks` are added after the
-    run's own (a search trial's pruning report, for example).
+    run's own (a search trial's pruning report, for example). `kind`: the config's schema (cnnlab.schema.CONFIGS)
+    and what the run dir's marker records; cnnlab-doctor builds the same run as "doctor".
     """
     own_overrides = overrides  # given by a caller that composed the config itself (a search trial)
     overrides = hydra_overrides() if overrides is None else overrides
@@ -72,10 +74,10 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
                               f"{cfg.finetune.checkpoint} cannot be combined: resume continues a run with its own "
                               f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
-    validate(cfg)
+    validate(cfg, kind)
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(config["paths"]["output_dir"])
-    claim(run_dir, "train", existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
+    claim(run_dir, kind, existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
           task_cfg=composed, overrides=own_overrides)
 
     exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
@@ -123,7 +125,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
 
     tb = TensorBoardLogger(cfg.logger, run_dir)
     tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
-    callbacks = [TensorBoardCallback(tb, info.mean, info.std)] if tb.enabled else []
+    callbacks = [TensorBoardCallback(tb, info.mean, info.std, int(tcfg.log_every_n_steps))] if tb.enabled else []
     # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
     checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best))
     callbacks += [checkpoints, ProgressDisplay(progress)]

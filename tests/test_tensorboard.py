@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -13,11 +14,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 EPOCHS = 3  # the shared `trained_run` fixture trains for 3 epochs with histograms every epoch
@@ -28,6 +31,7 @@ IMAGES = ["inputs/train_batch", "filters/first_conv", "test/confusion_matrix"]
 HPARAM_METRICS = {"test/loss", "test/acc", "test/acc_top5", "val/acc_best"}
 FIRST_CONV = "features.0.weight"
 SERVER_DEADLINE_S = 60
+LOG_EVERY_N_STEPS = 50  # configs/trainer/default.yaml, which the shared run keeps
 
 
 # ---- reading the event file back -------------------------------------------------------------------------
@@ -126,11 +130,13 @@ def test_histograms_match_the_weights(events, trained_run):
 def test_images(events, trained_run):
     run_dir, _ = trained_run
     assert set(IMAGES) <= set(events.Tags()["images"]), events.Tags()["images"]
-    expected_step = {"inputs/train_batch": 0, "filters/first_conv": 0, "test/confusion_matrix": EPOCHS}
+    # The filters: untrained at step 0, then with the histograms after every epoch (the last one included).
+    expected_steps = {"inputs/train_batch": [0], "filters/first_conv": list(range(EPOCHS + 1)),
+                      "test/confusion_matrix": [EPOCHS]}
     for tag in IMAGES:
         imgs = events.Images(tag)
-        assert [i.step for i in imgs] == [expected_step[tag]], tag
-        img = imgs[0]
+        assert [i.step for i in imgs] == expected_steps[tag], tag
+        img = imgs[-1]
         assert img.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n", tag
         decoded = Image.open(io.BytesIO(img.encoded_image_string))
         assert decoded.size == (img.width, img.height), tag
@@ -139,6 +145,81 @@ def test_images(events, trained_run):
     # A grid of a whole batch of 28x28 digits, not a single digit.
     batch = events.Images("inputs/train_batch")[0]
     assert batch.width > 2 * 28 and batch.height > 2 * 28
+
+
+def decoded(image_event) -> torch.Tensor:
+    """An image summary's PNG as grey levels 0..255."""
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(image_event.encoded_image_string)).convert("L"),
+                                       dtype=np.float32))
+
+
+def test_learned_filters_at_the_end_differ_from_step_0(events):
+    filters = events.Images("filters/first_conv")
+    untrained, learned = filters[0], filters[-1]
+    assert (untrained.step, learned.step) == (0, EPOCHS)
+    assert (untrained.width, untrained.height) == (learned.width, learned.height)
+    change = (decoded(learned) - decoded(untrained)).abs()
+    # Training moved the filters visibly: many pixels, by more than rounding (grey levels 0..255).
+    assert change.mean() > 5 and (change > 16).float().mean() > 0.1, (float(change.mean()), float(change.max()))
+
+
+def test_learning_curves_layout_pairs_train_and_val(events):
+    content = plugin_content(events, "custom_scalars")
+    (tag,) = content
+    layout = layout_pb2.Layout.FromString(events.Tensors(tag)[-1].tensor_proto.string_val[0])
+    first = layout.category[0]
+    assert first.title == "Learning curves"
+    charts = {chart.title: list(chart.multiline.tag) for chart in first.chart}
+    assert list(charts) == ["loss: train vs val", "accuracy: train vs val"]
+    # The chart's tags are regular expressions: each must select exactly the one logged curve meant.
+    logged = events.Tags()["scalars"]
+    selected = {title: [t for t in logged if any(re.search(rx, t) for rx in regexes)]
+                for title, regexes in charts.items()}
+    assert selected == {"loss: train vs val": ["train/loss", "val/loss"],
+                        "accuracy: train vs val": ["train/acc", "val/acc"]}
+
+
+def test_loss_step_every_log_every_n_steps(events, trained_run):
+    run_dir, _ = trained_run
+    steps = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    points = series(events, "train/loss_step")
+    assert steps > 2 * LOG_EVERY_N_STEPS
+    assert [s for s, _ in points] == list(range(LOG_EVERY_N_STEPS, steps + 1, LOG_EVERY_N_STEPS))
+    assert all(math.isfinite(v) and v > 0 for _, v in points)
+    assert points[-1][1] < points[0][1]  # the loss went down along the run
+
+
+def test_projector_is_off_by_default(trained_run):
+    run_dir, _ = trained_run
+    assert not (run_dir / "projector_config.pbtxt").exists()
+    assert not list(run_dir.glob("0*/")), "embedding folders written with logger.projector=false"
+
+
+def test_projector_holds_the_test_features_labels_and_sprite(make_cfg, tmp_path):
+    from cnnlab.training import train
+
+    run_dir = tmp_path / "run"
+    # A class-ordered test split (mnist_sample's 500 test digits): 200 samples must still cover every class.
+    train(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=4", "logger.graph=false",
+                   "trainer.summary=none", "logger.projector=true", "logger.projector_max_samples=200"), overrides=[])
+    config = (run_dir / "projector_config.pbtxt").read_text()
+    paths = dict(re.findall(r'(\w+_path): "([^"]+)"', config))
+    assert set(paths) == {"tensor_path", "metadata_path", "image_path"}, config
+    features = torch.tensor([[float(v) for v in line.split("\t")]
+                             for line in (run_dir / paths["tensor_path"]).read_text().splitlines()])
+    header, *rows = [line.split("\t") for line in (run_dir / paths["metadata_path"]).read_text().splitlines()]
+    assert header == ["label", "predicted", "correct"]
+    assert 150 <= len(rows) <= 200 and features.shape == (len(rows), 84)  # LeNet-5's head takes 84 features
+    assert {r[0] for r in rows} == {str(d) for d in range(10)}
+    assert all(r[2] == ("yes" if r[0] == r[1] else "no") for r in rows)
+    # They are the head's input: the tested (best) weights' last layer maps them to the predicted labels.
+    weights = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["model"]
+    logits = features @ weights["classifier.5.weight"].T + weights["classifier.5.bias"]
+    assert [str(p) for p in logits.argmax(dim=1).tolist()] == [r[1] for r in rows]
+    sprite = Image.open(run_dir / paths["image_path"])
+    side = math.ceil(math.sqrt(len(rows))) * 28
+    assert sprite.size == (side, side) and sprite.convert("L").getextrema()[1] > 0
+    assert "single_image_dim: 28" in config
 
 
 def test_model_graph(events):
@@ -295,10 +376,21 @@ def test_server_serves_val_acc_curve(server, trained_run, events):
 def test_server_enables_the_dashboards(server, trained_run):
     run = trained_run[0].name
     listing = server.get("/data/plugins_listing")
-    for plugin in ("scalars", "histograms", "images", "text", "hparams"):
+    for plugin in ("scalars", "custom_scalars", "histograms", "images", "text", "hparams"):
         assert listing[plugin]["enabled"], plugin
     assert set(IMAGES) <= set(server.get("/data/plugin/images/tags")[run])
     assert f"weights/{FIRST_CONV}" in server.get("/data/plugin/histograms/tags")[run]
+
+
+def test_server_custom_scalars_tab_draws_train_and_val_together(server, trained_run, events):
+    run = trained_run[0].name
+    layout = server.get("/data/plugin/custom_scalars/layout")
+    assert layout["category"][0]["title"] == "Learning curves", layout
+    chart = layout["category"][0]["chart"][0]
+    for regex, tag in zip(chart["multiline"]["tag"], ["train/loss", "val/loss"]):
+        served = server.get("/data/plugin/custom_scalars/scalars", run=run, tag=regex)
+        assert served["regex_valid"] and list(served["tag_to_events"]) == [tag], served
+        assert [p[2] for p in served["tag_to_events"][tag]] == pytest.approx([v for _, v in series(events, tag)])
 
 
 def test_server_hparams_tab_shows_the_run(server, trained_run):

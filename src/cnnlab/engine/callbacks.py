@@ -16,7 +16,8 @@ output is another's input (the checkpoint is submitted before the progress line 
 What the trainer offers them: `trainer.task` (model, optimizer, schedule, loss, monitored metric),
 `trainer.epoch` (last completed epoch), `trainer.global_step` (steps taken), `trainer.tracker` (the running
 sums of the epoch being trained), `trainer.improved` (the epoch just ended set a new best of the monitored
-metric), `trainer.history`; a callback ends training after the current epoch by setting
+metric), `trainer.history`, `trainer.test_loader` (the loader of the test pass, from `on_test_end` on: a
+callback may run the model over it again); a callback ends training after the current epoch by setting
 `trainer.should_stop = True`. Raising from a moment ends the run with that error.
 
 Per-step cost: `on_train_batch_end` runs once per optimisation step, where a few microseconds are a visible
@@ -41,6 +42,7 @@ from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.engine.early_stopping import MonitoredMetric
 from cnnlab.engine.progress import Progress
+from cnnlab.engine.projector import penultimate_features
 from cnnlab.engine.tensorboard import TensorBoardLogger
 
 if TYPE_CHECKING:  # for annotations only: the trainer imports this module
@@ -172,33 +174,58 @@ class EarlyStopping(Callback):
 
 
 class TensorBoardCallback(Callback):
-    """Per-epoch scalars and histograms, the first-layer filters at the start, a grid of the first training
-    batch, and the test pass's scalars and confusion matrix, into the run's TensorBoard event file.
+    """The run's TensorBoard event file: the learning-curves layout and the first-layer filters at the start, a
+    grid of the first training batch, `train/loss_step` every `log_every_n_steps` steps, per-epoch scalars, and
+    every logger.histogram_every_n_epochs epochs the histograms and the filters again (also after the last
+    epoch); after the test pass its scalars, the confusion matrix and, with logger.projector, the test images'
+    penultimate-layer features for the Projector tab.
 
-    mean, std: the data's normalisation, undone so the input grid looks like the data.
+    mean, std: the data's normalisation, undone so the input grid and the sprite look like the data.
     """
 
-    def __init__(self, tb: TensorBoardLogger, mean, std):
+    def __init__(self, tb: TensorBoardLogger, mean, std, log_every_n_steps: int = 0):
         self.tb = tb
         self.mean, self.std = mean, std
+        self.log_every = int(log_every_n_steps)
+        self.filters_epoch = 0  # the epoch whose filters the event file holds last
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.tb.learning_curves()
+        self.filters_epoch = trainer.epoch  # a resumed run logged these weights' filters before it stopped
         if trainer.global_step == 0:
             self.tb.filters(trainer.task.model, 0)
 
     def on_train_batch_end(self, trainer: Trainer, batch, outputs, step: int) -> None:
-        if trainer.global_step == 1:  # the run's very first batch, as augmented; one comparison per step after
+        # Counter checks only: the loss is read (a device sync) every log_every steps.
+        global_step = trainer.global_step
+        if global_step == 1:  # the run's very first batch, as augmented
             self.tb.input_batch(batch[0], self.mean, self.std, 0)
+        if self.log_every and global_step % self.log_every == 0 and outputs is not None:
+            self.tb.scalars({"train/loss_step": outputs[0].item()}, global_step)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
         epoch = metrics["epoch"]
         self.tb.scalars({k: v for k, v in metrics.items() if k != "epoch"}, epoch)
         if self.tb.wants_histograms(epoch):
             self.tb.histograms(trainer.task.model, epoch)
+            self._filters(trainer, epoch)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if trainer.epoch != self.filters_epoch:  # the learned filters, unless that epoch's are logged already
+            self._filters(trainer, trainer.epoch)
+
+    def _filters(self, trainer: Trainer, epoch: int) -> None:
+        self.tb.filters(trainer.task.model, epoch)
+        self.filters_epoch = epoch
 
     def on_test_end(self, trainer: Trainer, metrics: dict, confusion: torch.Tensor, classes) -> None:
         self.tb.scalars(metrics, trainer.epoch)
         self.tb.confusion(confusion, classes, trainer.epoch)
+        samples = self.tb.projector_samples
+        if samples and trainer.test_loader is not None:
+            rows = penultimate_features(trainer.task.model, trainer.test_loader, samples)
+            if rows is not None:
+                self.tb.embedding(rows, classes, self.mean, self.std, trainer.epoch)
 
     def teardown(self, trainer: Trainer) -> None:
         self.tb.close()

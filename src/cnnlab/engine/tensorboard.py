@@ -1,4 +1,5 @@
-"""TensorBoard output for one run: scalars, histograms, image grids, confusion matrix, hparams."""
+"""TensorBoard output for one run: scalars, the learning-curves layout, histograms, image grids, confusion
+matrix, the Projector's embedding, hparams."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.engine.images import confusion_image, grid
+from cnnlab.engine.projector import Features
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,15 @@ def _names_event_file(method):
             raise
 
     return wrapper
+
+
+# The Custom Scalars tab: train and val on one chart, so over-fitting (val leaving train) shows at a glance.
+# Tags are regular expressions there, anchored so that train/loss does not also pick up train/loss_step.
+LEARNING_CURVES = {"Learning curves": {
+    "loss: train vs val": ["Multiline", ["^train/loss$", "^val/loss$"]],
+    "accuracy: train vs val": ["Multiline", ["^train/acc$", "^val/acc$"]],
+}}
+EMBEDDING_TAG = "test_features"  # also the folder name under <run dir>/<step>/ (a slash would be %2F there)
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
@@ -72,6 +83,12 @@ class TensorBoardLogger:
         finally:
             for module, mode in modes.items():
                 module.training = mode
+
+    @_names_event_file
+    def learning_curves(self) -> None:
+        """The Custom Scalars layout (LEARNING_CURVES); written at every fit start, the last one read wins."""
+        if self.writer is not None:
+            self.writer.add_custom_scalars(LEARNING_CURVES)
 
     @_names_event_file
     def scalars(self, metrics: dict, step: int) -> None:
@@ -123,6 +140,31 @@ class TensorBoardLogger:
         rows = "".join(f"| {c} | " + " | ".join(str(int(v)) for v in row) + " |\n"
                        for c, row in zip(classes, confusion.tolist()))
         self.writer.add_text(tag, header + rows, step)
+
+    @property
+    def projector_samples(self) -> int:
+        """How many test images go to the Projector tab; 0 when logger.projector is off."""
+        if self.writer is None or not self.cfg.get("projector", False):
+            return 0
+        return int(self.cfg.get("projector_max_samples", 1000))
+
+    @_names_event_file
+    def embedding(self, rows: Features, classes, mean, std, step: int) -> None:
+        """The Projector's points: features, a metadata table (label, predicted, correct) and a sprite of the
+        images, un-normalised so they look like the data."""
+        if self.writer is None:
+            return
+        names = [str(c).replace("\t", " ").replace("\n", " ") for c in classes]  # TSV cells
+        metadata = [[names[t], names[p], "yes" if t == p else "no"]
+                    for t, p in zip(rows.labels.tolist(), rows.predicted.tolist())]
+        images = rows.thumbnails
+        mean_t = torch.tensor(list(mean)).view(1, -1, 1, 1)
+        std_t = torch.tensor(list(std)).view(1, -1, 1, 1)
+        images = (images * std_t + mean_t).clamp(0, 1)
+        if images.shape[1] not in (1, 3):
+            images = images[:, :1]
+        self.writer.add_embedding(rows.features, metadata=metadata, metadata_header=["label", "predicted", "correct"],
+                                  label_img=images, global_step=step, tag=EMBEDDING_TAG)
 
     @_names_event_file
     def hparams(self, hparams: dict, metrics: dict) -> None:

@@ -80,6 +80,7 @@ class Trainer:
         self.improved = False     # the epoch just ended set a new best of the monitored metric
         self.should_stop = False  # set by a callback: stop after this epoch
         self.stopped_early = False
+        self.test_loader: Iterable | None = None  # set by test, for callbacks that look at the test data again
 
     @property
     def checkpoint_callback(self) -> ModelCheckpoint | None:
@@ -339,6 +340,7 @@ class Trainer:
             log.info("testing the best weights (epoch %s, %s=%.4f)", state["epoch"], monitored.monitor,
                      monitored.best if monitored.best is not None else float("nan"))
         metrics, confusion = self.evaluate(loader, "test", with_confusion=True)
+        self.test_loader = loader
         per_class = per_class_accuracy(confusion)
         self._call("on_test_end", metrics, confusion, classes)
         metrics["test/per_class_acc"] = {c: a for c, a in zip(classes, per_class)}

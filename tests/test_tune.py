@@ -107,7 +107,9 @@ def _interrupt_first_trial(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     first = tmp_path / "search" / "intr" / "trials" / "0000" / "train.log"
     deadline = time.monotonic() + 120
     while not (first.exists() and "model lenet5" in first.read_text()) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]  # ended before its first trial trained
         time.sleep(0.05)
+    assert "model lenet5" in first.read_text(), "the first trial did not start training within 120 s"
     proc.send_signal(signal.SIGINT)
     return proc
 

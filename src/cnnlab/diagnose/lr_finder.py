@@ -123,20 +123,24 @@ def _suggest(lrs, losses, smoothed, diverged_at) -> LRRange:
     if not smoothed:
         result.reason = "the loss was not finite from the first step"
         return result
-    lowest = int(np.argmin(smoothed))
-    result.min_loss_lr = lrs[lowest]
-    if lowest - SKIP_START < 2:
-        result.reason = (f"too few points before the loss's minimum ({lowest + 1} of {len(lrs)}, the first "
-                         f"{SKIP_START} are skipped): lower start_lr or raise steps")
+    if len(smoothed) < SKIP_START + 3:
+        result.reason = (f"too few points: the test stopped after {len(smoothed)} steps and the first {SKIP_START} "
+                         f"are skipped; lower start_lr or raise steps")
         return result
+    lowest = SKIP_START + int(np.argmin(smoothed[SKIP_START:]))
+    result.min_loss_lr = lrs[lowest]
     start_value = smoothed[SKIP_START]
     if smoothed[lowest] > (1 - MIN_RELATIVE_DROP) * start_value:
         result.reason = (f"the loss never decreased (smoothed {start_value:.4g} -> at best {smoothed[lowest]:.4g}); "
                          f"check the data, the labels and the model's output before tuning the learning rate")
         return result
-    part = slice(SKIP_START, lowest + 1)
-    slopes = np.gradient(np.asarray(smoothed[part]), np.log10(lrs[part]))
-    steepest = SKIP_START + int(np.argmin(slopes))
+    if lowest - SKIP_START < 2:
+        result.reason = f"too few points before the loss's minimum at step {lowest + 1}: lower start_lr"
+        return result
+    # Central differences over the whole curve, so that the slope at the last point before the minimum sees
+    # the turn; a one-sided difference at the end of a slice would make the minimum itself look steepest.
+    slopes = np.gradient(np.asarray(smoothed), np.log10(lrs))
+    steepest = SKIP_START + int(np.argmin(slopes[SKIP_START:lowest]))
     result.suggestion, result.steepest_index = lrs[steepest], steepest
     return result
 

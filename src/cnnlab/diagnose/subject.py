@@ -1,0 +1,86 @@
+"""What the doctor examines: the model, data, loss and optimizer settings exactly as cnnlab-train builds them.
+
+Checks never touch the run's own model: each takes `fresh()`, a deep copy with a new optimizer of the configured
+kind (its configured rate, held constant: the run's schedule would start a one-cycle run 25x lower), so one check
+cannot leave its traces in the next.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.data import build_data
+from cnnlab.data.loaders import TensorLoader
+from cnnlab.engine.trainer import split_outputs
+from cnnlab.losses import Loss
+from cnnlab.optim import build_optimizer
+
+
+@dataclass
+class Subject:
+    model: nn.Module        # as built for training, never trained: checks work on copies
+    loss: Loss
+    info: object            # DataInfo: num_classes, classes, mean, std, ...
+    train: object           # the training loader, augmented as in training
+    plain: object           # the same training images without augmentation or MixUp/CutMix
+    val: object
+    test: object
+    device: torch.device
+    optimizer_cfg: DictConfig
+    settings: DictConfig    # the doctor section
+    seed: int = 0           # every check starts from the global RNG seeded with it: same report every time
+    head: tuple = ()        # finetune: the classifier head's module names, for backbone_lr_scale
+    backbone_lr_scale: float = 1.0
+
+    @classmethod
+    def from_run(cls, run) -> "Subject":
+        """The Subject of a run built by cnnlab.training.prepare(..., kind="doctor")."""
+        cfg, task = run.cfg, run.trainer.task
+        ft = cfg.get("finetune") or {}
+        return cls(model=task.model, loss=task.loss, info=run.data.info, train=run.data.train,
+                   plain=plain_loader(run.data, cfg, run.trainer.device), val=run.data.val, test=run.data.test,
+                   device=run.trainer.device, optimizer_cfg=cfg.optimizer, settings=cfg.doctor, seed=int(cfg.seed),
+                   head=tuple(task.freezer.heads) if task.freezer else (),
+                   backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer_cfg.lr)
+
+    def fresh(self, weight_decay: float | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A copy of the model at initialisation and a new optimizer for it (weight_decay replaced if given)."""
+        model = copy.deepcopy(self.model)
+        options = OmegaConf.create(OmegaConf.to_container(self.optimizer_cfg, resolve=True))
+        if weight_decay is not None and "weight_decay" in options:
+            options.weight_decay = weight_decay
+        return model, build_optimizer(options, model, head=self.head, backbone_lr_scale=self.backbone_lr_scale)
+
+    def batches(self, n: int, loader=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first n batches of `loader` (default: the un-augmented training images), on the device."""
+        out = []
+        for x, y in (self.plain if loader is None else loader):
+            out.append((x.to(self.device), y.to(self.device)))
+            if len(out) == n:
+                break
+        return out
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The main head's logits (auxiliary heads of GoogLeNet/Inception are left out)."""
+        return split_outputs(model(x))[0]
+
+
+def plain_loader(data, cfg, device):
+    """The training split without augmentation, shuffled once by the seed (the first batches mix the classes).
+
+    The resident path shares the images (no copy); the DataLoader path builds the split again without transforms.
+    """
+    train = data.train
+    if isinstance(train, TensorLoader):
+        return TensorLoader(train.images, train.labels, train.batch_size, mean=data.info.mean, std=data.info.std,
+                            shuffle=True, seed=train.seed, device=train.device)
+    return build_data(cfg.data, int(cfg.seed), device, train_augment=False).train

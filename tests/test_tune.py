@@ -232,3 +232,14 @@ def test_postgres_storage_shared_by_two_workers(tmp_path, postgres_url):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert {t.user_attrs["worker_pid"] for t in trials}.__len__() == 2  # both workers ran trials
     assert not os.path.exists(tmp_path / "search" / "pg" / "study.journal")
+
+
+def test_a_space_key_the_search_file_leaves_out_is_added_with_plus(tmp_path):
+    from cnnlab.schema_check import check_override_keys
+    from cnnlab.config import config_dir
+
+    with pytest.raises(ConfigError, match=r"add it with \+search\.space\.lr\.step=0\.1"):
+        check_override_keys(["search.space.lr.step=0.1"], config_dir(), "tune")
+    with pytest.raises(ConfigError, match=r"did you mean search\.space\.lr\.low\?"):
+        check_override_keys(["search.space.lr.lo=0.1"], config_dir(), "tune")
+    check_override_keys(["+search.space.lr.step=0.1", "search.space.lr.low=0.001"], config_dir(), "tune")

@@ -9,6 +9,7 @@ without the key the user meant.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib
 import contextlib
 import inspect
@@ -143,6 +144,14 @@ def _fields_by_key(model) -> dict:
 
 def _field_names(model) -> list[str]:
     return list(_fields_by_key(model)) if model is not None else []
+
+
+def _unwrap(annotation):
+    """Optional[X] / Annotated[X, ...] -> X."""
+    while typing.get_origin(annotation) in (typing.Annotated, typing.Union) or str(typing.get_origin(annotation)) == "types.UnionType":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0]
+    return annotation
 
 
 def _model_in(annotation):
@@ -338,7 +347,11 @@ def check_override_keys(args: list[str], config_dir: Path, config_name: str = "t
         if key in _schema_keys(config_name):
             continue  # declared keys need no file reading
         known = _tree_keys(str(config_dir), config_name, key.split(".")[0])
-        if not _known(key, known):
+        if not _known(key, known) and any(fnmatch.fnmatchcase(key, k) for k in _schema_keys(config_name) if "*" in k):
+            # a key the schema allows in a named entry (search.space.lr.step) that this entry's file leaves out
+            problems.append(f"{key} is not set in the config files, so Hydra cannot override it: add it with "
+                            f"+{arg}")
+        elif not _known(key, known):
             parent, _, name = key.rpartition(".")
             siblings = sorted({k[len(parent) + 1:].split(".")[0] for k in known
                                if parent and k.startswith(parent + ".")} if parent else
@@ -359,8 +372,9 @@ def _schema_keys(config_name: str) -> frozenset[str]:
         for key, info in _fields_by_key(model).items():
             keys.add(prefix + key)
             inner = _model_in(info.annotation)
-            if inner is not None:
-                walk(inner, f"{prefix}{key}.")
+            if inner is not None:  # a section, or a mapping of named sections (search.space.<name>.low)
+                named = typing.get_origin(_unwrap(info.annotation)) is dict
+                walk(inner, f"{prefix}{key}.*." if named else f"{prefix}{key}.")
 
     walk(schema.CONFIGS.get(config_name, schema.TrainConfig), "")
     for section, model in [("data", m) for m in set(schema.DATA_SOURCES.values())] + [

@@ -64,6 +64,12 @@ def test_existing_run_clear_deletes_only_that_runs_files(tmp_path, make_cfg):
     train(make_cfg(*QUICK, "model=mlp", run="dir"), overrides=[])
     own = tmp_path / "dir" / "notes.txt"
     own.write_text("the user's own file")
+    # what other commands add to a run dir: why it did not finish, its Projector data, its explain pictures
+    earlier = [tmp_path / "dir" / name for name in ("failure.json", "projector_config.pbtxt", "00003/x.tsv",
+                                                    "explain/filters.png")]
+    for path in earlier:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("of the mlp run")
     with pytest.raises(ConfigError, match="already holds another run"):
         train(make_cfg(*QUICK, run="dir"), overrides=[])
     metrics = train(make_cfg(*QUICK, "paths.existing_run=clear", run="dir"), overrides=[])
@@ -73,6 +79,7 @@ def test_existing_run_clear_deletes_only_that_runs_files(tmp_path, make_cfg):
     ckpt = torch.load(tmp_path / "dir" / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["config"]["model"]["name"] == "lenet5"
     assert own.read_text() == "the user's own file"
+    assert not any(path.exists() for path in earlier)
     assert len(list((tmp_path / "dir").glob("events.out.tfevents.*"))) == 1  # the mlp run's event file is gone
 
 

@@ -204,9 +204,9 @@ def plot_lr_range(result: LRRange, path: Path | str, title: str = "Learning-rate
                 label=f"suggested lr={result.suggestion:.1e}", zorder=3)
     else:
         ax.text(0.02, 0.04, f"no suggestion: {result.reason}", transform=ax.transAxes, fontsize=8, wrap=True)
-    if result.smoothed:  # the divergence at the end would squash the interesting part of the curve
-        low, high = min(result.smoothed), max(result.smoothed[:SKIP_START + 1] or result.smoothed)
-        ax.set_ylim(low - 0.1 * (high - low), high + 0.5 * (high - low))
+    if result.smoothed:  # from the lowest raw loss to a little above the start: the divergence would squash it
+        low, high = min(result.losses), max(result.smoothed[:SKIP_START + 1])
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.25 * (high - low))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")

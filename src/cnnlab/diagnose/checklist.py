@@ -68,6 +68,6 @@ def run_checklist(subject: Subject, work: Workspace, only: tuple[str, ...] | Non
                           advice="fix this error first: training would hit it too")
         found = found if isinstance(found, list) else [found]
         for c in found:
-            c.seconds = round(time.perf_counter() - started, 3) / len(found)
+            c.seconds = round((time.perf_counter() - started) / len(found), 3)
         checks += found
     return checks

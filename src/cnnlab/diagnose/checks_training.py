@@ -186,9 +186,12 @@ def label_signal(subject: Subject, model, overfit_values: dict) -> Check:
         "and labels sorted differently, a relabelled class subset) and look at samples.png"))
 
 
-def lr_range(subject: Subject, work) -> Check:
-    """Smith's range test on augmented training batches, against the configured optimizer.lr."""
+def lr_range(subject: Subject, work) -> Check | list[Check]:
+    """Smith's range test on augmented training batches, against the configured optimizer.lr (none when
+    doctor.lr_range.enabled=false)."""
     s = subject.settings.lr_range
+    if not s.enabled:
+        return []
     model, optimizer = subject.fresh()
     batches = subject.batches(max(1, min(int(s.steps), len(subject.train))), subject.train)
     result = lr_range_test(model, optimizer, subject.loss, batches, device=subject.device,

@@ -17,8 +17,8 @@ from cnnlab.doctor import doctor
 from cnnlab.errors import ConfigError
 from cnnlab.training import prepare
 
-QUICK = ["data=digits", "logger=none", "trainer.summary=none", "trainer.progress=none",
-         "doctor.overfit.steps=120", "doctor.gradients.steps=5", "doctor.lr_range.steps=60", "doctor.data.grid_images=8"]
+QUICK = ["data=digits", "logger=none", "trainer.summary=none", "trainer.progress=none", "doctor.overfit.steps=120",
+         "doctor.gradients.steps=5", "doctor.lr_range.steps=60", "doctor.data.grid_images=8"]
 
 
 @pytest.fixture

@@ -160,7 +160,8 @@ def _overfit_check(subject: Subject, v: dict, what: str, plot) -> Check:
     else:
         advice = ("it learns, but too slowly to memorise: the learning rate (optimizer.lr), a bug in the head "
                   "(a softmax or ReLU before the loss, the wrong output width), a loss/label mismatch "
-                  f"(trainer.loss={subject.loss.name}), too little capacity; or give it more doctor.overfit.steps")
+                  f"(trainer.loss={subject.loss.name}), vanishing gradients (see 'gradient flow'), too little "
+                  f"capacity; or give it more doctor.overfit.steps")
     return Check("overfit one batch", "FAIL", f"not memorised: {story}", advice=advice, values=v, plots=plots)
 
 
@@ -213,5 +214,5 @@ def lr_range(subject: Subject, work) -> Check | list[Check]:
     direction = "above" if factor > 1 else "below"
     times = factor if factor > 1 else 1 / factor
     return Check("learning-rate range", "WARN", measured, values=values, plots=plots, advice=(
-        f"optimizer.lr={subject.lr:g} is {times:.0f}x {direction} the suggested {result.suggestion:.2g}: "
+        f"optimizer.lr={subject.lr:g} is {times:.3g}x {direction} the suggested {result.suggestion:.2g}: "
         f"train with {override}"))

@@ -96,17 +96,17 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
     shown = denormalize(chosen.inputs, info.mean, info.std)
     written = []
     for record in filter_layers:
-        written.append(save_png(filters_figure(record.module, record.name, f"epoch {loaded.epoch}, "),
+        written.append(save_png(filters_figure(record.module, record.title, f"epoch {loaded.epoch}, "),
                                 out_dir / f"filters_{record.name}.png"))
     maps = capture(model, {r.name: r.module for r in feature_layers}, chosen.inputs)
     for record in feature_layers:
-        written.append(save_png(feature_maps_figure(record.name, maps[record.name], shown, chosen.labels),
+        written.append(save_png(feature_maps_figure(record.title, maps[record.name], shown, chosen.labels),
                                 out_dir / f"feature_maps_{record.name}.png"))
     with torch.no_grad():
         probs = model(chosen.inputs).float().softmax(dim=1).cpu()
     confidence, predicted = probs.max(dim=1)
     heat = gradcam_maps(model, cam_layer.module, chosen.inputs, predicted.to(target))
-    written.append(save_png(gradcam_figure(cam_layer.name, shown, heat, chosen.true,
+    written.append(save_png(gradcam_figure(cam_layer.title, shown, heat, chosen.true,
                                            [info.classes[i] for i in predicted.tolist()], confidence.tolist()),
                             out_dir / "gradcam.png"))
     wrong_images = (denormalize(mistakes.images, info.mean, info.std) if len(mistakes.true)

@@ -26,6 +26,11 @@ class LayerOutput:
     tensor: int                       # which output tensor: modules passing on the same tensor share the number
 
     @property
+    def title(self) -> str:
+        """The name with the module's type, e.g. "features.3 (Conv2d)": a Sequential's layers are only numbers."""
+        return f"{self.name} ({type(self.module).__name__})"
+
+    @property
     def spatial(self) -> bool:
         """A (C, H, W) output with more than one position: something a heat map can be drawn from."""
         return self.shape is not None and len(self.shape) == 3 and self.shape[1] * self.shape[2] > 1

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from captum.attr import LayerAttribution, LayerGradCam
 
-from cnnlab.visualize.figures import columns_for, panel_grid, show_image
+from cnnlab.visualize.figures import panel_grid, show_image
 
 HEAT_ALPHA = 0.5
 
@@ -30,7 +30,7 @@ def gradcam_figure(layer_name: str, images: torch.Tensor, maps: torch.Tensor, tr
     """Each image next to its heat map overlay, titled with the predicted label and its probability (green
     when right, red when wrong, black when the true label is unknown) and the true label."""
     n = images.shape[0]
-    pairs_per_row = columns_for(n, 4)
+    pairs_per_row = min(n, 4)
     rows = -(-n // pairs_per_row)
     title = (f"Grad-CAM at {layer_name} for the predicted class\n"
              f"red = the regions that raised that class's score most (each map scaled to its own maximum)")

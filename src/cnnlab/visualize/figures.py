@@ -7,6 +7,7 @@ registry and no backend choice, so drawing works the same with or without a disp
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +17,23 @@ from matplotlib.figure import Figure
 PANEL_INCHES = 1.3   # side of one image panel: a 32x32 image is then shown at about 4x
 DPI = 100
 TITLE_SIZE = 11
-TITLE_CHAR_INCHES = 0.085  # width of one title character at TITLE_SIZE points: the figure is made wide enough
+TITLE_CHAR_INCHES = 0.085  # width of one title character at TITLE_SIZE points, to wrap titles at the figure's width
+TITLE_LINE_INCHES = 0.2    # height of one title line
+MIN_WIDTH = 5.0
 
 
 def panel_grid(rows: int, cols: int, title: str, panel: float = PANEL_INCHES, title_room: float = 0.5):
-    """A figure of rows x cols panels with their axes hidden, and the figure's title above them."""
-    title_width = max(len(line) for line in title.splitlines()) * TITLE_CHAR_INCHES
-    fig = Figure(figsize=(max(cols * panel, title_width, 4.0), rows * panel + title_room), dpi=DPI,
-                 layout="constrained")
+    """A figure of rows x cols panels with their axes hidden, and the figure's title above them, wrapped to the
+    panels' width (at least MIN_WIDTH inches) rather than widening the figure around small panels."""
+    width = max(cols * panel, MIN_WIDTH)
+    lines = title.splitlines()
+    wrapped = [part for line in lines for part in textwrap.wrap(line, int(width / TITLE_CHAR_INCHES)) or [""]]
+    height = rows * panel + title_room + TITLE_LINE_INCHES * (len(wrapped) - len(lines))
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
-    fig.suptitle(title, fontsize=TITLE_SIZE)
+    fig.suptitle("\n".join(wrapped), fontsize=TITLE_SIZE)
     return fig, axes
 
 

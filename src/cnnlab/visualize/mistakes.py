@@ -41,11 +41,11 @@ def mistakes_figure(images: torch.Tensor, true: list[str], predicted: list[str],
                     wrong: int, total: int):
     """images: (N, C, H, W) in [0, 1], most confident first."""
     n = images.shape[0]
-    title = f"the {n} most confidently wrong of {total} test images ({wrong} wrong)\ntrue / predicted (probability)"
     if n == 0:
-        fig, axes = panel_grid(1, 1, title)
-        axes[0, 0].text(0.5, 0.5, "no test image is misclassified", ha="center", va="center")
+        fig, axes = panel_grid(1, 1, f"the most confidently wrong of {total} test images")
+        axes[0, 0].text(0.5, 0.5, "none: every test image is classified correctly", ha="center", va="center")
         return fig
+    title = f"the {n} most confidently wrong of {total} test images ({wrong} wrong)\ntrue / predicted (probability)"
     cols = columns_for(n, 8)
     fig, axes = panel_grid(-(-n // cols), cols, title, panel=1.3, title_room=0.8)
     for i in range(n):

@@ -36,7 +36,6 @@ log = logging.getLogger("cnnlab")
 def _hydra_main(cfg: DictConfig) -> float | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab logs one line per trial itself
     plan, study, continued = plan_search(cfg, hydra_overrides())
-    stores.recover_interrupted(study, bool(cfg.search.retry_interrupted), stores.study_lock(plan.study_dir, study._storage))
     done = sum(stores.counted(t) for t in study.get_trials(deepcopy=False))
     log.info("study %s in %s: %s; %d of %d trials %s, objective %s (%s)", plan.study_name, plan.study_dir,
              "continued" if continued else "new", min(done, plan.n_trials), plan.n_trials,

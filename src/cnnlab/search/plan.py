@@ -31,7 +31,8 @@ STUDY_FILE = "study.yaml"
 
 
 def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, optuna.Study, bool]:
-    """Check the search and open its study. Returns (plan, study, continued: the study existed already)."""
+    """Check the search, open its study and recover the trials of workers that are gone.
+    Returns (plan, study, continued: the study existed already)."""
     validate(cfg, "tune")
     search = OmegaConf.to_container(cfg.search, resolve=True)
     groups = config_groups(config_dir()) - {"base", "hydra", "search"}
@@ -64,6 +65,8 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
     max_epochs = int(compose(base_overrides, None).trainer.max_epochs)
     study, continued = open_study(storage, search["study_name"], params, metric, direction,
                                   build_sampler(search, params), build_pruner(search, max_epochs))
+    # a continued study first settles the trials its earlier workers left RUNNING (killed, crashed)
+    stores.recover_interrupted(study, bool(search["retry_interrupted"]), stores.study_lock(study_dir, storage))
     _write_study_file(study_dir, search, metric, direction, command_line)
     timeout = search["timeout"]
     plan = WorkerPlan(study_dir, search["study_name"], search["storage"], search, params, tune_overrides,

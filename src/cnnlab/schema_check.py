@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from cnnlab import schema
 from cnnlab.errors import ConfigError
-from cnnlab.models import MODELS, model_config_problems
 
 
 def config_problems(cfg, kind: str = "train") -> list[str]:
@@ -295,6 +294,9 @@ _SIMPLE_TYPES = (int, float, bool, str)
 
 
 def _model_type_problems(model: dict) -> list[str]:
+    # the zoo (and torch with it) only once a model section is checked: the pre-Hydra key check needs neither
+    from cnnlab.models import MODELS, model_config_problems
+
     if model_config_problems(model):  # unknown name or keys: validate.py reports those
         return _nonfinite(model, "model")
     typed = _builder_schema(model["name"], MODELS[model["name"]])
@@ -306,6 +308,7 @@ def _model_type_problems(model: dict) -> list[str]:
 @lru_cache(maxsize=None)
 def _builder_schema(name: str, builder) -> type[BaseModel]:
     """A pydantic model of a builder's keyword arguments whose annotations are plain int/float/bool/str."""
+
     try:
         hints = typing.get_type_hints(builder)
     except Exception:  # an annotation that cannot be resolved: leave those keys to the builder

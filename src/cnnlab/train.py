@@ -6,6 +6,7 @@ validation metric to Hydra's sweepers.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import hydra
@@ -14,13 +15,14 @@ from omegaconf import DictConfig
 from cnnlab.cli import check_command_line, reports_config_errors
 from cnnlab.config import CONFIG_DIR
 from cnnlab.experiments.sweep import continues_sweep
-from cnnlab.training import exempt_from_gc, train
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 @reports_config_errors
 @continues_sweep  # in a multirun a failed job is recorded and the other jobs still run
 def _hydra_main(cfg: DictConfig) -> float:
+    from cnnlab.training import train  # torch and the whole build path: not needed to refuse a bad command line
+
     metrics = train(cfg)
     # For Hydra sweepers that optimise a value: the monitored validation metric, never a test metric (tuning
     # on the test set would make its score meaningless).
@@ -33,7 +35,7 @@ def main() -> None:
     try:
         _hydra_main()
     finally:
-        exempt_from_gc()  # shutdown's final collection then skips the run's long-lived objects
+        gc.freeze()  # shutdown's final collection then skips the run's long-lived objects (see training.exempt_from_gc)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import tempfile
 
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
+from cnnlab.launchers import check_launcher
 from cnnlab.schema_check import check_override_keys
 
 
@@ -85,8 +86,9 @@ def check_output_location(args: list[str], default_root: str = "outputs") -> Non
 @reports_config_errors
 def check_command_line(args: list[str], config_name: str = "train") -> None:
     """Before Hydra starts: every overridden key exists in the config tree (else the closest one is named),
-    and the run directory can be written."""
+    the launcher's plugin is installed, and the run directory can be written."""
     check_override_keys(args, config_dir(), config_name)
+    check_launcher(args)
     check_output_location(args)
 
 

@@ -245,9 +245,12 @@ class Trainer(Section):
     limit_train_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")]
     device: str
     precision: Precision
-    channels_last: bool
+    channels_last: Annotated[Literal["auto"] | bool, Field(description="is not accepted; choose one of auto, true, false")]
     compile: bool
     grad_clip: GradClip
+    accumulate_grad_batches: Annotated[int, Field(ge=1, description=(
+        "must be a positive integer (1 = no accumulation: a step per batch)"))] = 1
+    tf32: bool = True  # configs saved before these keys existed have none
     loss: Loss
     label_smoothing: Fraction
     topk: Annotated[list[Annotated[int, Field(gt=0)]], Field(

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import hydra_overrides
 from cnnlab.data import build_data
-from cnnlab.devices import resolve_device, resolve_precision
+from cnnlab.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
 from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
@@ -25,7 +25,7 @@ from cnnlab.engine.progress import Progress
 from cnnlab.engine.safety import disk_message
 from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
-from cnnlab.engine.trainer import Trainer, steps_per_epoch
+from cnnlab.engine.trainer import Trainer, optimizer_steps_per_epoch
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.experiments.runs import read_overrides
 from cnnlab.finetune import Freezer, load_pretrained
@@ -91,6 +91,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     monitored = MonitoredMetric(tcfg.monitor, mode, int(tcfg.early_stopping.patience),
                                 float(tcfg.early_stopping.min_delta))
     seed_everything(int(cfg.seed), bool(tcfg.deterministic))
+    configure_backends(device, deterministic=bool(tcfg.deterministic), tf32=bool(tcfg.get("tf32", True)))
 
     data = build_data(cfg.data, int(cfg.seed), device, cfg.augment)
     info = data.info
@@ -111,14 +112,16 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     freezer.freeze()
     log_model_summary(model, cfg, (info.in_channels, *info.input_size), run_dir)
     model = model.to(device)
-    if tcfg.channels_last:
+    channels_last = resolve_channels_last(tcfg.channels_last, model, device)
+    if channels_last:  # the trainer hands it NHWC batches too
         model = model.to(memory_format=torch.channels_last)
     # The first optimizer imports torch._dynamo.
     optimizer = build_optimizer(cfg.optimizer, model, head=tuple(freezer.heads),
                                 backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
     exempt_from_gc()
     schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
-                              steps_per_epoch=steps_per_epoch(len(data.train), tcfg.get("limit_train_batches")),
+                              steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.get("limit_train_batches"),
+                                                                        int(tcfg.get("accumulate_grad_batches", 1))),
                               monitor_mode=mode)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
@@ -131,7 +134,8 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     callbacks += [checkpoints, ProgressDisplay(progress)]
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
-    trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer), TrainerOptions.from_config(tcfg),
+    trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer),
+                      TrainerOptions.from_config(tcfg, channels_last),
                       RunContext(device, precision, run_dir, int(cfg.seed), config), [*callbacks, *extra_callbacks])
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)

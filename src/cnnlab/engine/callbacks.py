@@ -63,9 +63,11 @@ class Callback:
 
     def on_train_batch_end(self, trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor], outputs,
                            step: int) -> None:
-        """After optimisation step `step` (0-based within the epoch; `trainer.global_step` already counts it).
+        """After training batch `step` (0-based within the epoch). With trainer.accumulate_grad_batches=k an
+        optimizer step follows every k-th batch: then `trainer.stepped` is true and `trainer.global_step`
+        already counts that step.
 
-        outputs: (loss, logits) of the step, or None when a non-finite step was skipped (trainer.nonfinite=skip).
+        outputs: (loss, logits) of the batch, or None when a non-finite one was skipped (trainer.nonfinite=skip).
         Called only on callbacks that override it (see the module docstring).
         """
 
@@ -198,9 +200,10 @@ class TensorBoardCallback(Callback):
     def on_train_batch_end(self, trainer: Trainer, batch, outputs, step: int) -> None:
         # Counter checks only: the loss is read (a device sync) every log_every steps.
         global_step = trainer.global_step
-        if global_step == 1:  # the run's very first batch, as augmented
+        if step == 0 and global_step <= 1:  # the run's very first batch, as augmented
             self.tb.input_batch(batch[0], self.mean, self.std, 0)
-        if self.log_every and global_step % self.log_every == 0 and outputs is not None:
+        # the batch that ends an accumulation window logs its loss, once per optimizer step
+        if self.log_every and trainer.stepped and global_step % self.log_every == 0 and outputs is not None:
             self.tb.scalars({"train/loss_step": outputs[0].item()}, global_step)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:

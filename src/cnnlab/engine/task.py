@@ -53,24 +53,26 @@ class TrainerOptions:
     max_epochs: int
     limit_train_batches: int | None = None
     topk: tuple[int, ...] = (1,)       # always includes 1
-    channels_last: bool = False
+    channels_last: bool = False       # resolved (cnnlab.devices.resolve_channels_last): inputs go in as NHWC
     compile: bool = False
     grad_clip: float = 0.0
+    accumulate_grad_batches: int = 1  # batches per optimizer step
     nonfinite: str = "stop"           # stop | skip | off
     handle_signals: bool = True
     test_with: str = "best"           # best | last
     precision: str = "32"             # the configured name, for messages
 
     @classmethod
-    def from_config(cls, cfg) -> TrainerOptions:
-        """From `cfg.trainer`."""
+    def from_config(cls, cfg, channels_last: bool | None = None) -> TrainerOptions:
+        """From `cfg.trainer`; `channels_last`: the layout chosen for trainer.channels_last=auto."""
         return cls(
             max_epochs=int(cfg.max_epochs),
             limit_train_batches=int(cfg.limit_train_batches) if cfg.get("limit_train_batches") else None,
             topk=tuple(sorted({1, *(int(k) for k in cfg.topk)})),
-            channels_last=bool(cfg.channels_last),
+            channels_last=cfg.channels_last is True if channels_last is None else channels_last,
             compile=bool(cfg.compile),
             grad_clip=float(cfg.grad_clip or 0.0),
+            accumulate_grad_batches=int(cfg.get("accumulate_grad_batches", 1)),
             nonfinite=str(cfg.get("nonfinite", "stop")),
             handle_signals=bool(cfg.get("handle_signals", True)),
             test_with=str(cfg.test_with),

@@ -39,6 +39,12 @@ def steps_per_epoch(n_batches: int, limit: int | None) -> int:
     return min(n_batches, limit) if limit else n_batches
 
 
+def optimizer_steps_per_epoch(n_batches: int, limit: int | None, accumulate: int = 1) -> int:
+    """Optimizer steps in an epoch (what per-step schedules count): one per window of `accumulate` batches,
+    the last window possibly shorter."""
+    return -(-steps_per_epoch(n_batches, limit) // accumulate)
+
+
 class Trainer:
     """Runs one training task: fit on train, validate every epoch, checkpoint, stop early, test with the best
     weights.
@@ -72,6 +78,8 @@ class Trainer:
         self.history: list[dict] = []
         self.val_acc_best: float | None = None
         self.nonfinite_steps = 0  # steps skipped for a non-finite loss/gradient (trainer.nonfinite=skip)
+        self._window_bad: str | None = None  # the accumulation window's step will be skipped: why
+        self.stepped = False      # the last train_step ended an accumulation window (an optimizer step)
         self.partial: dict | None = None  # a mid-epoch checkpoint's position, continued by the next fit
         # What callbacks read and set (cnnlab.engine.callbacks):
         self.tracker: MetricTracker | None = None  # running sums of the epoch being trained
@@ -97,63 +105,113 @@ class Trainer:
             return self._no_autocast
         return torch.autocast(self.device.type, dtype=self.context.precision.autocast_dtype)
 
+    def _no_sync(self, stepping: bool):
+        """DDP: the micro-batches that do not step will enter the wrapped model's no_sync() here (forward and
+        backward inside it), so gradients are all-reduced once per optimizer step. A no-op until then."""
+        return self._no_autocast
+
+    def _window(self, step: int) -> tuple[int, int]:
+        """(first batch, batches) of the accumulation window holding batch `step` of this epoch.
+
+        Windows of trainer.accumulate_grad_batches=k batches count from where this fit entered the epoch (a
+        mid-epoch checkpoint is only taken at a window's end); an epoch's last r < k batches form a window of r.
+        """
+        k = self.options.accumulate_grad_batches
+        start = self.first_step + (step - self.first_step) // k * k
+        end = start + k if not self.epoch_steps else min(start + k, self.epoch_steps)
+        return start, max(1, end - start)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0):
-        """One optimisation step; returns (loss, logits), or None when a non-finite step was skipped."""
+        """Forward and backward for batch `step`; an optimizer step at the end of its accumulation window
+        (every batch when trainer.accumulate_grad_batches=1). Returns (loss, logits), or None when a non-finite
+        batch or step was skipped. Sets `self.stepped`: this batch ended a window."""
         task, options, scaler = self.task, self.options, self.scaler
+        optimizer = task.optimizer
+        if options.accumulate_grad_batches == 1:
+            first, size, last = True, 1, True
+        else:
+            start, size = self._window(step)
+            first, last = step == start, step == start + size - 1
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+            self._window_bad = None  # why the window's step is skipped (trainer.nonfinite=skip), if it is
+        self.stepped = last
         if options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            logits, aux = split_outputs(self.forward_model(x))
-            loss = task.loss(logits, y)
-            if aux:  # auxiliary classifiers (GoogLeNet, Inception v3) count in training only
-                loss = loss + self.aux_loss_weight * sum(task.loss(a, y) for a in aux)
-        optimizer = task.optimizer
-        optimizer.zero_grad(set_to_none=True)
+        with self._no_sync(last):
+            with self._autocast():
+                logits, aux = split_outputs(self.forward_model(x))
+                loss = task.loss(logits, y)
+                if aux:  # auxiliary classifiers (GoogLeNet, Inception v3) count in training only
+                    loss = loss + self.aux_loss_weight * sum(task.loss(a, y) for a in aux)
+            # the mean over the window's batches: k batches of b train like one batch of k*b
+            scaled = loss / size if size > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         check = options.nonfinite != "off"
+        outputs = (loss, logits)
+        if check and not self._finite(loss, epoch, step):
+            outputs = None
+        if not last:
+            return outputs
+        return outputs if self._optimizer_step(epoch, step, check) else None
+
+    def _optimizer_step(self, epoch: int, step: int, check: bool) -> bool:
+        """Clip, check and apply the window's summed gradients; False when the step was skipped."""
+        task, options, scaler = self.task, self.options, self.scaler
+        optimizer = task.optimizer
         if scaler is not None:
-            scaler.scale(loss).backward()
             if options.grad_clip:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(task.model.parameters(), options.grad_clip)
             # Inf/NaN gradients are the scaler's business (it skips the step and lowers the scale).
-            if check and not self._finite(loss, None, epoch, step):
+            if self._window_bad is not None:
+                self._skipped(epoch, step)
                 # close the scaler's cycle (unscale_ may have run): no gradients, so no update; scale lowered
                 optimizer.zero_grad(set_to_none=True)
                 scaler.step(optimizer)
                 scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
                 task.schedule.step_batch()
-                return None
+                return False
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
-            norm = None  # checked when clipping computes it anyway; an Inf/NaN gradient otherwise shows up as
-            # a non-finite loss on the next step or as a non-finite val/loss before the epoch's checkpoint
+            # The norm is checked when clipping computes it anyway; an Inf/NaN gradient otherwise shows up as
+            # a non-finite loss on the next step or as a non-finite val/loss before the epoch's checkpoint.
             if options.grad_clip:
                 norm = nn.utils.clip_grad_norm_(task.model.parameters(), options.grad_clip)
-            if check and not self._finite(loss, norm, epoch, step):
+                if check and self._window_bad is None and not math.isfinite(norm.item()):
+                    self._nonfinite("a gradient is not finite", epoch, step)
+            if self._window_bad is not None:
+                self._skipped(epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 task.schedule.step_batch()  # the schedule keeps its pace, as with a scaler-skipped step
-                return None
+                return False
             optimizer.step()
         task.schedule.step_batch()
-        return loss, logits
+        return True
 
-    def _finite(self, loss: torch.Tensor, grad_norm, epoch: int, step: int) -> bool:
-        """Check loss (and gradient norm) once per step: stop with a diagnosis, or skip the step."""
+    def _finite(self, loss: torch.Tensor, epoch: int, step: int) -> bool:
+        """Check a batch's loss once: stop with a diagnosis, or mark its window's step to be skipped."""
         # .item() is the one device sync this check costs; on CPU it is also ~15x cheaper than
         # bool(torch.isfinite(loss)), which runs an extra op.
         value = loss.item()
-        if math.isfinite(value) and (grad_norm is None or math.isfinite(grad_norm.item())):
+        if math.isfinite(value):
             return True
-        what = f"the loss is {value:g}" if not math.isfinite(value) else "a gradient is not finite"
-        if self.options.nonfinite == "skip":  # the caller skips the update
-            self.nonfinite_steps += 1
-            if self.nonfinite_steps in (1, 10, 100, 1000):
-                log.warning("skipped step %d of epoch %d: %s (%d skipped so far)", step + 1, epoch, what,
-                            self.nonfinite_steps)
-            return False
-        raise RunError(divergence_message(what, epoch, step + 1, self.global_step + 1, self.kept()))
+        self._nonfinite(f"the loss is {value:g}", epoch, step)
+        return False
+
+    def _nonfinite(self, what: str, epoch: int, step: int) -> None:
+        if self.options.nonfinite != "skip":
+            raise RunError(divergence_message(what, epoch, step + 1, self.global_step + 1, self.kept()))
+        if self._window_bad is None:
+            self._window_bad = what
+
+    def _skipped(self, epoch: int, step: int) -> None:
+        """Count a skipped optimizer step (trainer.nonfinite=skip)."""
+        self.nonfinite_steps += 1
+        if self.nonfinite_steps in (1, 10, 100, 1000):
+            log.warning("skipped step %d of epoch %d: %s (%d skipped so far)", step + 1, epoch, self._window_bad,
+                        self.nonfinite_steps)
 
     def kept(self) -> str:
         """What a failed run leaves to resume from, for an error message."""
@@ -254,10 +312,12 @@ class Trainer:
             outputs = self.train_step(x, y, epoch, step)
             if outputs is not None:
                 tracker.update(outputs[0], outputs[1], y)
-            self.global_step += 1
+            if self.stepped:
+                self.global_step += 1  # optimizer steps, taken or skipped
             for hook in hooks:
                 hook(self, batch, outputs, step)
-            if signals.requested:
+            # mid-epoch checkpoints hold no partly summed gradients: a stop waits for the window's step
+            if signals.requested and self.stepped:
                 self._stop_mid_epoch(train, epoch, seconds_before + time.perf_counter() - start, signals.requested)
         if self.options.nonfinite == "skip" and tracker.count == 0 and step > first_step:
             raise RunError(divergence_message(f"every step of epoch {epoch} had a non-finite loss or gradient",

@@ -50,11 +50,14 @@ def hand_round(template, epochs):
     info = data.info
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
+    nhwc = template.trainer.options.channels_last  # the layout trainer.channels_last chose for the engine side
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    model = model.to(memory_format=layout)
     opt = build_optimizer(cfg.optimizer, model)
     sched = build_schedule(cfg.scheduler, opt, max_epochs=epochs, steps_per_epoch=len(data.train),
                            monitor_mode="min").scheduler
     x_all, y_all = data.train.images, data.train.labels
-    x_val = data.val.normalize(data.val.images.float())
+    x_val = data.val.normalize(data.val.images.float()).contiguous(memory_format=layout)
     y_val = data.val.labels
     scale, shift = data.train.normalize.scale, data.train.normalize.shift
     augment, bs, n = data.train.augment, data.train.batch_size, len(y_all)
@@ -69,6 +72,8 @@ def hand_round(template, epochs):
             if augment is not None:
                 x = augment(x, gen)
             x = x * scale + shift
+            if nhwc:
+                x = x.contiguous(memory_format=layout)
             loss = F.cross_entropy(model(x), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -71,6 +71,19 @@ def test_without_accumulation_batch_b_differs(make_cfg, accumulated):
     assert any(not torch.allclose(a[n], p[n], rtol=1e-3, atol=1e-5) for n in a)
 
 
+def test_the_gradient_scaler_sees_the_summed_window(make_cfg, accumulated):
+    """fp16's path (a GradScaler scales every batch's loss, unscales and steps once per window), driven on CPU in
+    fp32: the same weights as without a scaler."""
+    run_ = prepare(make_cfg(*BASE, "data.batch_size=64", "trainer.accumulate_grad_batches=2"), overrides=[])
+    run_.trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    run_.trainer.fit(run_.data.train, run_.data.val)
+    run_.trainer.teardown()
+    assert run_.trainer.scaler.get_scale() == 2.0 ** 12  # no step was skipped
+    a, s = weights(accumulated), weights(run_)
+    for name in a:
+        torch.testing.assert_close(s[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 class StopAt(Callback):
     """Sends SIGTERM after batch `at` (the first of a window): the run must finish the window first."""
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnlab.engine.callbacks import Callback
-from cnnlab.errors import TrainingStopped
+from cnnlab.errors import ConfigError, TrainingStopped
 from cnnlab.training import prepare
 
 # The bundled digits at 8x8 and an MLP without batch norm or dropout, no augmentation: 1,439 training images, so
@@ -105,6 +105,11 @@ def test_a_stop_mid_window_checkpoints_after_the_window_and_resumes_to_the_same_
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["partial"]["loader"]["batches"] == 6 and state["global_step"] == 3
 
+    # one-cycle laid out its steps for k=2: another k cannot continue it
+    other_k = [f"trainer.resume={tmp_path / 'run'}", "trainer.accumulate_grad_batches=4"]
+    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches: 2 in the checkpoint, 4 now"):
+        prepare(make_cfg(*BASE, *other_k, run="other"), overrides=other_k)
+
     overrides = [f"trainer.resume={tmp_path / 'run'}"]
     resumed = fitted(make_cfg, *overrides, run="again")
     assert resumed.trainer.global_step == 12
@@ -115,7 +120,5 @@ def test_a_stop_mid_window_checkpoints_after_the_window_and_resumes_to_the_same_
 
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_accumulation_below_one_is_refused_naming_the_key(make_cfg, value):
-    from cnnlab.errors import ConfigError
-
     with pytest.raises(ConfigError, match=rf"trainer.accumulate_grad_batches={value} must be a positive integer"):
         prepare(make_cfg(*BASE, f"trainer.accumulate_grad_batches={value}"), overrides=[])

@@ -59,7 +59,7 @@ def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: boo
     if str(saved.scheduler.get("_target_", "")).endswith("OneCycleLR"):
         # one-cycle's schedule is laid out over the whole run's steps: it cannot be stretched afterwards
         bad += [d for d in differences if d[0] in ("trainer.max_epochs", "trainer.limit_train_batches",
-                                                   "data.batch_size")]
+                                                   "trainer.accumulate_grad_batches", "data.batch_size")]
     if bad:
         lines = [f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in bad]
         if any(key.startswith(("trainer.", "data.batch_size")) for key, _, _ in bad):

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from cnnlab.config import compose_config
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes share the cores (pytest -n): one thread each, set before torch is imported, and inherited by
+    # the commands tests start; several OpenMP thread pools on the same cores wait on each other.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+from cnnlab.config import compose_config  # noqa: E402  (after the thread settings above)
 from postgres import postgres_url  # noqa: F401  (a real PostgreSQL server for the search storage tests)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,6 @@ trial is recovered, and a bad storage URL is one clear error. Trials are a cheap
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -248,7 +248,7 @@ def summary_markdown(records: list[RunRecord], title: str) -> str:
     runs, seeds = run_table(records), seed_table(records)
     parts = [f"# {title}", "", counts_line(records) + f". Sorted {runs.note}.", "", markdown_table(runs), ""]
     if any(row["n"] > 1 for row in seeds.rows):
-        parts += [f"## Mean ± std over seeds", "", f"Sample std, {seeds.note}.", "",
+        parts += ["## Mean ± std over seeds", "", f"Sample std, {seeds.note}.", "",
                   markdown_table(seed_markdown(seeds)), ""]
     return "\n".join(parts)
 

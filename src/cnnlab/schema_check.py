@@ -16,6 +16,7 @@ import inspect
 import math
 import signal
 import threading
+import types
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -147,7 +148,7 @@ def _field_names(model) -> list[str]:
 
 def _unwrap(annotation):
     """Optional[X] / Annotated[X, ...] -> X."""
-    while typing.get_origin(annotation) in (typing.Annotated, typing.Union) or str(typing.get_origin(annotation)) == "types.UnionType":
+    while typing.get_origin(annotation) in (typing.Annotated, typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = args[0]
     return annotation

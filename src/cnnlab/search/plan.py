@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError
 from cnnlab.search import storage as stores
-from cnnlab.search.space import Param, config_groups, group_options, key_problems, parse_space
+from cnnlab.search.space import Param, config_groups, group_options, has_key, key_problems, parse_space
 from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
                                  open_study)
 from cnnlab.search.worker import TrialComposer, WorkerPlan
@@ -52,7 +52,7 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
     training = [o for o in tune_overrides if not o.lstrip("+~").startswith("search")]
     base_overrides = last_wins([*search["overrides"], *training, f"trainer.monitor={metric}"])
     compose = TrialComposer(tune_overrides)
-    problems = _trial_config_problems(compose, base_overrides, params)
+    base_cfg, problems = _trial_config_problems(compose, base_overrides, params)
     if problems:
         raise ConfigError(problems)
 
@@ -62,7 +62,7 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
     if search["sampler"]["name"] == "grid" and grid_size(params) is not None and grid_size(params) < n_trials:
         log.info("the grid has %d points: search.n_trials=%d is lowered to it", grid_size(params), n_trials)
         n_trials = grid_size(params)
-    max_epochs = int(compose(base_overrides, None).trainer.max_epochs)
+    max_epochs = int(base_cfg.trainer.max_epochs)
     study, continued = open_study(storage, search["study_name"], params, metric, direction,
                                   build_sampler(search, params), build_pruner(search, max_epochs))
     # a continued study first settles the trials its earlier workers left RUNNING (killed, crashed)
@@ -86,17 +86,19 @@ def last_wins(overrides: list[str]) -> list[str]:
     return kept[::-1]
 
 
-def _trial_config_problems(compose: TrialComposer, base: list[str], params: list[Param]) -> list[str]:
+def _trial_config_problems(compose: TrialComposer, base: list[str],
+                           params: list[Param]) -> tuple[DictConfig | None, list[str]]:
     """The training config of a trial, checked before any trial runs: with the study's overrides alone, then
     with each end of every range (each choice of a categorical), so a value the sampler may pick that the
-    config refuses (a negative lr, an unknown optimizer) is named now, not in trial 17."""
+    config refuses (a negative lr, an unknown optimizer) is named now, not in trial 17.
+    Returns (the config with the study's overrides alone, the problems)."""
     try:
         cfg = compose(base, None)
         validate(cfg)
     except ConfigError as bad:
-        return [f"search.overrides / the command line: {p}" for p in bad.problems]
+        return None, [f"search.overrides / the command line: {p}" for p in bad.problems]
     except Exception as bad:  # Hydra refused an override (an unknown group option, a key not in the tree)
-        return [f"search.overrides={base}: {str(bad).splitlines()[0]}"]
+        return None, [f"search.overrides={base}: {str(bad).splitlines()[0]}"]
     variants, problems = [cfg], []
     for p in params:
         if p.group:
@@ -111,7 +113,7 @@ def _trial_config_problems(compose: TrialComposer, base: list[str], params: list
     problems += key_problems(params, variants, lambda group: group_options(config_dir(), group))
     bad_keys = {line.split(".key=")[0] for line in problems}
     for p in params:
-        if p.group or f"search.space.{p.name}" in bad_keys or not _has_key(cfg, p.key):
+        if p.group or f"search.space.{p.name}" in bad_keys or not has_key(cfg, p.key):
             continue  # a key only some group choices have (optimizer.momentum) is checked by its trials
         for value in p.ends():
             override = p.override(value)
@@ -121,18 +123,12 @@ def _trial_config_problems(compose: TrialComposer, base: list[str], params: list
                 problems.append(f"search.space.{p.name}: with {override}, {bad.problems[0]}")
             except Exception as bad:
                 problems.append(f"search.space.{p.name}: with {override}, {str(bad).splitlines()[0]}")
-    return problems
+    return cfg, problems
 
 
 def validated(cfg: DictConfig) -> DictConfig:
     validate(cfg)
     return cfg
-
-
-def _has_key(cfg: DictConfig, key: str) -> bool:
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return isinstance(node, DictConfig) and leaf in node
 
 
 def _write_study_file(study_dir: Path, search: dict, metric: str, direction: str, command_line: list[str]) -> None:

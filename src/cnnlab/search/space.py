@@ -157,7 +157,7 @@ def key_problems(params: list[Param], variants: list[DictConfig], group_options)
                 problems.append(f"{where}.choices: {', '.join(map(str, unknown))} is not an option of the config "
                                 f"group {p.key} (options: {', '.join(sorted(options))})")
             continue
-        if all(OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT for cfg in variants):
+        if not any(has_key(cfg, p.key) for cfg in variants):
             parent, _, leaf = p.key.rpartition(".")
             node = OmegaConf.select(variants[0], parent) if parent else variants[0]
             known = list(node.keys()) if isinstance(node, DictConfig) else []
@@ -167,7 +167,11 @@ def key_problems(params: list[Param], variants: list[DictConfig], group_options)
     return problems
 
 
-_ABSENT = object()
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the config has this dotted key (with any value, null included)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
 
 
 def config_groups(config_dir: Path) -> set[str]:

@@ -18,13 +18,13 @@ from typing import Callable
 
 import optuna
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import write_failure
-from cnnlab.search.space import Param
+from cnnlab.search.space import Param, has_key
 
 log = logging.getLogger("cnnlab")
 
@@ -94,13 +94,10 @@ def suggest(trial: optuna.Trial, setup: TrialSetup) -> list[str]:
     for p in setup.params:
         if p.group:
             continue
-        if chosen is not None and OmegaConf.select(chosen, p.key, default=_ABSENT) is _ABSENT:
+        if chosen is not None and not has_key(chosen, p.key):
             continue
         overrides.append(p.override(_suggest(trial, p)))
     return overrides
-
-
-_ABSENT = object()
 
 
 def _suggest(trial: optuna.Trial, p: Param):

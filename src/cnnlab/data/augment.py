@@ -196,8 +196,242 @@ class RandomErasing:
         return x.masked_fill(box[:, None], self.value)
 
 
+def _interpolation(value, allowed: tuple[str, ...]) -> str:
+    mode = str(value).lower().split(".")[-1]  # "bilinear", "InterpolationMode.BILINEAR"
+    if mode not in allowed:
+        raise NotImplementedError(f"interpolation {value}")
+    return mode
+
+
+class RandomResizedCrop:
+    """v2.RandomResizedCrop on a batch: a box of random area and aspect ratio per image, drawn as torchvision's
+    make_params draws it (10 tries, then the central crop), every box resized to `size` at once.
+
+    Bilinear boxes go through one grid_sample at the source positions torch's interpolate uses, clamped to
+    the box's edge pixels as interpolate clamps: equal to torchvision's resized_crop up to float rounding.
+    torchvision antialiases when a box is larger than the output; grid_sample cannot, so with antialias on,
+    the boxes that shrink are resized one by one with interpolate(antialias=True), as torchvision does. They
+    only exist when the image is larger than `size`; with `size: ${data.input_size}` (the presets) the image
+    already has that size and every box is at most the output, so the per-image step never runs.
+    """
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation="bilinear",
+                 antialias=True):
+        self.size = _pair(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        self.mode = _interpolation(interpolation, ("bilinear", "nearest"))
+        self.antialias = bool(antialias) and self.mode == "bilinear"  # torchvision ignores it for nearest
+
+    def _fallback(self, h: int, w: int) -> tuple[int, int]:
+        """torchvision's box when no try fits: the whole image, cut to the nearest end of the ratio range."""
+        in_ratio = w / h
+        if in_ratio < min(self.ratio):
+            return int(round(w / min(self.ratio))), w
+        if in_ratio > max(self.ratio):
+            return h, int(round(h * max(self.ratio)))
+        return h, w
+
+    def sample(self, n: int, h: int, w: int, generator, device) -> dict[str, torch.Tensor]:
+        """Per-image box (top, left, height, width) in pixels; `fitted` is False where the fallback was taken."""
+        tries = 10
+        area = _uniform(n * tries, *self.scale, generator, device).view(n, tries) * (h * w)
+        aspect = torch.exp(_uniform(n * tries, *self.log_ratio, generator, device)).view(n, tries)
+        bw = torch.sqrt(area * aspect).round().long()
+        bh = torch.sqrt(area / aspect).round().long()
+        fits = (bw > 0) & (bw <= w) & (bh > 0) & (bh <= h)
+        first = torch.argmax(fits.int(), dim=1)  # the first try that fits, as torchvision's loop stops there
+        pick = torch.arange(n, device=device)
+        fitted = fits.any(dim=1)
+        fh, fw = self._fallback(h, w)
+        bh = torch.where(fitted, bh[pick, first], fh)
+        bw = torch.where(fitted, bw[pick, first], fw)
+        top = (torch.rand(n, generator=generator, device=device) * (h - bh + 1)).floor().long()
+        left = (torch.rand(n, generator=generator, device=device) * (w - bw + 1)).floor().long()
+        top = torch.where(fitted, top, (h - fh) // 2)
+        left = torch.where(fitted, left, (w - fw) // 2)
+        return dict(top=top, left=left, height=bh, width=bw, fitted=fitted)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.apply(x, self.sample(n, h, w, generator, x.device))
+
+    def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self._nearest(x, p) if self.mode == "nearest" else self._bilinear(x, p)
+        out_h, out_w = self.size
+        if self.antialias and (x.shape[2] > out_h or x.shape[3] > out_w):  # only then can a box shrink
+            out = self._antialiased(x, p, out)
+        return out
+
+    def _source(self, start, length, out_len: int, dtype):
+        """interpolate's bilinear source positions (align_corners=False), clamped to the box: (n, out_len)."""
+        j = torch.arange(out_len, device=start.device, dtype=dtype)
+        scale = (length.to(dtype) / out_len)[:, None]
+        pos = start.to(dtype)[:, None] + (j[None, :] + 0.5) * scale - 0.5
+        return torch.minimum(torch.maximum(pos, start.to(dtype)[:, None]), (start + length - 1).to(dtype)[:, None])
+
+    def _bilinear(self, x: torch.Tensor, p) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out_h, out_w = self.size
+        # pixel positions -> grid_sample's [-1, 1] coordinates (align_corners=False)
+        gx = (2 * self._source(p["left"], p["width"], out_w, x.dtype) + 1) / w - 1
+        gy = (2 * self._source(p["top"], p["height"], out_h, x.dtype) + 1) / h - 1
+        grid = torch.stack([gx[:, None, :].expand(n, out_h, out_w), gy[:, :, None].expand(n, out_h, out_w)], dim=3)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _nearest(self, x: torch.Tensor, p) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out_h, out_w = self.size
+
+        def index(start, length, out_len):  # interpolate's "nearest": floor(j * in/out) in float32
+            j = torch.arange(out_len, device=x.device, dtype=torch.float32)[None, :]
+            step = (j * (length.float() / out_len)[:, None]).floor().long()
+            return start[:, None] + torch.minimum(step, (length - 1)[:, None])
+
+        rows, cols = index(p["top"], p["height"], out_h), index(p["left"], p["width"], out_w)
+        flat = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, -1).expand(n, c, out_h * out_w)
+        return x.reshape(n, c, -1).gather(2, flat).view(n, c, out_h, out_w)
+
+    def _antialiased(self, x: torch.Tensor, p, out: torch.Tensor) -> torch.Tensor:
+        out_h, out_w = self.size
+        shrinks = ((p["height"] > out_h) | (p["width"] > out_w)).nonzero().flatten().tolist()
+        for i in shrinks:
+            t, l, bh, bw = (int(p[k][i]) for k in ("top", "left", "height", "width"))
+            out[i] = F.interpolate(x[i:i + 1, :, t:t + bh, l:l + bw], size=self.size, mode="bilinear",
+                                   align_corners=False, antialias=True)[0]
+        return out
+
+
+def _jitter_range(value, name: str, center: float, bound: tuple[float, float], clip_at_zero: bool = True):
+    """torchvision's ColorJitter._check_input: v -> [center - v, center + v] (clipped at 0), a pair -> itself;
+    None where the op would change nothing."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"augment.transforms: ColorJitter {name}={value} must be non-negative")
+        lo, hi = center - float(value), center + float(value)
+        lo = max(lo, 0.0) if clip_at_zero else lo
+    else:
+        value = [float(v) for v in value]
+        if len(value) != 2:
+            raise ConfigError(f"augment.transforms: ColorJitter {name}={value} must be a number or a pair")
+        lo, hi = value
+    if not bound[0] <= lo <= hi <= bound[1]:
+        raise ConfigError(f"augment.transforms: ColorJitter {name} range {[lo, hi]} must be increasing within {bound}")
+    return None if lo == hi == center else (lo, hi)
+
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision's fn_idx numbering
+
+
+class ColorJitter:
+    """v2.ColorJitter on float images in [0, 255]: per-image factors from torchvision's ranges, and per image
+    a random order of the four ops, as torchvision draws one permutation per call. Round k applies each
+    image's k-th op: brightness, contrast and saturation are all blends of the image with a reference (black,
+    its mean grey, its grey image), so one blend serves all three; hue runs on the images whose turn it is.
+    Each op clamps to [0, 255] as torchvision clamps floats to [0, 1]; on 1-channel images saturation and hue
+    change nothing and contrast uses the image itself as grey, as in torchvision."""
+
+    def __init__(self, brightness=None, contrast=None, saturation=None, hue=None):
+        self.brightness = _jitter_range(brightness, "brightness", 1.0, (0.0, math.inf))
+        self.contrast = _jitter_range(contrast, "contrast", 1.0, (0.0, math.inf))
+        self.saturation = _jitter_range(saturation, "saturation", 1.0, (0.0, math.inf))
+        self.hue = _jitter_range(hue, "hue", 0.0, (-0.5, 0.5), clip_at_zero=False)
+
+    def sample(self, n: int, h: int, w: int, generator, device) -> dict[str, torch.Tensor]:
+        """Per-image op order (n, 4) and factors; an op that is off gets the factor that leaves the image as is."""
+        order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+
+        def factor(span, identity):
+            return _uniform(n, *span, generator, device) if span else torch.full((n,), identity, device=device)
+
+        return dict(order=order, brightness=factor(self.brightness, 1.0), contrast=factor(self.contrast, 1.0),
+                    saturation=factor(self.saturation, 1.0), hue=factor(self.hue, 0.0))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.apply(x, self.sample(n, h, w, generator, x.device))
+
+    def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        if x.shape[1] not in (1, 3):
+            raise ConfigError(f"augment.transforms: ColorJitter needs 1- or 3-channel images, got {x.shape[1]}")
+        if not (self.brightness or self.contrast or self.saturation or self.hue):
+            return x
+        for k in range(4):
+            x = self._round(x, p["order"][:, k], p)
+        return x
+
+    def _round(self, x: torch.Tensor, op: torch.Tensor, p) -> torch.Tensor:
+        n, c = x.shape[:2]
+        rgb = c == 3
+        ones = torch.ones_like(p["brightness"])
+        factor = torch.stack([p["brightness"], p["contrast"], p["saturation"] if rgb else ones, ones], dim=1)
+        f = factor.gather(1, op[:, None]).view(n, 1, 1, 1).to(x.dtype)
+        # x * f + (1 - f) * reference, where the reference is black, the mean grey or the grey image
+        if self.contrast:
+            is_contrast = (op == CONTRAST).view(n, 1, 1, 1)
+            shift = (1 - f) * is_contrast * _grey_mean(x)
+            out = torch.addcmul(shift, x, f)
+        else:
+            out = x * f
+        if self.saturation and rgb:
+            is_saturation = (op == SATURATION).view(n, 1, 1, 1)
+            out.addcmul_(_grey(x), (1 - f) * is_saturation)
+        out.clamp_(0, 255)  # f = 1 (the image unchanged) where the op is hue or off
+        if self.hue and rgb:
+            turn = (op == HUE).nonzero().flatten()
+            if len(turn):
+                out[turn] = _adjust_hue(out[turn] / 255, p["hue"][turn]) * 255
+        return out
+
+
+_GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """The grey image, (n, 1, h, w); one matmul over the channels (4x faster on CPU than three multiply-adds)."""
+    if x.shape[1] == 1:
+        return x
+    n, _, h, w = x.shape
+    weights = torch.tensor(_GREY, device=x.device, dtype=x.dtype)
+    return torch.matmul(weights, x.reshape(n, 3, h * w)).view(n, 1, h, w)
+
+
+def _grey_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of the grey image per image, (n, 1, 1, 1): the grey weights applied to the channel means."""
+    means = x.mean(dim=(2, 3))
+    if x.shape[1] == 3:
+        means = means @ torch.tensor(_GREY, device=x.device, dtype=x.dtype)[:, None]
+    return means.view(-1, 1, 1, 1)
+
+
+_HUE_OFFSETS = (5.0, 3.0, 1.0)  # where r, g and b sit on the hexagon of hue sectors
+
+
+def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue (RGB in [0, 1] -> HSV, hue + shift mod 1 -> RGB) with one shift per image.
+
+    A hue shift keeps each pixel's max (V) and max - min (V * S), so the round trip is written in one step:
+    channel = max - (max - min) * clamp(2 - |k - 2|, 0, 1), k = (hue * 6 + offset) mod 6 — the closed form of
+    the six-sector HSV -> RGB table, with fewer passes over the image than going through HSV and back."""
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    span = maxc - minc
+    inv = 1 / span.clamp_min(1e-12)  # grey pixels: span 0, the numerators below are 0 too
+    # torchvision's sectors: max in r, else max in g, else b; hue * 6 in [-1, 5]
+    h6 = torch.where(maxc == r, g - b, torch.where(maxc == g, b - r + 2 * span, r - g + 4 * span)) * inv
+    offsets = torch.tensor(_HUE_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = h6[:, None] + (offsets + 6 * shift.to(x.dtype).view(-1, 1, 1, 1))
+    k = k - 6 * torch.floor(k / 6)  # mod 6; k = 6 and k = 0 give the same ramp
+    ramp = (2 - (k - 2).abs()).clamp_(0, 1)
+    return maxc[:, None] - span[:, None] * ramp
+
+
 BATCHED = {"RandomCrop": RandomCropPad, "RandomHorizontalFlip": RandomHorizontalFlip,
-           "RandomAffine": RandomAffine, "RandomErasing": RandomErasing}
+           "RandomAffine": RandomAffine, "RandomErasing": RandomErasing,
+           "RandomResizedCrop": RandomResizedCrop, "ColorJitter": ColorJitter}
 
 
 def batched_unsupported(transforms: Sequence) -> list[str]:

@@ -330,7 +330,7 @@ class ColorJitter:
     """v2.ColorJitter on float images in [0, 255]: per-image factors from torchvision's ranges, and per image
     a random order of the four ops, as torchvision draws one permutation per call. Round k applies each
     image's k-th op: brightness, contrast and saturation are all blends of the image with a reference (black,
-    its mean grey, its grey image), so one blend serves all three; hue runs on the images whose turn it is.
+    its mean grey, its grey image), so one pass serves all three; hue runs on the images whose turn it is.
     Each op clamps to [0, 255] as torchvision clamps floats to [0, 1]; on 1-channel images saturation and hue
     change nothing and contrast uses the image itself as grey, as in torchvision."""
 
@@ -357,29 +357,32 @@ class ColorJitter:
     def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         if x.shape[1] not in (1, 3):
             raise ConfigError(f"augment.transforms: ColorJitter needs 1- or 3-channel images, got {x.shape[1]}")
-        if not (self.brightness or self.contrast or self.saturation or self.hue):
-            return x
-        for k in range(4):
-            x = self._round(x, p["order"][:, k], p)
+        rgb = x.shape[1] == 3
+        active = [bool(self.brightness), bool(self.contrast), bool(self.saturation) and rgb, bool(self.hue) and rgb]
+        order = p["order"]
+        if not all(active):  # an op that changes nothing needs no round: each image's active ops move up, in order
+            is_off = ~torch.tensor(active, device=order.device)[order]
+            order = order.gather(1, torch.argsort(is_off.int(), dim=1, stable=True))[:, :sum(active)]
+        for k in range(order.shape[1]):
+            x = self._round(x, order[:, k], p)
         return x
 
     def _round(self, x: torch.Tensor, op: torch.Tensor, p) -> torch.Tensor:
-        n, c = x.shape[:2]
+        n, c, h, w = x.shape
         rgb = c == 3
         ones = torch.ones_like(p["brightness"])
         factor = torch.stack([p["brightness"], p["contrast"], p["saturation"] if rgb else ones, ones], dim=1)
-        f = factor.gather(1, op[:, None]).view(n, 1, 1, 1).to(x.dtype)
-        # x * f + (1 - f) * reference, where the reference is black, the mean grey or the grey image
-        if self.contrast:
-            is_contrast = (op == CONTRAST).view(n, 1, 1, 1)
-            shift = (1 - f) * is_contrast * _grey_mean(x)
-            out = torch.addcmul(shift, x, f)
-        else:
-            out = x * f
-        if self.saturation and rgb:
-            is_saturation = (op == SATURATION).view(n, 1, 1, 1)
-            out.addcmul_(_grey(x), (1 - f) * is_saturation)
-        out.clamp_(0, 255)  # f = 1 (the image unchanged) where the op is hue or off
+        f = factor.gather(1, op[:, None]).view(n, 1, 1).to(x.dtype)  # 1 (the image unchanged): hue or off
+        # Each blend x * f + (1 - f) * reference is affine in the pixel's colour: a per-image c x c matrix and
+        # offset, so one baddbmm serves every image whichever blend is its turn.
+        matrix = f * torch.eye(c, device=x.device, dtype=x.dtype)
+        if self.saturation and rgb:  # reference: the grey image, a weighted sum of the channels
+            grey_rows = torch.tensor(_GREY, device=x.device, dtype=x.dtype).expand(3, 3)
+            matrix = matrix + ((1 - f) * (op == SATURATION).view(n, 1, 1)) * grey_rows
+        offset = torch.zeros((), device=x.device, dtype=x.dtype).expand(n, c, 1)
+        if self.contrast:  # reference: the mean grey
+            offset = ((1 - f) * (op == CONTRAST).view(n, 1, 1) * _grey_mean(x).view(n, 1, 1)).expand(n, c, 1)
+        out = torch.baddbmm(offset, matrix, x.reshape(n, c, h * w)).view(n, c, h, w).clamp_(0, 255)
         if self.hue and rgb:
             turn = (op == HUE).nonzero().flatten()
             if len(turn):
@@ -388,15 +391,6 @@ class ColorJitter:
 
 
 _GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
-
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    """The grey image, (n, 1, h, w); one matmul over the channels (4x faster on CPU than three multiply-adds)."""
-    if x.shape[1] == 1:
-        return x
-    n, _, h, w = x.shape
-    weights = torch.tensor(_GREY, device=x.device, dtype=x.dtype)
-    return torch.matmul(weights, x.reshape(n, 3, h * w)).view(n, 1, h, w)
 
 
 def _grey_mean(x: torch.Tensor) -> torch.Tensor:

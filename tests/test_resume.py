@@ -54,6 +54,14 @@ def test_resume_can_extend_a_finished_run(make_cfg, tmp_path):
     assert longer["epochs_completed"] == 6
 
 
+def test_a_run_without_a_scheduler_resumes(make_cfg, tmp_path):
+    """scheduler=none saves `_target_: null`, which names no class and so needs no trust to resume."""
+    short = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "scheduler=none"]
+    train(make_cfg(*short, run="short"), overrides=[])
+    overrides = [f"trainer.resume={tmp_path / 'short'}", "trainer.max_epochs=2"]
+    assert train(make_cfg(*overrides, run="longer"), overrides=overrides)["epochs_completed"] == 2
+
+
 def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, run_cli, make_cfg):
     """The real thing: SIGKILL a CLI run mid-training, resume it from its run dir, compare metrics.json with the
     uninterrupted run's (run in process: the same config gives the same run as the command line)."""

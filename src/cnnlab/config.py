@@ -133,7 +133,7 @@ def flat_differences(a, b) -> list[tuple[str, object, object]]:
 
 
 def targets(cfg) -> list[tuple[str, str]]:
-    """(dotted key, class path) of every `_target_` in a config, including inside lists."""
+    """(dotted key, class path) of every non-null `_target_` in a config, including inside lists."""
     container = OmegaConf.to_container(cfg, resolve=False) if not isinstance(cfg, (dict, list)) else cfg
     found = []
 
@@ -141,7 +141,8 @@ def targets(cfg) -> list[tuple[str, str]]:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key == "_target_":
-                    found.append((f"{prefix}_target_", value))
+                    if value is not None:  # `_target_: null` (scheduler=none) instantiates nothing
+                        found.append((f"{prefix}_target_", value))
                 else:
                     walk(value, f"{prefix}{key}.")
         elif isinstance(node, list):

@@ -14,7 +14,15 @@ from cnnlab.launchers import check_launcher
 from cnnlab.schema_check import check_override_keys
 
 
+def _other_rank() -> str | None:
+    """Under torchrun, this process's rank when it is not rank 0 (whose messages are the run's)."""
+    rank = os.environ.get("RANK", "0")
+    return rank if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else None
+
+
 def _report(message: str) -> None:
+    if _other_rank() is not None:
+        message = f"[rank {_other_rank()}] {message}"
     if logging.getLogger().handlers:  # under Hydra: console and the run's log file
         logging.getLogger("cnnlab").error("%s", message)
     else:
@@ -36,7 +44,8 @@ def reports_config_errors(fn):
             _report(f"error: {bad}")
             sys.exit(1)
         except TrainingStopped as stopped:
-            _report(str(stopped))
+            if _other_rank() is None:  # every process stopped at the same step; rank 0 says where and how to go on
+                _report(str(stopped))
             sys.exit(128 + stopped.signum)
         except KeyboardInterrupt:  # Ctrl-C before training installed its own handler (start-up, eval, predict)
             _report("interrupted by Ctrl-C before training started; nothing was trained")

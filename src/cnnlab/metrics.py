@@ -66,6 +66,15 @@ class MetricTracker:
         self.correct.copy_(state["correct"].to(self.correct.device))
         self.count = int(state["count"])
 
+    def all_reduce(self, dist) -> None:
+        """Add up the sums of every process (distributed training; a no-op in one process), in place."""
+        if not dist.enabled:
+            return
+        count = torch.tensor([self.count], dtype=torch.long, device=self.correct.device)
+        dist.all_reduce_sum_(self.loss_sum)
+        dist.all_reduce_sum_(self.correct)
+        self.count = int(dist.all_reduce_sum_(count))
+
     def compute(self, prefix: str) -> dict[str, float]:
         if self.count == 0:
             return {}

@@ -39,13 +39,16 @@ def git_commit() -> dict | None:
         return None
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, dist=None) -> dict:
+    """What the run ran on: versions, device, threads, command line, git commit, and the world size."""
     info = {
         "cnnlab": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {p: _version(p) for p in _PACKAGES},
         "device": str(device),
+        "world_size": dist.world_size if dist is not None else 1,
+        "dist_backend": dist.backend if dist is not None else None,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
         "argv": sys.argv,

@@ -251,6 +251,9 @@ class Trainer(Section):
     accumulate_grad_batches: Annotated[int, Field(ge=1, description=(
         "must be a positive integer (1 = no accumulation: a step per batch)"))] = 1
     tf32: bool = True  # configs saved before these keys existed have none
+    sync_batchnorm: bool = False
+    dist_backend: Annotated[Literal["auto", "gloo", "nccl"], Field(
+        description="is not accepted; choose one of auto, gloo, nccl")] = "auto"
     loss: Loss
     label_smoothing: Fraction
     topk: Annotated[list[Annotated[int, Field(gt=0)]], Field(

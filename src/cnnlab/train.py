@@ -7,6 +7,7 @@ validation metric to Hydra's sweepers.
 from __future__ import annotations
 
 import gc
+import shutil
 import sys
 
 import hydra
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 from cnnlab.cli import check_command_line, reports_config_errors
 from cnnlab.config import CONFIG_DIR
 from cnnlab.experiments.sweep import continues_sweep
+from cnnlab.launchers import torchrun_arguments
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -32,9 +34,14 @@ def _hydra_main(cfg: DictConfig) -> float:
 @reports_config_errors
 def main() -> None:
     check_command_line(sys.argv[1:], "train")
+    args, scratch = torchrun_arguments(sys.argv[1:])  # processes other than torchrun's rank 0 (else nothing)
+    if scratch is not None:
+        sys.argv[1:] = args
     try:
         _hydra_main()
     finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         gc.freeze()  # shutdown's final collection then skips the run's long-lived objects (see training.exempt_from_gc)
 
 

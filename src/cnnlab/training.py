@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import hydra_overrides
 from cnnlab.data import build_data
+from cnnlab import distributed
 from cnnlab.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
 from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights
@@ -54,6 +55,7 @@ class Run:
     trainer: object
     tb: object
     n_params: int
+    dist: distributed.Dist = distributed.SINGLE
 
 
 def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = (),
@@ -75,15 +77,21 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
                               f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
     validate(cfg, kind)
+    tcfg = cfg.trainer
+    # Under torchrun (or SLURM tasks) join the process group; each process binds its own GPU.
+    dist, device = distributed.setup(resolve_device(tcfg.device), str(tcfg.get("dist_backend", "auto")))
+    distributed.quiet_other_ranks(dist)
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir = Path(config["paths"]["output_dir"])
-    claim(run_dir, kind, existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
-          task_cfg=composed, overrides=own_overrides)
+    run_dir = Path(dist.broadcast_object(config["paths"]["output_dir"]))  # rank 0's: one run dir for all
+    if dist.enabled:
+        config["paths"]["output_dir"] = str(run_dir)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+    dist.on_main(claim, run_dir, kind, existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
+                 task_cfg=composed, overrides=own_overrides)
 
     exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
 
-    tcfg = cfg.trainer
-    device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)
     mode = resolve_mode(tcfg.monitor, tcfg.monitor_mode)
     loss = Loss(tcfg.loss, float(tcfg.label_smoothing))
@@ -93,8 +101,9 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     seed_everything(int(cfg.seed), bool(tcfg.deterministic))
     configure_backends(device, deterministic=bool(tcfg.deterministic), tf32=bool(tcfg.get("tf32", True)))
 
-    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment)
+    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size))
     info = data.info
+    check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
         with open_dict(cfg):
             for key, value in data.found.items():
@@ -108,9 +117,12 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
         source, saved = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
         fresh = load_pretrained(model, saved, source, cfg.model.name, info.num_classes, info.in_channels)
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
+    if tcfg.get("sync_batchnorm"):  # before the freezer, which holds the batch-norm layers it keeps frozen
+        model = distributed.convert_sync_batchnorm(model, device, convert=dist.enabled)
     freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
     freezer.freeze()
-    log_model_summary(model, cfg, (info.in_channels, *info.input_size), run_dir)
+    if dist.is_main:  # rank 0 writes the run's files
+        log_model_summary(model, cfg, (info.in_channels, *info.input_size), run_dir, dist)
     model = model.to(device)
     channels_last = resolve_channels_last(tcfg.channels_last, model, device)
     if channels_last:  # the trainer hands it NHWC batches too
@@ -126,27 +138,46 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
 
-    tb = TensorBoardLogger(cfg.logger, run_dir)
+    tb = TensorBoardLogger(cfg.logger if dist.is_main else OmegaConf.create({"enabled": False}), run_dir)
     tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
     callbacks = [TensorBoardCallback(tb, info.mean, info.std, int(tcfg.log_every_n_steps))] if tb.enabled else []
     # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
-    checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best))
-    callbacks += [checkpoints, ProgressDisplay(progress)]
+    if dist.is_main:  # the other processes write nothing and print only warnings
+        checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best))
+        callbacks += [checkpoints, ProgressDisplay(progress)]
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
     trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer),
                       TrainerOptions.from_config(tcfg, channels_last),
-                      RunContext(device, precision, run_dir, int(cfg.seed), config), [*callbacks, *extra_callbacks])
+                      RunContext(device, precision, run_dir, int(cfg.seed), config, dist), [*callbacks, *extra_callbacks])
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
-        carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
+        if dist.is_main:
+            carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
-    return Run(cfg, config, run_dir, data, model, trainer, tb, n_params)
+    return Run(cfg, config, run_dir, data, model, trainer, tb, n_params, dist)
 
 
 
 
-def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> None:
+def check_world_size(dist: distributed.Dist, data, batch_size: int, accumulate: int) -> None:
+    """Under DDP: say what the global batch is, and refuse more processes than the training set has batches
+    (some would train on nothing but repeated padding samples)."""
+    if not dist.enabled:
+        return
+    n = data.sizes["train"]
+    batches = -(-n // batch_size)
+    if batches < dist.world_size:
+        raise ConfigError(f"{dist.world_size} processes but the {n} training images make only {batches} batch(es) "
+                          f"of data.batch_size={batch_size} (the batch size is per process): use at most {batches} "
+                          f"processes or a smaller data.batch_size")
+    log.info("distributed: %s; global batch %d = data.batch_size %d per process x %d processes%s", dist.describe(),
+             batch_size * dist.world_size * accumulate, batch_size, dist.world_size,
+             f" x {accumulate} accumulated batches" if accumulate > 1 else "")
+
+
+def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path,
+                      dist: distributed.Dist = distributed.SINGLE) -> None:
     """The inspector's summary of the model about to train: model_summary.txt / .json in the run dir, and on
     the console (and train.log) the whole table or, with trainer.summary=totals, only its totals."""
     mode = cfg.trainer.get("summary", "full")
@@ -158,8 +189,10 @@ def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path) -> Non
         log.warning("no model summary: %s", bad)
         return
     table = summary.table()
+    if dist.enabled:
+        table += f"\nTrained data-parallel by {dist.describe()}: each holds a full copy of the model."
     (run_dir / "model_summary.txt").write_text(table + "\n")
-    write_json(summary.to_dict(), run_dir / "model_summary.json")
+    write_json({**summary.to_dict(), "world_size": dist.world_size}, run_dir / "model_summary.json")
     log.info("%s", table if mode == "full" else "\n".join(totals_lines(summary)))
 
 
@@ -169,20 +202,23 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple 
     callbacks: extra engine callbacks, called after the run's own at each moment.
     """
     started = time.perf_counter()
-    run = prepare(cfg, overrides, callbacks)
-
     try:
-        return _fit_test_record(run, started)
-    except OSError as bad:
-        if bad.errno is None:
-            raise
-        raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer.kept())) from bad
+        run = prepare(cfg, overrides, callbacks)
+        try:
+            return _fit_test_record(run, started)
+        except OSError as bad:
+            if bad.errno is None:
+                raise
+            raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer.kept())) from bad
+    finally:
+        distributed.teardown()  # a distributed run leaves its process group (nothing in a single process)
 
 
 def _fit_test_record(run: Run, started: float) -> dict:
-    trainer, tcfg = run.trainer, run.cfg.trainer
-    write_json(environment(trainer.device), run.run_dir / "environment.json")
-    (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(run.config))
+    trainer, tcfg, main = run.trainer, run.cfg.trainer, run.dist.is_main
+    if main:  # rank 0 writes every file of the run
+        write_json(environment(trainer.device, run.dist), run.run_dir / "environment.json")
+        (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(run.config))
     try:
         trainer.fit(run.data.train, run.data.val)
         results = trainer.test(run.data.test, run.data.info.classes)
@@ -197,11 +233,14 @@ def _fit_test_record(run: Run, started: float) -> dict:
             "wall_time_s": time.perf_counter() - started,
             "run_dir": str(run.run_dir),
         })
-        write_json(summary, run.run_dir / "metrics.json")
-        # The run's own overrides lead the HParams columns: in a sweep, what varies is seen first.
-        hparams = flat_hparams(run.config, first=read_overrides(run.run_dir))
-        run.tb.hparams(hparams, {k: v for k, v in summary.items()
-                                 if k.startswith(("test/", "val/")) and isinstance(v, float)})
+        if run.dist.enabled:
+            summary["world_size"] = run.dist.world_size
+        if main:
+            write_json(summary, run.run_dir / "metrics.json")
+        if run.tb.enabled:  # the run's own overrides lead the HParams columns: in a sweep, what varies first
+            hparams = flat_hparams(run.config, first=read_overrides(run.run_dir))
+            run.tb.hparams(hparams, {k: v for k, v in summary.items()
+                                     if k.startswith(("test/", "val/")) and isinstance(v, float)})
         trainer.teardown()  # closes the event file and the checkpoint writer
     except BaseException:
         # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure

@@ -68,10 +68,13 @@ def class_subset(cfg, num_classes: int | None = None) -> list[int] | None:
     return subset
 
 
-def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment: bool = True) -> DataBundle:
+def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment: bool = True,
+               shard: tuple[int, int] = (0, 1)) -> DataBundle:
     """Loaders for train (augmented, shuffled), val and test (never augmented) on `device`.
 
-    `augment` is the augment config (transforms + mix) or a bare list of transforms.
+    `augment` is the augment config (transforms + mix) or a bare list of transforms. `shard`: (rank, world
+    size) under distributed training: every loader yields only this process's share of each split
+    (cnnlab.data.loaders.shard); `data.batch_size` is per process.
     """
     source = load_source(cfg)
     found = _found_values(cfg, source)
@@ -97,7 +100,7 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     resident = all(pool.resident for pool in pools.values())
     kind = _choose_loader(str(cfg.loader), transforms, resident)
     check_pipeline(transforms, kind, pools["train"], source, info)
-    common = dict(mean=info.mean, std=info.std, seed=seed, device=device)
+    common = dict(mean=info.mean, std=info.std, seed=seed, device=device, rank=shard[0], world=shard[1])
     bs, eval_bs = int(cfg.batch_size), int(cfg.eval_batch_size)
     workers = int(cfg.num_workers)
     if kind == "tensor":
@@ -111,8 +114,9 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
                  else _dataloader(p, source, info, None, eval_bs, False, workers, None, common)
                  for p in (pools["val"], pools["test"]))
     sizes = {name: len(pool) for name, pool in pools.items()}
-    log.info("data %s: %d train / %d val / %d test images (%s), %s loader on %s%s", info.name, sizes["train"],
+    log.info("data %s: %d train / %d val / %d test images (%s), %s loader on %s%s%s", info.name, sizes["train"],
              sizes["val"], sizes["test"], "in memory" if resident else "decoded per sample", kind, device,
+             f", each of {shard[1]} processes takes 1/{shard[1]} of every split" if shard[1] > 1 else "",
              f"; {source.skipped} unreadable files skipped" if source.skipped else "")
     return DataBundle(info, train, val, test, loader_kind=kind, sizes=sizes, found=found, skipped=source.skipped)
 

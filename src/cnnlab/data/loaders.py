@@ -16,6 +16,33 @@ from cnnlab.errors import ConfigError
 from cnnlab.seeding import derived_generator, transform_sample
 
 MIX_SALT = 0x6D6978  # keeps the MixUp/CutMix stream apart from the shuffle/augmentation stream
+RANK_SALT = 0x72616E6B  # each process's augmentation stream under distributed training
+
+
+def shard(order: torch.Tensor | list, rank: int, world: int, pad: bool):
+    """This process's share of an epoch's sample order, as torch's DistributedSampler splits it: padded (for
+    training, by repeating the order's first samples) to a multiple of the world size so that every process
+    runs the same number of steps, then strided: process r takes positions r, r + world, ... With per-process
+    batch b, the i-th batches of all processes together are exactly positions [i*b*world, (i+1)*b*world) of
+    the order: the global batch a single process with batch b*world would draw.
+
+    Evaluation shards are not padded (pad=False): every sample is counted exactly once."""
+    if world == 1:
+        return order
+    n = len(order)
+    if pad and n % world:
+        extra = world - n % world
+        repeats = order if extra <= n else (order * (extra // n + 1) if isinstance(order, list)
+                                            else order.repeat(extra // n + 1))
+        order = order + repeats[:extra] if isinstance(order, list) else torch.cat([order, repeats[:extra]])
+    return order[rank::world]
+
+
+def shard_size(n: int, rank: int, world: int, pad: bool) -> int:
+    """Samples in process `rank`'s share of n (see `shard`)."""
+    if world == 1:
+        return n
+    return -(-n // world) if pad else len(range(rank, n, world))
 
 
 def _start_mix(mix: BatchMix | None, seed: int, epoch: int) -> None:
@@ -47,8 +74,10 @@ class TensorLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean, std,
                  shuffle: bool = False, augment: BatchAugment | None = None, mix: BatchMix | None = None,
-                 seed: int = 0, drop_last: bool = False, device: torch.device | str = "cpu"):
+                 seed: int = 0, drop_last: bool = False, device: torch.device | str = "cpu",
+                 rank: int = 0, world: int = 1):
         self.device = torch.device(device)
+        self.rank, self.world = rank, world  # distributed: this process takes its shard of every epoch
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size = int(batch_size)
@@ -80,8 +109,12 @@ class TensorLoader:
         self._resume = (state, on_resumed)
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _shard_size(self) -> int:
+        # training shards (shuffled) are padded so all processes step together; evaluation shards are exact
+        return shard_size(len(self.labels), self.rank, self.world, pad=self.shuffle)
 
     @property
     def dataset_size(self) -> int:
@@ -91,6 +124,12 @@ class TensorLoader:
         n = len(self.labels)
         generator = derived_generator(self.seed, self.epoch, device=self.device) if (self.shuffle or self.augment) else None
         order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
+        if self.world > 1:
+            if order is None:
+                order = torch.arange(n, device=self.device)
+            order = shard(order, self.rank, self.world, pad=self.shuffle)
+            if generator is not None:  # the order is shared; each process draws its own augmentation
+                generator = derived_generator(self.seed, self.epoch, RANK_SALT + self.rank, device=self.device)
         _start_mix(self.mix, self.seed, self.epoch)
         first, resume, self._resume = 0, self._resume, None
         if resume is not None:
@@ -135,18 +174,23 @@ class EpochSampler(torch.utils.data.Sampler):
     """Yields (index, epoch) pairs: the epoch's order from a generator seeded with (seed, epoch), starting at
     an offset when an interrupted epoch is resumed (no batches are replayed)."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int):
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world = rank, world  # distributed: this process's shard, split as DistributedSampler does
         self.epoch, self.offset = 0, 0
 
     def __len__(self) -> int:
-        return self.n - self.offset
+        return shard_size(self.n, self.rank, self.world, pad=self.shuffle) - self.offset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=derived_generator(self.seed, self.epoch)).tolist()
         else:
             order = list(range(self.n))
+        order = shard(order, self.rank, self.world, pad=self.shuffle)
         epoch = self.epoch
         return iter([(i, epoch) for i in order[self.offset:]])
 
@@ -161,13 +205,14 @@ class DataLoaderAdapter:
     kind = "dataloader"
 
     def __init__(self, dataset: Dataset, batch_size: int, *, mean, std, shuffle: bool, seed: int, device,
-                 num_workers: int = 0, drop_last: bool = False, mix: BatchMix | None = None, collate_fn=None):
+                 num_workers: int = 0, drop_last: bool = False, mix: BatchMix | None = None, collate_fn=None,
+                 rank: int = 0, world: int = 1):
         self.device = torch.device(device)
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
         self.batch_size = int(batch_size)
-        self.sampler = EpochSampler(len(dataset), shuffle, seed)
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world)
         pin = self.device.type == "cuda"
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, drop_last=drop_last,
@@ -204,7 +249,8 @@ class DataLoaderAdapter:
         resume, self._resume = self._resume, None
         resume, on_resumed = resume if resume else (None, None)
         skip = int(resume["batches"]) if resume else 0
-        self.sampler.epoch, self.sampler.offset = self.epoch, skip * self.batch_size
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.offset = skip * self.batch_size
         self._done = skip
         _start_mix(self.mix, self.seed, self.epoch)
         if resume and self.mix is not None and resume.get("mix") is not None:

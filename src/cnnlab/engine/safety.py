@@ -18,13 +18,15 @@ log = logging.getLogger("cnnlab")
 
 
 class StopSignals:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second signal stops at once.
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second signal stops at once. In a job of
+    submitit's (SLURM), SIGUSR2 too: what the cluster sends `signal_delay_s` before the time limit.
 
     The handlers exist only inside the `with` block and only in the main thread (signals cannot be
     handled elsewhere); the previous handlers come back on exit.
     """
 
     SIGNALS = ("SIGINT", "SIGTERM")
+    SUBMITIT_SIGNALS = ("SIGUSR2",)  # submitit's own handler would only log it for a job that is not checkpointable
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
@@ -46,7 +48,8 @@ class StopSignals:
 
     def __enter__(self):
         if self.enabled:
-            for name in self.SIGNALS:
+            names = self.SIGNALS + (self.SUBMITIT_SIGNALS if "SUBMITIT_EXECUTOR" in os.environ else ())
+            for name in names:
                 sig = getattr(signal, name)
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self

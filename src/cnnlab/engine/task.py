@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.devices import Precision
+from cnnlab.distributed import SINGLE, Dist
 
 if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
     from cnnlab.engine.early_stopping import MonitoredMetric
@@ -85,6 +86,7 @@ class RunContext:
     """Where one run happens and what identifies it.
 
     config: the resolved config (a plain dict), saved with its hash in every checkpoint.
+    dist: world size and rank; a single process is `cnnlab.distributed.SINGLE`.
     """
 
     device: torch.device
@@ -92,6 +94,7 @@ class RunContext:
     run_dir: Path
     seed: int
     config: dict
+    dist: Dist = SINGLE  # this process's place under distributed training (cnnlab.distributed)
 
 
 @runtime_checkable

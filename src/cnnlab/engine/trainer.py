@@ -70,7 +70,8 @@ class Trainer:
         self._batch_hooks: list = []  # set by fit from self.callbacks
         self.device = context.device
         self.scaler = torch.amp.GradScaler(self.device.type) if context.precision.use_scaler else None
-        self.forward_model = torch.compile(task.model) if options.compile else task.model
+        self.dist = context.dist
+        self._wrap()
         self.aux_loss_weight = float(getattr(task.model, "aux_loss_weight", 0.0))
         self._no_autocast = contextlib.nullcontext()  # reusable: one object for every step in full precision
         self.epoch = 0            # last completed epoch
@@ -90,6 +91,24 @@ class Trainer:
         self.stopped_early = False
         self.test_loader: Iterable | None = None  # set by test, for callbacks that look at the test data again
 
+    def _wrap(self) -> None:
+        """The model the steps run: under distributed training the DistributedDataParallel wrapper (built
+        again when fine-tuning unfreezes layers, since DDP tracks the parameters that train at construction),
+        compiled with trainer.compile. Evaluation under DDP runs the plain model: no collectives mid-pass."""
+        model = self.task.model
+        self.ddp = None
+        forward = model
+        if self.dist.enabled:
+            from cnnlab.distributed import wrap
+
+            self.ddp = forward = wrap(model, self.dist, self.device)
+        self.forward_model = torch.compile(forward) if self.options.compile else forward
+        self.eval_model = self.forward_model if self.ddp is None else model
+        self._wrapped_trainable = self._trainable()
+
+    def _trainable(self) -> tuple[bool, ...]:
+        return tuple(p.requires_grad for p in self.task.model.parameters())
+
     @property
     def checkpoint_callback(self) -> ModelCheckpoint | None:
         """The callback that writes checkpoint files (resume points on a stop request), if any."""
@@ -106,9 +125,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.context.precision.autocast_dtype)
 
     def _no_sync(self, stepping: bool):
-        """DDP: the micro-batches that do not step will enter the wrapped model's no_sync() here (forward and
-        backward inside it), so gradients are all-reduced once per optimizer step. A no-op until then."""
-        return self._no_autocast
+        """DDP: the micro-batches that do not step run forward and backward inside the wrapper's no_sync(), so
+        gradients are all-reduced once per optimizer step, not once per batch."""
+        if self.ddp is None or stepping:
+            return self._no_autocast
+        return self.ddp.no_sync()
 
     def _window(self, step: int) -> tuple[int, int]:
         """(first batch, batches) of the accumulation window holding batch `step` of this epoch.
@@ -153,7 +174,19 @@ class Trainer:
             outputs = None
         if not last:
             return outputs
+        if self.dist.enabled:
+            self._agree_on_step(epoch, step, check)
         return outputs if self._optimizer_step(epoch, step, check) else None
+
+    def _agree_on_step(self, epoch: int, step: int, check: bool) -> None:
+        """DDP, once per optimizer step: one small all-reduce tells every process whether any of them saw a
+        non-finite loss in the window (all skip the step, or all stop) and whether any was asked to stop (all
+        stop after this same step). Gradients are identical on every process, so the rest of the step agrees."""
+        bad, self.stop_agreed = self.dist.any(self._window_bad is not None, self.signals_requested())
+        if bad and self._window_bad is None:
+            self._window_bad = "a loss on another process is not finite"
+        if bad and check and self.options.nonfinite != "skip":
+            raise RunError(divergence_message(self._window_bad, epoch, step + 1, self.global_step + 1, self.kept()))
 
     def _optimizer_step(self, epoch: int, step: int, check: bool) -> bool:
         """Clip, check and apply the window's summed gradients; False when the step was skipped."""
@@ -201,7 +234,8 @@ class Trainer:
         return False
 
     def _nonfinite(self, what: str, epoch: int, step: int) -> None:
-        if self.options.nonfinite != "skip":
+        # under DDP the other processes must stop at the same step: _agree_on_step raises on all of them
+        if self.options.nonfinite != "skip" and not self.dist.enabled:
             raise RunError(divergence_message(what, epoch, step + 1, self.global_step + 1, self.kept()))
         if self._window_bad is None:
             self._window_bad = what
@@ -227,6 +261,7 @@ class Trainer:
         act on (divergence, out of memory, full disk) become a RunError that says what was kept."""
         try:
             with StopSignals(self.options.handle_signals) as signals:
+                self._signals = signals
                 self._fit(train, val, signals)
         except BaseException as error:
             self._call("on_exception", error)
@@ -263,6 +298,18 @@ class Trainer:
                 break
         self._call("on_fit_end")
 
+    def signals_requested(self) -> bool:
+        """A stop signal reached this process."""
+        signals = getattr(self, "_signals", None)
+        return signals is not None and signals.requested is not None
+
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """Whether to stop after this optimizer step: under DDP only when every process agrees (the vote taken in
+        _agree_on_step), so all stop after the same step; a single process stops on its own signal."""
+        if self.dist.enabled:
+            return self.stop_agreed
+        return signals.requested is not None
+
     def _start_epoch(self, train: TrainLoader, epoch: int) -> float:
         """Position the loader and the random streams for `epoch` (continuing an interrupted one), set up the
         running sums and train mode; returns the seconds the epoch had already run before an interruption."""
@@ -273,14 +320,17 @@ class Trainer:
             self._reseed(epoch)
             train.set_epoch(epoch)
         else:  # continue an epoch stopped mid-way: same batches, same random draws from here on
-            rng = partial["rng"]
-            train.resume(partial["loader"], on_resumed=lambda: set_rng_state(rng))
-            self.first_step, seconds_before = int(partial["loader"]["batches"]), float(partial["seconds"])
-            self.tracker.load_state_dict(partial["tracker"])
+            loader_state, rng = self._own_partial(partial)
+            train.resume(loader_state, on_resumed=lambda: set_rng_state(rng))
+            self.first_step, seconds_before = int(loader_state["batches"]), float(partial["seconds"])
+            if self.dist.is_main:  # the sums of all processes (see _stop_mid_epoch); the others start from 0
+                self.tracker.load_state_dict(partial["tracker"])
             log.info("continuing epoch %d after step %d", epoch, self.first_step)
         freezer = self.task.freezer
         if freezer is not None:
             freezer.before_epoch(epoch)
+            if self.ddp is not None and self._trainable() != self._wrapped_trainable:
+                self._wrap()
         self.task.model.train()
         if freezer is not None:
             freezer.set_modes()
@@ -291,7 +341,7 @@ class Trainer:
     def _reseed(self, epoch: int) -> None:
         """Global RNG (dropout, per-sample transforms) re-seeded per epoch: a resumed epoch k draws exactly what
         the uninterrupted run drew."""
-        seed = derived_generator(self.context.seed, epoch, 7).initial_seed()
+        seed = derived_generator(self.context.seed, epoch, 7 + 1_000 * self.dist.rank).initial_seed()
         if self.device.type == "cpu":
             # the one generator a CPU run draws from; torch.manual_seed would also queue a seed (with a captured
             # stack, ~0.2 ms) for every accelerator the build supports
@@ -317,11 +367,12 @@ class Trainer:
             for hook in hooks:
                 hook(self, batch, outputs, step)
             # mid-epoch checkpoints hold no partly summed gradients: a stop waits for the window's step
-            if signals.requested and self.stepped:
+            if self.stepped and self._stop_requested(signals):
                 self._stop_mid_epoch(train, epoch, seconds_before + time.perf_counter() - start, signals.requested)
         if self.options.nonfinite == "skip" and tracker.count == 0 and step > first_step:
             raise RunError(divergence_message(f"every step of epoch {epoch} had a non-finite loss or gradient",
                                               epoch, step + 1, self.global_step, self.kept()))
+        tracker.all_reduce(self.dist)  # DDP: every process's sums (train metrics cover the global batch)
         metrics = tracker.compute("train")  # reads the sums: the one sync per epoch
         seconds = seconds_before + time.perf_counter() - start
         metrics["lr"] = self.task.schedule.lr()
@@ -354,39 +405,88 @@ class Trainer:
         metrics["epoch"] = epoch
         self.history.append(metrics)
         self._call("on_epoch_end", metrics)
-        if signals.requested:  # arrived during validation: the epoch's checkpoint is the place to resume
+        stop = self.dist.any(signals.requested is not None)[0] if self.dist.enabled else signals.requested
+        if stop:  # arrived during validation: the epoch's checkpoint is the place to resume
+            signum = self._agreed_signal(signals)
             ckpt = self.checkpoint_callback
             if ckpt is not None:
                 ckpt.wait()
-            raise TrainingStopped(self._stopped_message(signals.requested, f"after epoch {epoch}",
-                                                        ckpt.resume_path if ckpt is not None else None),
-                                  signals.requested)
+            self.dist.barrier()  # every process stops once rank 0's checkpoint is on disk
+            raise TrainingStopped(self._stopped_message(signum, f"after epoch {epoch}", self._resume_path()),
+                                  signum)
 
-    def _stop_mid_epoch(self, train: TrainLoader, epoch: int, seconds: float, signum: int) -> None:
-        """Write last.ckpt at this step (synchronously) and stop; resuming continues this epoch here."""
-        state = self.state_dict()
-        state["partial"] = {"epoch": epoch, "loader": train.state_dict(), "seconds": seconds, "rng": rng_state(),
-                            "tracker": self.tracker.state_dict()}
+    def _agreed_signal(self, signals: StopSignals) -> int:
+        """The signal every process reports: the lowest that reached any of them (one gather, at the stop)."""
+        if not self.dist.enabled:
+            return signals.requested
+        got = [s for s in self.dist.gather_objects(signals.requested) if s is not None]
+        return min(got) if got else int(signal.SIGTERM)
+
+    def _resume_path(self) -> Path | None:
+        """Where the resume point is (rank 0 writes it; every process names the same path)."""
         ckpt = self.checkpoint_callback
-        path = ckpt.save_resume_point(state) if ckpt is not None else None
+        if ckpt is not None:
+            return ckpt.resume_path
+        save_last = self.context.config.get("trainer", {}).get("checkpoint", {}).get("save_last", False)
+        return self.context.run_dir / CKPT_DIR / "last.ckpt" if self.dist.enabled and save_last else None
+
+    def _stop_mid_epoch(self, train: TrainLoader, epoch: int, seconds: float, signum: int | None) -> None:
+        """Write last.ckpt at this step (synchronously) and stop; resuming continues this epoch here.
+
+        Under DDP every process stops after the same step: rank 0 writes one checkpoint holding every process's
+        loader position and random state (a resume with the same world size continues each exactly) and the
+        running sums of all processes; the others wait until it is on disk, then stop too."""
+        own = {"loader": train.state_dict(), "rng": rng_state()}
+        ranks = self.dist.gather_objects(own) if self.dist.enabled else None
+        signum = self._agreed_signal(self._signals) if self.dist.enabled else signum
+        self.tracker.all_reduce(self.dist)
+        state = self.state_dict()
+        state["partial"] = {"epoch": epoch, "loader": own["loader"], "seconds": seconds, "rng": own["rng"],
+                            "tracker": self.tracker.state_dict()}
+        if ranks is not None:
+            state["partial"].update(ranks=ranks, world_size=self.dist.world_size)
+        ckpt = self.checkpoint_callback
+        path = ckpt.save_resume_point(state) if ckpt is not None else self._resume_path()
+        self.dist.barrier()
         where = f"at epoch {epoch}, step {state['partial']['loader']['batches']}"
         raise TrainingStopped(self._stopped_message(signum, where, path), signum)
+
+    def _own_partial(self, partial: dict) -> tuple[dict, dict]:
+        """This process's loader position and random state in a mid-epoch checkpoint (rank 0 saved every
+        process's). Its shard of the epoch depends on the number of processes, so only the same number can
+        continue it; an end-of-epoch checkpoint resumes with any."""
+        saved_world = int(partial.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise ConfigError(
+                f"the checkpoint was written mid-epoch {partial['epoch']} by {saved_world} process(es), and each "
+                f"process's share of an epoch depends on their number: resume it with {saved_world} "
+                f"({'torchrun --nproc_per_node=' + str(saved_world) if saved_world > 1 else 'a single process'}). "
+                f"Checkpoints written at the end of an epoch resume with any number of processes")
+        own = partial["ranks"][self.dist.rank] if "ranks" in partial else partial
+        return own["loader"], own["rng"]
 
     def _stopped_message(self, signum: int, where: str, path: Path | None) -> str:
         name = signal.Signals(signum).name
         if path is None:
             return f"stopped by {name} {where}; no checkpoint written (trainer.checkpoint.save_last=false)"
+        if self.dist.enabled:
+            return (f"stopped by {name} {where}; checkpoint written to {path}. Continue with the same launch "
+                    f"({self.dist.world_size} processes) and trainer.resume={self.context.run_dir}, e.g. torchrun "
+                    f"--nproc_per_node={self.dist.world_size} -m cnnlab.train trainer.resume={self.context.run_dir}")
         return (f"stopped by {name} {where}; checkpoint written to {path}. "
                 f"Continue with: cnnlab-train trainer.resume={self.context.run_dir}")
 
-    def evaluate(self, loader: Iterable, prefix: str, with_confusion: bool = False):
-        """Loss and top-k accuracy over a split; optionally also the confusion matrix (rows = true class)."""
+    def evaluate(self, loader: Iterable, prefix: str, with_confusion: bool = False, num_classes: int | None = None):
+        """Loss and top-k accuracy over a split; optionally also the confusion matrix (rows = true class).
+        Under DDP each process evaluates its shard and the sums are added up: exact over the whole split."""
         model = self.task.model
         was_training = model.training
+        self.dist.broadcast_buffers_(model)  # every process evaluates (and saves) rank 0's batch-norm statistics
         try:
-            return evaluate_model(self.forward_model, loader, self.task.loss, prefix, ks=self.options.topk,
+            return evaluate_model(self.eval_model, loader, self.task.loss, prefix, ks=self.options.topk,
                                   device=self.device, autocast=self._autocast,
-                                  channels_last=self.options.channels_last, with_confusion=with_confusion)
+                                  channels_last=self.options.channels_last, with_confusion=with_confusion,
+                                  dist=self.dist, num_classes=num_classes)
         finally:
             model.train(was_training)
 
@@ -394,12 +494,15 @@ class Trainer:
         """Final pass on the test split with the best (or last) weights; returns test/* metrics."""
         monitored = self.task.monitored
         best = self.context.run_dir / CKPT_DIR / "best.ckpt"
-        if self.options.test_with == "best" and best.is_file():
-            state = torch.load(best, map_location=self.device, weights_only=True)
-            self.task.model.load_state_dict(state["model"])
-            log.info("testing the best weights (epoch %s, %s=%.4f)", state["epoch"], monitored.monitor,
-                     monitored.best if monitored.best is not None else float("nan"))
-        metrics, confusion = self.evaluate(loader, "test", with_confusion=True)
+        # rank 0 reads best.ckpt and hands its weights to the others (their file system need not share it)
+        if self.dist.broadcast_object(self.options.test_with == "best" and best.is_file()):
+            if self.dist.is_main:
+                state = torch.load(best, map_location=self.device, weights_only=True)
+                self.task.model.load_state_dict(state["model"])
+                log.info("testing the best weights (epoch %s, %s=%.4f)", state["epoch"], monitored.monitor,
+                         monitored.best if monitored.best is not None else float("nan"))
+            self.dist.broadcast_module_(self.task.model)
+        metrics, confusion = self.evaluate(loader, "test", with_confusion=True, num_classes=len(classes))
         self.test_loader = loader
         per_class = per_class_accuracy(confusion)
         self._call("on_test_end", metrics, confusion, classes)
@@ -435,6 +538,7 @@ class Trainer:
             "history": self.history,
             "rng": rng_state(),
             "nonfinite_steps": self.nonfinite_steps,
+            "world_size": self.dist.world_size,
             "config": self.context.config,
             "config_hash": config_hash(self.context.config),
         }
@@ -453,13 +557,19 @@ class Trainer:
         self.val_acc_best = state.get("val_acc_best")
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.partial = state.get("partial")
+        if self.partial is not None:
+            self.partial.setdefault("world_size", int(state.get("world_size", 1)))
+            self._own_partial(self.partial)  # refuse another number of processes now, before training starts
         set_rng_state(state["rng"])
 
 
 @torch.inference_mode()
 def evaluate_model(model: nn.Module, loader, loss, prefix: str, *, ks=(1, 5), device, autocast=contextlib.nullcontext,
-                   channels_last: bool = False, with_confusion: bool = False):
-    """One pass over `loader` in eval mode: {prefix}/loss, {prefix}/acc, {prefix}/acc_top<k> (and confusion)."""
+                   channels_last: bool = False, with_confusion: bool = False, dist=None, num_classes=None):
+    """One pass over `loader` in eval mode: {prefix}/loss, {prefix}/acc, {prefix}/acc_top<k> (and confusion).
+
+    dist: under DDP the loader yields this process's shard; sums and counts are added over all processes
+    (num_classes sizes the confusion matrix of a process whose shard is empty)."""
     model.eval()
     tracker = MetricTracker(ks, device)
     confusion = None
@@ -473,5 +583,12 @@ def evaluate_model(model: nn.Module, loader, loss, prefix: str, *, ks=(1, 5), de
         if with_confusion:
             counts = confusion_matrix(logits.argmax(dim=1), hard_labels(y), logits.shape[1])
             confusion = counts if confusion is None else confusion + counts
+    if dist is not None and dist.enabled:
+        tracker.all_reduce(dist)
+        if with_confusion:  # a process whose shard is empty still takes part in the sum
+            n = num_classes or confusion.shape[0]
+            confusion = dist.all_reduce_sum_(confusion if confusion is not None
+                                             else torch.zeros(n, n, dtype=torch.long, device=device))
     metrics = tracker.compute(prefix)
     return (metrics, confusion) if with_confusion else metrics
+

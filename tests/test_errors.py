@@ -26,7 +26,7 @@ BAD = [
     (["model.pool=l3"], r"model.pool='l3' is not accepted; choose one of max, avg"),
     (["+model.depth=3"], r"model 'lenet5' has no key\(s\) model.depth"),
     (["trainer.device=tpu"], r"trainer.device='tpu' is not"),
-    (["trainer.precision=fp16", "trainer.device=cpu"], r"trainer.precision=fp16 needs a CUDA device"),
+    (["trainer.precision=fp16", "trainer.device=cpu"], r"trainer.precision=fp16 runs on CUDA only"),
     (["optimizer.nesterov=true", "optimizer=sgd", "optimizer.momentum=0"], r"nesterov=true needs optimizer.momentum > 0"),
     (["scheduler.warmup_epochs=5", "trainer.max_epochs=3"], r"scheduler.warmup_epochs=5 must be in \[0, trainer.max_epochs=3\)"),
     (["trainer.topk=[0]"], r"trainer.topk=.* must be a list of positive integers"),

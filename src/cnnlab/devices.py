@@ -65,15 +65,17 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     if precision in ("32", "fp32", "32-true"):
         return Precision(None, False)
     if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("trainer.precision=bf16 but this GPU has no bfloat16 support; use fp16 or 32")
+        # native support only (compute capability >= 8.0): torch also reports bf16 on older GPUs, emulated, slowly
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise ConfigError("trainer.precision=bf16 but this GPU has no native bfloat16 support (compute capability "
+                              "below 8.0, e.g. V100, T4); use fp16 or 32")
         if device.type == "mps":
             raise ConfigError("trainer.precision=bf16 is not supported on mps; use 32")
         return Precision(torch.bfloat16, False)
     if precision == "fp16":
         if device.type != "cuda":
-            raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (got {device.type}); "
-                              "use bf16 on CPU, or 32")
+            raise ConfigError(f"trainer.precision=fp16 runs on CUDA only here (got {device.type}): on CPU, torch's "
+                              "fp16 autocast is many times slower than fp32; use bf16 on CPU, or 32")
         return Precision(torch.float16, True)
     raise ValueError(f"unknown precision {precision!r}")  # the schema (cnnlab.schema.Precision) refuses it first
 

@@ -23,7 +23,7 @@ from cnnlab.devices import resolve_device, resolve_precision
 from cnnlab.engine.checkpoint import find_checkpoint, saved_config
 from cnnlab.engine.trainer import evaluate_model
 from cnnlab.errors import ConfigError
-from cnnlab.losses import Loss
+from cnnlab.losses import Loss, resolve_class_weights
 from cnnlab.metrics import per_class_accuracy
 from cnnlab.model_io import load_trained_model
 from cnnlab.restore import check_split_unchanged, check_trusted_targets
@@ -68,7 +68,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         return torch.autocast(device.type, precision.autocast_dtype) if precision.enabled else contextlib.nullcontext()
 
     ks = tuple(sorted({1, *(int(k) for k in tcfg.topk)}))
-    metrics, confusion = evaluate_model(loaded.model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing)),
+    spec = tcfg.get("class_weights")  # the run's loss, weighted as in training (auto: the same training counts)
+    weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), data.class_counts)
+    metrics, confusion = evaluate_model(loaded.model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing),
+                                                                              weights),
                                         split, ks=ks, device=device, autocast=autocast, with_confusion=True)
     classes = list(loaded.info.classes)
     result = {

@@ -23,14 +23,15 @@ from cnnlab.errors import ConfigError
 log = logging.getLogger("cnnlab")
 
 # Keys that decide which images are training images (a resume and an evaluation must keep them).
-SPLIT_KEYS = ("seed", "data.split", "data.num_samples", "data.generator_seed", "data.class_subset")
+SPLIT_KEYS = ("seed", "data.split", "data.num_samples", "data.generator_seed", "data.class_subset",
+              "data.max_per_class")
 # Keys whose change makes a checkpoint's tensors or training state mean something else.
 INCOMPATIBLE_KEYS = SPLIT_KEYS + ("model", "data.name", "data.in_channels", "data.num_classes", "data.input_size",
                                   "data.classes", "data.image_size", "data.noise", "data.root", "data.train_root",
                                   "data.val_root", "data.test_root", "optimizer._target_", "scheduler._target_",
                                   "scheduler.interval")
 # ... and, for a checkpoint taken mid-epoch, keys that change what "after batch k of this epoch" means.
-MID_EPOCH_KEYS = ("data.batch_size", "data.loader", "trainer.device", "augment")
+MID_EPOCH_KEYS = ("data.batch_size", "data.loader", "data.sampler", "trainer.device", "augment")
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]):

@@ -86,6 +86,7 @@ SummaryMode = Literal["full", "totals", "none"]
 Interval = Literal["epoch", "step"]
 ResizeMode = Literal["center_crop", "stretch"]
 LoaderKind = Literal["auto", "tensor", "dataloader"]
+DataSampler = Literal["random", "balanced"]
 ExistingRun = Literal["refuse", "clear"]
 Split = Literal["train", "val", "test"]
 SummaryFormat = Literal["table", "json"]
@@ -121,6 +122,10 @@ class DataBase(Section):
     eval_batch_size: PositiveInt
     loader: LoaderKind
     num_workers: NonNegativeInt
+    # configs saved before these keys existed have none
+    sampler: DataSampler = "random"
+    max_per_class: Annotated[Optional[Annotated[int, Field(gt=0)] | list[Annotated[int, Field(gt=0)]]], Field(
+        description="must be a positive integer, a list of one positive integer per class, or null")] = None
 
 
 class DownloadableData(DataBase):
@@ -270,6 +275,8 @@ class Trainer(Section):
     nonfinite: NonFinite
     handle_signals: bool
     summary: SummaryMode = "full"  # configs saved before the key existed have none
+    class_weights: Annotated[Optional[Literal["auto"] | list[Annotated[float, Field(ge=0)]]], Field(
+        description="must be null, auto, or a list of one weight >= 0 per class")] = None
 
 
 class Logger(Section):

@@ -31,7 +31,7 @@ from cnnlab.errors import ConfigError, RunError
 from cnnlab.experiments.runs import read_overrides
 from cnnlab.finetune import Freezer, load_pretrained
 from cnnlab.inspector import LayerFailure, summarize, totals_lines
-from cnnlab.losses import Loss
+from cnnlab.losses import Loss, resolve_class_weights
 from cnnlab.models import build_model
 from cnnlab.optim import build_optimizer, build_schedule
 from cnnlab.restore import carry_best_checkpoint, resume_config
@@ -94,7 +94,6 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
 
     precision = resolve_precision(tcfg.precision, device)
     mode = resolve_mode(tcfg.monitor, tcfg.monitor_mode)
-    loss = Loss(tcfg.loss, float(tcfg.label_smoothing))
     progress = Progress(tcfg.progress, int(tcfg.max_epochs), int(tcfg.log_every_n_steps))
     monitored = MonitoredMetric(tcfg.monitor, mode, int(tcfg.early_stopping.patience),
                                 float(tcfg.early_stopping.min_delta))
@@ -103,6 +102,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
 
     data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size))
     info = data.info
+    loss = Loss(tcfg.loss, float(tcfg.label_smoothing), class_weights(cfg, data.class_counts))
     check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
         with open_dict(cfg):
@@ -158,6 +158,19 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     return Run(cfg, config, run_dir, data, model, trainer, tb, n_params, dist)
 
 
+
+
+def class_weights(cfg: DictConfig, counts: list[int]) -> list[float] | None:
+    """trainer.class_weights resolved against the training split's class counts, and said in the log."""
+    spec = cfg.trainer.get("class_weights")
+    weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), counts)
+    if weights is not None:
+        log.info("trainer.class_weights=%s: %s (training images per class: %s)", spec if isinstance(spec, str)
+                 else "list", [round(w, 4) for w in weights], counts)
+        if spec == "auto" and cfg.data.get("sampler", "random") == "balanced":
+            log.warning("data.sampler=balanced already draws every class equally often; with trainer.class_weights"
+                        "=auto the rare classes are favoured twice")
+    return weights
 
 
 def check_world_size(dist: distributed.Dist, data, batch_size: int, accumulate: int) -> None:

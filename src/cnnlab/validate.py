@@ -48,6 +48,7 @@ def _cross_key_problems(cfg) -> list[str]:
     num_classes = _get(cfg, "data.num_classes")
     if OmegaConf.is_list(classes) and isinstance(num_classes, int) and len(classes) != num_classes:
         problems.append(f"data.classes has {len(classes)} names but data.num_classes={num_classes}")
+    problems += _per_class_problems(cfg)
     if _get(cfg, "data.name") == "imagefolder" and not (_get(cfg, "data.root") or _get(cfg, "data.train_root")):
         problems.append("data.root=None: set data.root (or data.train_root) to the image folder <root>/<class>/<images>")
 
@@ -61,12 +62,41 @@ def _cross_key_problems(cfg) -> list[str]:
         problems.append(f"scheduler.warmup_epochs={warmup} must be in [0, trainer.max_epochs={epochs})")
     if _get(cfg, "trainer.test_with") == "best" and _get(cfg, "trainer.checkpoint.save_best") is False:
         problems.append("trainer.test_with=best needs trainer.checkpoint.save_best=true (or set trainer.test_with=last)")
+    problems += _averaging_problems(cfg, epochs)
     return problems
+
+
+def _averaging_problems(cfg, epochs) -> list[str]:
+    """trainer.ema and trainer.swa each keep one average of the weights: not both; SWA must start in the run."""
+    if _get(cfg, "trainer.ema.enabled") is True and _get(cfg, "trainer.swa.enabled") is True:
+        return ["trainer.ema.enabled=true and trainer.swa.enabled=true cannot be combined: each keeps the one "
+                "average of the weights that validation, the test and checkpoints use; enable one of them"]
+    start = _number(cfg, "trainer.swa.start_epoch")
+    if _get(cfg, "trainer.swa.enabled") is True and isinstance(start, int) and isinstance(epochs, int) \
+            and start > epochs:
+        return [f"trainer.swa.start_epoch={start} must be at most trainer.max_epochs={epochs}: SWA averages the "
+                f"weights at the end of epochs start_epoch..max_epochs"]
+    return []
 
 
 def _number(cfg, key):
     value = _get(cfg, key)
     return value if _is_number(value) else None
+
+
+def _per_class_problems(cfg) -> list[str]:
+    """Lists with one value per class must match the number of classes trained on (after data.class_subset);
+    an image folder whose count comes from its folders is checked once they are read (the same message)."""
+    subset, num_classes = _get(cfg, "data.class_subset"), _get(cfg, "data.num_classes")
+    k = len(subset) if OmegaConf.is_list(subset) else num_classes if isinstance(num_classes, int) else None
+    problems = []
+    for key, what in (("trainer.class_weights", "weight"), ("data.max_per_class", "number")):
+        value = _get(cfg, key)
+        if k is not None and OmegaConf.is_list(value) and len(value) != k:
+            problems.append(f"{key} has {len(value)} values but the data has num_classes={k}"
+                            f"{' (after data.class_subset)' if OmegaConf.is_list(subset) else ''}: give one {what} "
+                            f"per class")
+    return problems
 
 
 def _augment_problems(cfg) -> list[str]:

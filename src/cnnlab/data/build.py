@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from cnnlab.data.augment import BatchAugment, batched_unsupported, build_v2_pipeline
+from cnnlab.data.balance import capped_indices, class_counts, per_class_caps
 from cnnlab.data.imagefolder import ImageFiles, UnreadableImage, collate_skipping, read_image
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
 from cnnlab.data.mixing import BatchMix
@@ -44,6 +46,7 @@ class DataBundle:
     sizes: dict = field(default_factory=dict)
     found: dict = field(default_factory=dict)   # values taken from the files (classes, measured mean/std)
     skipped: int = 0                            # unreadable files skipped while loading
+    class_counts: list = field(default_factory=list)  # training images per class (whole split, every process)
 
     def split(self, name: str):
         if name not in ("train", "val", "test"):
@@ -85,6 +88,14 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     pools = {name: _subset(pool, subset, full.num_classes) for name, pool in source.pools.items()}
     pools = {name: _resized(pool, full.input_size) for name, pool in pools.items()}
     pools = _split(pools, cfg, seed)
+    k = len(subset) if subset is not None else full.num_classes
+    caps = per_class_caps(cfg.get("max_per_class"), k)
+    if caps is not None:  # the training split only, after the split: val and test stay as they were
+        pools["train"] = pools["train"].select(capped_indices(pools["train"].labels, caps, seed))
+    counts = class_counts(pools["train"].labels, k)
+    if caps is not None or cfg.get("sampler", "random") == "balanced":
+        log.info("training images per class%s: %s", f" (data.max_per_class={_plain(cfg.max_per_class)})"
+                 if caps is not None else "", counts)
     if cfg.get("mean") is None or cfg.get("std") is None:
         mean, std = measure_mean_std(pools["train"], source, full, seed)
         if cfg.get("mean") is None:
@@ -103,12 +114,13 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     common = dict(mean=info.mean, std=info.std, seed=seed, device=device, rank=shard[0], world=shard[1])
     bs, eval_bs = int(cfg.batch_size), int(cfg.eval_batch_size)
     workers = int(cfg.num_workers)
+    sampler = str(cfg.get("sampler", "random"))
     if kind == "tensor":
         train = TensorLoader(pools["train"].images, pools["train"].labels, bs, shuffle=True,
-                             augment=BatchAugment(transforms), mix=mix, **common)
+                             augment=BatchAugment(transforms), mix=mix, sampler=sampler, **common)
     else:
         pipeline = build_v2_pipeline(transforms) if transforms else None
-        train = _dataloader(pools["train"], source, info, pipeline, bs, True, workers, mix, common)
+        train = _dataloader(pools["train"], source, info, pipeline, bs, True, workers, mix, common, sampler)
     # Evaluation sets are never augmented; resident ones always take the resident path.
     val, test = (TensorLoader(p.images, p.labels, eval_bs, **common) if p.resident
                  else _dataloader(p, source, info, None, eval_bs, False, workers, None, common)
@@ -118,7 +130,12 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
              sizes["val"], sizes["test"], "in memory" if resident else "decoded per sample", kind, device,
              f", each of {shard[1]} processes takes 1/{shard[1]} of every split" if shard[1] > 1 else "",
              f"; {source.skipped} unreadable files skipped" if source.skipped else "")
-    return DataBundle(info, train, val, test, loader_kind=kind, sizes=sizes, found=found, skipped=source.skipped)
+    return DataBundle(info, train, val, test, loader_kind=kind, sizes=sizes, found=found, skipped=source.skipped,
+                      class_counts=counts)
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _augment_parts(augment):
@@ -233,7 +250,7 @@ def measure_mean_std(pool: Pool, source: SourceData, info: DataInfo, seed: int, 
 
 
 def _dataloader(pool: Pool, source: SourceData, info: DataInfo, pipeline, batch_size: int, shuffle: bool,
-                workers: int, mix, common):
+                workers: int, mix, common, sampler: str = "random"):
     if pool.resident:
         dataset, collate = TransformDataset(pool.images, pool.labels, pipeline, seed=common["seed"]), None
     else:
@@ -241,7 +258,7 @@ def _dataloader(pool: Pool, source: SourceData, info: DataInfo, pipeline, batch_
                              skip=source.skip_unreadable, transform=pipeline, seed=common["seed"])
         collate = collate_skipping
     return DataLoaderAdapter(dataset, batch_size, shuffle=shuffle, num_workers=workers, mix=mix,
-                             collate_fn=collate, **common)
+                             collate_fn=collate, sampler=sampler, **common)
 
 
 def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: DataInfo) -> None:

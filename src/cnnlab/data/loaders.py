@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.augment import BatchAugment
+from cnnlab.data.balance import balanced_weights, epoch_order
 from cnnlab.data.imagefolder import UnreadableImage
 from cnnlab.data.mixing import BatchMix
 from cnnlab.errors import ConfigError
@@ -67,7 +68,9 @@ class TensorLoader:
     """Batches drawn from uint8 images held on the device: shuffle by index, augment whole batches, normalise.
 
     Every epoch's order and augmentation come from a generator seeded with (seed, epoch), so epoch k looks
-    the same whether or not the run was interrupted before it. Implements cnnlab.engine.task.TrainLoader.
+    the same whether or not the run was interrupted before it. `sampler="balanced"` (training): the order is
+    len(set) draws with replacement, every class equally likely (cnnlab.data.balance.epoch_order).
+    Implements cnnlab.engine.task.TrainLoader.
     """
 
     kind = "tensor"
@@ -75,13 +78,14 @@ class TensorLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean, std,
                  shuffle: bool = False, augment: BatchAugment | None = None, mix: BatchMix | None = None,
                  seed: int = 0, drop_last: bool = False, device: torch.device | str = "cpu",
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, sampler: str = "random"):
         self.device = torch.device(device)
         self.rank, self.world = rank, world  # distributed: this process takes its shard of every epoch
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
+        self.sample_weights = balanced_weights(self.labels) if shuffle and sampler == "balanced" else None
         self.augment = augment if augment else None
         self.mix = mix
         self.normalize = Normalize(mean, std, self.device)
@@ -123,7 +127,7 @@ class TensorLoader:
     def __iter__(self):
         n = len(self.labels)
         generator = derived_generator(self.seed, self.epoch, device=self.device) if (self.shuffle or self.augment) else None
-        order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
+        order = epoch_order(n, generator, self.device, self.sample_weights) if self.shuffle else None
         if self.world > 1:
             if order is None:
                 order = torch.arange(n, device=self.device)
@@ -172,10 +176,13 @@ class TransformDataset(Dataset):
 
 class EpochSampler(torch.utils.data.Sampler):
     """Yields (index, epoch) pairs: the epoch's order from a generator seeded with (seed, epoch), starting at
-    an offset when an interrupted epoch is resumed (no batches are replayed)."""
+    an offset when an interrupted epoch is resumed (no batches are replayed). With `labels` and
+    balanced=True the order is n draws with replacement, every class equally likely."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1,
+                 labels: torch.Tensor | None = None, balanced: bool = False):
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.sample_weights = balanced_weights(labels) if shuffle and balanced else None
         self.rank, self.world = rank, world  # distributed: this process's shard, split as DistributedSampler does
         self.epoch, self.offset = 0, 0
 
@@ -187,7 +194,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         if self.shuffle:
-            order = torch.randperm(self.n, generator=derived_generator(self.seed, self.epoch)).tolist()
+            order = epoch_order(self.n, derived_generator(self.seed, self.epoch), "cpu", self.sample_weights).tolist()
         else:
             order = list(range(self.n))
         order = shard(order, self.rank, self.world, pad=self.shuffle)
@@ -206,13 +213,14 @@ class DataLoaderAdapter:
 
     def __init__(self, dataset: Dataset, batch_size: int, *, mean, std, shuffle: bool, seed: int, device,
                  num_workers: int = 0, drop_last: bool = False, mix: BatchMix | None = None, collate_fn=None,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, sampler: str = "random"):
         self.device = torch.device(device)
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
         self.batch_size = int(batch_size)
-        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world)
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world,
+                                    labels=getattr(dataset, "labels", None), balanced=sampler == "balanced")
         pin = self.device.type == "cuda"
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, drop_last=drop_last,

@@ -100,7 +100,13 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     seed_everything(int(cfg.seed), bool(tcfg.deterministic))
     configure_backends(device, deterministic=bool(tcfg.deterministic), tf32=bool(tcfg.get("tf32", True)))
 
-    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size))
+    # values computed from the training split (Lighting's PCA) are cached in the run dir; a resumed run's dir too
+    cache_dirs = [run_dir]
+    if resume_path is not None:  # run/checkpoints/last.ckpt (or run/x.ckpt) -> run
+        folder = Path(resume_path).resolve().parent
+        cache_dirs.append(folder.parent if folder.name == "checkpoints" else folder)
+    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size),
+                      cache_dirs=cache_dirs)
     info = data.info
     loss = Loss(tcfg.loss, float(tcfg.label_smoothing), class_weights(cfg, data.class_counts))
     check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import instantiate_resolved
+from cnnlab.data.transforms import lighting
 from cnnlab.errors import ConfigError
 
 V2_PREFIX = "torchvision.transforms.v2."
@@ -425,7 +426,8 @@ def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 BATCHED = {"RandomCrop": RandomCropPad, "RandomHorizontalFlip": RandomHorizontalFlip,
            "RandomAffine": RandomAffine, "RandomErasing": RandomErasing,
-           "RandomResizedCrop": RandomResizedCrop, "ColorJitter": ColorJitter}
+           "RandomResizedCrop": RandomResizedCrop, "ColorJitter": ColorJitter,
+           lighting.TARGET: lighting.BatchLighting}  # cnnlab's own: keyed by the whole _target_
 
 
 def batched_unsupported(transforms: Sequence) -> list[str]:

@@ -26,9 +26,10 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 EPOCHS = 3  # the shared `trained_run` fixture trains for 3 epochs with histograms every epoch
 PER_EPOCH = ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/acc_best", "lr",
              "throughput/img_s", "time/epoch_s"]
-TEST = ["test/loss", "test/acc", "test/acc_top5"]
+TEST = ["test/loss", "test/acc", "test/acc_top5", *(f"test/{score}_{avg}" for avg in ("macro", "weighted")
+                                                    for score in ("precision", "recall", "f1"))]
 IMAGES = ["inputs/train_batch", "filters/first_conv", "test/confusion_matrix"]
-HPARAM_METRICS = {"test/loss", "test/acc", "test/acc_top5", "val/acc_best"}
+HPARAM_METRICS = {*TEST, "val/acc_best"}
 FIRST_CONV = "features.0.weight"
 SERVER_DEADLINE_S = 60
 LOG_EVERY_N_STEPS = 50  # configs/trainer/default.yaml, which the shared run keeps
@@ -268,6 +269,20 @@ def test_confusion_matrix_text_matches_metrics(events, trained_run):
     rows = [[int(c) for c in line.strip("|").split("|")[1:]] for line in lines[2:]]
     assert rows == metrics["test/confusion_matrix"]
     assert len(rows) == 10 and sum(map(sum, rows)) > 0
+
+
+def test_per_class_scores_text_matches_metrics(events, trained_run):
+    _, metrics = trained_run
+    tensors = events.Tensors("test/per_class/text_summary")
+    assert [t.step for t in tensors] == [EPOCHS]
+    lines = [line for line in tensors[0].tensor_proto.string_val[0].decode().splitlines() if line.startswith("|")]
+    assert lines[0] == "| class | precision | recall | F1 | support |"
+    for line, name in zip(lines[2:], [str(d) for d in range(10)], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == name
+        for cell, score in zip(cells[1:4], ("precision", "recall", "f1")):
+            assert float(cell) == pytest.approx(metrics[f"test/per_class_{score}"][name], abs=5e-5)
+        assert int(cells[4]) == sum(metrics["test/confusion_matrix"][int(name)])
 
 
 def test_hparams_in_the_same_event_file(events, trained_run):

@@ -30,6 +30,49 @@ def per_class_accuracy(confusion: torch.Tensor) -> list[float | None]:
     return [float(confusion[i, i] / totals[i]) if totals[i] > 0 else None for i in range(len(totals))]
 
 
+AVERAGES = ("macro", "weighted")
+SCORES = ("precision", "recall", "f1")
+
+
+def precision_recall_f1(confusion: torch.Tensor) -> dict:
+    """Per-class precision, recall and F1 and their macro and weighted means, from a confusion matrix (rows
+    true, columns predicted). Computed from the matrix alone, so the values are exact under DDP (the matrix
+    is summed over processes) and cost nothing per batch.
+
+    A class with samples but no predictions has precision 0, one predicted but without samples has recall 0,
+    and F1 = 2 tp / (samples + predictions) is 0 for both (scikit-learn's zero_division=0). A class with
+    neither has no values (None) and is left out of the macro mean, as scikit-learn leaves out labels absent
+    from both y_true and y_pred. Weighted means weigh each class by its samples (support).
+
+    Returns {"precision"|"recall"|"f1": [per class], "support": [per class],
+             "macro"|"weighted": {"precision", "recall", "f1"}} (the means empty for an empty matrix).
+    """
+    c = confusion.detach().double().cpu()
+    tp = c.diagonal()
+    support = c.sum(dim=1)
+    predicted = c.sum(dim=0)
+    present = (support + predicted) > 0
+    safe = lambda num, den: torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))  # noqa: E731
+    scores = {"precision": safe(tp, predicted), "recall": safe(tp, support), "f1": safe(2 * tp, support + predicted)}
+    out = {name: [float(v) if p else None for v, p in zip(values.tolist(), present.tolist())]
+           for name, values in scores.items()}
+    out["support"] = [int(s) for s in support.tolist()]
+    total = float(support.sum())
+    out["macro"] = {n: float(v[present].mean()) for n, v in scores.items()} if bool(present.any()) else {}
+    out["weighted"] = {n: float((v * support).sum() / total) for n, v in scores.items()} if total > 0 else {}
+    return out
+
+
+def classification_metrics(confusion: torch.Tensor, classes, prefix: str) -> tuple[dict, dict]:
+    """(averages, per class) as metric keys: `{prefix}/precision_macro` ... `{prefix}/f1_weighted` (floats,
+    for TensorBoard scalars and HParams), and `{prefix}/per_class_precision|recall|f1`: {class name: value}."""
+    report = precision_recall_f1(confusion)
+    averages = {f"{prefix}/{score}_{avg}": report[avg][score] for avg in AVERAGES for score in SCORES
+                if score in report[avg]}
+    per_class = {f"{prefix}/per_class_{score}": dict(zip(classes, report[score])) for score in SCORES}
+    return averages, per_class
+
+
 class MetricTracker:
     """Running sums for one pass over a split: loss, top-k hits, sample count.
 

@@ -44,6 +44,7 @@ from cnnlab.engine.early_stopping import MonitoredMetric
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.projector import penultimate_features
 from cnnlab.engine.tensorboard import TensorBoardLogger
+from cnnlab.metrics import precision_recall_f1
 
 if TYPE_CHECKING:  # for annotations only: the trainer imports this module
     from cnnlab.engine.trainer import Trainer
@@ -179,8 +180,8 @@ class TensorBoardCallback(Callback):
     """The run's TensorBoard event file: the learning-curves layout and the first-layer filters at the start, a
     grid of the first training batch, `train/loss_step` every `log_every_n_steps` steps, per-epoch scalars, and
     every logger.histogram_every_n_epochs epochs the histograms and the filters again (also after the last
-    epoch); after the test pass its scalars, the confusion matrix and, with logger.projector, the test images'
-    penultimate-layer features for the Projector tab.
+    epoch); after the test pass its scalars, the confusion matrix, the per-class precision/recall/F1 table and,
+    with logger.projector, the test images' penultimate-layer features for the Projector tab.
 
     mean, std: the data's normalisation, undone so the input grid and the sprite look like the data.
     """
@@ -224,6 +225,7 @@ class TensorBoardCallback(Callback):
     def on_test_end(self, trainer: Trainer, metrics: dict, confusion: torch.Tensor, classes) -> None:
         self.tb.scalars(metrics, trainer.epoch)
         self.tb.confusion(confusion, classes, trainer.epoch)
+        self.tb.per_class_scores(precision_recall_f1(confusion), classes, trainer.epoch)
         samples = self.tb.projector_samples
         if samples and trainer.test_loader is not None:
             rows = penultimate_features(trainer.task.model, trainer.test_loader, samples)

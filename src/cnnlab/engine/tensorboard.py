@@ -141,6 +141,17 @@ class TensorBoardLogger:
                        for c, row in zip(classes, confusion.tolist()))
         self.writer.add_text(tag, header + rows, step)
 
+    @_names_event_file
+    def per_class_scores(self, report: dict, classes, step: int, tag: str = "test/per_class") -> None:
+        """Per-class precision, recall, F1 and support as a table in the Text tab (`metrics.precision_recall_f1`;
+        n/a: a class with neither samples nor predictions)."""
+        if self.writer is None:
+            return
+        cell = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        rows = "".join(f"| {c} | {cell(p)} | {cell(r)} | {cell(f)} | {n} |\n" for c, p, r, f, n in
+                       zip(classes, report["precision"], report["recall"], report["f1"], report["support"]))
+        self.writer.add_text(tag, "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n" + rows, step)
+
     @property
     def projector_samples(self) -> int:
         """How many test images go to the Projector tab; 0 when logger.projector is off."""

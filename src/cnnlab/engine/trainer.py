@@ -20,7 +20,8 @@ from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message,
                                   out_of_memory_message)
 from cnnlab.engine.task import RunContext, Task, TrainerOptions, TrainLoader
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab.metrics import MetricTracker, confusion_matrix, hard_labels, per_class_accuracy
+from cnnlab.metrics import (MetricTracker, classification_metrics, confusion_matrix, hard_labels,
+                             per_class_accuracy)
 from cnnlab.seeding import derived_generator, rng_state, set_rng_state
 
 log = logging.getLogger("cnnlab")
@@ -505,8 +506,12 @@ class Trainer:
         metrics, confusion = self.evaluate(loader, "test", with_confusion=True, num_classes=len(classes))
         self.test_loader = loader
         per_class = per_class_accuracy(confusion)
+        # from the confusion matrix, which is summed over processes: exact under DDP
+        averages, per_class_scores = classification_metrics(confusion, list(classes), "test")
+        metrics.update(averages)
         self._call("on_test_end", metrics, confusion, classes)
         metrics["test/per_class_acc"] = {c: a for c, a in zip(classes, per_class)}
+        metrics.update(per_class_scores)
         metrics["test/confusion_matrix"] = confusion.tolist()
         return metrics
 

@@ -245,6 +245,25 @@ class Checkpointing(Section):
     save_best: bool
 
 
+AnnealStrategy = Literal["cos", "linear"]  # torch.optim.swa_utils.SWALR's anneal_strategy
+
+
+class Ema(Section):
+    enabled: bool = False
+    decay: Annotated[float, Field(gt=0, lt=1, description="must be in (0, 1), e.g. 0.9998")] = 0.9998
+    warmup: bool = True
+    every_n_steps: PositiveInt = 1
+
+
+class Swa(Section):
+    enabled: bool = False
+    start_epoch: Annotated[int, Field(gt=0, description=(
+        "must be a positive integer: the first epoch whose end weights are averaged"))] = 1
+    lr: Annotated[Optional[float], Field(gt=0, description="must be a positive number, or null")] = None
+    anneal_epochs: NonNegativeInt = 5
+    anneal_strategy: AnnealStrategy = "cos"
+
+
 class Trainer(Section):
     max_epochs: PositiveInt
     limit_train_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")]
@@ -268,6 +287,8 @@ class Trainer(Section):
     monitor_mode: MonitorMode
     early_stopping: EarlyStopping
     checkpoint: Checkpointing
+    ema: Ema = Ema()  # configs saved before these keys existed have none
+    swa: Swa = Swa()
     test_with: TestWith
     resume: Optional[str] = None
     progress: Progress

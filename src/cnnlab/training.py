@@ -19,8 +19,9 @@ from cnnlab.cli import hydra_overrides
 from cnnlab.data import build_data
 from cnnlab import distributed
 from cnnlab.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
+from cnnlab.engine.averaging import SWA, SWASchedule, build_average
 from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
-from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights
+from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights, training_weights_key
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.safety import disk_message
@@ -118,7 +119,9 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
     ft = cfg.get("finetune") or {}
     if resume_ckpt is not None:
-        load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels)
+        # the training weights (a checkpoint with averaged weights keeps them beside its "model")
+        load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels,
+                           key=training_weights_key(resume_ckpt))
     elif ft.get("checkpoint"):
         source, saved = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
         fresh = load_pretrained(model, saved, source, cfg.model.name, info.num_classes, info.in_channels)
@@ -141,6 +144,11 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
                               steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.get("limit_train_batches"),
                                                                         int(tcfg.get("accumulate_grad_batches", 1))),
                               monitor_mode=mode)
+    average = build_average(tcfg, model, optimizer)  # trainer.ema / trainer.swa (cnnlab.engine.averaging)
+    if isinstance(average, SWA):  # from swa.start_epoch on, SWALR sets the rate instead
+        schedule = SWASchedule(schedule, average)
+    if average is not None:
+        log.info("averaged weights: %s; validation, the test and checkpoints use them", average.describe())
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
 
@@ -153,7 +161,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
         callbacks += [checkpoints, ProgressDisplay(progress)]
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
-    trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer),
+    trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer, average),
                       TrainerOptions.from_config(tcfg, channels_last),
                       RunContext(device, precision, run_dir, int(cfg.seed), config, dist), [*callbacks, *extra_callbacks])
     if resume_ckpt is not None:

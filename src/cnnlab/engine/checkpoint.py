@@ -22,6 +22,9 @@ log = logging.getLogger("cnnlab")
 
 FORMAT_VERSION = 1
 CKPT_DIR = "checkpoints"
+# With averaged weights (trainer.ema / trainer.swa) a checkpoint's "model" holds the averaged weights, which
+# validation measured and eval, predict and fine-tuning use; the training weights resume continues from are here.
+RAW_WEIGHTS = "raw_model"
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -204,16 +207,23 @@ def check_channels(ckpt: dict, path, in_channels: int | None, key: str = "checkp
                           f"{saved} channel(s), or for an image folder set data.in_channels={saved}")
 
 
+def training_weights_key(ckpt: dict) -> str:
+    """Where a checkpoint keeps the weights training continues from: RAW_WEIGHTS when it holds averaged ones."""
+    return RAW_WEIGHTS if RAW_WEIGHTS in ckpt else "model"
+
+
 def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_model: str,
-                       in_channels: int | None = None) -> None:
-    """Load weights, explaining an architecture mismatch in terms of model names rather than tensor keys."""
+                       in_channels: int | None = None, key: str = "model") -> None:
+    """Load weights, explaining an architecture mismatch in terms of model names rather than tensor keys.
+
+    key: which weights: "model" (the validated ones), or RAW_WEIGHTS (resume: the training weights)."""
     check_channels(ckpt, path, in_channels)
     saved_model = ckpt["config"].get("model", {}).get("name")
     if saved_model != expected_model:
         raise ConfigError(f"checkpoint {path} holds a {saved_model!r} model, but the config builds "
                           f"model.name={expected_model!r}; use a checkpoint of the same architecture")
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt[key])
     except RuntimeError as bad:
         first = str(bad).split("\n")[1].strip() if "\n" in str(bad) else str(bad)
         raise ConfigError(f"checkpoint {path} does not fit the configured {expected_model!r} model "

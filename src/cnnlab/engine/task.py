@@ -26,6 +26,7 @@ from cnnlab.devices import Precision
 from cnnlab.distributed import SINGLE, Dist
 
 if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
+    from cnnlab.engine.averaging import WeightAverage
     from cnnlab.engine.early_stopping import MonitoredMetric
     from cnnlab.finetune import Freezer
     from cnnlab.optim import LRSchedule
@@ -37,6 +38,8 @@ class Task:
 
     monitored: best value and patience of trainer.monitor, shared with the early-stopping callback; it decides
     best.ckpt. freezer: unfreezes on schedule and keeps frozen batch norm in eval mode (fine-tuning).
+    average: the averaged weights (trainer.ema / trainer.swa, cnnlab.engine.averaging) that validation, the
+    test and checkpoints' "model" use once it holds an average.
     """
 
     model: nn.Module
@@ -45,6 +48,7 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     monitored: MonitoredMetric
     freezer: Freezer | None = None
+    average: WeightAverage | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from cnnlab import __version__
 from cnnlab.engine.callbacks import NOTHING_KEPT, Callback, ModelCheckpoint, overrides
-from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION, config_hash
+from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION, RAW_WEIGHTS, config_hash
 from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message, is_out_of_memory,
                                   out_of_memory_message)
 from cnnlab.engine.task import RunContext, Task, TrainerOptions, TrainLoader
@@ -292,12 +292,36 @@ class Trainer:
         self._call("on_fit_start")
         for epoch in range(self.epoch + 1, max_epochs + 1):
             metrics = self._train_epoch(train, epoch, signals)
-            metrics.update(self.evaluate(val, "val"))
+            self._average_epoch(train, epoch)
+            averaged = self.validated_module()  # trainer.ema / trainer.swa: the average is what is validated
+            metrics.update(self.evaluate(val, "val") if averaged is None
+                           else self.evaluate(val, "val", module=averaged))
             self._end_epoch(epoch, metrics, signals)
             if self.should_stop:
                 self.stopped_early = True
                 break
         self._call("on_fit_end")
+
+    def validated_module(self) -> nn.Module | None:
+        """What validation measures: the averaged weights once trainer.ema / trainer.swa hold an average, else
+        None (the model itself)."""
+        average = self.task.average
+        return average.module if average is not None and average.active else None
+
+    def _average_epoch(self, train: TrainLoader, epoch: int) -> None:
+        """trainer.swa: the epoch-end weights into the average, and its batch-norm statistics over the epoch's
+        training inputs (the same batches again: a loader's epoch depends only on (seed, epoch))."""
+        average = self.task.average
+        if average is None:
+            return
+
+        def inputs():
+            train.set_epoch(epoch)
+            for x, _ in train:
+                yield x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+
+        with self._autocast():
+            average.after_epoch(self.task.model, epoch, inputs)
 
     def signals_requested(self) -> bool:
         """A stop signal reached this process."""
@@ -327,6 +351,8 @@ class Trainer:
             if self.dist.is_main:  # the sums of all processes (see _stop_mid_epoch); the others start from 0
                 self.tracker.load_state_dict(partial["tracker"])
             log.info("continuing epoch %d after step %d", epoch, self.first_step)
+        if self.task.average is not None:
+            self.task.average.before_epoch(epoch)
         freezer = self.task.freezer
         if freezer is not None:
             freezer.before_epoch(epoch)
@@ -355,6 +381,7 @@ class Trainer:
         seconds_before = self._start_epoch(train, epoch)
         start = time.perf_counter()
         limit, tracker, hooks = self.options.limit_train_batches, self.tracker, self._batch_hooks
+        average, model = self.task.average, self.task.model  # trainer.ema: updated after every optimizer step
         step = first_step = self.first_step
         for step, batch in enumerate(train, start=first_step):
             if limit and step >= limit:
@@ -365,6 +392,8 @@ class Trainer:
                 tracker.update(outputs[0], outputs[1], y)
             if self.stepped:
                 self.global_step += 1  # optimizer steps, taken or skipped
+                if average is not None:
+                    average.after_step(model, self.global_step)
             for hook in hooks:
                 hook(self, batch, outputs, step)
             # mid-epoch checkpoints hold no partly summed gradients: a stop waits for the window's step
@@ -477,14 +506,17 @@ class Trainer:
         return (f"stopped by {name} {where}; checkpoint written to {path}. "
                 f"Continue with: cnnlab-train trainer.resume={self.context.run_dir}")
 
-    def evaluate(self, loader: Iterable, prefix: str, with_confusion: bool = False, num_classes: int | None = None):
+    def evaluate(self, loader: Iterable, prefix: str, with_confusion: bool = False, num_classes: int | None = None,
+                 module: nn.Module | None = None):
         """Loss and top-k accuracy over a split; optionally also the confusion matrix (rows = true class).
-        Under DDP each process evaluates its shard and the sums are added up: exact over the whole split."""
-        model = self.task.model
+        Under DDP each process evaluates its shard and the sums are added up: exact over the whole split.
+        module: what to evaluate instead of the model (the averaged weights, see validated_module)."""
+        model = self.task.model if module is None else module
         was_training = model.training
         self.dist.broadcast_buffers_(model)  # every process evaluates (and saves) rank 0's batch-norm statistics
         try:
-            return evaluate_model(self.eval_model, loader, self.task.loss, prefix, ks=self.options.topk,
+            return evaluate_model(self.eval_model if module is None else module, loader, self.task.loss, prefix,
+                                  ks=self.options.topk,
                                   device=self.device, autocast=self._autocast,
                                   channels_last=self.options.channels_last, with_confusion=with_confusion,
                                   dist=self.dist, num_classes=num_classes)
@@ -492,17 +524,26 @@ class Trainer:
             model.train(was_training)
 
     def test(self, loader: Iterable, classes) -> dict:
-        """Final pass on the test split with the best (or last) weights; returns test/* metrics."""
-        monitored = self.task.monitored
+        """Final pass on the test split with the best (or last) weights; returns test/* metrics.
+
+        The weights tested are the ones validated: a checkpoint's "model" (the averaged weights when
+        trainer.ema / trainer.swa had an average), or the average itself for test_with=last. They are loaded
+        into the model, so on_test_end sees the tested weights in `trainer.task.model`."""
+        monitored, average = self.task.monitored, self.task.average
         best = self.context.run_dir / CKPT_DIR / "best.ckpt"
         # rank 0 reads best.ckpt and hands its weights to the others (their file system need not share it)
         if self.dist.broadcast_object(self.options.test_with == "best" and best.is_file()):
             if self.dist.is_main:
                 state = torch.load(best, map_location=self.device, weights_only=True)
                 self.task.model.load_state_dict(state["model"])
-                log.info("testing the best weights (epoch %s, %s=%.4f)", state["epoch"], monitored.monitor,
+                which = f"{state['average']['kind'].upper()} " if RAW_WEIGHTS in state else ""
+                log.info("testing the best %sweights (epoch %s, %s=%.4f)", which, state["epoch"], monitored.monitor,
                          monitored.best if monitored.best is not None else float("nan"))
             self.dist.broadcast_module_(self.task.model)
+        elif average is not None and average.active:
+            self.task.model.load_state_dict(average.module.state_dict())
+            self.dist.broadcast_module_(self.task.model)  # rank 0's averaged buffers, as validation used
+            log.info("testing the %s weights of epoch %d", average.kind.upper(), self.epoch)
         metrics, confusion = self.evaluate(loader, "test", with_confusion=True, num_classes=len(classes))
         self.test_loader = loader
         per_class = per_class_accuracy(confusion)
@@ -528,8 +569,11 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """What a checkpoint holds. "model" is always the weights validated last: with an active average
+        (trainer.ema / trainer.swa) the averaged ones, and then "raw_model" holds the training weights resume
+        continues from (cnnlab-eval, -predict and fine-tuning read "model")."""
         task = self.task
-        return {
+        state = {
             "format_version": FORMAT_VERSION,
             "cnnlab_version": __version__,
             "epoch": self.epoch,
@@ -547,9 +591,16 @@ class Trainer:
             "config": self.context.config,
             "config_hash": config_hash(self.context.config),
         }
+        average = task.average
+        if average is not None:
+            state["average"] = average.state_dict()
+            if average.active:
+                state[RAW_WEIGHTS] = state["model"]
+                state["model"] = average.module.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Everything but the model weights (loaded and checked by the caller) to continue a run."""
+        """Everything but the model weights (the raw ones, loaded and checked by the caller) to continue a run."""
         task = self.task
         task.optimizer.load_state_dict(state["optimizer"])
         task.schedule.load_state_dict(state["schedule"])
@@ -565,6 +616,8 @@ class Trainer:
         if self.partial is not None:
             self.partial.setdefault("world_size", int(state.get("world_size", 1)))
             self._own_partial(self.partial)  # refuse another number of processes now, before training starts
+        if task.average is not None:  # after the optimizer: SWALR continues from the restored rates
+            task.average.load_state_dict(state.get("average"), state["model"] if RAW_WEIGHTS in state else None)
         set_rng_state(state["rng"])
 
 

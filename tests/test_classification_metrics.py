@@ -10,6 +10,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from cnnlab.data import build_data
 from cnnlab.engine.checkpoint import find_checkpoint
+from cnnlab.evaluate import evaluate
 from cnnlab.metrics import classification_metrics, confusion_matrix, precision_recall_f1
 from cnnlab.model_io import load_trained_model
 
@@ -83,3 +84,16 @@ def test_run_metrics_equal_sklearn_on_the_runs_test_predictions(trained_run):
     assert [saved["test/per_class_precision"][c] for c in classes] == pytest.approx(list(p), abs=1e-9)
     assert [saved["test/per_class_recall"][c] for c in classes] == pytest.approx(list(r), abs=1e-9)
     assert [saved["test/per_class_f1"][c] for c in classes] == pytest.approx(list(f), abs=1e-9)
+
+
+def test_eval_reports_the_same_scores_as_the_run(trained_run, make_cfg, tmp_path):
+    """cnnlab-eval on the same weights and split: the same averages and per-class scores in eval_metrics.json."""
+    run_dir, metrics = trained_run
+    overrides = [f"ckpt={run_dir}"]
+    evaluate(make_cfg(*overrides, config_name="eval", run="eval"), overrides=overrides)
+    saved = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    for key in ("test/precision_macro", "test/recall_macro", "test/f1_macro", "test/precision_weighted",
+                "test/recall_weighted", "test/f1_weighted"):
+        assert saved[key] == pytest.approx(metrics[key], abs=1e-12), key
+    for key in ("test/per_class_precision", "test/per_class_recall", "test/per_class_f1"):
+        assert saved[key] == pytest.approx(metrics[key], abs=1e-12), key

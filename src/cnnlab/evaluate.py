@@ -24,7 +24,7 @@ from cnnlab.engine.checkpoint import find_checkpoint, saved_config
 from cnnlab.engine.trainer import evaluate_model
 from cnnlab.errors import ConfigError
 from cnnlab.losses import Loss, resolve_class_weights
-from cnnlab.metrics import per_class_accuracy
+from cnnlab.metrics import classification_metrics, per_class_accuracy, precision_recall_f1
 from cnnlab.model_io import load_trained_model
 from cnnlab.restore import check_split_unchanged, check_trusted_targets
 from cnnlab.rundir import claim
@@ -74,13 +74,16 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                                                                               weights),
                                         split, ks=ks, device=device, autocast=autocast, with_confusion=True)
     classes = list(loaded.info.classes)
+    averages, per_class = classification_metrics(confusion, classes, split)
     result = {
         "checkpoint": str(path),
         "epoch": loaded.epoch,
         "split": split,
         "images": int(confusion.sum()),
         **metrics,
+        **averages,
         f"{split}/per_class_acc": dict(zip(classes, per_class_accuracy(confusion))),
+        **per_class,
         f"{split}/confusion_matrix": {"classes": classes, "matrix": confusion.tolist()},
     }
     write_json(result, out_dir / "eval_metrics.json")
@@ -94,11 +97,15 @@ def _print_report(result: dict, split: str, classes, confusion) -> None:
              result["images"])
     for key, value in result.items():
         if key.startswith(f"{split}/") and isinstance(value, float):
-            log.info("  %-16s %.4f", key, value)
+            log.info("  %-20s %.4f", key, value)
     width = max(5, *(len(c) for c in classes))
-    log.info("  per-class accuracy:")
-    for name, acc in result[f"{split}/per_class_acc"].items():
-        log.info("    %-*s %s", width, name, "n/a" if acc is None else f"{acc:.4f}")
+    report = precision_recall_f1(confusion)
+    cell = lambda v: "      n/a" if v is None else f"{v:9.4f}"  # noqa: E731
+    log.info("  per class:")
+    log.info("    %-*s %9s %9s %9s %9s %8s", width, "class", "accuracy", "precision", "recall", "F1", "support")
+    for i, (name, acc) in enumerate(result[f"{split}/per_class_acc"].items()):
+        log.info("    %-*s %s %s %s %s %8d", width, name, cell(acc), cell(report["precision"][i]),
+                 cell(report["recall"][i]), cell(report["f1"][i]), report["support"][i])
     log.info("  confusion matrix (rows: true, columns: predicted):")
     log.info("    %s %s", " " * width, " ".join(f"{c:>5}" for c in classes))
     for name, row in zip(classes, confusion.tolist()):

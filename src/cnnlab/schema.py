@@ -243,6 +243,8 @@ class EarlyStopping(Section):
 class Checkpointing(Section):
     save_last: bool
     save_best: bool
+    save_top_k: Annotated[int, Field(ge=0, description=(
+        "must be an integer >= 0 (0 = off; k keeps the k best epochs' checkpoints)"))] = 0
 
 
 AnnealStrategy = Literal["cos", "linear"]  # torch.optim.swa_utils.SWALR's anneal_strategy

@@ -27,6 +27,7 @@ from cnnlab.engine.progress import Progress
 from cnnlab.engine.safety import disk_message
 from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
+from cnnlab.engine.top_k import TopK
 from cnnlab.engine.trainer import Trainer, optimizer_steps_per_epoch
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.experiments.runs import read_overrides
@@ -157,7 +158,9 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     callbacks = [TensorBoardCallback(tb, info.mean, info.std, int(tcfg.log_every_n_steps))] if tb.enabled else []
     # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
     if dist.is_main:  # the other processes write nothing and print only warnings
-        checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best))
+        top_k = int(tcfg.checkpoint.get("save_top_k", 0))
+        checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best),
+                                      TopK(run_dir / CKPT_DIR, top_k, tcfg.monitor, mode) if top_k else None)
         callbacks += [checkpoints, ProgressDisplay(progress)]
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
@@ -168,6 +171,8 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
         trainer.load_state_dict(resume_ckpt)
         if dist.is_main:
             carry_best_checkpoint(resume_path, run_dir / CKPT_DIR)
+            if checkpoints.top_k is not None:
+                checkpoints.top_k.continue_from(resume_ckpt.get("top_k"), resume_path, trainer.epoch)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
     return Run(cfg, config, run_dir, data, model, trainer, tb, n_params, dist)
 

@@ -44,6 +44,7 @@ from cnnlab.engine.early_stopping import MonitoredMetric
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.projector import penultimate_features
 from cnnlab.engine.tensorboard import TensorBoardLogger
+from cnnlab.engine.top_k import TopK
 from cnnlab.metrics import precision_recall_f1
 
 if TYPE_CHECKING:  # for annotations only: the trainer imports this module
@@ -98,12 +99,14 @@ def overrides(callback: Callback, moment: str) -> bool:
 class ModelCheckpoint(Callback):
     """checkpoints/last.ckpt after every epoch (trainer.checkpoint.save_last) and best.ckpt when the monitored
     metric improves (save_best), serialised on a background thread; last.ckpt is also the resume point a stop
-    request writes mid-epoch."""
+    request writes mid-epoch. top_k (trainer.checkpoint.save_top_k): the k best epochs' files beside them, each
+    replaced file deleted only once its successor is on disk; the set travels in every checkpoint ("top_k")."""
 
-    def __init__(self, folder: Path, save_last: bool = True, save_best: bool = True):
+    def __init__(self, folder: Path, save_last: bool = True, save_best: bool = True, top_k: TopK | None = None):
         self.folder = Path(folder)
         self.save_last = save_last
         self.save_best = save_best
+        self.top_k = top_k
         self.writer = CheckpointWriter()
 
     @property
@@ -121,8 +124,19 @@ class ModelCheckpoint(Callback):
             paths.append(self.folder / "best.ckpt")
         if self.save_last:
             paths.append(self.last_path)
+        replaced = []
+        if self.top_k is not None:
+            path, replaced = self.top_k.offer(metrics["epoch"], metrics[self.top_k.monitor])
+            paths += [path] if path is not None else []
         if paths:
-            self.writer.submit(trainer.state_dict(), paths)
+            self.writer.submit(self._with_top_k(trainer.state_dict()), paths)
+        if replaced:
+            self.writer.remove(replaced)
+
+    def _with_top_k(self, state: dict) -> dict:
+        if self.top_k is not None:
+            state["top_k"] = self.top_k.state_dict()
+        return state
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.writer.wait()  # the caller may read best.ckpt next
@@ -131,7 +145,7 @@ class ModelCheckpoint(Callback):
         """Write `state` (e.g. a mid-epoch state on a stop request) to last.ckpt and wait until every checkpoint
         is on disk; returns the path, or None when save_last=false (then nothing is written)."""
         if self.save_last:
-            self.writer.submit(state, [self.last_path])
+            self.writer.submit(self._with_top_k(state), [self.last_path])
         self.writer.wait()
         return self.resume_path
 

@@ -8,6 +8,7 @@ file intact, because the rename happens only after the new file is complete and 
 from __future__ import annotations
 
 import io
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 
 from cnnlab.engine.checkpoint import link_atomic, write_bytes_atomic
 
+
+log = logging.getLogger("cnnlab")
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 
@@ -58,6 +61,20 @@ class CheckpointWriter:
         except OSError as bad:
             bad.filename = bad.filename or str(paths[0])  # so the error message can name the file
             raise
+
+    def remove(self, paths: list[Path]) -> None:
+        """Delete files once every write submitted before is on disk (a replaced top-k checkpoint goes only
+        after its successor is complete). A failed deletion is a warning: training goes on."""
+        self._raise_finished_errors()
+        self._pending.append(self._pool.submit(self._remove, [Path(p) for p in paths]))
+
+    @staticmethod
+    def _remove(paths: list[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as bad:
+                log.warning("could not delete %s: %s", path, bad)
 
     def _raise_finished_errors(self) -> None:
         still = []

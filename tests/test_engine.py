@@ -10,6 +10,7 @@ import torch
 
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
 from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressDisplay, overrides
+from cnnlab.engine.metrics_csv import MetricsCSV
 from cnnlab.engine.task import TrainLoader
 from cnnlab.metrics import MetricTracker
 from cnnlab.training import prepare
@@ -79,12 +80,13 @@ def test_callbacks_are_called_at_their_moments_in_order(make_cfg):
 
 
 def test_only_callbacks_with_per_step_work_are_called_per_step(make_cfg):
-    """The built-in list: the progress display has per-step work, checkpoints and early stopping do not."""
+    """The built-in list: the progress display has per-step work, checkpoints, metrics.csv and early stopping do
+    not."""
     run = prepare(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
                            "trainer.early_stopping.enabled=true"), overrides=[])
     kinds = [type(cb) for cb in run.trainer.callbacks]
-    assert kinds == [ModelCheckpoint, ProgressDisplay, EarlyStopping]
-    assert [overrides(cb, "on_train_batch_end") for cb in run.trainer.callbacks] == [False, True, False]
+    assert kinds == [ModelCheckpoint, MetricsCSV, ProgressDisplay, EarlyStopping]
+    assert [overrides(cb, "on_train_batch_end") for cb in run.trainer.callbacks] == [False, False, True, False]
     assert not overrides(StopAfter(1), "on_train_batch_end") and overrides(Recorder(), "on_train_batch_end")
     run.trainer.teardown()
 

@@ -23,6 +23,7 @@ from cnnlab.engine.averaging import SWA, SWASchedule, build_average
 from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights, training_weights_key
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
+from cnnlab.engine.metrics_csv import FILE_NAME as METRICS_CSV, MetricsCSV
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.safety import disk_message
 from cnnlab.engine.task import RunContext, Task, TrainerOptions
@@ -161,7 +162,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
         top_k = int(tcfg.checkpoint.get("save_top_k", 0))
         checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best),
                                       TopK(run_dir / CKPT_DIR, top_k, tcfg.monitor, mode) if top_k else None)
-        callbacks += [checkpoints, ProgressDisplay(progress)]
+        callbacks += [checkpoints, MetricsCSV(run_dir / METRICS_CSV), ProgressDisplay(progress)]
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
     trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer, average),

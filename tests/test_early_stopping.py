@@ -48,8 +48,8 @@ def test_trainer_stops_at_the_right_epoch_and_tests_the_best_weights(make_cfg, m
     crafted = iter([0.50, 0.70, 0.65, 0.69, 0.99, 0.99])
     real_evaluate = Trainer.evaluate
 
-    def crafted_evaluate(self, loader, prefix, with_confusion=False):
-        result = real_evaluate(self, loader, prefix, with_confusion)
+    def crafted_evaluate(self, loader, prefix, with_confusion=False, **keys):
+        result = real_evaluate(self, loader, prefix, with_confusion, **keys)
         if prefix == "val":
             result["val/acc"] = next(crafted)
         return result
@@ -72,8 +72,8 @@ def test_trainer_stops_at_the_right_epoch_and_tests_the_best_weights(make_cfg, m
 def test_early_stopping_can_be_disabled(make_cfg, monkeypatch):
     real_evaluate = Trainer.evaluate
 
-    def flat(self, loader, prefix, with_confusion=False):
-        result = real_evaluate(self, loader, prefix, with_confusion)
+    def flat(self, loader, prefix, with_confusion=False, **keys):
+        result = real_evaluate(self, loader, prefix, with_confusion, **keys)
         if prefix == "val":
             result["val/loss"] = 1.0
         return result

@@ -30,12 +30,13 @@ from cnnlab.restore import check_split_unchanged, check_trusted_targets
 from cnnlab.rundir import claim
 from cnnlab.runinfo import write_json
 from cnnlab.schema_check import command_key_problems
+from cnnlab.tta import VIEWS, TTAModel, resolve_resize
 from cnnlab.validate import validate
 
 log = logging.getLogger("cnnlab")
 
 # Keys of eval.yaml itself, not of the saved run config.
-EVAL_KEYS = ("ckpt", "split", "task_name")
+EVAL_KEYS = ("ckpt", "split", "task_name", "tta", "tta_resize")
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
@@ -53,6 +54,8 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     # Evaluation never augments, and progress/TensorBoard output belongs to training runs.
     OmegaConf.update(run_cfg, "augment.transforms", [], force_add=True)
     validate(run_cfg)
+    tta = str(cfg.tta)
+    tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
     # evaluation builds data and model only; the optimizer and scheduler in the saved config are never built
     check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
@@ -70,9 +73,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     ks = tuple(sorted({1, *(int(k) for k in tcfg.topk)}))
     spec = tcfg.get("class_weights")  # the run's loss, weighted as in training (auto: the same training counts)
     weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), data.class_counts)
-    metrics, confusion = evaluate_model(loaded.model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing),
+    model = loaded.model if tta == "none" else TTAModel(loaded.model, tta, run_cfg.data.input_size, tta_resize)
+    metrics, confusion = evaluate_model(model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing),
                                                                               weights),
                                         split, ks=ks, device=device, autocast=autocast, with_confusion=True)
+    if tta != "none" and str(tcfg.loss) != "cross_entropy":  # the averaged softmax is no input for bce or mse
+        metrics.pop(f"{split}/loss", None)
     classes = list(loaded.info.classes)
     averages, per_class = classification_metrics(confusion, classes, split)
     result = {
@@ -80,6 +86,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "epoch": loaded.epoch,
         "split": split,
         "images": int(confusion.sum()),
+        "tta": tta,
+        "tta_views": VIEWS[tta],
+        "tta_resize": tta_resize,
         **metrics,
         **averages,
         f"{split}/per_class_acc": dict(zip(classes, per_class_accuracy(confusion))),
@@ -95,6 +104,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 def _print_report(result: dict, split: str, classes, confusion) -> None:
     log.info("checkpoint %s (epoch %d), %s split: %d images", result["checkpoint"], result["epoch"], split,
              result["images"])
+    if result["tta"] != "none":
+        log.info("  test-time augmentation: %s (%d views%s, softmax averaged)", result["tta"], result["tta_views"],
+                 f" of the image resized to {result['tta_resize'][0]}x{result['tta_resize'][1]}"
+                 if result["tta_resize"] else "")
     for key, value in result.items():
         if key.startswith(f"{split}/") and isinstance(value, float):
             log.info("  %-20s %.4f", key, value)

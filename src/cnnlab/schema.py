@@ -89,6 +89,7 @@ LoaderKind = Literal["auto", "tensor", "dataloader"]
 DataSampler = Literal["random", "balanced"]
 ExistingRun = Literal["refuse", "clear"]
 Split = Literal["train", "val", "test"]
+TtaMode = Literal["none", "flip", "five_crop", "ten_crop"]
 SummaryFormat = Literal["table", "json"]
 SamplerName = Literal["grid", "random", "tpe", "qmc"]
 PrunerName = Literal["none", "median", "hyperband"]
@@ -348,6 +349,10 @@ class TrainConfig(Section):
 class EvalConfig(TrainConfig):
     ckpt: Optional[str] = None
     split: Split
+    tta: TtaMode = "none"
+    tta_resize: Annotated[Optional[PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]],
+                          Field(description="must be N (the shorter side), [height, width] with positive integers, "
+                                            "or null (the input size x 256/224)")] = None
 
 
 class SummaryConfig(TrainConfig):

@@ -37,7 +37,7 @@ MARKER = ".cnnlab-run.json"
 RESULTS = ("checkpoints/*.ckpt", "metrics.json", "eval_metrics.json")
 # What a run writes before its first result; with the results, the only names `claim` ever deletes.
 START_FILES = (MARKER, ".hydra", "checkpoints", "environment.json", "config_resolved.yaml", "model_summary.txt",
-               "model_summary.json", "events.out.tfevents.*", "eval_metrics.json", "metrics.json",
+               "model_summary.json", "events.out.tfevents.*", "eval_metrics.json", "metrics.json", "metrics.csv",
                "failure.json",                                  # why a sweep job or search trial did not finish
                "projector_config.pbtxt", "[0-9][0-9][0-9][0-9][0-9]",  # TensorBoard Projector files (<step>/...)
                "explain")                                       # cnnlab-explain's pictures of the earlier weights

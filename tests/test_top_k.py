@@ -76,7 +76,10 @@ def test_a_resumed_run_continues_the_set_and_never_deletes_its_source(make_cfg, 
 
     # into a new run dir: the set's files are linked over, and it ends as the uninterrupted run's did
     overrides = [f"trainer.resume={tmp_path / 'killed'}"]
-    train(make_cfg(*overrides, run="resumed"), overrides=overrides)
+    resumed = prepare(make_cfg(*overrides, run="resumed"), overrides=overrides)
+    assert top_k_files(tmp_path / "resumed" / "checkpoints") == at_kill
+    resumed.trainer.fit(resumed.data.train, resumed.data.val)
+    resumed.trainer.teardown()
     assert top_k_files(tmp_path / "resumed" / "checkpoints") == expected
     assert top_k_files(killed) == at_kill  # the other run's files are its own
 

@@ -514,6 +514,8 @@ class Trainer:
         model = self.task.model if module is None else module
         was_training = model.training
         self.dist.broadcast_buffers_(model)  # every process evaluates (and saves) rank 0's batch-norm statistics
+        if module is not None:  # and the raw model's (saved as "raw_model"), as when the raw model is evaluated
+            self.dist.broadcast_buffers_(self.task.model)
         try:
             return evaluate_model(self.eval_model if module is None else module, loader, self.task.loss, prefix,
                                   ks=self.options.topk,

@@ -1,7 +1,9 @@
 """Transfer learning: start from another model's weights, replace the head, freeze what the config names.
 
 The head is the classifier layer(s) that output the classes: every nn.Linear whose out_features equal the
-number of classes (GoogLeNet's and Inception's auxiliary classifiers included). The backbone is the rest.
+number of classes (GoogLeNet's and Inception's auxiliary classifiers included), or, for a model that names
+its head (`head_modules`: model=torchvision, timm and hub, whose heads may be convolutions and whose
+backbones may hold layers of that width), those modules. The backbone is the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ _NORMS = (nn.modules.batchnorm._NormBase,)
 
 
 def head_names(model: nn.Module, num_classes: int) -> list[str]:
+    named = getattr(model, "head_modules", None)  # set by cnnlab.models.backbones
+    if named:
+        return list(named)
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
 
 

@@ -74,12 +74,14 @@ def build_summary(cfg: DictConfig):
     shape, classes = summary_input(cfg)
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     notes = []
+    # Pretrained weights change no shape; loading them would need the file (or the network) for nothing, so the
+    # model is built as for a checkpoint's weights (pretrained=False: the architecture the weights imply).
     if model_cfg.get("weights"):
-        # Pretrained weights change no shape; loading them would need the file (or the network) for nothing.
-        model_cfg.weights = None
         notes.append(f"model.weights={cfg.model.weights} is not loaded: weights do not change the architecture")
+    if model_cfg.get("pretrained") is True:
+        notes.append("model.pretrained=true is not loaded: weights do not change the architecture")
     with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
-        model = build_model(model_cfg, shape[0], classes, shape[1:])
+        model = build_model(model_cfg, shape[0], classes, shape[1:], pretrained=False)
     freeze = (cfg.get("finetune") or {}).get("freeze", "none")
     if freeze not in (None, "none"):
         Freezer(model, freeze, classes).freeze()

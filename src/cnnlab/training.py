@@ -118,8 +118,10 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
             for key, value in data.found.items():
                 cfg.data[key] = value
         config["data"].update(data.found)
-    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)
     ft = cfg.get("finetune") or {}
+    # Pretrained weights (model.weights, model.pretrained) only for a model whose weights no checkpoint replaces.
+    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size,
+                        pretrained=resume_ckpt is None and not ft.get("checkpoint"))
     if resume_ckpt is not None:
         # the training weights (a checkpoint with averaged weights keeps them beside its "model")
         load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels,

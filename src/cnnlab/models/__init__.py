@@ -6,6 +6,7 @@ from configs/model/<name>.yaml, so one config line swaps architectures.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 from typing import Callable
@@ -44,11 +45,39 @@ def model_config_problems(cfg) -> list[str]:
     if unknown:
         problems.append(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
                         f"it accepts {', '.join(sorted(accepted)) or 'none'}")
+    # An entry whose keys need more than a type check (model=torchvision's arch, model=hub's repo) says so here,
+    # so that validation reports it before any data is loaded.
+    check = getattr(MODELS[name], "config_problems", None)
+    if check is not None and not problems:
+        problems += check(cfg)
     return problems
 
 
-def build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Module:
-    """Build the zoo entry named by cfg.name, sized for the data; unknown names and keys list what is valid."""
+# False while build_model builds a model whose weights come from elsewhere (a checkpoint being restored or
+# fine-tuned from, the summary's meta-device build): builders then build the architecture their pretrained
+# weights imply without reading or downloading them.
+_LOAD_PRETRAINED: contextvars.ContextVar[bool] = contextvars.ContextVar("cnnlab_load_pretrained", default=True)
+
+
+def loads_pretrained() -> bool:
+    """Whether the builder being run should load the pretrained weights its keys name (see build_model)."""
+    return _LOAD_PRETRAINED.get()
+
+
+def build_model(cfg, in_channels: int, num_classes: int, input_size, pretrained: bool = True) -> nn.Module:
+    """Build the zoo entry named by cfg.name, sized for the data; unknown names and keys list what is valid.
+
+    pretrained=False: the weights named by the entry's keys (model.weights, model.pretrained) are not loaded,
+    for a model about to receive a checkpoint's weights; the architecture is the same.
+    """
+    token = _LOAD_PRETRAINED.set(bool(pretrained))
+    try:
+        return _build_model(cfg, in_channels, num_classes, input_size)
+    finally:
+        _LOAD_PRETRAINED.reset(token)
+
+
+def _build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Module:
     problems = model_config_problems(cfg)
     if problems:
         raise ConfigError(problems)
@@ -107,7 +136,7 @@ def _input_size_error(name: str, in_channels: int, input_size, failure: str, acc
 
 # Modules whose @register decorators fill MODELS. They import torchvision only inside the builders that
 # need it, so building LeNet-5 never pays torchvision's second of import time.
-ZOO_MODULES = ("lenet", "alexnet", "torchvision_zoo", "mlp", "cifar_resnet", "densenet_bc", "convnet")
+ZOO_MODULES = ("lenet", "alexnet", "torchvision_zoo", "mlp", "cifar_resnet", "densenet_bc", "convnet", "backbones")
 
 
 def _import_zoo() -> None:

@@ -14,7 +14,7 @@ import torch.hub
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models import register
+from cnnlab.models import loads_pretrained, register
 from cnnlab.models.layers import swap_relu
 
 # Below this input size the ImageNet stems (7x7/11x11 stride-2+ convolutions and an early max pool)
@@ -82,11 +82,12 @@ def torchvision_model(fn_name: str, weights: str | None, num_classes: int, **kwa
     IMAGENET1K_V1 or DEFAULT, optionally prefixed by its enum, e.g. ResNet18_Weights.IMAGENET1K_V1).
 
     Pretrained models are built with their own classes, then every classifier layer with that many outputs
-    is replaced by a fresh one for `num_classes`.
+    is replaced by a fresh one for `num_classes`. While build_model is told not to load pretrained weights (a
+    checkpoint's are coming), the same architecture is built without them.
     """
     import torchvision.models as tvm  # ~1 s to import: only torchvision entries pay it, when built
 
-    if not weights:
+    if not weights or not loads_pretrained():
         return getattr(tvm, fn_name)(weights=None, num_classes=num_classes, **kwargs)
     enum = tvm.get_model_weights(fn_name)
     valid = [w.name for w in enum] + ["DEFAULT"]
@@ -166,7 +167,7 @@ def googlenet(in_channels: int, num_classes: int, input_size, aux_logits: bool =
     """GoogLeNet / Inception v1 (Szegedy et al. 2015). The two auxiliary classifiers' losses are added to the
     main loss with weight `aux_weight` during training; at eval the model returns the main logits only."""
     model = torchvision_model("googlenet", weights, num_classes, aux_logits=aux_logits, transform_input=False,
-                              dropout=dropout, **({} if weights else {"init_weights": True}))
+                              dropout=dropout, **({} if weights and loads_pretrained() else {"init_weights": True}))
     model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
     return adapt_stem(model, "googlenet", in_channels, input_size)
 
@@ -182,6 +183,6 @@ def inception_v3(in_channels: int, num_classes: int, input_size, aux_logits: boo
         raise ConfigError(f"model inception_v3's auxiliary classifier needs inputs of at least 299x299 "
                           f"(data.input_size={list(input_size)}); set model.aux_logits=false for smaller inputs")
     model = torchvision_model("inception_v3", weights, num_classes, aux_logits=aux_logits, transform_input=False,
-                              dropout=dropout, **({} if weights else {"init_weights": True}))
+                              dropout=dropout, **({} if weights and loads_pretrained() else {"init_weights": True}))
     model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
     return adapt_stem(model, "inception_v3", in_channels, input_size)

@@ -31,6 +31,10 @@ SOURCES = {
 }
 
 
+# model=torchvision / timm / hub build whatever model.arch or model.entry names: no fixed row to print.
+BY_NAME = ("torchvision", "timm", "hub")
+
+
 def source(name: str) -> str:
     if name in SOURCES:
         return SOURCES[name]
@@ -67,6 +71,8 @@ def main() -> None:
     for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml")):
         entry = OmegaConf.to_container(OmegaConf.load(path))
         name = entry.pop("name")
+        if name in BY_NAME:
+            continue
         entry.pop("init", None)
         keys = {**entry, **({"aux_logits": False} if name == "inception_v3" else {})}
         classes = 4 if path.stem == "convnet_exercise" else 10  # the exercise's head is fixed at 4 units

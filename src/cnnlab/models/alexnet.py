@@ -7,6 +7,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from cnnlab.errors import ConfigError
+
 from cnnlab.models import register
 from cnnlab.models.layers import swap_relu
 
@@ -49,26 +51,31 @@ class AlexNet(nn.Module):
 
 class AlexNetSmall(nn.Module):
     """AlexNet's design (5 convs, LRN after the first two, overlapping pooling, dropout FC head) scaled to
-    28/32-pixel inputs: 5x5 stride-1 first conv, 64-192-384-256-256 filters, two FC layers of 1024."""
+    28/32-pixel inputs: 5x5 stride-1 first conv, 64-192-384-256-256 filters, two FC layers of 1024.
 
-    def __init__(self, in_channels=3, num_classes=10, input_size=(32, 32), dropout: float = 0.5):
+    For the paper's ablations: `conv34=False` removes conv3 and conv4 (conv5 then takes conv2's 192 maps);
+    `fc_hidden` is the number of hidden FC layers (2 = FC6 and FC7; 0 = the features feed the output layer)."""
+
+    def __init__(self, in_channels=3, num_classes=10, input_size=(32, 32), dropout: float = 0.5,
+                 conv34: bool = True, fc_hidden: int = 2):
         super().__init__()
+        middle = [nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+                  nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True)] if conv34 else []
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=5, padding=2), nn.ReLU(inplace=True), _lrn(),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), _lrn(),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            *middle,
+            nn.Conv2d(256 if conv34 else 192, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
-        features = _flat_size(self.features, in_channels, input_size)
-        self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(features, 1024), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(1024, 1024), nn.ReLU(inplace=True),
-            nn.Linear(1024, num_classes),
-        )
+        width = _flat_size(self.features, in_channels, input_size)
+        head = []
+        for _ in range(fc_hidden):
+            head += [nn.Dropout(dropout), nn.Linear(width, 1024), nn.ReLU(inplace=True)]
+            width = 1024
+        self.classifier = nn.Sequential(*head, nn.Linear(width, num_classes))
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -90,5 +97,8 @@ def alexnet(in_channels: int, num_classes: int, input_size, groups: int = 1, dro
 
 @register("alexnet_small")
 def alexnet_small(in_channels: int, num_classes: int, input_size, dropout: float = 0.5,
-                  activation: str = "relu") -> nn.Module:
-    return swap_relu(AlexNetSmall(in_channels, num_classes, input_size, dropout=dropout), activation)
+                  activation: str = "relu", conv34: bool = True, fc_hidden: int = 2) -> nn.Module:
+    if not 0 <= fc_hidden <= 4:
+        raise ConfigError(f"model.fc_hidden={fc_hidden} must be between 0 and 4 (2 = AlexNet's FC6 and FC7)")
+    return swap_relu(AlexNetSmall(in_channels, num_classes, input_size, dropout=dropout, conv34=conv34,
+                                  fc_hidden=fc_hidden), activation)

@@ -1,0 +1,3 @@
+from cnnlab.lab.cli import main
+
+main()

@@ -1,0 +1,27 @@
+"""docs/lab/README.md: every lesson with its question, its command, and a link to its recorded page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnlab.lab.lessons import lesson_names, load_lesson
+
+
+def write_index(page_dir: Path) -> Path:
+    page_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Lab book", "",
+             "Each lesson of the CNN course as one command that trains the compared settings (3 seeds each), writes",
+             "a table of mean ± std and the learning curves, and says what the result shows and where it differs",
+             "from the textbook. Lessons are `configs/lab/<lesson>.yaml`; `--quick` runs any of them in seconds;",
+             "training overrides compose with any lesson (`cnnlab-lab optimizers trainer.max_epochs=4`).", "",
+             "| lesson | question | command | page |", "|---|---|---|---|"]
+    for name in lesson_names():
+        lesson = load_lesson(name)
+        page = page_dir / f"{name}.md"
+        link = f"[{name}.md]({name}.md)" if page.is_file() else "not recorded yet"
+        question = " ".join(lesson.question.split())
+        lines.append(f"| {lesson.title} | {question} | `cnnlab-lab {name} --page docs/lab` | {link} |")
+    lines += ["", "Regenerate this index with `cnnlab-lab --index docs/lab`.", ""]
+    path = page_dir / "README.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,263 @@
+"""A lesson's page: the question, the command, the table of results (mean ± std over seeds), overlaid learning
+curves, what the textbook says, and what this run shows, including which differences are within the noise.
+Every number on the page is read from the runs' own files (metrics.json, TensorBoard events)."""
+
+from __future__ import annotations
+
+import math
+import platform
+import shutil
+import statistics
+import subprocess
+from datetime import date
+from pathlib import Path
+
+from cnnlab.experiments.runs import RunRecord, read_curve
+from cnnlab.lab.lessons import Lesson
+from cnnlab.lab.runner import LessonResult
+
+HIGHER_IS_BETTER = {"test/acc": True, "val/acc_best": True, "val/acc": True, "train/acc": True, "test/loss": False,
+                    "val/loss": False, "train/loss": False, "gap": False}
+HEADERS = {"best_val": "best val metric", "gap": "train-val acc gap", "wall_time_s": "wall s",
+           "epochs": "epochs run", "best_epoch": "best epoch", "params": "parameters",
+           "trials": "trials", "pruned": "pruned", "epochs_trained": "epochs trained (all trials)"}
+
+
+def value(record: RunRecord, column: str):
+    """One table cell's number for one run (None where the run did not produce it)."""
+    m = record.metrics
+    if record.status != "completed" and column not in ("epochs",):
+        return None
+    if column in ("test/acc", "test/loss", "val/acc_best", "params", "best_epoch", "trials", "pruned",
+                  "epochs_trained"):
+        return m.get(column)
+    if column == "best_val":
+        return record.best_value
+    if column == "epochs":
+        return m.get("epochs_completed")
+    if column == "wall_time_s":
+        return record.wall_time_s
+    if column in ("val/acc", "val/loss", "train/acc", "train/loss"):
+        points = read_curve(record.run_dir, column)
+        return points[-1][1] if points else None
+    if column == "gap":
+        train, val = value(record, "train/acc"), value(record, "val/acc")
+        return None if train is None or val is None else train - val
+    raise KeyError(column)
+
+
+def summarise(values: list) -> tuple[float | None, float | None, int]:
+    """(mean, sample std or None, n) of the finite values."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return None, None, 0
+    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None), len(finite)
+
+
+def _fmt(column: str, mean, std, n: int, seeds: int) -> str:
+    if mean is None:
+        return "failed" if n == 0 else "-"
+    if column in ("params", "epochs", "best_epoch", "trials", "pruned", "epochs_trained") and (std is None or std == 0):
+        return f"{mean:,.0f}" if column == "params" else f"{mean:.0f}"
+    digits = 1 if column == "wall_time_s" else 4
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    return text + (f" ({n}/{seeds})" if n < seeds else "")
+
+
+def table(result: LessonResult) -> tuple[list[str], list[list[str]], dict]:
+    """Header, rows and the raw (mean, std, n) per arm and column."""
+    lesson = result.lesson
+    stats = {}
+    rows = []
+    for arm in result.arms:
+        seeds = len(arm.runs)
+        cells = [f"`{arm.name}`"]
+        for column in lesson.columns:
+            mean, std, n = summarise([value(r, column) for r in arm.runs])
+            stats[(arm.name, column)] = (mean, std, n)
+            cells.append(_fmt(column, mean, std, n, seeds))
+        rows.append(cells)
+    header = ["arm", *(HEADERS.get(c, c) for c in lesson.columns)]
+    return header, rows, stats
+
+
+def noise_lines(result: LessonResult, stats: dict) -> list[str]:
+    """The ranking by the first column, and which differences from the best are within the noise (the means
+    differ by less than the sum of the two standard deviations: the rule stated on the page)."""
+    column = result.lesson.columns[0]
+    higher = HIGHER_IS_BETTER.get(column, True)
+    ranked = [(a.name, *stats[(a.name, column)]) for a in result.arms if stats[(a.name, column)][0] is not None]
+    if not ranked:
+        return [f"No arm produced {column}."]
+    ranked.sort(key=lambda t: t[1], reverse=higher)
+    best, best_mean, best_std, _ = ranked[0]
+    lines = [f"Ranked by {column} ({'higher' if higher else 'lower'} is better): "
+             + ", ".join(f"`{name}` {mean:.4f}" for name, mean, _, _ in ranked) + "."]
+    if best_std is None:
+        lines.append("One seed per arm: no estimate of the noise (run without --quick for 3 seeds).")
+        return lines
+    within = [name for name, mean, std, _ in ranked[1:] if std is not None and abs(mean - best_mean) < best_std + std]
+    beyond = [name for name, mean, std, _ in ranked[1:] if name not in within]
+    if within:
+        lines.append(f"Within the noise of the best (`{best}`): {', '.join(f'`{n}`' for n in within)} (the means differ by "
+                     f"less than the sum of their standard deviations over seeds).")
+    if beyond:
+        lines.append(f"Worse than `{best}` by more than the noise: {', '.join(f'`{n}`' for n in beyond)}.")
+    return lines
+
+
+def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
+    """Every arm's curve of `tag` per epoch: the mean over seeds, with the seeds' range shaded."""
+    from cnnlab.experiments.plots import _pyplot
+
+    curves = []
+    for arm in result.arms:
+        per_seed = [dict(read_curve(r.run_dir, tag)) for r in arm.runs if r.run_dir.is_dir()]
+        per_seed = [c for c in per_seed if c]
+        if not per_seed:
+            continue
+        epochs = sorted(set().union(*per_seed))
+        rows = [[c[e] for c in per_seed if e in c] for e in epochs]
+        curves.append((arm.name, epochs, [statistics.fmean(r) for r in rows], [min(r) for r in rows],
+                       [max(r) for r in rows]))
+    if not curves:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    for name, epochs, mean, low, high in curves:
+        line, = ax.plot(epochs, mean, label=name, marker="o" if len(epochs) < 15 else None, markersize=3)
+        if any(lo != hi for lo, hi in zip(low, high)):
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if tag.endswith("loss") and all(v > 0 for _, _, m, _, _ in curves for v in m):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(tag)
+    seeds = max(len(a.runs) for a in result.arms)
+    ax.set_title(f"{result.lesson.name}: {tag}" + (f" (mean of {seeds} seeds, range shaded)" if seeds > 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_series(result: LessonResult, stats: dict, path: Path) -> Path | None:
+    """The lesson's own picture (Lesson.series): a column's mean over seeds against x, one line per group, with
+    the standard deviation as error bars."""
+    from cnnlab.experiments.plots import _pyplot
+
+    series = result.lesson.series
+    done = {a.name for a in result.arms}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    drawn = 0
+    for name, points in series.lines.items():
+        xs, means, errs = [], [], []
+        for x, arm in sorted(points.items()):
+            mean, std, _ = stats.get((arm, series.column), (None, None, 0)) if arm in done else (None, None, 0)
+            if mean is not None:
+                xs.append(x), means.append(mean), errs.append(std or 0.0)
+        if xs:
+            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=name)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    if series.log_x:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({x for p in series.lines.values() for x in p}))
+        ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel(series.x_label)
+    ax.set_ylabel(series.column)
+    ax.set_title(f"{result.lesson.name}: {series.column} (mean ± std over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(frameon=False)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def command(lesson: Lesson, quick: bool, overrides: list[str]) -> str:
+    return " ".join(["cnnlab-lab", lesson.name, *(["--quick"] if quick else []), *overrides])
+
+
+def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) -> Path:
+    """<page_dir>/<lesson>.md and its PNGs in <page_dir>/img/."""
+    lesson = result.lesson
+    img = page_dir / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    header, rows, stats = table(result)
+    plots = []
+    if lesson.series is not None:
+        path = plot_series(result, stats, img / f"{lesson.name}_{lesson.series.column.replace('/', '_')}_series.png")
+        if path is not None:
+            plots.append((lesson.series.column, path))
+    for tag in lesson.curves:
+        path = plot_curves(result, tag, img / f"{lesson.name}_{tag.replace('/', '_')}.png")
+        if path is not None:
+            plots.append((tag, path))
+    extra_plots = []
+    for i, source in enumerate(result.extras.get("plots", [])):
+        target = img / f"{lesson.name}_{result.lesson.extra}_{i}_{Path(source).name}"
+        shutil.copyfile(source, target)
+        extra_plots.append(target)
+
+    lines = [f"# {lesson.title}", "", lesson.question.strip(), "",
+             "```bash", command(lesson, result.quick, list(overrides)), "```", "",
+             _measured_line(result), "", "## Setup", "",
+             "Every run: `" + " ".join(lesson.common) + "`" if lesson.common else "Every run: the defaults.", "",
+             "| arm | overrides |", "|---|---|"]
+    lines += [f"| `{arm.name}` | `{' '.join(arm.overrides) or '(none)'}` |" for arm in result.arms]
+    lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += [""] + noise_lines(result, stats) + [""]
+    for tag, path in plots:
+        lines += [f"![{tag}](img/{path.name})", ""]
+    if result.extras:
+        lines += ["## " + {"lr_finder": "The LR finder's pick", "gradients": "Gradient flow",
+                           "filters": "Learned filters and feature maps"}.get(lesson.extra, lesson.extra), ""]
+        lines += result.extras.get("text", []) + [""]
+        lines += [f"![{p.stem}](img/{p.name})" for p in extra_plots] + [""]
+    lines += ["## What the textbook says", "", lesson.expectation.strip(), ""]
+    if lesson.discussion.strip() and not result.quick:
+        lines += ["## What this run shows", "", lesson.discussion.strip(), ""]
+    page = page_dir / f"{lesson.name}.md"
+    page.write_text("\n".join(lines))
+    return page
+
+
+def _measured_line(result: LessonResult) -> str:
+    seeds = max(len(a.runs) for a in result.arms)
+    runs = sum(len(a.runs) for a in result.arms)
+    when = result.measured or {}
+    return (f"Measured by that command on {when.get('date', date.today().isoformat())}: {runs} runs "
+            f"({len(result.arms)} arms x {seeds} seed{'s' if seeds > 1 else ''}) in {result.seconds / 60:.1f} minutes "
+            f"on {when.get('machine') or _machine()}{', cnnlab ' + when['commit'] if when.get('commit') else ''}."
+            + (" **Quick smoke run: one seed, a few steps; the numbers mean nothing.**" if result.quick else ""))
+
+
+def measurement() -> dict:
+    """When, where and at which commit a lesson ran: saved beside its runs (lab.json) for the page."""
+    return {"date": date.today().isoformat(), "machine": _machine(), "commit": _commit()}
+
+
+def _machine() -> str:
+    import os
+
+    import torch
+
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    return (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__.split('+')[0]}, "
+            f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}{load}")
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

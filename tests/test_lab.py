@@ -1,0 +1,74 @@
+"""cnnlab-lab: every lesson runs as a seconds-long smoke run (--quick) and writes its page, its table and its
+plots; an unknown lesson lists the valid ones; overrides compose with any lesson."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cnnlab.errors import ConfigError
+from cnnlab.lab.cli import main
+from cnnlab.lab.lessons import lesson_names, load_lesson
+
+LESSONS = lesson_names()
+# Their smoke runs still build big models (ResNet-56, GoogLeNet, AlexNet), run cnnlab-doctor per arm, train a source
+# model first or start cnnlab-tune three times: tens of seconds each on two cores, so they run with -m slow.
+HEAVY = {"activations", "alexnet_ablation", "densenet_vs_resnet", "depth", "googlenet_aux", "search", "transfer"}
+
+
+def test_the_lab_has_the_course_lessons():
+    assert {"optimizers", "learning_rate", "activations", "regularization", "early_stopping", "losses", "pooling",
+            "lenet", "alexnet_ablation", "vgg_kernels", "depth", "densenet_vs_resnet", "googlenet_aux", "transfer",
+            "search", "filters"} <= set(LESSONS)
+    for name in LESSONS:
+        lesson = load_lesson(name)
+        compares = len(lesson.arms) > 1 and lesson.extra != "filters"
+        assert not compares or len(lesson.seeds) >= 3, f"{name}: a comparison needs at least 3 seeds"
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in LESSONS])
+def test_each_lesson_runs_quick_and_writes_its_page(tmp_path, name):
+    lesson = load_lesson(name)
+    main([name, "--quick", "--out", str(tmp_path / "out")])
+    page = (tmp_path / "out" / f"{name}.md").read_text()
+    assert page.startswith(f"# {lesson.title}")
+    assert f"cnnlab-lab {name} --quick" in page and "Quick smoke run" in page
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    table_rows = [r for r in rows if r.count("|") == len(lesson.columns) + 2]
+    assert [re.match(r"\| `([^`]+)`", r).group(1) for r in table_rows] == list(lesson.arms)
+    assert all("failed" not in r for r in table_rows), table_rows  # every arm produced its numbers
+    images = re.findall(r"!\[[^\]]*\]\(img/([^)]+)\)", page)
+    expected = len(lesson.curves) + (1 if lesson.series else 0) + (1 if lesson.extra in ("lr_finder", "gradients") else 0)
+    assert len(images) >= expected
+    for image in images:
+        assert (tmp_path / "out" / "img" / image).stat().st_size > 1000  # a real PNG
+
+
+def test_an_unknown_lesson_lists_the_valid_ones(run_cli, tmp_path):
+    proc = run_cli("lab", "optimisers-typo", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "error: no lesson 'optimisers-typo'; choose one of: activations," in proc.stderr
+    assert "optimizers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_overrides_compose_with_a_lesson_and_a_typo_is_refused(tmp_path):
+    main(["losses", "--quick", "--out", str(tmp_path), "trainer.max_epochs=2", "optimizer.lr=0.02"])
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "runs" / "mse" / "seed0" / "config_resolved.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2 and saved["optimizer"]["lr"] == 0.02  # the user's come last
+    assert saved["trainer"]["loss"] == "mse"                                       # the arm's still apply
+    with pytest.raises(SystemExit) as stop:
+        main(["losses", "--quick", "--out", str(tmp_path / "typo"), "trainer.max_epoch=2"])
+    assert stop.value.code == 2
+    assert not (tmp_path / "typo").exists()  # refused before anything ran
+
+
+def test_a_bad_lesson_file_is_named(tmp_path, monkeypatch):
+    from cnnlab.lab import lessons
+
+    (tmp_path / "broken.yaml").write_text("title: x\nquestion: q\nexpectation: e\narms: {a: [x=1]}\ncolumns: [nope]\n")
+    monkeypatch.setattr(lessons, "lab_dir", lambda: tmp_path)
+    with pytest.raises(ConfigError, match=r"broken.yaml: columns.0"):
+        lessons.load_lesson("broken")

@@ -110,7 +110,7 @@ def _print_report(result: dict, split: str, classes, confusion) -> None:
                  if result["tta_resize"] else "")
     for key, value in result.items():
         if key.startswith(f"{split}/") and isinstance(value, float):
-            log.info("  %-20s %.4f", key, value)
+            log.info("  %-24s %.4f", key, value)
     width = max(5, *(len(c) for c in classes))
     report = precision_recall_f1(confusion)
     cell = lambda v: "      n/a" if v is None else f"{v:9.4f}"  # noqa: E731

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from cnnlab.errors import ConfigError
-from cnnlab.lab.cli import main
+from cnnlab.lab.__main__ import main
 from cnnlab.lab.lessons import lesson_names, load_lesson
 
 LESSONS = lesson_names()

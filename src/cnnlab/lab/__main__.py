@@ -1,3 +1,93 @@
-from cnnlab.lab.cli import main
+"""`cnnlab-lab <lesson>`: run one lesson of the CNN course and write its page (a table, plots, and what the
+result shows). Lessons are configs/lab/<lesson>.yaml; pages live in docs/lab/.
 
-main()
+    cnnlab-lab --list                          # the lessons
+    cnnlab-lab optimizers                      # 3 seeds per arm; page in outputs/lab/optimizers/
+    cnnlab-lab optimizers --quick              # a seconds-long smoke run (one seed, a few steps)
+    cnnlab-lab optimizers trainer.max_epochs=4 # any training override, applied to every arm (last wins)
+    cnnlab-lab optimizers --page docs/lab      # write the page where the docs keep it
+    cnnlab-lab optimizers --page docs/lab --page-only   # the page again from those runs (no training)
+    cnnlab-lab --index docs/lab                # docs/lab/README.md: the index of lessons and pages
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cnnlab.cli import reports_config_errors
+from cnnlab.errors import ConfigError
+from cnnlab.lab.lessons import lesson_names, load_lesson
+
+log = logging.getLogger("cnnlab.lab")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cnnlab-lab", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("lesson", nargs="?", help="the lesson to run (see --list)")
+    parser.add_argument("overrides", nargs="*", help="cnnlab-train overrides for every run of the lesson")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one seed, a few steps per arm")
+    parser.add_argument("--out", metavar="DIR", help="where the runs go (default outputs/lab/<lesson>[-quick])")
+    parser.add_argument("--page", metavar="DIR", help="where the page and its img/ go (default: the --out dir)")
+    parser.add_argument("--page-only", action="store_true",
+                        help="write the page again from the runs already in --out (no training)")
+    parser.add_argument("--list", action="store_true", help="list the lessons and exit")
+    parser.add_argument("--index", metavar="DIR", help="write DIR/README.md, the index of lessons, and exit")
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+@reports_config_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.list:
+        for name in lesson_names():
+            print(f"{name:22s} {load_lesson(name).title}")
+        return
+    if args.index:
+        from cnnlab.lab.index import write_index
+
+        print(write_index(Path(args.index)))
+        return
+    if not args.lesson:
+        raise ConfigError(f"name a lesson: {', '.join(lesson_names())}")
+    lesson = load_lesson(args.lesson)
+    # the overrides are checked before anything runs: a typo is named with the closest key
+    from cnnlab.cli import check_command_line
+
+    check_command_line(list(args.overrides), "tune" if lesson.extra == "search" else "train")
+    _logging()
+    out = Path(args.out or f"outputs/lab/{lesson.name}{'-quick' if args.quick else ''}")
+    from cnnlab.lab.page import write_page
+    from cnnlab.lab.runner import collect_lesson, run_lesson
+
+    if args.page_only:
+        result, overrides = collect_lesson(lesson, out)
+        print(write_page(result, Path(args.page) if args.page else out, overrides))
+        return
+
+    log.info("lesson %s: %s (%d arms x %d seeds)", lesson.name, lesson.title, len(lesson.arms),
+             1 if args.quick else len(lesson.seeds))
+    result = run_lesson(lesson, out, quick=args.quick, overrides=list(args.overrides))
+    page = write_page(result, Path(args.page) if args.page else out, list(args.overrides))
+    log.info("page: %s (%.1f minutes)", page, result.seconds / 60)
+
+
+def _logging() -> None:
+    """The lab's progress lines on the console; the training runs' own messages only when they warn."""
+    lab = logging.getLogger("cnnlab.lab")
+    if not any(getattr(h, "lab_console", False) for h in lab.handlers):  # once per process (tests call main often)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.lab_console = True
+        lab.addHandler(handler)
+    lab.setLevel(logging.INFO)
+    lab.propagate = False
+    logging.getLogger("cnnlab").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from cnnlab.config import compose_config
+from cnnlab.errors import RunError
 from cnnlab.lab.lessons import Lesson
 
 log = logging.getLogger("cnnlab.lab")
@@ -22,15 +25,24 @@ def _extra_arm(lesson: Lesson) -> str:
     return lesson.extra_arm or next(iter(lesson.arms))
 
 
+def _command(module: str, args: list[str], log_file: Path) -> None:
+    """Run a cnnlab command as a user would (commands never import one another), its output in `log_file`."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text(proc.stdout + proc.stderr)
+    if proc.returncode not in (0, 1):  # cnnlab-doctor exits 1 when a check FAILs: a finding, not a failure
+        raise RunError(f"{module} failed ({proc.returncode}), see {log_file}: {(proc.stdout + proc.stderr)[-1500:]}")
+
+
 def _doctor(lesson: Lesson, arm: str, result, overrides: list[str]) -> dict:
     """cnnlab-doctor on the arm's first-seed config; returns its doctor.json."""
-    from cnnlab.doctor import doctor
     from cnnlab.lab.runner import QUIET, arm_overrides
 
-    args = [*QUIET, *arm_overrides(lesson, arm, lesson.seeds[0], result.quick, overrides),
-            *(DOCTOR_QUICK if result.quick else []), "logger=none"]
     run_dir = result.out_dir / "doctor" / arm
-    doctor(compose_config(args, run_dir, config_name="doctor"), overrides=args)
+    args = [*QUIET, *arm_overrides(lesson, arm, lesson.seeds[0], result.quick, overrides),
+            *(DOCTOR_QUICK if result.quick else []), "logger=none", f"hydra.run.dir={run_dir}"]
+    _command("cnnlab.doctor", args, result.out_dir / "doctor" / f"{arm}.log")
     return json.loads((run_dir / "doctor.json").read_text())
 
 
@@ -93,14 +105,14 @@ def _plot_gradients(per_arm: dict, path: Path, title: str) -> Path | None:
 
 def filters(lesson: Lesson, result, overrides: list[str]) -> dict:
     """cnnlab-explain on every arm's first-seed run: learned filters and feature maps."""
-    from cnnlab.explain import explain
-
     plots, text = [], []
     for arm in result.arms:
-        explained = explain(str(arm.runs[0].run_dir), out=str(result.out_dir / "explain" / arm.name), n_images=6,
-                            device="cpu")
-        shown = [p for p in explained.files if p.name.startswith(("filters_", "feature_maps_"))]
+        out = result.out_dir / "explain" / arm.name
+        _command("cnnlab.explain", [str(arm.runs[0].run_dir), "--out", str(out), "--images", "6", "--device", "cpu"],
+                 result.out_dir / "explain" / f"{arm.name}.log")
+        shown = sorted(p for p in out.glob("*.png") if p.name.startswith(("filters_", "feature_maps_")))
         plots += [str(p) for p in shown]
-        text.append(f"`{arm.name}` (seed {lesson.seeds[0]}, after epoch {explained.epoch}): "
+        epochs = arm.runs[0].metrics.get("epochs_completed")
+        text.append(f"`{arm.name}` (seed {lesson.seeds[0]}, after {epochs} epochs): "
                     + ", ".join(p.stem.replace("_", " ") for p in shown) + ".")
     return {"values": {}, "plots": plots, "text": text}

@@ -170,6 +170,7 @@ def plot_series(result: LessonResult, stats: dict, path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_xticks(sorted({x for p in series.lines.values() for x in p}))
         ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
     ax.set_xlabel(series.x_label)
     ax.set_ylabel(series.column)
     ax.set_title(f"{result.lesson.name}: {series.column} (mean ± std over seeds)")

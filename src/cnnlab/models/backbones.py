@@ -74,7 +74,10 @@ _HEAD_PATHS = ("fc", "classifier", "head", "heads", "last_linear", "linear")
 def _values(cfg) -> dict:
     """The model section as plain values; a mandatory value not given (`???`) as None."""
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        except Exception:  # an interpolation that cannot be resolved: the schema check reports it
+            cfg = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     return {k: (None if v == "???" else v) for k, v in dict(cfg).items()}
 
 
@@ -553,8 +556,8 @@ def hub_repo_dir(repo: str) -> Path:
     archive = f"https://github.com/{owner}/{name}/archive/{'refs/heads/main' if not ref else ref}.zip"
     raise ConfigError(f"model.repo={repo}: not in torch.hub's cache: expected {where}. cnnlab loads hub repositories "
                       f"from the cache only: on a machine with network, torch.hub.load('{repo}', <entry>, "
-                      f"trust_repo=True) fills $TORCH_HOME/hub (copy {dirs[0].name} here), or unpack {archive} "
-                      f"as {dirs[0]}; TORCH_HOME moves the cache")
+                      f"trust_repo=True) fills its $TORCH_HOME/hub/{dirs[0].name}, copy that directory to {dirs[0]}; "
+                      f"or unpack {archive} there; TORCH_HOME moves the cache")
 
 
 def _hub_problems(cfg) -> list[str]:

@@ -59,7 +59,7 @@ def _fmt(column: str, mean, std, n: int, seeds: int) -> str:
         return "failed" if n == 0 else "-"
     if column in ("params", "epochs", "best_epoch", "trials", "pruned", "epochs_trained") and (std is None or std == 0):
         return f"{mean:,.0f}" if column == "params" else f"{mean:.0f}"
-    digits = 1 if column == "wall_time_s" else 4
+    digits = 1 if column in ("wall_time_s", "epochs", "best_epoch", "trials", "pruned", "epochs_trained") else 4
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
     return text + (f" ({n}/{seeds})" if n < seeds else "")
 

@@ -73,7 +73,7 @@ def gradients(lesson: Lesson, result, overrides: list[str]) -> dict:
                         "relative": [v["grad_norm"] / v["weight_norm"] if v["weight_norm"] else None
                                      for v in init.values()],
                         "verdict": check.get("measured", "")}
-    plot = _plot_gradients(per_arm, result.out_dir / "gradient_norms.png", lesson.title)
+    plot = _plot_gradients(per_arm, result.out_dir / "gradient_norms.png", lesson.name)
     text = []
     for arm, v in per_arm.items():
         norms = [g for g in v["grad_norm"] if g is not None]

@@ -153,10 +153,13 @@ def test_one_process_has_no_collectives():
 
 
 # ---- real torchrun runs --------------------------------------------------------------------------------------
+# The default suite runs the fast path; the DataLoader path and accumulation under DDP run with -m slow (and in CI).
 @pytest.mark.parametrize("variant", [
     ["data.batch_size=32"],                                              # fast path, 2 x 32
-    ["data.batch_size=32", "data.loader=dataloader", "data.num_workers=0"],  # DataLoader path, 2 x 32
-    ["data.batch_size=16", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=40"],  # 2 x 16 x 2
+    pytest.param(["data.batch_size=32", "data.loader=dataloader", "data.num_workers=0"],  # DataLoader path, 2 x 32
+                 marks=pytest.mark.slow),
+    pytest.param(["data.batch_size=16", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=40"],
+                 marks=pytest.mark.slow),                                # 2 x 16 x 2
 ], ids=["tensor", "dataloader", "accumulate"])
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, reference, variant):
     ok(torchrun(2, *BASE, *variant, "trainer.max_epochs=2", "hydra.run.dir=ddp", cwd=tmp_path))
@@ -253,6 +256,7 @@ def test_sigterm_to_one_rank_stops_all_with_one_checkpoint_and_the_resumed_run_m
     assert_same_run(tmp_path / "stopped", tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_checkpoint_resumes_only_with_its_number_of_processes(tmp_path):
     """Each process's share of an epoch depends on their number: refused before training, saying how many."""
     args = [*BASE, "data.batch_size=32", "trainer.max_epochs=2", "trainer.limit_train_batches=null"]
@@ -274,7 +278,8 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_its_number_of_processes(tmp_pa
 
 @pytest.mark.parametrize("n, args, message", [
     (2, ["trainer.device=cpu", "trainer.dist_backend=nccl"], "trainer.dist_backend=nccl needs CUDA"),
-    (3, ["data.batch_size=1000"], "3 processes but the 1439 training images make only 2 batch(es)"),
+    pytest.param(3, ["data.batch_size=1000"], "3 processes but the 1439 training images make only 2 batch(es)",
+                 marks=pytest.mark.slow),
     (2, ["-m", "optimizer.lr=0.1,0.2"], "a sweep (-m) cannot run under torchrun"),
 ], ids=["nccl-on-cpu", "more-processes-than-batches", "sweep"])
 def test_bad_distributed_input_is_one_error_before_training(tmp_path, n, args, message):

@@ -14,7 +14,9 @@ from cnnlab.lab.lessons import lesson_names, load_lesson
 LESSONS = lesson_names()
 # Their smoke runs still build big models (ResNet-56, GoogLeNet, AlexNet), run cnnlab-doctor per arm, train a source
 # model first or start cnnlab-tune three times: tens of seconds each on two cores, so they run with -m slow.
-HEAVY = {"activations", "alexnet_ablation", "densenet_vs_resnet", "depth", "googlenet_aux", "search", "transfer"}
+# filters and learning_rate start cnnlab-explain / cnnlab-doctor as commands (10-35 s).
+HEAVY = {"activations", "alexnet_ablation", "densenet_vs_resnet", "depth", "googlenet_aux", "search", "transfer",
+         "filters", "learning_rate"}
 
 
 def test_the_lab_has_the_course_lessons():

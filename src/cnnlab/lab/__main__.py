@@ -59,7 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     from cnnlab.cli import check_command_line
 
     check_command_line(list(args.overrides), "tune" if lesson.extra == "search" else "train")
-    _logging()
+    restore = _logging()
+    try:
+        _run(lesson, args)
+    finally:
+        restore()
+
+
+def _run(lesson, args) -> None:
     out = Path(args.out or f"outputs/lab/{lesson.name}{'-quick' if args.quick else ''}")
     from cnnlab.lab.page import write_page
     from cnnlab.lab.runner import collect_lesson, run_lesson
@@ -76,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     log.info("page: %s (%.1f minutes)", page, result.seconds / 60)
 
 
-def _logging() -> None:
-    """The lab's progress lines on the console; the training runs' own messages only when they warn."""
-    lab = logging.getLogger("cnnlab.lab")
+def _logging():
+    """The lab's progress lines on the console; the training runs' own messages only when they warn. Returns
+    the function that puts the loggers back as they were (main runs in-process in tests and notebooks)."""
+    lab, runs = logging.getLogger("cnnlab.lab"), logging.getLogger("cnnlab")
+    before = (lab.level, lab.propagate, runs.level)
     if not any(getattr(h, "lab_console", False) for h in lab.handlers):  # once per process (tests call main often)
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -86,7 +95,14 @@ def _logging() -> None:
         lab.addHandler(handler)
     lab.setLevel(logging.INFO)
     lab.propagate = False
-    logging.getLogger("cnnlab").setLevel(logging.WARNING)
+    runs.setLevel(logging.WARNING)
+
+    def restore() -> None:
+        lab.setLevel(before[0])
+        lab.propagate = before[1]
+        runs.setLevel(before[2])
+
+    return restore
 
 
 if __name__ == "__main__":

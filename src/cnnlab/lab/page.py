@@ -4,6 +4,7 @@ Every number on the page is read from the runs' own files (metrics.json, TensorB
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import shutil
@@ -23,6 +24,19 @@ HEADERS = {"best_val": "best val metric", "gap": "train-val acc gap", "wall_time
            "trials": "trials", "pruned": "pruned", "epochs_trained": "epochs trained (all trials)"}
 
 
+def curve(run_dir: Path, tag: str) -> tuple[tuple[int, float], ...]:
+    """read_curve, parsed once per state of the run's event files: a page reads the same tags for its table
+    (train/acc also for the gap) and again for its plots."""
+    files = sorted(Path(run_dir).glob("events.out.tfevents.*"))
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _parsed_curve(str(run_dir), tag, stamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_curve(run_dir: str, tag: str, stamp: tuple) -> tuple[tuple[int, float], ...]:
+    return tuple(read_curve(Path(run_dir), tag))
+
+
 def value(record: RunRecord, column: str):
     """One table cell's number for one run (None where the run did not produce it)."""
     m = record.metrics
@@ -38,7 +52,7 @@ def value(record: RunRecord, column: str):
     if column == "wall_time_s":
         return record.wall_time_s
     if column in ("val/acc", "val/loss", "train/acc", "train/loss"):
-        points = read_curve(record.run_dir, column)
+        points = curve(record.run_dir, column)
         return points[-1][1] if points else None
     if column == "gap":
         train, val = value(record, "train/acc"), value(record, "val/acc")
@@ -112,7 +126,7 @@ def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
 
     curves = []
     for arm in result.arms:
-        per_seed = [dict(read_curve(r.run_dir, tag)) for r in arm.runs if r.run_dir.is_dir()]
+        per_seed = [dict(curve(r.run_dir, tag)) for r in arm.runs if r.run_dir.is_dir()]
         per_seed = [c for c in per_seed if c]
         if not per_seed:
             continue

@@ -322,3 +322,52 @@ def test_hub_model_summary_with_a_frozen_backbone(tmp_path):
     summary = build_summary(cfg)
     assert summary.trainable_params == 8 * 10 + 10 and summary.output_shape == (10,)
     assert summary.frozen_params == 1 * 8 * 9 + 8 + 2 * 8  # the 1-channel first conv and its batch norm
+
+
+def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(make_cfg, tmp_path):
+    """The saved config's trust_repo=true was the trainer's trust: eval, resume, predict, export and explain of a
+    checkpoint (a file from anyone) run the repository's hubconf.py only when their own command line trusts it."""
+    from cnnlab.evaluate import evaluate
+    from cnnlab.export import export
+    from cnnlab.predict import predict
+    from cnnlab.restore import resume_config
+    from cnnlab.training import train
+
+    repo = hub_repo(tmp_path / "repo")
+    ran = tmp_path / "hubconf_ran"
+    (repo / "hubconf.py").write_text(f"open({str(ran)!r}, 'a').close()\n" + HUBCONF)
+    train(make_cfg("data=digits", "data.input_size=[16,16]", "model=hub", f"model.repo={repo}", "model.entry=tiny",
+                   "model.trust_repo=true", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none"),
+          overrides=[])
+    run_dir = tmp_path / "run"
+    ran.unlink()
+    image = tmp_path / "digit.png"
+    from PIL import Image
+    Image.new("L", (8, 8), 128).save(image)
+
+    refusals = {
+        "eval": lambda: evaluate(make_cfg(f"ckpt={run_dir}", config_name="eval", run="eval"),
+                                 overrides=[f"ckpt={run_dir}"]),
+        "resume": lambda: resume_config(make_cfg(f"trainer.resume={run_dir}", run="resumed"),
+                                        [f"trainer.resume={run_dir}"]),
+        "predict": lambda: predict(str(run_dir), [str(image)], device="cpu"),
+        "export": lambda: export(str(run_dir), "torchscript", str(tmp_path / "m.pt")),
+    }
+    for command, call in refusals.items():
+        with pytest.raises(ConfigError) as info:
+            call()
+        how = "--trust-repo" if command in ("predict", "export") else f"'trusted_repos=[\"{repo}\"]'"
+        assert f"model=hub in the config saved in {run_dir / 'checkpoints'}" in str(info.value), (command, info.value)
+        assert f"runs the Python code of {repo}'s hubconf.py" in str(info.value) and f"add {how}" in str(info.value)
+        assert not ran.exists(), f"{command} ran the repository's code before refusing"
+
+    trusted = [f"ckpt={run_dir}", f'trusted_repos=["{repo}"]']  # as the error message says to add it
+    result = evaluate(make_cfg(*trusted, config_name="eval", run="eval"), overrides=trusted)
+    assert ran.exists() and result["images"] > 0
+    ran.unlink()
+    resumed = [f"trainer.resume={run_dir}", f'trusted_repos=["{repo}"]']
+    assert resume_config(make_cfg(*resumed, run="resumed"), resumed)[0].model.repo == str(repo)
+    other = [f"trainer.resume={run_dir}", f'trusted_repos=["{tmp_path / "elsewhere"}"]']  # another repository
+    with pytest.raises(ConfigError, match="trusted_repos"):
+        resume_config(make_cfg(*other, run="other"), other)
+    assert predict(str(run_dir), [str(image)], device="cpu", trust_repo=True)[0]["top"]

@@ -26,7 +26,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.losses import Loss, resolve_class_weights
 from cnnlab.metrics import classification_metrics, per_class_accuracy, precision_recall_f1
 from cnnlab.model_io import load_trained_model
-from cnnlab.restore import check_split_unchanged, check_trusted_targets
+from cnnlab.restore import (check_split_unchanged, check_trusted_code, check_trusted_targets, repo_trusted,
+                            trusted_repos_hint)
 from cnnlab.rundir import claim
 from cnnlab.runinfo import write_json
 from cnnlab.schema_check import command_key_problems
@@ -53,11 +54,14 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     run_cfg = apply_overrides(saved, cfg, keys)
     # Evaluation never augments, and progress/TensorBoard output belongs to training runs.
     OmegaConf.update(run_cfg, "augment.transforms", [], force_add=True)
+    # before validation (which imports transform modules): evaluation builds data and model only, the optimizer
+    # and scheduler in the saved config are never built
+    check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
+    check_trusted_code(run_cfg, f"the config saved in {path}", repo_trusted(run_cfg, cfg, keys),
+                       trusted_repos_hint(run_cfg))
     validate(run_cfg)
     tta = str(cfg.tta)
     tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
-    # evaluation builds data and model only; the optimizer and scheduler in the saved config are never built
-    check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
     claim(out_dir, "eval", existing=str(cfg.paths.get("existing_run", "refuse")), task_cfg=cfg)
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from cnnlab.data.build import DataInfo, data_info
 from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, saved_config
 from cnnlab.models import build_model
+from cnnlab.restore import check_trusted_code
 from cnnlab.validate import validate
 
 
@@ -24,14 +25,16 @@ class LoadedModel:
 
 
 def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None = None,
-                       ckpt: dict | None = None) -> LoadedModel:
+                       ckpt: dict | None = None, trust_repo: bool = False) -> LoadedModel:
     """The model described by `cfg` (default: the config saved in the checkpoint) with the saved weights.
 
     `ckpt`: the checkpoint at `path` when it is already loaded (`find_checkpoint` returns it), else it is read.
+    `trust_repo`: the command's own --trust-repo, needed when the saved config is model=hub (which runs code).
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    if cfg is None:  # the saved config alone (predict): checked like any config before it is used
+    if cfg is None:  # the saved config alone (predict, export, explain): checked like any config before it is used
         cfg = saved_config(ckpt)
+        check_trusted_code(cfg, f"the config saved in {path}", trust_repo, "add --trust-repo to this command")
         validate(cfg)
     info = data_info(cfg.data)
     # the saved weights replace any pretrained ones: no weights file or network is needed to rebuild the model

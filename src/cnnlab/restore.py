@@ -3,7 +3,8 @@
 `cnnlab-train trainer.resume=...` continues a run from its checkpoint; `cnnlab-eval` rebuilds a run's data
 and model from the config saved in its checkpoint. Both take that config as data, apply only the keys the
 command line sets, and refuse what would change the checkpoint's meaning (`check_compatible`,
-`check_split_unchanged`) or instantiate a class the user never chose (`check_trusted_targets`).
+`check_split_unchanged`), instantiate a class the user never chose (`check_trusted_targets`) or run a hub
+repository's code the user did not trust on this command (`check_trusted_code`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
     check_compatible(saved, merged, path, mid_epoch=bool(partial))
     check_trusted_targets(merged, cfg, f"the config saved in {path}")
+    check_trusted_code(merged, f"the config saved in {path}", repo_trusted(merged, cfg, keys),
+                       trusted_repos_hint(merged))
     return merged, ckpt, path
 
 
@@ -96,6 +99,38 @@ def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str, skip: t
         raise ConfigError([f"{key}={value!r} in {source} is not trusted: your config allows _target_ classes under "
                            f"{', '.join(prefixes) or '(none)'}; add its prefix to trusted_targets if you trust "
                            f"this file" for key, value in untrusted])
+
+
+def check_trusted_code(cfg: DictConfig, source: str, trusted: bool, how: str) -> None:
+    """model=hub runs its repository's hubconf.py in this process. A checkpoint's saved `trust_repo=true` was the
+    trust of whoever trained it: a file (from anyone) may only run that code when this command trusts it too."""
+    model = cfg.get("model") or {}
+    if model.get("name") == "hub" and not trusted:
+        raise ConfigError(f"model=hub in {source} runs the Python code of {model.get('repo')}'s hubconf.py (entry "
+                          f"{model.get('entry')}) in this process; {how} if you trust that code (the file's own "
+                          f"trust_repo=true is not enough: anyone can write it)")
+
+
+def repo_trusted(cfg: DictConfig, own: DictConfig, keys: list[str]) -> bool:
+    """The hub repository `cfg` loads is one the user trusts: listed in their own config's trusted_repos, or
+    the whole model section comes from this command line (where model=hub itself needs model.trust_repo=true)."""
+    if "model" in keys:
+        return True
+    repo = str(OmegaConf.select(cfg, "model.repo", default=""))
+    return any(_same_repo(repo, str(r)) for r in (own.get("trusted_repos") or ()))
+
+
+def trusted_repos_hint(cfg: DictConfig) -> str:
+    repo = OmegaConf.select(cfg, "model.repo", default="")
+    return f"add 'trusted_repos=[\"{repo}\"]' to this command (or to trusted_repos in your config)"
+
+
+def _same_repo(a: str, b: str) -> bool:
+    """owner/repo[:ref] compare as written; directories by where they are (~ and relative paths resolved)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
 
 
 def _trusted_class(path, prefixes: tuple[str, ...]) -> bool:

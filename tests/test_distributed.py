@@ -148,11 +148,56 @@ def test_sync_batchnorm_warns_without_batch_norm_and_needs_cuda(caplog):
 def test_one_process_has_no_collectives():
     t = torch.ones(3)
     assert SINGLE.all_reduce_sum_(t) is t and t.tolist() == [1, 1, 1]
+    assert SINGLE.all_reduce_mean_(t) is t and t.tolist() == [1, 1, 1]
     assert SINGLE.any(True, False) == [True, False]
     assert SINGLE.gather_objects("x") == ["x"] and SINGLE.broadcast_object(5) == 5
 
 
 # ---- real torchrun runs --------------------------------------------------------------------------------------
+SWA_BN_WORKER = """
+import json, os, sys
+import torch, torch.nn as nn
+from cnnlab.distributed import Dist
+from cnnlab.engine.averaging import SWA
+
+torch.distributed.init_process_group("gloo")
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+torch.manual_seed(0)  # the same model on every process, as DDP keeps it
+model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3))
+swa = SWA(model, torch.optim.SGD(model.parameters(), lr=0.1), start_epoch=1, lr=None, anneal_epochs=1)
+shard = [torch.full((4, 1, 2, 2), float(10 * rank + i)) + torch.arange(4.0).view(4, 1, 1, 1) for i in range(3)]
+swa.after_epoch(model, 1, lambda: iter(shard), Dist(world, rank, 0, "gloo"))
+norm = swa.module[1]
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump({"mean": norm.running_mean.tolist(), "var": norm.running_var.tolist()}, f)
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_swa_batch_norm_statistics_are_averaged_over_every_processs_shard(tmp_path):
+    """SWA recomputes its batch-norm statistics on each process's own shard: the processes then hold the
+    average over all the shards' batches (equal in number), the same on each, not rank 0's shard alone."""
+    import torch.nn as nn
+    from torch.optim.swa_utils import update_bn
+
+    (tmp_path / "worker.py").write_text(SWA_BN_WORKER)
+    ok(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       str(tmp_path / "worker.py"), str(tmp_path)], cwd=tmp_path, env=_env(tmp_path),
+                      capture_output=True, text=True, timeout=300))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3))
+    every = [torch.full((4, 1, 2, 2), float(10 * r + i)) + torch.arange(4.0).view(4, 1, 1, 1)
+             for r in (0, 1) for i in range(3)]
+    update_bn(every, model)  # one process over both shards' batches: the statistics to reproduce
+    torch.testing.assert_close(torch.tensor(ranks[0]["mean"]), model[1].running_mean)
+    torch.testing.assert_close(torch.tensor(ranks[0]["var"]), model[1].running_var)
+    update_bn(every[:3], model)
+    assert not torch.allclose(torch.tensor(ranks[0]["mean"]), model[1].running_mean)  # rank 0's shard alone differs
+
+
 # The default suite runs the fast path; the DataLoader path and accumulation under DDP run with -m slow (and in CI).
 @pytest.mark.parametrize("variant", [
     ["data.batch_size=32"],                                              # fast path, 2 x 32

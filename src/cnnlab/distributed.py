@@ -56,6 +56,13 @@ class Dist:
             torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In place: the mean of every process's `tensor`."""
+        if self.enabled:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+            tensor.div_(self.world_size)
+        return tensor
+
     def any(self, *flags: bool) -> list[bool]:
         """Each flag OR-ed over all processes (one small all-reduce for all of them)."""
         if not self.enabled:

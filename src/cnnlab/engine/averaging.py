@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
+from cnnlab.distributed import SINGLE, Dist
+
 log = logging.getLogger("cnnlab")
 
 class WeightAverage:
@@ -62,7 +64,8 @@ class WeightAverage:
     def before_epoch(self, epoch: int) -> None:
         """Epoch `epoch` is about to train."""
 
-    def after_epoch(self, model: nn.Module, epoch: int, batches: Callable[[], Iterable[torch.Tensor]]) -> None:
+    def after_epoch(self, model: nn.Module, epoch: int, batches: Callable[[], Iterable[torch.Tensor]],
+                    dist: Dist = SINGLE) -> None:
         """Epoch `epoch` has trained; `batches()` yields its training inputs again (for batch-norm statistics)."""
 
     def state_dict(self) -> dict:
@@ -164,17 +167,27 @@ class SWA(WeightAverage):
                      f"{self.optimizer.param_groups[0]['lr']:.3g}",
                      f"{self.optimizer.param_groups[0]['swa_lr']:.3g}", self.anneal_epochs)
 
-    def after_epoch(self, model: nn.Module, epoch: int, batches: Callable[[], Iterable[torch.Tensor]]) -> None:
+    def after_epoch(self, model: nn.Module, epoch: int, batches: Callable[[], Iterable[torch.Tensor]],
+                    dist: Dist = SINGLE) -> None:
         if epoch < self.start_epoch:
             return
         self.averaged.update_parameters(model)
-        self.update_bn(batches)
+        self.update_bn(batches, dist)
 
-    def update_bn(self, batches: Callable[[], Iterable[torch.Tensor]]) -> None:
+    def update_bn(self, batches: Callable[[], Iterable[torch.Tensor]], dist: Dist = SINGLE) -> None:
         """Batch-norm running statistics of the averaged weights: one pass over the training batches (the
-        average of batch statistics, momentum=None). A model without batch norm takes no pass."""
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules()):
-            update_bn(itertools.islice(batches(), self.limit_batches), self.module)
+        average of batch statistics, momentum=None). A model without batch norm takes no pass. Under DDP each
+        process passes over its own shard, and the statistics are averaged over the processes: the shards hold
+        equally many batches, so that is the average over all of them (not rank 0's shard alone)."""
+        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        update_bn(itertools.islice(batches(), self.limit_batches), self.module)
+        with torch.no_grad():
+            for norm in norms:
+                for stat in (norm.running_mean, norm.running_var):
+                    if stat is not None:
+                        dist.all_reduce_mean_(stat)
 
     def step_epoch(self) -> None:
         """At an epoch end within the SWA phase: SWALR's next rate."""

@@ -321,7 +321,7 @@ class Trainer:
                 yield x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
         with self._autocast():
-            average.after_epoch(self.task.model, epoch, inputs)
+            average.after_epoch(self.task.model, epoch, inputs, self.dist)
 
     def signals_requested(self) -> bool:
         """A stop signal reached this process."""

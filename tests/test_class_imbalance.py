@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from cnnlab.data import build_data
-from cnnlab.data.balance import capped_indices
+from cnnlab.data.balance import balanced_weights, capped_indices, draws_by_inverse_cdf
 from cnnlab.data.loaders import EpochSampler, TensorLoader, shard
 from cnnlab.errors import ConfigError
 from cnnlab.losses import Loss, resolve_class_weights
@@ -128,6 +128,21 @@ def test_balanced_sampler_draws_every_class_equally_often(make_cfg, loader):
     assert torch.equal(_epoch_labels(balanced.train, 2), drawn[2])  # ... that depends only on (seed, epoch)
     plain_share = torch.bincount(_epoch_labels(plain.train, 0), minlength=10).float() / 550
     assert plain_share[5:].tolist() == pytest.approx([10 / 550] * 5)  # random: each image once, imbalance kept
+
+
+def test_draws_beyond_multinomials_limit_are_in_proportion_to_the_weights():
+    """Training sets above torch.multinomial's 2^24 categories draw by inverse CDF: the same distribution."""
+    labels = torch.tensor([0] * 9_000 + [1] * 900 + [2] * 100)
+    draws = draws_by_inverse_cdf(balanced_weights(labels), 30_000, torch.Generator().manual_seed(0))
+    assert draws.min() >= 0 and draws.max() < len(labels)
+    share = torch.bincount(labels[draws], minlength=3).float() / 30_000
+    assert (share - 1 / 3).abs().max() < 0.015, share  # each class a third, as with multinomial
+    rare = torch.bincount(draws, minlength=len(labels))[9_900:].float()
+    assert rare.mean() == pytest.approx(100, rel=0.05)  # each of the 100 rare images ~100 times
+    again = draws_by_inverse_cdf(balanced_weights(labels), 30_000, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # the order depends only on the generator (seed, epoch)
+    with pytest.raises(RuntimeError):  # what the limit is about: multinomial refuses more categories
+        torch.multinomial(torch.ones(2 ** 24 + 1), 1)
 
 
 def test_balanced_order_is_the_same_on_every_process_before_sharding():

@@ -44,6 +44,11 @@ def capped_indices(labels: torch.Tensor, caps: list[int], seed: int) -> torch.Te
     return torch.cat(keep).sort().values
 
 
+# torch.multinomial takes at most 2^24 categories: a larger training set draws by inverse CDF instead (below that
+# multinomial stays, so that the orders of existing runs, and their mid-epoch resumes, are unchanged).
+MULTINOMIAL_MAX_CATEGORIES = 2 ** 24
+
+
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
     """Per-sample weights 1 / (images of its class): sampled in proportion, every class is drawn equally often."""
     counts = torch.bincount(labels)
@@ -56,4 +61,14 @@ def epoch_order(n: int, generator: torch.Generator, device, sample_weights: torc
     on every process before sharding, and again when an interrupted epoch is resumed."""
     if sample_weights is None:
         return torch.randperm(n, generator=generator, device=device)
+    if len(sample_weights) > MULTINOMIAL_MAX_CATEGORIES:
+        return draws_by_inverse_cdf(sample_weights.to(device), n, generator)
     return torch.multinomial(sample_weights.to(device), n, replacement=True, generator=generator)
+
+
+def draws_by_inverse_cdf(weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n draws with replacement in proportion to `weights`, for any number of them: uniform numbers looked up in
+    the cumulative weights (float64, so that 2^24 and more small weights still add up exactly enough)."""
+    cumulative = weights.to(torch.float64).cumsum(0)
+    u = torch.rand(n, generator=generator, device=weights.device, dtype=torch.float64) * cumulative[-1]
+    return torch.searchsorted(cumulative, u, right=True).clamp_(max=len(weights) - 1)

@@ -186,12 +186,9 @@ def suggestion_override(result: LRRange, optimizer_key: str = "optimizer.lr") ->
 
 def plot_lr_range(result: LRRange, path: Path | str, title: str = "Learning-rate range test") -> Path:
     """Loss against lr on a log axis: raw loss thin, smoothed bold, the suggestion and the minimum marked."""
-    import matplotlib  # heavy: only the doctor's plot needs it
+    from cnnlab.plotting import pyplot, save
 
-    matplotlib.use("Agg")  # files only: no display is needed, or touched
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     ax.plot(result.lrs, result.losses, color="tab:blue", linewidth=0.7, alpha=0.45, label="loss per step")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", linewidth=2.2, label="smoothed loss")
@@ -213,7 +210,4 @@ def plot_lr_range(result: LRRange, path: Path | str, title: str = "Learning-rate
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)

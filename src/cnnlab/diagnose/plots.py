@@ -7,28 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib  # heavy: imported only when the doctor draws
-
-    matplotlib.use("Agg")  # files only: no display is needed, or touched
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+from cnnlab.plotting import pyplot, save
 
 
 def plot_samples(images: np.ndarray, titles: list[str], path: Path, title: str) -> Path:
     """A grid of images (N, C, H, W in [0, 1]) each titled with its label."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     cols = min(8, n)
     rows = math.ceil(n / cols)
@@ -45,12 +29,12 @@ def plot_samples(images: np.ndarray, titles: list[str], path: Path, title: str) 
             ax.imshow(np.transpose(image[:3], (1, 2, 0)), interpolation="nearest")
         ax.set_title(titles[i], fontsize=9)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_overfit(losses: list[float], accs: list[tuple[int, float]], target: float, path: Path, title: str) -> Path:
     """Training loss per step (log scale) and the accuracy on the memorised batches."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     steps = np.arange(1, len(losses) + 1)
     finite = np.isfinite(losses) & (np.asarray(losses) > 0)
@@ -66,14 +50,14 @@ def plot_overfit(losses: list[float], accs: list[tuple[int, float]], target: flo
     twin.set_ylabel("accuracy", color="tab:orange")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_gradients(names: list[str], init: list[float], trained: list[float] | None, updates: list[float],
                    flagged: set[str], path: Path, title: str) -> Path:
     """Two panels, layers in forward order top to bottom: |grad| / |weight| at init and after the steps, and
     the median per-step update / weight ratio. Flagged layers are named in red."""
-    plt = _pyplot()
+    plt = pyplot()
     y = np.arange(len(names))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.38 * len(names)), sharey=True,
                                       layout="constrained")
@@ -97,7 +81,7 @@ def plot_gradients(names: list[str], init: list[float], trained: list[float] | N
     for ax in (left, right):
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _positive(values):
@@ -108,7 +92,7 @@ def _positive(values):
 def plot_activations(names: list[str], kinds: list[str], init: list[float], trained: list[float] | None,
                      limit: float, path: Path, title: str) -> Path:
     """Per activation call: dead-unit fraction (ReLU) or saturated fraction (sigmoid/tanh), init and trained."""
-    plt = _pyplot()
+    plt = pyplot()
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.38 * len(names)), layout="constrained")
     height = 0.38 if trained is not None else 0.7
@@ -123,4 +107,4 @@ def plot_activations(names: list[str], kinds: list[str], init: list[float], trai
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)

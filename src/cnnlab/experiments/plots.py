@@ -7,17 +7,9 @@ import warnings
 from pathlib import Path
 
 from cnnlab.experiments.runs import RunRecord, read_curve
+from cnnlab.plotting import pyplot, save
 
 LINE_STYLES = ("-", "--", ":", "-.")
-
-
-def _pyplot():
-    import matplotlib  # heavy: only commands that draw import it
-
-    matplotlib.use("Agg")  # files only: no display is needed, or touched
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_curves(records: list[RunRecord], labels: list[str], tag: str, path: Path) -> Path | None:
@@ -27,7 +19,7 @@ def plot_curves(records: list[RunRecord], labels: list[str], tag: str, path: Pat
     curves = [(label, points) for label, points in curves if points]
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator  # with pyplot, above
 
     colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
@@ -45,9 +37,7 @@ def plot_curves(records: list[RunRecord], labels: list[str], tag: str, path: Pat
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8 if len(curves) <= 15 else 6.5,
               ncol=1 if len(curves) <= 20 else 2, frameon=False)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def plot_study(study, out_dir: Path) -> tuple[list[Path], list[str]]:
@@ -55,7 +45,7 @@ def plot_study(study, out_dir: Path) -> tuple[list[Path], list[str]]:
     skipped). Importances need two completed trials whose parameters vary."""
     import optuna  # only studies are drawn with it
 
-    plt = _pyplot()
+    pyplot()  # the Agg backend, before Optuna's matplotlib module draws
     files, notes = [], []
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
@@ -63,22 +53,21 @@ def plot_study(study, out_dir: Path) -> tuple[list[Path], list[str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the matplotlib backend is marked so
         ax = optuna.visualization.matplotlib.plot_optimization_history(study)
-        files.append(_save(plt, ax, Path(out_dir) / "optimization_history.png"))
+        files.append(_save_optuna(ax, Path(out_dir) / "optimization_history.png"))
         varying = [name for name in {p for t in completed for p in t.params}
                    if len({repr(t.params.get(name)) for t in completed}) > 1]
         if len(completed) >= 2 and varying:
             ax = optuna.visualization.matplotlib.plot_param_importances(study)
-            files.append(_save(plt, ax, Path(out_dir) / "param_importances.png"))
+            files.append(_save_optuna(ax, Path(out_dir) / "param_importances.png"))
         else:
             notes.append("no parameter importances: they need at least 2 completed trials whose parameters vary "
                          f"({len(completed)} completed)")
     return files, notes
 
 
-def _save(plt, ax, path: Path) -> Path:
+def _save_optuna(ax, path: Path) -> Path:
+    """Optuna draws on a figure of its own size: ours, then saved."""
     fig = ax.figure
     fig.set_size_inches(9, 5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -84,11 +84,11 @@ def gradients(lesson: Lesson, result, overrides: list[str]) -> dict:
 
 
 def _plot_gradients(per_arm: dict, path: Path, title: str) -> Path | None:
-    from cnnlab.experiments.plots import _pyplot
+    from cnnlab.plotting import pyplot, save
 
     if not any(v["grad_norm"] for v in per_arm.values()):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     for arm, v in per_arm.items():
         ax.plot(range(1, len(v["grad_norm"]) + 1), v["grad_norm"], marker="o", label=arm)
@@ -98,9 +98,7 @@ def _plot_gradients(per_arm: dict, path: Path, title: str) -> Path | None:
     ax.set_title(f"{title}: per-layer gradient norms")
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def filters(lesson: Lesson, result, overrides: list[str]) -> dict:

@@ -122,7 +122,7 @@ def noise_lines(result: LessonResult, stats: dict) -> list[str]:
 
 def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
     """Every arm's curve of `tag` per epoch: the mean over seeds, with the seeds' range shaded."""
-    from cnnlab.experiments.plots import _pyplot
+    from cnnlab.plotting import pyplot, save
 
     curves = []
     for arm in result.arms:
@@ -136,7 +136,7 @@ def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
                        [max(r) for r in rows]))
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
@@ -153,19 +153,17 @@ def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
     ax.set_title(f"{result.lesson.name}: {tag}" + (f" (mean of {seeds} seeds, range shaded)" if seeds > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_series(result: LessonResult, stats: dict, path: Path) -> Path | None:
     """The lesson's own picture (Lesson.series): a column's mean over seeds against x, one line per group, with
     the standard deviation as error bars."""
-    from cnnlab.experiments.plots import _pyplot
+    from cnnlab.plotting import pyplot, save
 
     series = result.lesson.series
     done = {a.name for a in result.arms}
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     drawn = 0
     for name, points in series.lines.items():
@@ -190,9 +188,7 @@ def plot_series(result: LessonResult, stats: dict, path: Path) -> Path | None:
     ax.set_title(f"{result.lesson.name}: {series.column} (mean ± std over seeds)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def command(lesson: Lesson, quick: bool, overrides: list[str]) -> str:

@@ -12,6 +12,7 @@ import torch
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, TrainingStopped
 from cnnlab.training import prepare
+from runs import fit
 
 # The bundled digits at 8x8 and an MLP without batch norm or dropout, no augmentation: 1,439 training images, so
 # batch 64 gives 23 batches (the last of 31 images) and batch 128 gives 12 (the last of the same 31). With k=2 at 64
@@ -25,12 +26,7 @@ BASE = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.dropout=0.0"
 
 
 def fitted(make_cfg, *overrides, run="run", callbacks=()):
-    run_ = prepare(make_cfg(*BASE, *overrides, run=run), overrides=list(overrides), extra_callbacks=callbacks)
-    try:
-        run_.trainer.fit(run_.data.train, run_.data.val)
-    finally:
-        run_.trainer.teardown(after_error=True)
-    return run_
+    return fit(make_cfg(*BASE, *overrides, run=run), overrides, callbacks)[0]
 
 
 def weights(run_) -> dict[str, torch.Tensor]:

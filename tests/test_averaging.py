@@ -18,6 +18,7 @@ from cnnlab.errors import ConfigError, TrainingStopped
 from cnnlab.evaluate import evaluate
 from cnnlab.model_io import load_trained_model
 from cnnlab.training import prepare, train
+from runs import KillAfter, fit
 
 # The bundled digits at 8x8 and a small MLP: ~0.2 s an epoch. Plain SGD at a high constant rate leaves the weights
 # noisy at any epoch's end, which is where an average of the recent weights should validate better.
@@ -28,12 +29,7 @@ EMA_ON = ["trainer.ema.enabled=true"]
 
 
 def fitted(make_cfg, *overrides, run="run", callbacks=()):
-    run_ = prepare(make_cfg(*DIGITS, *overrides, run=run), overrides=list(overrides), extra_callbacks=callbacks)
-    try:
-        run_.trainer.fit(run_.data.train, run_.data.val)
-    finally:
-        run_.trainer.teardown(after_error=True)
-    return run_
+    return fit(make_cfg(*DIGITS, *overrides, run=run), overrides, callbacks)[0]
 
 
 def same_tensors(a: dict, b: dict) -> bool:
@@ -89,15 +85,6 @@ def test_ema_validates_better_than_the_raw_weights_on_digits(make_cfg):
     n_val = plain.data.sizes["val"]
     assert raw != ema
     assert statistics.mean(ema) >= statistics.mean(raw) - 1 / n_val, (raw, ema)
-
-
-class KillAfter(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, metrics):
-        if metrics["epoch"] == self.epoch:
-            raise KeyboardInterrupt(f"simulated kill after epoch {self.epoch}")
 
 
 AVERAGES = {

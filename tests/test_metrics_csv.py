@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.metrics_csv import MetricsCSV
-from cnnlab.training import prepare, train
+from cnnlab.training import train
+from runs import KillAfter, fit
 
 COMMON = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.hidden=[32]", "augment=none", "logger=none",
           "trainer.summary=none", "trainer.max_epochs=5", "trainer.limit_train_batches=5"]
@@ -33,9 +33,7 @@ def assert_rows_equal_history(path, history):
 
 
 def test_every_run_dir_gets_one_row_per_epoch_with_what_the_epoch_logged(make_cfg, tmp_path):
-    run_ = prepare(make_cfg(*COMMON), overrides=[])
-    history = run_.trainer.fit(run_.data.train, run_.data.val)
-    run_.trainer.teardown()
+    _, history = fit(make_cfg(*COMMON))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert_rows_equal_history(tmp_path / "run" / "metrics.csv", history)
 
@@ -55,22 +53,11 @@ def test_a_key_that_appears_later_rewrites_the_header(tmp_path):
     assert [float(r["val/acc"]) for r in rows] == [0.25, 0.5, 0.75]
 
 
-class KillAfter(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, metrics):
-        if metrics["epoch"] == self.epoch:
-            raise KeyboardInterrupt(f"simulated kill after epoch {self.epoch}")
-
-
 @pytest.mark.parametrize("in_place", [True, False])
 def test_a_resumed_run_holds_each_epoch_once(make_cfg, tmp_path, in_place):
     """Killed after epoch 4, resumed from the checkpoint of epoch 2: in its own dir, rows 3 and 4 of the killed run
     are replaced by the resumed run's; in a new dir, the file starts with the checkpoint's epochs 1-2."""
-    full = prepare(make_cfg(*COMMON, run="full"), overrides=[])
-    reference = full.trainer.fit(full.data.train, full.data.val)
-    full.trainer.teardown()
+    _, reference = fit(make_cfg(*COMMON, run="full"))
     args = [*COMMON, "trainer.checkpoint.save_top_k=5"]  # every epoch's checkpoint stays
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(*args, run="killed"), overrides=[], callbacks=(KillAfter(4),))
@@ -79,9 +66,7 @@ def test_a_resumed_run_holds_each_epoch_once(make_cfg, tmp_path, in_place):
 
     overrides = [f"trainer.resume={epoch_2}"]
     run = "killed" if in_place else "resumed"
-    resumed = prepare(make_cfg(*overrides, run=run), overrides=overrides)
-    history = resumed.trainer.fit(resumed.data.train, resumed.data.val)
-    resumed.trainer.teardown()
+    _, history = fit(make_cfg(*overrides, run=run), overrides)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert_rows_equal_history(tmp_path / run / "metrics.csv", history)
     _, rows = read(tmp_path / run / "metrics.csv")

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.top_k import TopK, file_name, parse
 from cnnlab.errors import ConfigError
 from cnnlab.training import prepare, train
+from runs import KillAfter
 
 # Noisy SGD on the 8x8 digits (~0.1 s an epoch): the validation loss goes up and down, so files are replaced.
 COMMON = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.hidden=[32]", "augment=none", "logger=none",
@@ -54,15 +54,6 @@ def test_the_set_ranks_by_mode_keeps_the_earlier_of_ties_and_never_takes_nan(tmp
     assert [e for e, _, _ in top.entries] == [5, 3]
     assert parse("epoch_012-val_acc_top5_0.1234.ckpt") == (12, "val_acc_top5", 0.1234)
     assert parse("last.ckpt") is None and parse("best.ckpt") is None and math.isnan(parse("epoch_1-x_nan.ckpt")[2])
-
-
-class KillAfter(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, metrics):
-        if metrics["epoch"] == self.epoch:
-            raise KeyboardInterrupt(f"simulated kill after epoch {self.epoch}")
 
 
 def test_a_resumed_run_continues_the_set_and_never_deletes_its_source(make_cfg, tmp_path):

@@ -21,12 +21,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _bench import abba, images_per_s, loadavg, quartiles  # noqa: E402  (scripts/_bench.py, beside this script)
 
 SETS = {  # name -> config overrides building it
     "32x32x3 shapes": ["data=shapes", "data.num_samples=10000"],
@@ -46,29 +46,6 @@ def build(overrides, workers, loader):
     return data
 
 
-def images_per_s(loader) -> float:
-    n, start = 0, time.perf_counter()
-    for x, _ in loader:
-        n += len(x)
-    return n / (time.perf_counter() - start)
-
-
-def abba(rounds, a, b):
-    """Alternate a, b, b, a, ...; the results of each side, in round order."""
-    ra, rb = [], []
-    for r in range(rounds):
-        for side in ((a, b) if r % 2 == 0 else (b, a)):
-            (ra if side is a else rb).append(side())
-    return ra, rb
-
-
-def quartiles(values) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[1], q[2]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per data set (>= 2)")
@@ -80,7 +57,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
-          f"{args.workers} DataLoader workers, {args.rounds} rounds, load average {_loadavg()}")
+          f"{args.workers} DataLoader workers, {args.rounds} rounds, load average {loadavg()}")
     rows = []
     for name, overrides in SETS.items():
         fast = build(overrides, args.workers, "tensor")
@@ -92,18 +69,11 @@ def main() -> None:
         rows.append((name, fast.sizes["train"], statistics.median(fast_ips), statistics.median(slow_ips), q1, med, q3))
         print(f"{name}: fast path {statistics.median(fast_ips):,.0f} img/s, DataLoader path "
               f"{statistics.median(slow_ips):,.0f} img/s -> {med:.1f}x (quartiles {q1:.1f}-{q3:.1f})")
-    print(f"\nload average after: {_loadavg()}")
+    print(f"\nload average after: {loadavg()}")
     print("\n| data (augment=imagenet) | fast path img/s | DataLoader path img/s | fast/DataLoader (quartiles) |")
     print("|---|---|---|---|")
     for name, n, f, s, q1, med, q3 in rows:
         print(f"| {name}, {n:,} training images | {f:,.0f} | {s:,.0f} | **{med:.1f}x** ({q1:.1f}-{q3:.1f}) |")
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":

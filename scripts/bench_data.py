@@ -27,24 +27,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _bench import PerSample, abba, images_per_s  # noqa: E402  (scripts/_bench.py, beside this script)
 
 SETS = {  # name -> config overrides building it, and the model for the epoch measurement
     "32x32x3": (["data=shapes", "data.num_samples=10000", "augment=basic"], "convnet"),
     "28x28x1": (["data=mnist_sample", "augment=basic"], "lenet5"),
 }
-
-
-class PerSample(torch.utils.data.Dataset):
-    """The hand-written baseline's dataset: uint8 images through a per-sample v2 pipeline."""
-
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), self.labels[i]
 
 
 def build(overrides, workers, loader="tensor"):
@@ -67,16 +55,6 @@ def baseline_loader(cfg, data, workers):
                                        num_workers=workers, persistent_workers=workers > 0)
 
 
-def images_per_s(loader, epochs=1):
-    n, start = 0, time.perf_counter()
-    for epoch in range(epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for x, _ in loader:
-            n += len(x)
-    return n / (time.perf_counter() - start)
-
-
 def epoch_seconds(cfg, loader, model_name):
     from cnnlab.config import compose_config
     from cnnlab.models import build_model
@@ -93,15 +71,6 @@ def epoch_seconds(cfg, loader, model_name):
         loss_fn(model(x), y).backward()
         opt.step()
     return time.perf_counter() - start
-
-
-def abba(rounds, a, b):
-    """Alternate a, b, b, a, ...; lists of the results of each."""
-    ra, rb = [], []
-    for r in range(rounds):
-        for side in ((a, b) if r % 2 == 0 else (b, a)):
-            (ra if side is a else rb).append(side())
-    return ra, rb
 
 
 def main() -> None:

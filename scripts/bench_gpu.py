@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _bench import PerSample  # noqa: E402  (scripts/_bench.py, beside this script)
 
 DEFAULTS = dict(models="resnet18,resnet20", batch_size=512, n_train=50_000, steps=50, warmup=5,
                 precisions="fp32,fp16,bf16", channels_last="both", image_size=32, num_classes=10)
@@ -177,19 +178,6 @@ def tensor_loader(cfg, images, labels, batch_size: int, device, seed: int):
 
     return TensorLoader(images, labels, batch_size, mean=list(cfg.data.mean), std=list(cfg.data.std), shuffle=True,
                         augment=BatchAugment(transforms_of(cfg)), seed=seed, drop_last=True, device=device)
-
-
-class PerSample(torch.utils.data.Dataset):
-    """The baseline's dataset: uint8 tensors through a per-sample v2 pipeline (a TensorDataset with a transform)."""
-
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), self.labels[i]
 
 
 def baseline_loader(cfg, images, labels, batch_size: int, device, workers: int):

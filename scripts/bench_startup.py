@@ -23,12 +23,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import quartiles
 
 HAND_SCRIPT = Path(__file__).resolve().parent / "hand_lenet.py"
 TARGET = 1.10
@@ -48,13 +49,6 @@ def run_timed(cmd: list[str], label: str) -> float:
             print("\n".join(text.splitlines()[-20:]), file=sys.stderr)
         sys.exit(1)
     return seconds
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
 
 
 def epochs_completed(output_root: Path) -> list[int]:

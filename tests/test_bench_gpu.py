@@ -47,7 +47,8 @@ def test_tiny_cpu_run_reports_every_model_precision_and_loader(tmp_path: Path):
     assert "resnet20: tensor/DataLoader" in done.stdout
 
 
-def test_precision_probe_presets_and_resnet18_without_training():
+def test_precision_probe_presets_and_resnet18_without_training(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # its shared helpers (_bench), as running the script finds them
     spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "scripts" / "bench_gpu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -4,6 +4,7 @@ plots; an unknown lesson lists the valid ones; overrides compose with any lesson
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,11 @@ def test_the_lab_has_the_course_lessons():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in LESSONS])
 def test_each_lesson_runs_quick_and_writes_its_page(tmp_path, name):
     lesson = load_lesson(name)
+    stale = tmp_path / "out" / "img" / f"{name}_a_curve_no_longer_shown.png"  # from an earlier version of the page
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"png")
     main([name, "--quick", "--out", str(tmp_path / "out")])
+    assert not stale.exists()
     page = (tmp_path / "out" / f"{name}.md").read_text()
     assert page.startswith(f"# {lesson.title}")
     assert f"cnnlab-lab {name} --quick" in page and "Quick smoke run" in page
@@ -74,3 +79,34 @@ def test_a_bad_lesson_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(lessons, "lab_dir", lambda: tmp_path)
     with pytest.raises(ConfigError, match=r"broken.yaml: columns.0"):
         lessons.load_lesson("broken")
+
+
+def test_the_index_gives_each_recorded_lessons_minutes(tmp_path):
+    """The minutes a page's "Measured by that command" line states are read back for the index, for the recorded
+    pages in docs/lab and for a line as a run writes it; a quick run's page gives none."""
+    import shutil
+    from types import SimpleNamespace
+
+    from cnnlab.lab.index import write_index
+    from cnnlab.lab.page import _measured_line, measured_minutes
+
+    machine = "2 CPU cores (x86_64), torch 2.14.1, 2 torch threads, load average 2.0 at the end"
+    result = SimpleNamespace(arms=[SimpleNamespace(runs=[0, 1, 2])] * 2, seconds=612.0, quick=False,
+                             measured={"date": "2026-12-02", "machine": machine, "commit": "abc1234"})
+    page = tmp_path / "one.md"
+    page.write_text(f"# One\n\n{_measured_line(result)}\n")
+    assert measured_minutes(page) == "10.2 (load 2.0)"
+    page.write_text(f"# One\n\n{_measured_line(SimpleNamespace(**{**vars(result), 'quick': True}))}\n")
+    assert measured_minutes(page) is None
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "lab"
+    recorded = [name for name in LESSONS if (docs / f"{name}.md").is_file()]
+    assert len(recorded) >= 15
+    pages = tmp_path / "pages"
+    shutil.copytree(docs, pages)
+    index = write_index(pages).read_text()
+    for name in recorded:
+        minutes = measured_minutes(docs / f"{name}.md")
+        assert minutes, f"docs/lab/{name}.md states no minutes"
+        row = next(line for line in index.splitlines() if f"`cnnlab-lab {name} --page" in line)
+        assert f"| {minutes} | [{name}.md]({name}.md) |" in row

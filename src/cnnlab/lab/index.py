@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.lab.lessons import lesson_names, load_lesson
+from cnnlab.lab.page import measured_minutes
 
 
 def write_index(page_dir: Path) -> Path:
@@ -13,14 +14,17 @@ def write_index(page_dir: Path) -> Path:
              "Each lesson of the CNN course as one command that trains the compared settings (3 seeds each), writes",
              "a table of mean ± std and the learning curves, and says what the result shows and where it differs",
              "from the textbook. Lessons are `configs/lab/<lesson>.yaml`; `--quick` runs any of them in seconds;",
-             "training overrides compose with any lesson (`cnnlab-lab optimizers trainer.max_epochs=4`).", "",
-             "| lesson | question | command | page |", "|---|---|---|---|"]
+             "training overrides compose with any lesson (`cnnlab-lab optimizers trainer.max_epochs=4`).",
+             "Minutes are those of the recorded run on 2 CPU cores, with the load average at its end (2 is the",
+             "lesson's own two threads; more means other jobs shared the cores and the minutes are an upper bound).",
+             "", "| lesson | question | command | minutes | page |", "|---|---|---|---|---|"]
     for name in lesson_names():
         lesson = load_lesson(name)
         page = page_dir / f"{name}.md"
         link = f"[{name}.md]({name}.md)" if page.is_file() else "not recorded yet"
+        minutes = (measured_minutes(page) if page.is_file() else None) or ""
         question = " ".join(lesson.question.split())
-        lines.append(f"| {lesson.title} | {question} | `cnnlab-lab {name} --page docs/lab` | {link} |")
+        lines.append(f"| {lesson.title} | {question} | `cnnlab-lab {name} --page docs/lab` | {minutes} | {link} |")
     lines += ["", "Regenerate this index with `cnnlab-lab --index docs/lab`.", ""]
     path = page_dir / "README.md"
     path.write_text("\n".join(lines))

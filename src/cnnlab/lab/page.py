@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -14,7 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from cnnlab.experiments.runs import RunRecord, read_curve
-from cnnlab.lab.lessons import Lesson
+from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult
 
 HIGHER_IS_BETTER = {"test/acc": True, "val/acc_best": True, "val/acc": True, "train/acc": True, "test/loss": False,
@@ -237,7 +238,31 @@ def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) 
         lines += ["## What this run shows", "", lesson.discussion.strip(), ""]
     page = page_dir / f"{lesson.name}.md"
     page.write_text("\n".join(lines))
+    _remove_stale_images(img, lesson.name, {path for _, path in plots} | set(extra_plots))
     return page
+
+
+def _remove_stale_images(img: Path, lesson: str, kept: set[Path]) -> None:
+    """A page written again with other curves or columns leaves no PNG of its lesson behind that it no longer
+    shows (images of a lesson whose name extends this one's, e.g. depth_x for depth, are not its own)."""
+    longer = tuple(f"{name}_" for name in lesson_names() if name != lesson and name.startswith(lesson))
+    for png in img.glob(f"{lesson}_*.png"):
+        if png not in kept and not png.name.startswith(longer):
+            png.unlink()
+
+
+# The page's "Measured by that command ..." line, as _measured_line writes it: the index reads the minutes back.
+MEASURED_MINUTES = re.compile(r"^Measured by that command on [^:]+: .* in ([0-9.]+) minutes on (.*?), (\d+) torch "
+                              r"threads?, load average ([0-9.]+) at the end", re.MULTILINE)
+
+
+def measured_minutes(page: Path) -> str | None:
+    """'12.4 (load 2.0)' from a recorded page, None for a page without the line (or a quick run's)."""
+    text = page.read_text()
+    match = MEASURED_MINUTES.search(text)
+    if match is None or "**Quick smoke run" in text:
+        return None
+    return f"{match.group(1)} (load {match.group(4)})"
 
 
 def _measured_line(result: LessonResult) -> str:

@@ -86,6 +86,33 @@ def test_eval_and_predict_resolve_nothing_from_the_saved_config(trained_run, mak
     assert not made.exists()
 
 
+def test_classes_named_in_a_saved_config_are_never_imported_unless_trusted(trained_run, make_cfg, tmp_path,
+                                                                          monkeypatch):
+    """A crafted optimizer, scheduler or transform naming an installed module: eval and predict, which build
+    none of them, evaluate and classify with the model and never import the module; resume, which builds them,
+    refuses them as untrusted before importing anything."""
+    marker = tmp_path / "imported"
+    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Anything:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable, as any installed module is
+
+    def plant(config):
+        config["optimizer"]["_target_"] = "planted.Anything"
+        config["scheduler"]["_target_"] = "planted.Anything"
+        config["augment"]["transforms"] = [{"_target_": "planted.Anything"}]
+
+    path = _craft(trained_run, tmp_path, "crafted.ckpt", plant)
+    overrides = [f"ckpt={path}"]
+    assert evaluate(make_cfg(*overrides, config_name="eval", run="eval"), overrides=overrides)["images"] > 0
+    overrides = [f"trainer.resume={path}"]
+    with pytest.raises(ConfigError, match=r"_target_='planted.Anything' in the config saved in .* is not trusted"):
+        train(make_cfg(*overrides, run="again"), overrides=overrides)
+    image = tmp_path / "digit.png"
+    from PIL import Image
+    Image.new("L", (8, 8), 200).save(image)
+    assert predict(path, [str(image)], device="cpu")[0]["top"]
+    assert not marker.exists(), "a module named in the checkpoint was imported"
+
+
 def test_a_saved_literal_dollar_brace_round_trips_unchanged(tmp_path):
     """A value that really is the text '${...}' (escaped in the user's YAML) comes back as that text."""
     ckpt = {"config": {"model": {"name": "mlp"}, "note": "cost ${x} \\${y} \\\\${z}", "items": ["${a}", 3]}}

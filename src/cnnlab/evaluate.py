@@ -25,7 +25,7 @@ from cnnlab.engine.trainer import evaluate_model
 from cnnlab.errors import ConfigError
 from cnnlab.losses import Loss, resolve_class_weights
 from cnnlab.metrics import classification_metrics, per_class_accuracy, precision_recall_f1
-from cnnlab.model_io import load_trained_model
+from cnnlab.model_io import built_parts, load_trained_model
 from cnnlab.restore import (check_split_unchanged, check_trusted_code, check_trusted_targets, repo_trusted,
                             trusted_repos_hint)
 from cnnlab.rundir import claim
@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
     check_trusted_code(run_cfg, f"the config saved in {path}", repo_trusted(run_cfg, cfg, keys),
                        trusted_repos_hint(run_cfg))
-    validate(run_cfg)
+    validate(built_parts(run_cfg))
     tta = str(cfg.tta)
     tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])

@@ -170,6 +170,7 @@ swa.after_epoch(model, 1, lambda: iter(shard), Dist(world, rank, 0, "gloo"))
 norm = swa.module[1]
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump({"mean": norm.running_mean.tolist(), "var": norm.running_var.tolist()}, f)
+torch.distributed.barrier()  # gloo aborts a process that leaves while the other still talks to it
 torch.distributed.destroy_process_group()
 """
 

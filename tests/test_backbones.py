@@ -328,6 +328,7 @@ def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(m
     """The saved config's trust_repo=true was the trainer's trust: eval, resume, predict, export and explain of a
     checkpoint (a file from anyone) run the repository's hubconf.py only when their own command line trusts it."""
     from cnnlab.evaluate import evaluate
+    from cnnlab.explain import explain
     from cnnlab.export import export
     from cnnlab.predict import predict
     from cnnlab.restore import resume_config
@@ -352,11 +353,14 @@ def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(m
                                         [f"trainer.resume={run_dir}"]),
         "predict": lambda: predict(str(run_dir), [str(image)], device="cpu"),
         "export": lambda: export(str(run_dir), "torchscript", str(tmp_path / "m.pt")),
+        "explain": lambda: explain(str(run_dir), [str(image)], out=str(tmp_path / "pics"), device="cpu"),
+        "predict, another repository trusted": lambda: predict(str(run_dir), [str(image)], device="cpu",
+                                                               trusted_repos=(str(tmp_path / "elsewhere"),)),
     }
     for command, call in refusals.items():
         with pytest.raises(ConfigError) as info:
             call()
-        how = "--trust-repo" if command in ("predict", "export") else f"'trusted_repos=[\"{repo}\"]'"
+        how = f"'trusted_repos=[\"{repo}\"]'" if command in ("eval", "resume") else f"--trust-repo {repo}"
         assert f"model=hub in the config saved in {run_dir / 'checkpoints'}" in str(info.value), (command, info.value)
         assert f"runs the Python code of {repo}'s hubconf.py" in str(info.value) and f"add {how}" in str(info.value)
         assert not ran.exists(), f"{command} ran the repository's code before refusing"
@@ -370,4 +374,17 @@ def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(m
     other = [f"trainer.resume={run_dir}", f'trusted_repos=["{tmp_path / "elsewhere"}"]']  # another repository
     with pytest.raises(ConfigError, match="trusted_repos"):
         resume_config(make_cfg(*other, run="other"), other)
-    assert predict(str(run_dir), [str(image)], device="cpu", trust_repo=True)[0]["top"]
+    assert predict(str(run_dir), [str(image)], device="cpu", trusted_repos=(str(repo),))[0]["top"]
+    assert ran.exists()
+
+
+def test_owner_repo_always_means_the_hub_cache_never_a_folder_of_that_name_here(hub_dir, tmp_path, monkeypatch):
+    """A folder planted where a command runs cannot stand in for a repository trusted by name: owner/repo is
+    torch.hub's cache; ./owner/repo is the folder."""
+    from cnnlab.models.backbones import hub_repo_dir
+
+    cached = hub_repo(hub_dir / "someone_nets_main")
+    monkeypatch.chdir(tmp_path)
+    hub_repo(tmp_path / "someone" / "nets")
+    assert hub_repo_dir("someone/nets") == cached
+    assert hub_repo_dir("./someone/nets").resolve() == (tmp_path / "someone" / "nets").resolve()

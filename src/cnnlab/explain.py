@@ -58,7 +58,7 @@ class ImagesToExplain:
 
 def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | None = None,
             gradcam_layer: str | None = None, n_images: int = DEFAULT_IMAGES, out: str | None = None,
-            device: str = "auto", trust_repo: bool = False) -> Explained:
+            device: str = "auto", trusted_repos: tuple[str, ...] = ()) -> Explained:
     if not 1 <= n_images <= MAX_IMAGES:
         raise ConfigError(f"--images={n_images} must be between 1 and {MAX_IMAGES}")
     files = image_files(images) if images else []
@@ -66,7 +66,7 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
         raise ConfigError(f"{len(files)} image files given: at most {MAX_IMAGES} fit the pictures; name fewer")
     target = resolve_device(device, key="--device")
     path, ckpt = find_checkpoint(run_dir, "run_dir")
-    loaded = load_trained_model(path, target, ckpt=ckpt, trust_repo=trust_repo)
+    loaded = load_trained_model(path, target, ckpt=ckpt, trusted_repos=trusted_repos)
     model, info = loaded.model, loaded.info
 
     # Every name is checked on one blank image before any data is built.
@@ -175,12 +175,12 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"how many test images to explain when no IMAGE is given (default {DEFAULT_IMAGES})")
     parser.add_argument("--out", metavar="DIR", help="where the PNG files go (default RUN_DIR/explain)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    parser.add_argument("--trust-repo", action="store_true",
-                        help="for model=hub checkpoints: run the hub repository's hubconf.py (Python code) to "
-                             "rebuild the model; give it only if you trust that repository")
+    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
+                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
+                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")
     args = parser.parse_args(argv)
     result = explain(args.run_dir, args.image_paths, args.layer, args.gradcam_layer, args.n_images, args.out,
-                     args.device, args.trust_repo)
+                     args.device, tuple(args.trust_repo))
     for path in result.files:
         print(f"wrote {path}")
     print(f"the same images are in TensorBoard under {TENSORBOARD_PREFIX}* (step {result.epoch})")

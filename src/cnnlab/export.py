@@ -65,7 +65,7 @@ def default_out(path: Path, fmt: str) -> Path:
     return run_dir / "export" / FORMATS[fmt]
 
 
-def export(checkpoint: str, fmt: str, out: str | None = None, trust_repo: bool = False) -> dict:
+def export(checkpoint: str, fmt: str, out: str | None = None, trusted_repos: tuple[str, ...] = ()) -> dict:
     """Export the checkpoint (a .ckpt file or a run dir: best.ckpt, else last.ckpt) to `fmt`; returns the
     description written beside the model (with "path": the model file)."""
     if fmt not in FORMATS:
@@ -79,7 +79,7 @@ def export(checkpoint: str, fmt: str, out: str | None = None, trust_repo: bool =
     target = Path(out).expanduser() if out else default_out(path, fmt)
     if target.is_dir():
         raise ConfigError(f"--out={out}: is a directory; give the model file's path, e.g. {target / FORMATS[fmt]}")
-    loaded = load_trained_model(path, torch.device("cpu"), ckpt=ckpt, trust_repo=trust_repo)
+    loaded = load_trained_model(path, torch.device("cpu"), ckpt=ckpt, trusted_repos=trusted_repos)
     meta = {"checkpoint": str(path), "epoch": loaded.epoch, "model": str(loaded.cfg.model.name),
             "resize_mode": str(loaded.cfg.data.get("resize_mode", "stretch"))}
     return export_model(loaded.model, loaded.info, fmt, target, meta)
@@ -321,11 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", metavar="PATH",
                         help="the model file to write (default RUN_DIR/export/model.onnx | model.torchscript.pt "
                              "| model.pt2); its description goes to PATH.json")
-    parser.add_argument("--trust-repo", action="store_true",
-                        help="for model=hub checkpoints: run the hub repository's hubconf.py (Python code) to "
-                             "rebuild the model; give it only if you trust that repository")
+    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
+                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
+                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")
     args = parser.parse_args(argv)
-    result = export(args.checkpoint, args.format, args.out, args.trust_repo)
+    result = export(args.checkpoint, args.format, args.out, tuple(args.trust_repo))
     diff = result["check_max_abs_diff"]
     print(f"wrote {result['path']} ({args.format}) and {result['path']}.json")
     print(f"  input: {result['input']['dtype']} {result['input']['shape']} in [0, 1] ({result['input']['color']}), "

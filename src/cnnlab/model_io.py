@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.data.build import DataInfo, data_info
 from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, saved_config
 from cnnlab.models import build_model
-from cnnlab.restore import check_trusted_code
+from cnnlab.restore import check_trusted_code, repo_listed
 from cnnlab.validate import validate
 
 
@@ -26,16 +26,19 @@ class LoadedModel:
 
 
 def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None = None,
-                       ckpt: dict | None = None, trust_repo: bool = False) -> LoadedModel:
+                       ckpt: dict | None = None, trusted_repos: tuple[str, ...] = ()) -> LoadedModel:
     """The model described by `cfg` (default: the config saved in the checkpoint) with the saved weights.
 
     `ckpt`: the checkpoint at `path` when it is already loaded (`find_checkpoint` returns it), else it is read.
-    `trust_repo`: the command's own --trust-repo, needed when the saved config is model=hub (which runs code).
+    `trusted_repos`: the command's --trust-repo values; a saved model=hub config (which runs its repository's
+    code) loads only a repository among them.
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if cfg is None:  # the saved config alone (predict, export, explain): checked like any config before it is used
         cfg = saved_config(ckpt)
-        check_trusted_code(cfg, f"the config saved in {path}", trust_repo, "add --trust-repo to this command")
+        repo = OmegaConf.select(cfg, "model.repo", default="")
+        check_trusted_code(cfg, f"the config saved in {path}", repo_listed(cfg, trusted_repos),
+                           f"add --trust-repo {repo} to this command")
         validate(built_parts(cfg))
     info = data_info(cfg.data)
     # the saved weights replace any pretrained ones: no weights file or network is needed to rebuild the model

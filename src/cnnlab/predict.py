@@ -25,13 +25,13 @@ PREDICT_BATCH = 256  # images decoded and classified together
 
 
 def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto",
-            trust_repo: bool = False) -> list[dict]:
+            trusted_repos: tuple[str, ...] = ()) -> list[dict]:
     if topk < 1:
         raise ConfigError(f"--topk={topk} must be at least 1")
     images = image_files(images)
     target = resolve_device(device, key="--device")
     path, saved = find_checkpoint(ckpt, "checkpoint")
-    loaded = load_trained_model(path, target, ckpt=saved, trust_repo=trust_repo)
+    loaded = load_trained_model(path, target, ckpt=saved, trusted_repos=trusted_repos)
     info = loaded.info
     mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
     normalize = Normalize(info.mean, info.std, target)
@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topk", type=int, default=3, help="how many labels to print per image (default 3)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--trust-repo", action="store_true",
-                        help="for model=hub checkpoints: run the hub repository's hubconf.py (Python code) to "
-                             "rebuild the model; give it only if you trust that repository")
+    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
+                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
+                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")
     args = parser.parse_args(argv)
-    results = predict(args.checkpoint, args.images, args.topk, args.device, args.trust_repo)
+    results = predict(args.checkpoint, args.images, args.topk, args.device, tuple(args.trust_repo))
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()

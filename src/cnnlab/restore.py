@@ -103,32 +103,47 @@ def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str, skip: t
 
 def check_trusted_code(cfg: DictConfig, source: str, trusted: bool, how: str) -> None:
     """model=hub runs its repository's hubconf.py in this process. A checkpoint's saved `trust_repo=true` was the
-    trust of whoever trained it: a file (from anyone) may only run that code when this command trusts it too."""
-    model = cfg.get("model") or {}
-    if model.get("name") == "hub" and not trusted:
+    trust of whoever trained it, and saved_config turns it off: a file (from anyone) may only run that code when
+    this command trusts it too, and then this check turns it on again."""
+    model = cfg.get("model")
+    if not OmegaConf.is_dict(model) or model.get("name") != "hub":
+        return  # not a hub model (a model section that is no mapping is the validation's to refuse)
+    if not trusted:
         raise ConfigError(f"model=hub in {source} runs the Python code of {model.get('repo')}'s hubconf.py (entry "
                           f"{model.get('entry')}) in this process; {how} if you trust that code (the file's own "
                           f"trust_repo=true is not enough: anyone can write it)")
+    OmegaConf.update(cfg, "model.trust_repo", True)
 
 
 def repo_trusted(cfg: DictConfig, own: DictConfig, keys: list[str]) -> bool:
     """The hub repository `cfg` loads is one the user trusts: listed in their own config's trusted_repos, or
     the whole model section comes from this command line (where model=hub itself needs model.trust_repo=true)."""
     if "model" in keys:
-        return True
+        return OmegaConf.select(cfg, "model.trust_repo") is True
+    return repo_listed(cfg, own.get("trusted_repos") or ())
+
+
+def repo_listed(cfg: DictConfig, repos) -> bool:
+    """`cfg`'s model.repo is one of `repos` (the user's trusted_repos, or --trust-repo values)."""
     repo = str(OmegaConf.select(cfg, "model.repo", default=""))
-    return any(_same_repo(repo, str(r)) for r in (own.get("trusted_repos") or ()))
+    return any(_same_repo(repo, str(r)) for r in repos)
 
 
 def trusted_repos_hint(cfg: DictConfig) -> str:
+    """What to add to eval's or resume's command line to trust the repository the config names."""
     repo = OmegaConf.select(cfg, "model.repo", default="")
     return f"add 'trusted_repos=[\"{repo}\"]' to this command (or to trusted_repos in your config)"
 
 
 def _same_repo(a: str, b: str) -> bool:
-    """owner/repo[:ref] compare as written; directories by where they are (~ and relative paths resolved)."""
+    """owner/repo[:ref] compare as written (they always mean torch.hub's cache); directories by where they are
+    (~ and relative paths resolved)."""
+    from cnnlab.models.backbones import is_local_repo
+
     if a == b:
         return True
+    if not (is_local_repo(a) and is_local_repo(b)):
+        return False
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
 

@@ -190,7 +190,10 @@ def saved_config(ckpt: dict):
     crafted (`${oc.env:...}` would copy the environment into the new run, `${oc.create:...}` would build a
     `_target_` the trust check never saw). Every such string is escaped: it stays the literal text.
     """
-    return OmegaConf.create(literal(ckpt["config"]))
+    cfg = OmegaConf.create(literal(ckpt["config"]))
+    if OmegaConf.is_dict(cfg.get("model")) and "trust_repo" in cfg.model:
+        cfg.model.trust_repo = False  # model=hub: the trainer's trust; restore.check_trusted_code asks this command's
+    return cfg
 
 
 def config_hash(config: dict) -> str:

@@ -532,14 +532,19 @@ timm_backbone.config_problems = _timm_problems
 
 
 # ---- model=hub -----------------------------------------------------------------------------------------------------
-def _is_local(repo: str) -> bool:
-    return Path(repo).expanduser().is_dir() or repo.startswith(("/", ".", "~")) or repo.count("/") > 1
+def is_local_repo(repo: str) -> bool:
+    """A directory, not owner/repo[:ref]. A string of that form always means torch.hub's cache, even where a
+    directory of that name exists in the current one (write ./owner/repo for it): otherwise a folder planted
+    where a command runs would stand in for a repository the user trusts by name."""
+    if repo.startswith(("/", ".", "~")) or repo.count("/") > 1:
+        return True
+    return not _GITHUB_REPO.match(repo) and Path(repo).is_dir()
 
 
 def hub_repo_dir(repo: str) -> Path:
     """The directory torch.hub loads `repo` from: a local directory, or owner/repo[:ref] in torch.hub's cache
     ($TORCH_HOME/hub/<owner>_<repo>_<ref>; without a ref, main or master, as torch.hub guesses offline)."""
-    if _is_local(repo):
+    if is_local_repo(repo):
         local = Path(repo).expanduser()
         if not local.is_dir():
             raise ConfigError(f"model.repo={repo}: no such directory")
@@ -567,7 +572,7 @@ def _hub_problems(cfg) -> list[str]:
     if not isinstance(repo, str) or not repo:
         problems.append(f"model.repo={repo}: set model.repo to owner/repo[:ref] (a repository in torch.hub's cache) "
                         "or to a directory with a hubconf.py")
-    elif not _is_local(repo) and not _GITHUB_REPO.match(repo):
+    elif not is_local_repo(repo) and not _GITHUB_REPO.match(repo):
         problems.append(f"model.repo={repo!r} is neither an existing directory nor owner/repo[:ref]")
     if not isinstance(entry, str) or not entry:
         problems.append(f"model.entry={entry}: set the hubconf.py entry point to call, e.g. model.entry=mobilenet_v2")

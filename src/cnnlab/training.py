@@ -277,9 +277,6 @@ def _fit_test_record(run: Run, started: float) -> dict:
             run.tb.hparams(hparams, {k: v for k, v in summary.items()
                                      if k.startswith(("test/", "val/")) and isinstance(v, float)})
         trainer.teardown()  # closes the event file and the checkpoint writer
-        # all processes leave the process group together (train's finally): gloo can abort a process whose
-        # peer destroys the group under it (seen as "terminate called without an active exception")
-        run.dist.barrier()
     except BaseException:
         # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure
         # here (the same full disk) must not hide the first.

@@ -141,8 +141,27 @@ def test_draws_beyond_multinomials_limit_are_in_proportion_to_the_weights():
     assert rare.mean() == pytest.approx(100, rel=0.05)  # each of the 100 rare images ~100 times
     again = draws_by_inverse_cdf(balanced_weights(labels), 30_000, torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)  # the order depends only on the generator (seed, epoch)
-    with pytest.raises(RuntimeError):  # what the limit is about: multinomial refuses more categories
-        torch.multinomial(torch.ones(2 ** 24 + 1), 1)
+
+
+def test_a_balanced_epoch_above_the_limit_takes_the_inverse_cdf_draws(monkeypatch):
+    """The loaders' epoch order switches to inverse-CDF draws above multinomial's limit (lowered here to 40):
+    the same order on every process before sharding, and the balanced distribution."""
+    import cnnlab.data.balance as balance
+
+    labels = torch.tensor([0] * 40 + [1] * 5 + [2] * 2)
+    calls = []
+    inverse_cdf = balance.draws_by_inverse_cdf
+    monkeypatch.setattr(balance, "draws_by_inverse_cdf", lambda *a: calls.append(len(a[0])) or inverse_cdf(*a))
+    list(EpochSampler(47, True, seed=7, labels=labels, balanced=True))
+    assert calls == []  # multinomial below the limit
+    monkeypatch.setattr(balance, "MULTINOMIAL_MAX_CATEGORIES", 40)
+    above = list(EpochSampler(47, True, seed=7, labels=labels, balanced=True))
+    assert calls == [47] and len(above) == 47 and all(0 <= i < 47 for i, _ in above)
+    assert above == list(EpochSampler(47, True, seed=7, labels=labels, balanced=True))
+    weights = balanced_weights(labels)
+    drawn = torch.cat([balance.epoch_order(47, torch.Generator().manual_seed(s), "cpu", weights) for s in range(60)])
+    share = torch.bincount(labels[drawn], minlength=3).float() / len(drawn)
+    assert (share - 1 / 3).abs().max() < 0.05, share
 
 
 def test_balanced_order_is_the_same_on_every_process_before_sharding():

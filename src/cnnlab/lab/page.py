@@ -252,8 +252,8 @@ def _remove_stale_images(img: Path, lesson: str, kept: set[Path]) -> None:
 
 
 # The page's "Measured by that command ..." line, as _measured_line writes it: the index reads the minutes back.
-MEASURED_MINUTES = re.compile(r"^Measured by that command on [^:]+: .* in ([0-9.]+) minutes on (.*?), (\d+) torch "
-                              r"threads?, load average ([0-9.]+) at the end", re.MULTILINE)
+MEASURED_MINUTES = re.compile(r"^Measured by that command on [^:]+: .* in ([0-9.]+) minutes on"
+                              r"(?:[^\n]*?load average ([0-9.]+) at the end)?", re.MULTILINE)
 
 
 def measured_minutes(page: Path) -> str | None:
@@ -262,7 +262,7 @@ def measured_minutes(page: Path) -> str | None:
     match = MEASURED_MINUTES.search(text)
     if match is None or "**Quick smoke run" in text:
         return None
-    return f"{match.group(1)} (load {match.group(4)})"
+    return match.group(1) + (f" (load {match.group(2)})" if match.group(2) else "")
 
 
 def _measured_line(result: LessonResult) -> str:

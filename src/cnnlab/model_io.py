@@ -36,9 +36,8 @@ def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None 
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if cfg is None:  # the saved config alone (predict, export, explain): checked like any config before it is used
         cfg = saved_config(ckpt)
-        repo = OmegaConf.select(cfg, "model.repo", default="")
         check_trusted_code(cfg, f"the config saved in {path}", repo_listed(cfg, trusted_repos),
-                           f"add --trust-repo {repo} to this command")
+                           "add --trust-repo {repo} to this command")
         validate(built_parts(cfg))
     info = data_info(cfg.data)
     # the saved weights replace any pretrained ones: no weights file or network is needed to rebuild the model

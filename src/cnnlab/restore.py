@@ -4,7 +4,7 @@
 and model from the config saved in its checkpoint. Both take that config as data, apply only the keys the
 command line sets, and refuse what would change the checkpoint's meaning (`check_compatible`,
 `check_split_unchanged`), instantiate a class the user never chose (`check_trusted_targets`) or run a hub
-repository's code the user did not trust on this command (`check_trusted_code`).
+repository's code the user did not trust on this command (`check_trusted_repo`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
     check_compatible(saved, merged, path, mid_epoch=bool(partial))
     check_trusted_targets(merged, cfg, f"the config saved in {path}")
-    check_trusted_code(merged, f"the config saved in {path}", repo_trusted(merged, cfg, keys),
-                       trusted_repos_hint(merged))
+    check_trusted_repo(merged, cfg, keys, f"the config saved in {path}")
     return merged, ckpt, path
 
 
@@ -104,35 +103,34 @@ def check_trusted_targets(cfg: DictConfig, own: DictConfig, source: str, skip: t
 def check_trusted_code(cfg: DictConfig, source: str, trusted: bool, how: str) -> None:
     """model=hub runs its repository's hubconf.py in this process. A checkpoint's saved `trust_repo=true` was the
     trust of whoever trained it, and saved_config turns it off: a file (from anyone) may only run that code when
-    this command trusts it too, and then this check turns it on again."""
+    this command trusts it too, and then this check turns it on again. `how` says how to trust it; {repo} in it
+    is the repository."""
     model = cfg.get("model")
     if not OmegaConf.is_dict(model) or model.get("name") != "hub":
         return  # not a hub model (a model section that is no mapping is the validation's to refuse)
     if not trusted:
         raise ConfigError(f"model=hub in {source} runs the Python code of {model.get('repo')}'s hubconf.py (entry "
-                          f"{model.get('entry')}) in this process; {how} if you trust that code (the file's own "
-                          f"trust_repo=true is not enough: anyone can write it)")
+                          f"{model.get('entry')}) in this process; {how.format(repo=model.get('repo'))} if you "
+                          f"trust that code (the file's own trust_repo=true is not enough: anyone can write it)")
     OmegaConf.update(cfg, "model.trust_repo", True)
 
 
-def repo_trusted(cfg: DictConfig, own: DictConfig, keys: list[str]) -> bool:
-    """The hub repository `cfg` loads is one the user trusts: listed in their own config's trusted_repos, or
-    the whole model section comes from this command line (where model=hub itself needs model.trust_repo=true)."""
+def check_trusted_repo(cfg: DictConfig, own: DictConfig, keys: list[str], source: str) -> None:
+    """eval and resume: a saved model=hub config loads only a repository the user trusts: one in their own
+    config's trusted_repos, or the whole model section comes from this command line (where model=hub itself
+    needs model.trust_repo=true)."""
     if "model" in keys:
-        return OmegaConf.select(cfg, "model.trust_repo") is True
-    return repo_listed(cfg, own.get("trusted_repos") or ())
+        trusted = OmegaConf.select(cfg, "model.trust_repo") is True
+    else:
+        trusted = repo_listed(cfg, own.get("trusted_repos") or ())
+    check_trusted_code(cfg, source, trusted,
+                       "add 'trusted_repos=[\"{repo}\"]' to this command (or to trusted_repos in your config)")
 
 
 def repo_listed(cfg: DictConfig, repos) -> bool:
     """`cfg`'s model.repo is one of `repos` (the user's trusted_repos, or --trust-repo values)."""
     repo = str(OmegaConf.select(cfg, "model.repo", default=""))
     return any(_same_repo(repo, str(r)) for r in repos)
-
-
-def trusted_repos_hint(cfg: DictConfig) -> str:
-    """What to add to eval's or resume's command line to trust the repository the config names."""
-    repo = OmegaConf.select(cfg, "model.repo", default="")
-    return f"add 'trusted_repos=[\"{repo}\"]' to this command (or to trusted_repos in your config)"
 
 
 def _same_repo(a: str, b: str) -> bool:

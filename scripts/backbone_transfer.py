@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from transfer_experiment import print_table, three_ways  # scripts/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = ["model=torchvision", "model.arch=mobilenet_v2"]
 
@@ -73,19 +75,13 @@ def main() -> None:
     export_weights(out / "source", weights)
     digits = ["data=digits", *BACKBONE, f"trainer.max_epochs={args.epochs}", *common, *args.overrides]
     rows = [(f"source: {args.source} {' '.join(args.source_override)}".rstrip() + ", from scratch", source)]
-    rows.append(("digits, backbone frozen (new head only)",
-                 cnnlab_train([*digits, f"model.weights={weights}", "finetune.freeze=backbone",
-                               f"paths.output_dir={out / 'digits_frozen'}"])))
-    rows.append(("digits, fine-tuned (backbone lr x0.1)",
-                 cnnlab_train([*digits, f"model.weights={weights}", "finetune.backbone_lr_scale=0.1",
-                               f"paths.output_dir={out / 'digits_finetuned'}"])))
-    rows.append(("digits, from scratch", cnnlab_train([*digits, f"paths.output_dir={out / 'digits_scratch'}"])))
+    def digits_run(extra: list[str], name: str) -> dict:
+        return cnnlab_train([*digits, *extra, f"paths.output_dir={out / f'digits_{name}'}"])
+
+    rows += three_ways(digits_run, "digits", f"model.weights={weights}")
     print(f"\nepochs: source ({args.source}) {args.epochs_source}, digits {args.epochs}; seed {args.seed}; "
           f"overrides: {' '.join(args.overrides) or 'none'}")
-    print("| run | test acc | test loss | seconds |")
-    print("|---|---|---|---|")
-    for name, metrics in rows:
-        print(f"| {name} | {metrics['test/acc']:.4f} | {metrics['test/loss']:.4f} | {metrics['seconds']:.0f} |")
+    print_table(rows, seconds=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,26 @@ def run(overrides: list[str], out: Path) -> dict:
     return train(compose_config(["trainer.progress=none", "logger=none", *overrides], out), overrides=[])
 
 
+def three_ways(train_run, task: str, start_from: str, scratch_label: str | None = None) -> list[tuple[str, dict]]:
+    """The target task learned from the source weights (`start_from`, the override that loads them) with the
+    backbone frozen, fine-tuned with the backbone at a tenth of the head's learning rate, and from scratch:
+    (label, metrics) rows. `train_run(extra_overrides, name)` trains one of them (scripts/backbone_transfer.py
+    uses it too)."""
+    return [(f"{task}, backbone frozen (new head only)", train_run([start_from, "finetune.freeze=backbone"], "frozen")),
+            (f"{task}, fine-tuned (backbone lr x0.1)",
+             train_run([start_from, "finetune.backbone_lr_scale=0.1"], "finetuned")),
+            (scratch_label or f"{task}, from scratch", train_run([], "scratch"))]
+
+
+def print_table(rows: list[tuple[str, dict]], seconds: bool = False) -> None:
+    """The rows' test accuracy and loss (and the seconds each took) as a Markdown table."""
+    print("| run | test acc | test loss |" + (" seconds |" if seconds else ""))
+    print("|---|---|---|" + ("---|" if seconds else ""))
+    for name, metrics in rows:
+        print(f"| {name} | {metrics['test/acc']:.4f} | {metrics['test/loss']:.4f} |"
+              + (f" {metrics['seconds']:.0f} |" if seconds else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs-a", type=int, default=2)
@@ -49,19 +69,12 @@ def main() -> None:
         tmp = Path(tmp)
         a = run(task_a, tmp / "a")
         rows = [(f"task A (classes {args.task_a}), from scratch", a)]
-        rows.append(("task B, backbone frozen (new head only)",
-                     run([*task_b, f"finetune.checkpoint={tmp / 'a'}", "finetune.freeze=backbone"], tmp / "frozen")))
-        rows.append(("task B, fine-tuned (backbone lr x0.1)",
-                     run([*task_b, f"finetune.checkpoint={tmp / 'a'}", "finetune.backbone_lr_scale=0.1"],
-                         tmp / "finetuned")))
-        rows.append((f"task B (classes {args.task_b}), from scratch", run(task_b, tmp / "scratch")))
+        rows += three_ways(lambda extra, name: run([*task_b, *extra], tmp / name), "task B",
+                           f"finetune.checkpoint={tmp / 'a'}", f"task B (classes {args.task_b}), from scratch")
     print(f"epochs: A {args.epochs_a}, B {args.epochs_b}"
           + (f" (B limited to {args.limit_b} batches per epoch)" if args.limit_b else "")
           + f"; overrides: {' '.join(args.overrides) or 'none'}")
-    print("| run | test acc | test loss |")
-    print("|---|---|---|")
-    for name, metrics in rows:
-        print(f"| {name} | {metrics['test/acc']:.4f} | {metrics['test/loss']:.4f} |")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,31 @@ def check_command_line(args: list[str], config_name: str = "train") -> None:
     check_output_location(args)
 
 
+@reports_config_errors
+def check_config(args: list[str], config_name: str, kind: str | None = None):
+    """Before Hydra starts: the config the command line composes passes validation (`kind`: its schema, by
+    default config_name). Hydra creates the run dir and its log file before any cnnlab code runs, and a run dir
+    may be named by a bad value (search.study_name=../../x), so bad input is refused here, before anything is
+    written. Sweeps (-m: each job is validated in turn) and resumed runs (validated with their saved config)
+    are left to the job; so is an override Hydra itself refuses (its own message)."""
+    from cnnlab.config import compose_config  # Hydra's compose API: loaded only for this check
+    from cnnlab.validate import validate
+
+    if any(a in ("-m", "--multirun") for a in args):
+        return None
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+    if any(a.lstrip("+~").partition("=")[0] == "trainer.resume" for a in overrides):
+        return None
+    try:
+        cfg = compose_config(overrides, "unused", config_name)
+    except ConfigError:
+        raise
+    except Exception:
+        return None
+    validate(cfg, kind or config_name)
+    return cfg
+
+
 def hydra_overrides() -> list[str]:
     """The command line's overrides when running under Hydra, else none."""
     from hydra.core.hydra_config import HydraConfig  # Hydra, in library code: cnnlab-predict never loads it

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cnnlab.cli import reports_config_errors
 from cnnlab.errors import ConfigError
-from cnnlab.experiments.collect import expand, load_study
+from cnnlab.experiments.collect import expand, load_study, study_info
 from cnnlab.experiments.runs import read_run
 from cnnlab.experiments.plots import plot_curves, plot_study
 from cnnlab.experiments.summary import (markdown_table, readable, run_labels, run_table, varied_keys,
@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the per-epoch tag to plot (val/acc, val/loss, train/loss, ...; default: the runs' "
                              "monitored metric)")
     parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="the Optuna storage of the study dir(s) given (postgresql://..., mysql+pymysql://..., "
+                             "sqlite:///path): needed for a study whose storage is not in its study dir, which is "
+                             "never connected to unless named here")
     return parser.parse_args(argv)
 
 
@@ -61,11 +65,22 @@ def main(argv: list[str] | None = None) -> None:
     else:
         out = Path(f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     studies = [f.path for f in found if f.kind == "study"]
-    # Before any file is written: a study whose storage cannot be opened is bad input too.
-    opened = [load_study(s) for s in studies] if not args.no_plots else []
+    if args.storage is not None and not studies:
+        raise ConfigError("--storage names the storage of a study dir, and no PATH is a study dir")
+    # Before any file is written: a study whose storage cannot be opened is bad input too; one that is not
+    # named is not connected to (its trials' run dirs are compared all the same).
+    opened, unread = [], []
+    if studies:
+        from cnnlab.search.storage import NotNamed  # Optuna's imports: only study dirs need them
+    for study in studies if not args.no_plots else []:
+        try:
+            opened.append(load_study(study, args.storage))
+        except NotNamed as skipped:
+            unread.append(str(skipped))
 
     records = [read_run(d) for d in run_dirs]
-    title = f"Study {opened[0].study_name}" if len(opened) == 1 and len(found) == 1 else f"{len(records)} runs"
+    names = [study_info(s)["study_name"] for s in studies]
+    title = f"Study {names[0]}" if len(names) == 1 and len(found) == 1 else f"{len(records)} runs"
     summary = write_summary(records, out, title, prefix="compare")
     table = run_table(records)
     print(markdown_table(table))
@@ -78,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     legends = [_legend(r, keys, names[r.run_dir]) for r in records]
     curves = plot_curves(records, legends, tag, out / f"curves_{tag.replace('/', '_')}.png")
     print(f"plot: {curves}" if curves else f"note: no run logged {tag} per epoch (see --metric): no curve plot")
+    for note in unread:
+        print(f"note: no plots of the search: {note}")
     for study in opened:
         files, notes = plot_study(study, out)
         for path in files:

@@ -29,6 +29,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cnnlab.errors import ConfigError
+from cnnlab.masking import masked, masked_argv
 
 log = logging.getLogger("cnnlab")
 
@@ -126,7 +127,7 @@ def _running(owner: dict) -> bool:
 
 def _write_marker(run_dir: Path, kind: str) -> None:
     record = {"run_id": uuid.uuid4().hex, "kind": kind, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv}
+              "host": socket.gethostname(), "pid": os.getpid(), "argv": masked_argv()}
     try:
         fd = os.open(run_dir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -169,12 +170,12 @@ def _save_hydra_record(run_dir: Path, task_cfg, overrides: list[str] | None = No
         return
     folder = run_dir / ".hydra"
     folder.mkdir(exist_ok=True)
+    # every record passes through `masked`: a database URL's password on the command line is never written
     if task_cfg is not None:
-        OmegaConf.save(task_cfg, folder / "config.yaml")
+        OmegaConf.save(OmegaConf.create(masked(task_cfg)), folder / "config.yaml")
     if overrides is not None:  # composed by cnnlab itself (a search trial): the Hydra job's record is not this run's
-        OmegaConf.save(OmegaConf.create(list(overrides)), folder / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create(masked(list(overrides))), folder / "overrides.yaml")
         return
     hydra_cfg = HydraConfig.get()
-    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)}),
-                   folder / "hydra.yaml")
-    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": masked(hydra_cfg)}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(masked(hydra_cfg.overrides.task)), folder / "overrides.yaml")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import __version__
+from cnnlab.masking import mask, masked_argv
 
 _PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "tensorboard", "numpy", "mlxtend")
 
@@ -51,7 +52,7 @@ def environment(device: torch.device, dist=None) -> dict:
         "dist_backend": dist.backend if dist is not None else None,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
-        "argv": sys.argv,
+        "argv": masked_argv(),
         "cwd": os.getcwd(),
         "git": git_commit(),
     }
@@ -83,8 +84,10 @@ def flat_hparams(config: dict, first=()) -> dict:
                     continue
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         elif isinstance(node, (list, tuple)):
-            out[prefix] = str(list(node))
-        elif isinstance(node, (bool, int, float, str)):
+            out[prefix] = mask(str(list(node)))
+        elif isinstance(node, str):
+            out[prefix] = mask(node)
+        elif isinstance(node, (bool, int, float)):
             out[prefix] = node
     walk("", {k: v for k, v in config.items() if k not in ("paths",)})
     leading = [name for key in first for name in out if name == key or name.startswith(f"{key}.")]

@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cnnlab.cli import check_command_line, reports_config_errors
+from cnnlab.cli import check_command_line, check_config, reports_config_errors
 from cnnlab.config import CONFIG_DIR
 from cnnlab.experiments.sweep import continues_sweep
 from cnnlab.launchers import torchrun_arguments
@@ -34,6 +34,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 @reports_config_errors
 def main() -> None:
     check_command_line(sys.argv[1:], "train")
+    check_config(sys.argv[1:], "train")  # before Hydra creates the run dir and its log file
     args, scratch = torchrun_arguments(sys.argv[1:])  # processes other than torchrun's rank 0 (else nothing)
     if scratch is not None:
         sys.argv[1:] = args

@@ -35,6 +35,7 @@ from cnnlab.experiments.runs import read_overrides
 from cnnlab.finetune import Freezer, load_pretrained
 from cnnlab.inspector import LayerFailure, summarize, totals_lines
 from cnnlab.losses import Loss, resolve_class_weights
+from cnnlab.masking import masked
 from cnnlab.models import build_model
 from cnnlab.optim import build_optimizer, build_schedule
 from cnnlab.restore import carry_best_checkpoint, resume_config
@@ -253,7 +254,7 @@ def _fit_test_record(run: Run, started: float) -> dict:
     trainer, tcfg, main = run.trainer, run.cfg.trainer, run.dist.is_main
     if main:  # rank 0 writes every file of the run
         write_json(environment(trainer.device, run.dist), run.run_dir / "environment.json")
-        (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(run.config))
+        (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(masked(run.config)))
     try:
         trainer.fit(run.data.train, run.data.val)
         results = trainer.test(run.data.test, run.data.info.classes)

@@ -11,6 +11,7 @@ cnnlab.search.worker.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,14 +19,17 @@ import hydra
 import optuna
 from omegaconf import DictConfig
 
-from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
+from cnnlab.cli import check_command_line, check_config, hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR
+from cnnlab.errors import ConfigError, RunError
 from cnnlab.experiments.runs import is_run_dir, read_run
+from cnnlab.launchers import under_torchrun
 from cnnlab.experiments.summary import write_summary
+from cnnlab.masking import mask_logs
 from cnnlab.search import storage as stores
-from cnnlab.search.plan import plan_search
+from cnnlab.search.plan import check_workers, plan_search
 from cnnlab.search.trial import TRIALS_DIR, Interrupted
-from cnnlab.search.worker import run_workers
+from cnnlab.search.worker import WorkerFailed, run_workers
 from cnnlab.training import exempt_from_gc
 
 log = logging.getLogger("cnnlab")
@@ -35,13 +39,20 @@ log = logging.getLogger("cnnlab")
 @reports_config_errors
 def _hydra_main(cfg: DictConfig) -> float | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab logs one line per trial itself
+    mask_logs()  # tune.log and the console never show a database password given on the command line
     plan, study, continued = plan_search(cfg, hydra_overrides())
     done = sum(stores.counted(t) for t in study.get_trials(deepcopy=False))
     log.info("study %s in %s: %s; %d of %d trials %s, objective %s (%s)", plan.study_name, plan.study_dir,
              "continued" if continued else "new", min(done, plan.n_trials), plan.n_trials,
              "done or running", plan.metric, study.direction.name.lower())
+    workers = min(int(cfg.search.workers), max(1, plan.n_trials - done))
+    if workers < int(cfg.search.workers):
+        log.info("search.workers=%d: %d worker%s, one per trial left to run", int(cfg.search.workers), workers,
+                 "" if workers == 1 else "s")
     try:
-        run_workers(plan, int(cfg.search.workers))
+        run_workers(plan, workers)
+    except WorkerFailed as failed:
+        raise RunError(f"{failed}; {_study_state(study, plan)}") from None
     except Interrupted as stop:
         log.info("stopped; run the same command again to continue the study (%s)",
                  "the interrupted trial runs again" if cfg.search.retry_interrupted else
@@ -50,6 +61,29 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     finally:
         _summarize(plan.study_dir, plan.study_name)
     return _report_best(study, plan.metric)
+
+
+def _study_state(study: optuna.Study, plan) -> str:
+    """What the study kept, and how to go on, after a worker died."""
+    try:
+        trials = study.get_trials(deepcopy=False)
+    except Exception:  # the storage itself may be what failed
+        return f"run the same command again to continue the study in {plan.study_dir}"
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    left = f" and {running} left running by the dead worker{'s' if running != 1 else ''}" if running else ""
+    return (f"the study keeps its {complete} completed trial{'s' if complete != 1 else ''}{left}; run the same "
+            f"command again to continue the study (a trial a dead worker left running is failed as interrupted, "
+            f"or run again with search.retry_interrupted=true)")
+
+
+def refuse_torchrun() -> None:
+    """A search is not one distributed run: under torchrun each process would run the whole search, and the
+    trials' training would wait for the other processes in the process group forever."""
+    if under_torchrun() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"cnnlab-tune does not run under torchrun (WORLD_SIZE={os.environ.get('WORLD_SIZE')}): "
+                          f"a search runs each trial as its own process. Run cnnlab-tune without torchrun, with "
+                          f"search.workers=N for N trials at a time on this machine")
 
 
 def _summarize(study_dir: Path, name: str) -> None:
@@ -72,7 +106,11 @@ def _report_best(study: optuna.Study, metric: str) -> float | None:
 
 @reports_config_errors
 def main() -> None:
+    refuse_torchrun()
     check_command_line(sys.argv[1:], "tune")
+    cfg = check_config(sys.argv[1:], "tune")  # before Hydra creates the study dir and tune.log
+    if cfg is not None:
+        check_workers(int(cfg.search.workers))
     try:
         _hydra_main()
     finally:

@@ -45,22 +45,33 @@ def expand(path: Path, name: str = "path") -> Found:
                       f"in it or in its subdirectories); give a run dir, a sweep dir or a study dir")
 
 
-def load_study(study_dir: Path):
-    """The Optuna study a study dir records: study.yaml names it and its storage (an Optuna storage URL, or
-    null for the journal file study.journal next to it)."""
-    import optuna  # a second of imports: only study dirs need it
-
+def study_info(study_dir: Path) -> dict:
+    """study.yaml of a study dir: study_name, storage (null: the journal file in the study dir), metric, ..."""
     study_dir = Path(study_dir)
     try:
         info = yaml.safe_load((study_dir / STUDY_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError) as bad:
-        raise ConfigError(f"{study_dir / STUDY_FILE}: cannot be read ({bad})") from None
+    except (OSError, yaml.YAMLError, ValueError) as bad:
+        raise ConfigError(f"{study_dir / STUDY_FILE}: cannot be read ({str(bad).splitlines()[0]})") from None
     if not isinstance(info, dict) or not info.get("study_name"):
         raise ConfigError(f"{study_dir / STUDY_FILE}: study_name is missing")
-    storage = info.get("storage")
-    if storage is None:
-        journal = study_dir / JOURNAL_FILE
-        if not journal.is_file():
-            raise ConfigError(f"{study_dir / STUDY_FILE}: storage is null but {journal} does not exist")
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    return optuna.load_study(study_name=str(info["study_name"]), storage=storage)
+    return info
+
+
+def load_study(study_dir: Path, storage: str | None = None):
+    """The Optuna study a study dir records, opened for reading only: study.yaml names it and its storage (the
+    journal file study.journal next to it, or a URL). `storage`: the URL the user named instead (the only way
+    a database server is connected to; see cnnlab.search.storage.open_for_reading)."""
+    import optuna  # a second of imports: only study dirs need it
+
+    from cnnlab.search.storage import open_for_reading
+
+    study_dir = Path(study_dir)
+    info = study_info(study_dir)
+    if storage is not None:
+        opened = open_for_reading(storage, study_dir, named=True)
+    else:
+        opened = open_for_reading(info.get("storage"), study_dir)
+    try:
+        return optuna.load_study(study_name=str(info["study_name"]), storage=opened)
+    except KeyError:
+        raise ConfigError(f"{study_dir}: its storage holds no study named {info['study_name']!r}") from None

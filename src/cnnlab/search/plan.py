@@ -9,6 +9,7 @@ that already holds another search.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError
+from cnnlab.masking import masked, masked_argv
 from cnnlab.search import storage as stores
 from cnnlab.search.space import Param, config_groups, group_options, has_key, key_problems, parse_space
 from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
                                  open_study)
+from cnnlab.search.trial import TRIALS_DIR
 from cnnlab.search.worker import TrialComposer, WorkerPlan
 from cnnlab.validate import validate
 
@@ -56,15 +59,19 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
     if problems:
         raise ConfigError(problems)
 
+    check_workers(int(search["workers"]))
     study_dir = Path(cfg.paths.output_dir)
+    if search["storage"] is None and not (study_dir / stores.JOURNAL_NAME).exists():
+        check_trial_dirs(None, search["study_name"], study_dir)  # before the journal file is created
     storage = stores.open_storage(search["storage"], study_dir)
+    check_trial_dirs(storage, search["study_name"], study_dir)
     n_trials = int(search["n_trials"])
     if search["sampler"]["name"] == "grid" and grid_size(params) is not None and grid_size(params) < n_trials:
         log.info("the grid has %d points: search.n_trials=%d is lowered to it", grid_size(params), n_trials)
         n_trials = grid_size(params)
     max_epochs = int(base_cfg.trainer.max_epochs)
     study, continued = open_study(storage, search["study_name"], params, metric, direction,
-                                  build_sampler(search, params), build_pruner(search, max_epochs))
+                                  build_sampler(search, params), build_pruner(search, max_epochs), base_overrides)
     # a continued study first settles the trials its earlier workers left RUNNING (killed, crashed)
     stores.recover_interrupted(study, bool(search["retry_interrupted"]), stores.study_lock(study_dir, storage))
     _write_study_file(study_dir, search, metric, direction, command_line)
@@ -73,6 +80,48 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
                       base_overrides, metric, max_epochs, n_trials,
                       None if timeout is None else time.time() + float(timeout))
     return plan, study, continued
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int) -> None:
+    """search.workers: at most one worker process per CPU this process may use. Each worker is a whole training
+    process; more of them than CPUs only makes every trial slower (and thousands overload the machine)."""
+    limit = available_cpus()
+    if workers > limit:
+        raise ConfigError(f"search.workers={workers}: at most {limit} on this machine (one worker process per CPU "
+                          f"it has); trials beyond that would only slow each other down. Use search.workers<={limit}, "
+                          f"or share the study with workers on other machines (search.storage)")
+
+
+def check_trial_dirs(storage, name: str, study_dir: Path) -> None:
+    """A study is never started or continued over trial run dirs its storage does not record: an emptied,
+    replaced or damaged journal (or another database) would number new trials over finished ones.
+    storage None: the journal file is missing."""
+    numbered = sorted(int(d.name) for d in (study_dir / TRIALS_DIR).glob("[0-9]*") if d.name.isdigit() and d.is_dir()
+                      and any(d.iterdir()))
+    if not numbered:
+        return
+    summaries = ({} if storage is None else
+                 {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)})
+    known = summaries[name].n_trials if name in summaries else 0
+    unknown = [n for n in numbered if n >= known]
+    if not unknown:
+        return
+    where = (f"the storage {stores.mask_password(url)}" if (url := getattr(storage, "url", None)) else
+             f"{study_dir / stores.JOURNAL_NAME}")
+    shown = ", ".join(f"{n:04d}" for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    raise ConfigError(
+        f"search.study_name={name}: {study_dir / TRIALS_DIR} holds {len(unknown)} trial run dir(s) ({shown}) that "
+        f"{where} does not record ({'no such study' if name not in summaries else f'{known} trials'}): it was emptied, "
+        f"replaced or damaged, and a new study would number its trials over them. Restore it from a backup to "
+        f"continue the study, or move {study_dir} away (its trials stay readable by cnnlab-compare) or choose "
+        f"another search.study_name to start a new one")
 
 
 def last_wins(overrides: list[str]) -> list[str]:
@@ -133,7 +182,8 @@ def validated(cfg: DictConfig) -> DictConfig:
 
 def _write_study_file(study_dir: Path, search: dict, metric: str, direction: str, command_line: list[str]) -> None:
     """study.yaml: what cnnlab-compare needs to open the study, and how it was started."""
-    record = {"study_name": search["study_name"], "storage": search["storage"], "metric": metric,
-              "direction": direction, "command": ["cnnlab-tune", *command_line]}
+    # the storage's password is not written (cnnlab-compare is given the URL with --storage)
+    record = {"study_name": search["study_name"], "storage": masked(search["storage"]), "metric": metric,
+              "direction": direction, "command": masked_argv(["cnnlab-tune", *command_line])}
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / STUDY_FILE).write_text(yaml.safe_dump(record, sort_keys=False))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -54,7 +55,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, RunError
+from cnnlab.masking import mask
 
 KEY = "search.storage"
 JOURNAL_NAME = "study.journal"
@@ -86,12 +88,181 @@ def open_storage(url: str | None, study_dir: Path, *, heartbeat_s: int = 60) -> 
     return open_rdb(url, heartbeat_s=heartbeat_s)
 
 
-def open_journal(study_dir: Path) -> JournalStorage:
+def open_journal(study_dir: Path, *, read_only: bool = False) -> JournalStorage:
+    """The study's journal file. read_only: for reading results (cnnlab-compare): nothing is created, and the
+    file must exist."""
     # A journal rather than SQLite: SQLite with several concurrent writers fails with 'database is locked'.
     # Appends take a flock (not Optuna's lock files, which a SIGKILLed writer leaves behind for a 30 s grace).
-    study_dir.mkdir(parents=True, exist_ok=True)
-    path = study_dir / JOURNAL_NAME
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=FileLock(path.with_name(path.name + ".lock"))))
+    path = Path(study_dir) / JOURNAL_NAME
+    if not read_only:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: not a file (the study's journal file goes there); move it away, or name "
+                          f"another study dir")
+    if read_only and not path.is_file():
+        raise ConfigError(f"{path}: no such file: the study's journal (study.yaml says storage: null)")
+    backend = Journal(path, FileLock(path.with_name(path.name + ".lock")), read_only=read_only)
+    backend.settle_torn_end()
+    try:
+        return JournalStorage(backend)
+    except OSError as bad:
+        raise ConfigError(f"{path}: cannot be read ({bad.strerror or first_line(bad)})") from None
+
+
+class Journal(JournalFileBackend):
+    """Optuna's journal file, made to survive a write cut short (a full disk, a killed writer):
+
+    - A last line without its newline is what such a write leaves. Reading stops before it (as Optuna does:
+      it may also be another worker's append in progress); the next append, under the lock (so no append is in
+      progress), cuts it off with a warning, so a new record never glues onto it. An append that fails
+      (ENOSPC) cuts its own partial line off at once and is a RunError.
+    - A complete line that is not a JSON record (a corrupt, cut or binary line in the middle) is a ConfigError
+      naming the file and line, never a JSONDecodeError: the study cannot be read reliably past it.
+    """
+
+    def __init__(self, path: Path, lock: FileLock, *, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        self._file_path = str(path)
+        self._lock = lock
+        self._log_number_offset = {0: 0}
+        if not read_only and not self.path.exists():
+            self.path.touch()
+
+    def read_logs(self, log_number_from: int):
+        try:
+            f = open(self.path, "rb")
+        except OSError as bad:
+            raise ConfigError(f"{self.path}: cannot be read ({bad.strerror or first_line(bad)})") from None
+        with f:
+            remaining = os.fstat(f.fileno()).st_size
+            start = 0
+            if log_number_from in self._log_number_offset:
+                f.seek(self._log_number_offset[log_number_from])
+                start = log_number_from
+                remaining -= self._log_number_offset[log_number_from]
+            for number, line in enumerate(f, start=start):
+                remaining -= len(line)
+                if remaining < 0 or not line.endswith(b"\n"):
+                    break  # an append in progress, or one cut short: not a record (yet)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or "op_code" not in record:
+                    raise ConfigError(
+                        f"{self.path}: line {number + 1} is not a journal record (the file was damaged or edited); "
+                        f"the study cannot be read past it. Restore the file from a backup, or move the study dir "
+                        f"away and start the study again (its trials' run dirs stay readable by cnnlab-compare)")
+                self._log_number_offset.setdefault(number + 1, self._log_number_offset[number] + len(line))
+                if number >= log_number_from:
+                    yield record
+
+    def torn_end(self) -> int | None:
+        """The size of the file up to its last complete line when a cut-short line follows it, else None."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    return None
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return None
+                step, end = 1 << 16, size
+                while end > 0:
+                    begin = max(0, end - step)
+                    f.seek(begin)
+                    chunk = f.read(end - begin)
+                    at = chunk.rfind(b"\n")
+                    if at >= 0:
+                        return begin + at + 1
+                    end = begin
+                return 0
+        except OSError:
+            return None
+
+    def settle_torn_end(self) -> None:
+        """Cut off a line left unfinished by a write that failed (under the lock: not an append in progress),
+        with a warning; when read only, only say that it is ignored."""
+        if self.torn_end() is None:
+            return
+        if self.read_only:
+            log.warning("%s: its last line is unfinished (a write cut short, or an append in progress); the study "
+                        "is read up to the record before it", self.path)
+            return
+        with self._lock:
+            self._cut_torn_end()
+
+    def _cut_torn_end(self) -> None:
+        keep = self.torn_end()
+        if keep is None:
+            return
+        size = self.path.stat().st_size
+        os.truncate(self.path, keep)
+        log.warning("%s: its last record was cut short (%d bytes; a write that did not finish, e.g. on a full "
+                    "disk): it is removed and the study goes on from the last complete record", self.path,
+                    size - keep)
+
+    def append_logs(self, logs: list[dict]) -> None:
+        if self.read_only:
+            raise RunError(f"{self.path}: opened for reading only")
+        data = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in logs).encode("utf-8")
+        with self._lock:
+            self._cut_torn_end()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError as bad:
+                    try:
+                        os.ftruncate(fd, start)  # frees the space it took; never a half record left
+                    except OSError:
+                        pass  # the next append cuts it off
+                    raise RunError(
+                        f"cannot write the study's journal {self.path} ({bad.strerror or first_line(bad)}); the "
+                        f"study is kept up to its last complete record. Free space (or fix the file system) and run "
+                        f"the same command again to continue the study") from None
+            finally:
+                os.close(fd)
+
+
+def open_for_reading(url: str | None, study_dir: Path, *, named: bool = False) -> BaseStorage:
+    """The storage of a finished or running study, for reading its results; nothing is created.
+
+    url: what study.yaml records (named=False), or what the user named on the command line (named=True).
+    A study dir's own storage is opened without asking: its journal file, or an SQLite file inside it (read
+    only). Any other storage a study.yaml names (a database server, a file elsewhere) is not connected to:
+    a ConfigError says to name it; one the user named is opened like cnnlab-tune opens it."""
+    study_dir = Path(study_dir)
+    if url is None:
+        return open_journal(study_dir, read_only=True)
+    import sqlalchemy  # Optuna's own dependency; only RDB storages need it
+
+    shown = mask_password(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        parsed = None
+    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        inside = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if named or inside.is_relative_to(study_dir.resolve()):
+            if not inside.is_file():
+                raise ConfigError(f"storage {shown!r}: {inside} does not exist (or is not a file); nothing was "
+                                  f"created")
+            return open_rdb(f"sqlite:///file:{inside}?mode=ro&uri=true", heartbeat_s=60)
+    if not named:
+        raise NotNamed(f"the study's storage {shown!r} (in {study_dir / 'study.yaml'}) is not in the study dir: "
+                          f"it is not connected to unless named; give it with --storage URL to read the study")
+    return open_rdb(url, heartbeat_s=60)
+
+
+class NotNamed(ConfigError):
+    """A study's storage that is not read unless the user names it."""
 
 
 def open_rdb(url: str, *, heartbeat_s: int) -> RDBStorage:
@@ -109,8 +280,7 @@ def open_rdb(url: str, *, heartbeat_s: int) -> RDBStorage:
         hint = " (write postgresql://)" if backend == "postgres" else ""
         raise ConfigError(f"{KEY}={shown!r}: '{backend}' is not a supported database{hint}; use one of "
                           f"{', '.join(RDB_BACKENDS)}, or leave it unset for the study's journal file")
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername=f"postgresql+{postgres_driver()}")
+    parsed = with_driver(parsed)
     engine_kwargs = {}
     if backend != "sqlite" and "connect_timeout" not in parsed.query:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -138,6 +308,14 @@ def db_reason(error: Exception, url) -> str:
     return reason.replace(url.password, "***") if url.password else reason
 
 
+def with_driver(url):
+    """The URL with its driver named: postgresql:// means the postgres extra's psycopg2 (SQLAlchemy alone would
+    pick psycopg 3 for it), the one place this is decided for every command that opens a study."""
+    if url.drivername == "postgresql":
+        return url.set(drivername=f"postgresql+{postgres_driver()}")
+    return url
+
+
 def postgres_driver() -> str:
     # SQLAlchemy 2.1 reads postgresql:// as psycopg (3); cnnlab's postgres extra installs psycopg2.
     return next((name for name in ("psycopg2", "psycopg") if importlib.util.find_spec(name)), "psycopg2")
@@ -154,7 +332,7 @@ def missing_driver(url) -> str:
 
 def mask_password(url: str) -> str:
     """The URL as it may be shown: its password, if any, as ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return mask(url)
 
 
 def first_line(error: BaseException) -> str:

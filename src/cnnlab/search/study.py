@@ -16,7 +16,10 @@ from cnnlab.engine.early_stopping import resolve_mode
 from cnnlab.errors import ConfigError
 from cnnlab.search.space import Param
 
-FINGERPRINT = "cnnlab_search"  # study user attr: {"space": ..., "metric": ..., "direction": ...}
+FINGERPRINT = "cnnlab_search"  # study user attr: {"space": ..., "metric": ..., "direction": ..., "training": ...}
+# Overrides that change how a run is shown or where it is written, not how it trains: a continued study may
+# change them.
+NOT_TRAINING = ("paths.", "logger.", "trainer.progress", "trainer.summary", "hydra.")
 
 
 def objective_direction(metric: str, direction: str) -> str:
@@ -83,26 +86,46 @@ def grid_size(params: list[Param]) -> int | None:
     return size
 
 
-def fingerprint(params: list[Param], metric: str, direction: str) -> dict:
+def training_overrides(overrides: list[str]) -> dict[str, str]:
+    """The overrides every trial trains with, by key (those of NOT_TRAINING left out)."""
+    kept = {}
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if not any(key == n.rstrip(".") or key.startswith(n) for n in NOT_TRAINING):
+            kept[key] = o
+    return kept
+
+
+def fingerprint(params: list[Param], metric: str, direction: str, training: list[str] = ()) -> dict:
     return {"space": {p.name: {"key": p.key, "distribution": json.loads(distribution_to_json(p.distribution))}
                       for p in params},
-            "metric": metric, "direction": direction}
+            "metric": metric, "direction": direction, "training": training_overrides(list(training))}
 
 
 def open_study(storage, name: str, params: list[Param], metric: str, direction: str,
-               sampler, pruner) -> tuple[optuna.Study, bool]:
-    """Create the study, or load it if it exists and searches the same space for the same objective.
-    Returns (study, continued)."""
-    wanted = fingerprint(params, metric, direction)
+               sampler, pruner, training: list[str] = ()) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it if it exists and searches the same space for the same objective with the
+    same training overrides (`training`: every trial's overrides before its own values). Returns (study,
+    continued)."""
+    wanted = fingerprint(params, metric, direction, training)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         found = existing[name].user_attrs.get(FINGERPRINT)
+        if found is not None and "training" not in found:  # recorded before training overrides were
+            found = {**found, "training": wanted["training"]}
         if found is not None and found != wanted:
+            if _same_question(found, wanted):
+                raise ConfigError(
+                    f"search.study_name={name}: this study's trials were trained with other overrides "
+                    f"({_training_difference(found['training'], wanted['training'])}); its trials would be "
+                    f"ranked side by side although trained differently. Continue it with the same training "
+                    f"overrides (study.yaml in the study dir records its command), or choose another "
+                    f"search.study_name to start a new study with these")
             raise ConfigError(f"search.study_name={name}: this study exists with {_difference(found, wanted)}; "
                               f"a study answers one question. Choose another search.study_name for the new "
                               f"space, or run the old search again to continue it")
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        if found is None:
+        if found != existing[name].user_attrs.get(FINGERPRINT):
             study.set_user_attr(FINGERPRINT, wanted)
         return study, True
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
@@ -110,6 +133,25 @@ def open_study(storage, name: str, params: list[Param], metric: str, direction: 
     if study.user_attrs.get(FINGERPRINT) is None:
         study.set_user_attr(FINGERPRINT, wanted)
     return study, False
+
+
+def _same_question(found: dict, wanted: dict) -> bool:
+    return all(found.get(k) == wanted[k] for k in ("space", "metric", "direction"))
+
+
+def _training_difference(old: dict, new: dict) -> str:
+    """'trainer.max_epochs=1 then, trainer.max_epochs=2 now; optimizer=adam now only'"""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key not in new:
+            parts.append(f"{old[key]} then, not now")
+        elif key not in old:
+            parts.append(f"{new[key]} now, not then")
+        else:
+            parts.append(f"{old[key]} then, {new[key]} now")
+    return "; ".join(parts)
 
 
 def _difference(found: dict, wanted: dict) -> str:

@@ -24,6 +24,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import write_failure
+from cnnlab.masking import MaskingFilter
 from cnnlab.search.space import Param, has_key
 
 log = logging.getLogger("cnnlab")
@@ -126,6 +127,7 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup) -> Outcome:
 def _logged_to(path: Path):
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    handler.addFilter(MaskingFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     try:

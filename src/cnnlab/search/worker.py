@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import optuna
 import torch
 
 from cnnlab.config import compose_config
+from cnnlab.errors import RunError
+from cnnlab.masking import mask_logs
 from cnnlab.search import storage as stores
 from cnnlab.search.space import Param
 from cnnlab.search.study import build_pruner, build_sampler
@@ -112,14 +115,26 @@ def run_workers(plan: WorkerPlan, workers: int) -> None:
         for p in processes:
             p.join()
         raise
-    failed = [p for p in processes if p.exitcode != 0]
+    failed = [(number, p) for number, p in enumerate(processes, start=1) if p.exitcode != 0]
     if failed:
-        raise WorkerFailed(f"{len(failed)} of {workers} workers ended with an error (exit status "
-                           f"{', '.join(str(p.exitcode) for p in failed)}); see tune.log in {plan.study_dir}")
+        ended = "; ".join(f"worker {number} (process {p.pid}) {_how_it_ended(p.exitcode)}" for number, p in failed)
+        others = workers - len(failed)
+        raise WorkerFailed(f"{ended}; {others} of {workers} workers finished normally (see tune.log in "
+                           f"{plan.study_dir})")
 
 
-class WorkerFailed(RuntimeError):
-    pass
+def _how_it_ended(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"ended with exit status {exitcode}"
+
+
+class WorkerFailed(RunError):
+    """One or more worker processes did not end normally."""
 
 
 def _worker_main(plan: WorkerPlan, worker: int, threads: int) -> None:
@@ -128,6 +143,7 @@ def _worker_main(plan: WorkerPlan, worker: int, threads: int) -> None:
     to_file = logging.FileHandler(plan.study_dir / "tune.log")  # beside the parent's lines, as one log
     to_file.setFormatter(logging.Formatter(f"[%(asctime)s][worker {worker}][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(to_file)
+    mask_logs()
     try:
         work(plan, worker)
     except (Interrupted, KeyboardInterrupt):

@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cnnlab.cli import check_command_line, reports_config_errors
+from cnnlab.cli import check_command_line, check_config, reports_config_errors
 from cnnlab.config import CONFIG_DIR
 from cnnlab.diagnose.checklist import Workspace, run_checklist
 from cnnlab.diagnose.report import Check, render, worst, write_report
@@ -60,6 +60,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 @reports_config_errors
 def main() -> None:
     check_command_line(sys.argv[1:], "doctor")
+    check_config(sys.argv[1:], "doctor")  # before Hydra creates the run dir and its log file
     _hydra_main()
 
 

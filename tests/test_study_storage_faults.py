@@ -289,8 +289,9 @@ def test_a_refused_study_name_writes_nothing(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_train_with_a_bad_value_leaves_no_run_dir(tmp_path):
-    out = one_error(command("train", "data=digits", "trainer.max_epochs=-1", f"paths.output_root={tmp_path / 'out'}",
+@pytest.mark.parametrize("module", ["train", "doctor"])
+def test_train_or_doctor_with_a_bad_value_leaves_no_run_dir(tmp_path, module):
+    out = one_error(command(module, "data=digits", "trainer.max_epochs=-1", f"paths.output_root={tmp_path / 'out'}",
                             cwd=tmp_path))
     assert "trainer.max_epochs=-1" in out
     assert list((tmp_path / "out").rglob("*")) == []

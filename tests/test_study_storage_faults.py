@@ -127,6 +127,38 @@ def test_a_journal_write_failing_on_a_full_disk_leaves_no_half_record(study, mon
     assert optuna.load_study(study_name="s", storage=stores.open_storage(None, study)).user_attrs["note"] == "y"
 
 
+# cnnlab-tune with the disk filling up after a few journal writes (in the first trial)
+FULL_DISK_TUNE = """
+import errno, os, sys
+real_write, calls = os.write, []
+def fills_up(fd, data):
+    calls.append(fd)
+    if len(calls) > 3:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real_write(fd, data)
+os.write = fills_up
+from cnnlab.tune import main
+sys.argv = ["cnnlab-tune", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_search_stopped_by_a_full_disk_is_one_line_and_continues_once_space_is_freed(tmp_path):
+    args = [*TINY, f"paths.output_root={tmp_path}", "search.study_name=s", "search.n_trials=2"]
+    full = subprocess.run([sys.executable, "-c", FULL_DISK_TUNE, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240, env=dict(cli_env(), OMP_NUM_THREADS="1"))
+    out = one_error(full, status=1)
+    assert "cannot write the study's journal" in out and "No space left on device" in out
+    assert "run the same command again to continue the study" in out
+    journal = tmp_path / "search" / "s" / "study.journal"
+    assert journal.read_bytes().endswith(b"\n")
+    done = tune(tmp_path, "search.study_name=s", "search.n_trials=2")
+    assert done.returncode == 0, said(done)
+    trials = trials_of(tmp_path / "search" / "s")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
+
+
 @pytest.mark.parametrize("empty", ["emptied", "deleted"])
 def test_a_lost_journal_next_to_finished_trials_is_refused_not_replaced(study, tmp_path, empty):
     journal = study / "study.journal"

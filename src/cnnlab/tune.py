@@ -89,7 +89,11 @@ def refuse_torchrun() -> None:
 def _summarize(study_dir: Path, name: str) -> None:
     trials = sorted(d for d in (study_dir / TRIALS_DIR).glob("*") if is_run_dir(d))
     if trials:
-        path = write_summary([read_run(d) for d in trials], study_dir, f"Study {name}")
+        try:
+            path = write_summary([read_run(d) for d in trials], study_dir, f"Study {name}")
+        except OSError as bad:  # a full disk: the error that stopped the search is the one to report
+            log.warning("could not write the summary of the trials in %s (%s)", study_dir, bad.strerror or bad)
+            return
         log.info("summary of %d trials: %s", len(trials), path)
 
 

@@ -14,6 +14,9 @@ A worker (one `cnnlab-tune` process) uses the study like this:
 - The default storage is a journal file in the study dir. It is for ONE machine: its writers and the study
   lock use `fcntl.flock`, which the kernel releases when a holder dies, but which network file systems do not
   reliably provide. Workers on several machines share a study through an RDB URL (PostgreSQL, MySQL).
+  A write cut short (a full disk, a killed writer) never costs a record or glues the next one onto it, and a
+  damaged file is one ConfigError (`Journal`). Reading results (`open_for_reading`) creates nothing and connects
+  only to the study dir's own storage or one the user named.
 - `study_lock(study_dir, storage)` is a `fcntl.flock` on `study_dir/study.lock`, which serialises the workers
   of this machine, plus, on PostgreSQL, an advisory lock (`pg_advisory_lock`), which serialises the workers of
   all machines: it is held for the milliseconds of counting and asking, and the server drops it if its holder

@@ -4,6 +4,10 @@ optimisation history and parameter importances.
 
 A PATH is a run dir, a sweep dir (`cnnlab-train -m`: its job dirs) or a study dir (`cnnlab-tune`: study.yaml
 and trials/<number>/). Everything is read from files; nothing is trained.
+
+Files already in the output folder under the names it writes are replaced only when they are its own earlier
+output: compare.md ends with COMPARE_MARK, the CSV files are those beside such a compare.md, the plots carry
+cnnlab's PNG mark. Anything else is refused before anything is written, and left as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +24,30 @@ from cnnlab.experiments.runs import read_run
 from cnnlab.experiments.plots import plot_curves, plot_study
 from cnnlab.experiments.summary import (markdown_table, readable, run_labels, run_table, varied_keys,
                                        write_summary)
+from cnnlab.outpaths import check_folder, check_target, png_is_ours
+
+COMPARE_MARK = "<!-- written by cnnlab-compare: running it again replaces this file, the CSV files and plots beside it -->"
+STUDY_PLOTS = ("optimization_history.png", "param_importances.png")
+
+
+def _compare_md_is_ours(out: Path) -> bool:
+    try:
+        return COMPARE_MARK in (out / "compare.md").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def check_outputs(out: Path, key: str, names: list[str]) -> None:
+    """Each file compare would write into `out` is absent or its own earlier output (see the module's doc)."""
+    check_folder(out, key)
+    for name in names:
+        if name == "compare.md":
+            owned, how = (lambda p: _compare_md_is_ours(p.parent)), "it does not end with cnnlab-compare's mark"
+        elif name.endswith(".png"):
+            owned, how = png_is_ours, "it is not a plot cnnlab wrote"
+        else:
+            owned, how = (lambda p: _compare_md_is_ours(p.parent)), "no compare.md of cnnlab-compare is beside it"
+        check_target(out / name, key, "cnnlab-compare", owned, how)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,18 +93,22 @@ def main(argv: list[str] | None = None) -> None:
     opened = [load_study(s) for s in studies] if not args.no_plots else []
 
     records = [read_run(d) for d in run_dirs]
+    tag = args.metric or next((r.monitor for r in records if r.monitor), "val/loss")
+    curves_file = f"curves_{tag.replace('/', '_')}.png"
+    names = ["compare.csv", "compare_seeds.csv", "compare.md"]
+    names += [] if args.no_plots else [curves_file, *(STUDY_PLOTS if opened else ())]
+    check_outputs(out, f"--out={out}" if args.out is not None else f"the output folder {out}", names)
     title = f"Study {opened[0].study_name}" if len(opened) == 1 and len(found) == 1 else f"{len(records)} runs"
-    summary = write_summary(records, out, title, prefix="compare")
+    summary = write_summary(records, out, title, prefix="compare", footer=COMPARE_MARK)
     table = run_table(records)
     print(markdown_table(table))
     print(f"\n{table.note}; written: {summary}, {out / 'compare.csv'}, {out / 'compare_seeds.csv'}")
     if args.no_plots:
         return
 
-    tag = args.metric or next((r.monitor for r in records if r.monitor), "val/loss")
-    keys, names = varied_keys(records), run_labels(records)
-    legends = [_legend(r, keys, names[r.run_dir]) for r in records]
-    curves = plot_curves(records, legends, tag, out / f"curves_{tag.replace('/', '_')}.png")
+    keys, labels = varied_keys(records), run_labels(records)
+    legends = [_legend(r, keys, labels[r.run_dir]) for r in records]
+    curves = plot_curves(records, legends, tag, out / curves_file)
     print(f"plot: {curves}" if curves else f"note: no run logged {tag} per epoch (see --metric): no curve plot")
     for study in opened:
         files, notes = plot_study(study, out)

@@ -24,17 +24,14 @@ from cnnlab.experiments.runs import read_run
 from cnnlab.experiments.plots import plot_curves, plot_study
 from cnnlab.experiments.summary import (markdown_table, readable, run_labels, run_table, varied_keys,
                                        write_summary)
-from cnnlab.outpaths import check_folder, check_target, png_is_ours
+from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text
 
 COMPARE_MARK = "<!-- written by cnnlab-compare: running it again replaces this file, the CSV files and plots beside it -->"
 STUDY_PLOTS = ("optimization_history.png", "param_importances.png")
 
 
 def _compare_md_is_ours(out: Path) -> bool:
-    try:
-        return COMPARE_MARK in (out / "compare.md").read_text(errors="replace")
-    except OSError:
-        return False
+    return COMPARE_MARK in (read_text(out / "compare.md") or "")
 
 
 def check_outputs(out: Path, key: str, names: list[str]) -> None:
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     records = [read_run(d) for d in run_dirs]
     tag = args.metric or next((r.monitor for r in records if r.monitor), "val/loss")
     curves_file = f"curves_{tag.replace('/', '_')}.png"
-    names = ["compare.csv", "compare_seeds.csv", "compare.md"]
+    names = ["compare.md", "compare.csv", "compare_seeds.csv"]  # compare.md first: it vouches for the rest
     names += [] if args.no_plots else [curves_file, *(STUDY_PLOTS if opened else ())]
     check_outputs(out, f"--out={out}" if args.out is not None else f"the output folder {out}", names)
     title = f"Study {opened[0].study_name}" if len(opened) == 1 and len(found) == 1 else f"{len(records)} runs"

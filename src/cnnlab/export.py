@@ -38,7 +38,7 @@ from cnnlab.data.build import DataInfo
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.model_io import load_trained_model
-from cnnlab.outpaths import check_target, write_atomic
+from cnnlab.outpaths import check_target, read_text, write_atomic
 
 log = logging.getLogger("cnnlab")
 
@@ -99,8 +99,8 @@ def description_path(out: Path) -> Path:
 def _describes(json_file: Path, model_name: str) -> bool:
     """Whether `json_file` is a description this command wrote for a model file called `model_name`."""
     try:
-        saved = json.loads(Path(json_file).read_text())
-    except (OSError, ValueError):
+        saved = json.loads(read_text(json_file) or "null")
+    except ValueError:
         return False
     return (isinstance(saved, dict) and saved.get("file") == model_name and saved.get("format") in FORMATS
             and "cnnlab_version" in saved)
@@ -112,9 +112,9 @@ def check_export_target(out: Path, key: str) -> None:
     out = Path(out)
     sidecar = description_path(out)
     how = f"no {sidecar.name} written by cnnlab-export beside it names it"
-    check_target(out, key, "cnnlab-export", lambda p: _describes(sidecar, p.name), how)
     check_target(sidecar, key, "cnnlab-export", lambda p: _describes(p, out.name),
                  f"it is not the description of {out.name} that cnnlab-export writes")
+    check_target(out, key, "cnnlab-export", lambda p: _describes(sidecar, p.name), how)
 
 
 def export_model(model: nn.Module, info: DataInfo, fmt: str, out: Path, meta: dict | None = None) -> dict:

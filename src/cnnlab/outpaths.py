@@ -141,6 +141,17 @@ def write_atomic(path, data: bytes | str) -> Path:
     return path
 
 
+def read_text(path) -> str | None:
+    """A file's text for recognising a command's own output: None when it is not a regular file (a FIFO is
+    never opened) or cannot be read."""
+    try:
+        if file_kind(Path(path)) != "file":
+            return None
+        return Path(path).read_text(errors="replace")
+    except (OSError, ConfigError):
+        return None
+
+
 def figure_png(fig, dpi: int) -> bytes:
     """A matplotlib figure as PNG bytes carrying cnnlab's mark (PNG_SOFTWARE)."""
     buffer = io.BytesIO()
@@ -152,6 +163,8 @@ def png_software(path) -> str | None:
     """The PNG text chunk "Software" of a PNG file (None when absent or not a PNG); reads the chunks before
     the image data only."""
     try:
+        if file_kind(Path(path)) != "file":
+            return None
         with open(path, "rb") as f:
             if f.read(8) != b"\x89PNG\r\n\x1a\n":
                 return None
@@ -168,7 +181,7 @@ def png_software(path) -> str | None:
                     keyword, _, text = body.partition(b"\0")
                     if keyword == b"Software":
                         return text.decode("latin-1")
-    except OSError:
+    except (OSError, ConfigError):
         return None
 
 

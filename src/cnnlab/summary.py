@@ -32,7 +32,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.finetune import Freezer
 from cnnlab.inspector import summarize
 from cnnlab.models import build_model
-from cnnlab.outpaths import check_target, write_atomic
+from cnnlab.outpaths import check_target, read_text, write_atomic
 from cnnlab.schema_check import check_override_keys
 from cnnlab.validate import validate
 
@@ -73,9 +73,8 @@ def model_label(cfg: DictConfig) -> str:
 
 def summary_is_ours(path: Path) -> bool:
     """Whether `path` holds a summary this command wrote (either format)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
+    text = read_text(path)
+    if text is None:
         return False
     if re.match(r"[^\n]* on a \d+x\d+x\d+ input", text):
         return True

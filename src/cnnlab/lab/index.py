@@ -9,16 +9,15 @@ from pathlib import Path
 
 from cnnlab.lab.lessons import lesson_names, load_lesson
 from cnnlab.lab.page import measured_minutes
-from cnnlab.outpaths import check_target, write_atomic
+from cnnlab.outpaths import check_target, read_text, write_atomic
 
 INDEX_TITLE = "# Lab book"
 REGENERATE = "Regenerate this index with `cnnlab-lab --index"
 
 
 def index_is_ours(path: Path) -> bool:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
+    text = read_text(path)
+    if text is None:
         return False
     return text.startswith(INDEX_TITLE + "\n") and REGENERATE in text
 

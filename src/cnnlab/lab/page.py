@@ -22,7 +22,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.experiments.runs import RunRecord, read_curve
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult
-from cnnlab.outpaths import check_folder, check_target, png_is_ours, write_atomic
+from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
 
 HIGHER_IS_BETTER = {"test/acc": True, "val/acc_best": True, "val/acc": True, "train/acc": True, "test/loss": False,
                     "val/loss": False, "train/loss": False, "gap": False}
@@ -204,9 +204,8 @@ def command(lesson: Lesson, quick: bool, overrides: list[str]) -> str:
 
 def page_is_ours(page: Path, lesson: str) -> bool:
     """Whether `page` is a page write_page wrote for `lesson` (see the module's doc)."""
-    try:
-        text = page.read_text(errors="replace")
-    except OSError:
+    text = read_text(page)
+    if text is None:
         return False
     return (re.search(rf"^```bash\ncnnlab-lab {re.escape(lesson)}(?: .*)?\n```$", text, re.MULTILINE) is not None
             and re.search(r"^Measured by that command on ", text, re.MULTILINE) is not None)

@@ -26,7 +26,8 @@ from cnnlab.experiments.summary import (markdown_table, readable, run_labels, ru
                                        write_summary)
 from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text
 
-COMPARE_MARK = "<!-- written by cnnlab-compare: running it again replaces this file, the CSV files and plots beside it -->"
+COMPARE_MARK = ("<!-- written by cnnlab-compare: running it again replaces this file, the CSV files and plots "
+                "beside it -->")
 STUDY_PLOTS = ("optimization_history.png", "param_importances.png")
 
 

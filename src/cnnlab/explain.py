@@ -77,7 +77,8 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
     path, ckpt = find_checkpoint(run_dir, "run_dir")
     run_root = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
     out_dir = Path(out).expanduser() if out else run_root / "explain"
-    out_key = f"--out={out}" if out else f"run_dir={run_dir} (the pictures go to {out_dir}; --out DIR puts them elsewhere)"
+    out_key = (f"--out={out}" if out else
+               f"run_dir={run_dir} (the pictures go to {out_dir}; --out DIR puts them elsewhere)")
     check_folder(out_dir, out_key)
     tensorboard = _run_dir_writable(run_root, out)
     loaded = load_trained_model(path, target, ckpt=ckpt, trusted_repos=trusted_repos)

@@ -135,6 +135,39 @@ def test_compare_refuses_a_file_it_did_not_write_and_replaces_its_own(trained_ru
     assert {"compare.md", "compare.csv", "compare_seeds.csv", "curves_val_loss.png"} <= {p.name for p in out.iterdir()}
 
 
+def _matplotlib_png(path: Path) -> None:
+    """A PNG as cnnlab wrote them before they carried its mark (matplotlib's own Software chunk)."""
+    from matplotlib.figure import Figure
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Figure(figsize=(1, 1)).savefig(path)
+
+
+def test_compare_and_explain_recognise_their_output_from_before_the_marks(run_copy, tmp_path, run_main):
+    """Re-running keeps working on folders written before outputs carried marks: compare.md by its own first
+    lines (it then vouches for the files beside it), an explain picture in the command's own RUN_DIR/explain."""
+    from cnnlab.compare import main as compare
+    from cnnlab.experiments.runs import read_run
+    from cnnlab.experiments.summary import write_summary
+    from cnnlab.explain import main as explain
+
+    out = tmp_path / "compared"
+    write_summary([read_run(run_copy)], out, "1 runs", prefix="compare")  # as cnnlab-compare wrote it before
+    _matplotlib_png(out / "curves_val_loss.png")
+    code, text = run_main(compare, [str(run_copy), "--out", str(out)])
+    assert code == 0, text
+
+    _matplotlib_png(run_copy / "explain" / "gradcam.png")
+    elsewhere = tmp_path / "pictures"
+    _matplotlib_png(elsewhere / "gradcam.png")
+    kept = digest(elsewhere / "gradcam.png")
+    code, text = run_main(explain, [str(run_copy), "--out", str(elsewhere), "--device", "cpu", "--images", "2"])
+    assert "exists and was not written by cnnlab-explain" in one_error_line(text, 2, code)  # not its own folder
+    assert digest(elsewhere / "gradcam.png") == kept
+    code, text = run_main(explain, [str(run_copy), "--device", "cpu", "--images", "2"])
+    assert code == 0, text
+
+
 @pytest.mark.parametrize("foreign", [f"{LESSON}.md", f"img/{LESSON}_notes.png"])
 def test_lab_page_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_path, foreign, run_main):
     from cnnlab.lab.__main__ import main

@@ -6,13 +6,14 @@ A PATH is a run dir, a sweep dir (`cnnlab-train -m`: its job dirs) or a study di
 and trials/<number>/). Everything is read from files; nothing is trained.
 
 Files already in the output folder under the names it writes are replaced only when they are its own earlier
-output: compare.md ends with COMPARE_MARK, the CSV files are those beside such a compare.md, the plots carry
-cnnlab's PNG mark. Anything else is refused before anything is written, and left as it is.
+output: compare.md ends with COMPARE_MARK (or, written before the mark, starts with its own title and counts
+line), the CSV files and plots are those beside such a compare.md, or plots with cnnlab's PNG mark. Anything else is refused before anything is written, and left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,10 @@ STUDY_PLOTS = ("optimization_history.png", "param_importances.png")
 
 
 def _compare_md_is_ours(out: Path) -> bool:
-    return COMPARE_MARK in (read_text(out / "compare.md") or "")
+    """compare.md carries the mark; one written before the mark existed is known by its own first lines (the
+    title, a blank line, then `<n> runs: ... Sorted ...`)."""
+    text = read_text(out / "compare.md") or ""
+    return COMPARE_MARK in text or re.match(r"# [^\n]*\n\n\d+ runs: [^\n]*\. Sorted ", text) is not None
 
 
 def check_outputs(out: Path, key: str, names: list[str]) -> None:
@@ -41,8 +45,8 @@ def check_outputs(out: Path, key: str, names: list[str]) -> None:
     for name in names:
         if name == "compare.md":
             owned, how = (lambda p: _compare_md_is_ours(p.parent)), "it does not end with cnnlab-compare's mark"
-        elif name.endswith(".png"):
-            owned, how = png_is_ours, "it is not a plot cnnlab wrote"
+        elif name.endswith(".png"):  # a plot from before the PNG mark: vouched for by compare.md
+            owned, how = (lambda p: png_is_ours(p) or _compare_md_is_ours(p.parent)), "it is not a plot cnnlab wrote"
         else:
             owned, how = (lambda p: _compare_md_is_ours(p.parent)), "no compare.md of cnnlab-compare is beside it"
         check_target(out / name, key, "cnnlab-compare", owned, how)

@@ -10,7 +10,8 @@ The images are the files given, or a few test images (one class after another); 
 from the run's saved config, as cnnlab-eval does.
 
 A PNG already in the output folder under one of these names is replaced only when cnnlab wrote it (its PNG
-text chunk "Software" is "cnnlab"); any other file is refused before the model is loaded, and left as it is.
+text chunk "Software" is "cnnlab"; in the default RUN_DIR/explain also a matplotlib PNG from before that mark);
+any other file is refused before the model is loaded, and left as it is.
 Without --out, the run dir must be writable; with --out elsewhere, a read-only run dir only loses the
 TensorBoard copy (with a warning).
 """
@@ -32,7 +33,7 @@ from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.image_input import image_files, load_image
 from cnnlab.model_io import load_trained_model
-from cnnlab.outpaths import check_folder, check_target, png_is_ours, write_error
+from cnnlab.outpaths import PNG_SOFTWARE, check_folder, check_target, png_software, write_error
 from cnnlab.visualize.feature_maps import capture, feature_maps_figure
 from cnnlab.visualize.figures import denormalize, save_png
 from cnnlab.visualize.filters import filters_figure
@@ -97,7 +98,8 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
     names = ([f"filters_{r.name}.png" for r in filter_layers] + [f"feature_maps_{r.name}.png" for r in feature_layers]
              + ["gradcam.png", "mistakes.png"])
     for name in names:  # before any data is built: a file that is not an earlier picture of cnnlab's stays
-        check_target(out_dir / name, out_key, "cnnlab-explain", png_is_ours, "it is not a picture cnnlab wrote")
+        check_target(out_dir / name, out_key, "cnnlab-explain", lambda p: _own_picture(p, out is None),
+                     "it is not a picture cnnlab wrote")
     normalize = Normalize(info.mean, info.std, target)
     mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
     user = [load_image(p, info.in_channels, info.input_size, mode) for p in files]
@@ -158,6 +160,13 @@ def _scan_test_split(model, loader, k_mistakes: int, n_samples: int, classes) ->
     samples = ImagesToExplain(torch.stack([x for _, x in picks]), [f"test: {classes[y]}" for y, _ in picks],
                               [classes[y] for y, _ in picks])
     return mistakes, samples, total
+
+
+def _own_picture(path: Path, default_dir: bool) -> bool:
+    """A PNG with cnnlab's mark; in RUN_DIR/explain (this command's own folder) also a matplotlib PNG written
+    before pictures carried the mark."""
+    software = png_software(path)
+    return software == PNG_SOFTWARE or (default_dir and (software or "").startswith("Matplotlib"))
 
 
 def _run_dir_writable(run_root: Path, out: str | None) -> bool:

@@ -4,11 +4,16 @@ optimisation history and parameter importances.
 
 A PATH is a run dir, a sweep dir (`cnnlab-train -m`: its job dirs) or a study dir (`cnnlab-tune`: study.yaml
 and trials/<number>/). Everything is read from files; nothing is trained.
+
+Files already in the output folder under the names it writes are replaced only when they are its own earlier
+output: compare.md ends with COMPARE_MARK (or, written before the mark, starts with its own title and counts
+line), the CSV files and plots are those beside such a compare.md, or plots with cnnlab's PNG mark. Anything else is refused before anything is written, and left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +25,31 @@ from cnnlab.experiments.runs import read_run
 from cnnlab.experiments.plots import plot_curves, plot_study
 from cnnlab.experiments.summary import (markdown_table, readable, run_labels, run_table, varied_keys,
                                        write_summary)
+from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text
+
+COMPARE_MARK = ("<!-- written by cnnlab-compare: running it again replaces this file, the CSV files and plots "
+                "beside it -->")
+STUDY_PLOTS = ("optimization_history.png", "param_importances.png")
+
+
+def _compare_md_is_ours(out: Path) -> bool:
+    """compare.md carries the mark; one written before the mark existed is known by its own first lines (the
+    title, a blank line, then `<n> runs: ... Sorted ...`)."""
+    text = read_text(out / "compare.md") or ""
+    return COMPARE_MARK in text or re.match(r"# [^\n]*\n\n\d+ runs: [^\n]*\. Sorted ", text) is not None
+
+
+def check_outputs(out: Path, key: str, names: list[str]) -> None:
+    """Each file compare would write into `out` is absent or its own earlier output (see the module's doc)."""
+    check_folder(out, key)
+    for name in names:
+        if name == "compare.md":
+            owned, how = (lambda p: _compare_md_is_ours(p.parent)), "it does not end with cnnlab-compare's mark"
+        elif name.endswith(".png"):  # a plot from before the PNG mark: vouched for by compare.md
+            owned, how = (lambda p: png_is_ours(p) or _compare_md_is_ours(p.parent)), "it is not a plot cnnlab wrote"
+        else:
+            owned, how = (lambda p: _compare_md_is_ours(p.parent)), "no compare.md of cnnlab-compare is beside it"
+        check_target(out / name, key, "cnnlab-compare", owned, how)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,19 +109,23 @@ def main(argv: list[str] | None = None) -> None:
             unread.append(str(skipped))
 
     records = [read_run(d) for d in run_dirs]
+    tag = args.metric or next((r.monitor for r in records if r.monitor), "val/loss")
+    curves_file = f"curves_{tag.replace('/', '_')}.png"
+    outputs = ["compare.md", "compare.csv", "compare_seeds.csv"]  # compare.md first: it vouches for the rest
+    outputs += [] if args.no_plots else [curves_file, *(STUDY_PLOTS if opened else ())]
+    check_outputs(out, f"--out={out}" if args.out is not None else f"the output folder {out}", outputs)
     names = [study_info(s)["study_name"] for s in studies]
     title = f"Study {names[0]}" if len(names) == 1 and len(found) == 1 else f"{len(records)} runs"
-    summary = write_summary(records, out, title, prefix="compare")
+    summary = write_summary(records, out, title, prefix="compare", footer=COMPARE_MARK)
     table = run_table(records)
     print(markdown_table(table))
     print(f"\n{table.note}; written: {summary}, {out / 'compare.csv'}, {out / 'compare_seeds.csv'}")
     if args.no_plots:
         return
 
-    tag = args.metric or next((r.monitor for r in records if r.monitor), "val/loss")
-    keys, names = varied_keys(records), run_labels(records)
-    legends = [_legend(r, keys, names[r.run_dir]) for r in records]
-    curves = plot_curves(records, legends, tag, out / f"curves_{tag.replace('/', '_')}.png")
+    keys, labels = varied_keys(records), run_labels(records)
+    legends = [_legend(r, keys, labels[r.run_dir]) for r in records]
+    curves = plot_curves(records, legends, tag, out / curves_file)
     print(f"plot: {curves}" if curves else f"note: no run logged {tag} per epoch (see --metric): no curve plot")
     for note in unread:
         print(f"note: no plots of the search: {note}")

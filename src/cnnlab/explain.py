@@ -8,11 +8,18 @@ under the `explain/` tags (the Images tab):
   mistakes.png              the most confidently wrong test images
 The images are the files given, or a few test images (one class after another); the test split is rebuilt
 from the run's saved config, as cnnlab-eval does.
+
+A PNG already in the output folder under one of these names is replaced only when cnnlab wrote it (its PNG
+text chunk "Software" is "cnnlab"; in the default RUN_DIR/explain also a matplotlib PNG from before that mark);
+any other file is refused before the model is loaded, and left as it is.
+Without --out, the run dir must be writable; with --out elsewhere, a read-only run dir only loses the
+TensorBoard copy (with a warning).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +33,7 @@ from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.image_input import image_files, load_image
 from cnnlab.model_io import load_trained_model
+from cnnlab.outpaths import PNG_SOFTWARE, check_folder, check_target, png_software, write_error
 from cnnlab.visualize.feature_maps import capture, feature_maps_figure
 from cnnlab.visualize.figures import denormalize, save_png
 from cnnlab.visualize.filters import filters_figure
@@ -40,6 +48,8 @@ FEATURE_LAYERS = 3      # conv layers shown by default: first, middle, last
 MISTAKES = 16           # panels of the most confidently wrong grid
 TENSORBOARD_PREFIX = "explain/"
 EVENTS_SUFFIX = ".explain"  # names this command's event files, so a new explain replaces the last one's pictures
+
+log = logging.getLogger("cnnlab")
 
 
 @dataclass
@@ -66,6 +76,12 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
         raise ConfigError(f"{len(files)} image files given: at most {MAX_IMAGES} fit the pictures; name fewer")
     target = resolve_device(device, key="--device")
     path, ckpt = find_checkpoint(run_dir, "run_dir")
+    run_root = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
+    out_dir = Path(out).expanduser() if out else run_root / "explain"
+    out_key = (f"--out={out}" if out else
+               f"run_dir={run_dir} (the pictures go to {out_dir}; --out DIR puts them elsewhere)")
+    check_folder(out_dir, out_key)
+    tensorboard = _run_dir_writable(run_root, out)
     loaded = load_trained_model(path, target, ckpt=ckpt, trusted_repos=trusted_repos)
     model, info = loaded.model, loaded.info
 
@@ -79,6 +95,11 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
     else:
         filter_layers, feature_layers = conv_layers(probe)[:1], spread(conv_layers(probe), FEATURE_LAYERS)
     cam_layer = find_spatial_layer(probe, gradcam_layer) if gradcam_layer else default_gradcam_layer(probe)
+    names = ([f"filters_{r.name}.png" for r in filter_layers] + [f"feature_maps_{r.name}.png" for r in feature_layers]
+             + ["gradcam.png", "mistakes.png"])
+    for name in names:  # before any data is built: a file that is not an earlier picture of cnnlab's stays
+        check_target(out_dir / name, out_key, "cnnlab-explain", lambda p: _own_picture(p, out is None),
+                     "it is not a picture cnnlab wrote")
     normalize = Normalize(info.mean, info.std, target)
     mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
     user = [load_image(p, info.in_channels, info.input_size, mode) for p in files]
@@ -91,8 +112,6 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
     else:
         chosen = samples
 
-    run_root = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
-    out_dir = Path(out).expanduser() if out else run_root / "explain"
     shown = denormalize(chosen.inputs, info.mean, info.std)
     written = []
     for record in filter_layers:
@@ -115,7 +134,8 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
                                             [info.classes[i] for i in mistakes.predicted.tolist()],
                                             mistakes.confidence.tolist(), mistakes.wrong, total),
                             out_dir / "mistakes.png"))
-    _to_tensorboard(written, run_root, loaded.epoch)
+    if tensorboard:
+        _to_tensorboard(written, run_root, loaded.epoch)
     return Explained(out_dir, written, loaded.epoch)
 
 
@@ -142,20 +162,46 @@ def _scan_test_split(model, loader, k_mistakes: int, n_samples: int, classes) ->
     return mistakes, samples, total
 
 
+def _own_picture(path: Path, default_dir: bool) -> bool:
+    """A PNG with cnnlab's mark; in RUN_DIR/explain (this command's own folder) also a matplotlib PNG written
+    before pictures carried the mark."""
+    software = png_software(path)
+    return software == PNG_SOFTWARE or (default_dir and (software or "").startswith("Matplotlib"))
+
+
+def _run_dir_writable(run_root: Path, out: str | None) -> bool:
+    """Whether the TensorBoard copy can go into the run dir. Without --out the pictures go there too, so a run
+    dir that cannot be written is an error; with --out elsewhere only the copy is skipped, with a warning."""
+    try:
+        check_folder(run_root, f"run_dir={run_root}")
+    except ConfigError as bad:
+        if not out:
+            raise ConfigError(f"{bad} (or give --out DIR for the pictures; the TensorBoard copy is then "
+                              f"skipped)") from None
+        log.warning("the run dir %s cannot be written: the pictures are not added to its TensorBoard files",
+                    run_root)
+        return False
+    return True
+
+
 def _to_tensorboard(pngs: list[Path], run_root: Path, step: int) -> None:
     """The same pictures, pixel for pixel, in the run's TensorBoard event files (Images tab, explain/ tags)."""
     # Both imports cost about a second: only here, once the pictures are drawn.
     from matplotlib.image import imread
     from torch.utils.tensorboard import SummaryWriter
 
-    for old in run_root.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"):
-        old.unlink()
-    writer = SummaryWriter(log_dir=str(run_root), filename_suffix=EVENTS_SUFFIX)
+    events = run_root / f"events.out.tfevents.*{EVENTS_SUFFIX}"
     try:
-        for png in pngs:
-            writer.add_image(TENSORBOARD_PREFIX + png.stem, imread(png)[..., :3], step, dataformats="HWC")
-    finally:
-        writer.close()
+        for old in run_root.glob(events.name):
+            old.unlink()
+        writer = SummaryWriter(log_dir=str(run_root), filename_suffix=EVENTS_SUFFIX)
+        try:
+            for png in pngs:
+                writer.add_image(TENSORBOARD_PREFIX + png.stem, imread(png)[..., :3], step, dataformats="HWC")
+        finally:
+            writer.close()
+    except OSError as bad:
+        raise write_error(events, bad) from None
 
 
 @reports_config_errors

@@ -11,6 +11,10 @@ by 255), C and H x W as in training (the JSON's input.channels and input.size), 
   exported     model.pt2: torch.export's ExportedProgram (torch.export.save), load with torch.export.load(...).module()
 
 Beside the model: <model file>.json with the class names, input size, channels and the input convention.
+
+An existing file at --out (or at PATH.json) is overwritten only when it is this command's own earlier output:
+the model file with the JSON description beside it that names it, or that description. Anything else (a
+checkpoint, metrics.json, ...) is refused before anything is loaded and left as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -33,6 +38,7 @@ from cnnlab.data.build import DataInfo
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.model_io import load_trained_model
+from cnnlab.outpaths import check_target, read_text, write_atomic
 
 log = logging.getLogger("cnnlab")
 
@@ -79,37 +85,64 @@ def export(checkpoint: str, fmt: str, out: str | None = None, trusted_repos: tup
     target = Path(out).expanduser() if out else default_out(path, fmt)
     if target.is_dir():
         raise ConfigError(f"--out={out}: is a directory; give the model file's path, e.g. {target / FORMATS[fmt]}")
+    check_export_target(target, f"--out={out}" if out else f"the default --out ({target})")
     loaded = load_trained_model(path, torch.device("cpu"), ckpt=ckpt, trusted_repos=trusted_repos)
     meta = {"checkpoint": str(path), "epoch": loaded.epoch, "model": str(loaded.cfg.model.name),
             "resize_mode": str(loaded.cfg.data.get("resize_mode", "stretch"))}
     return export_model(loaded.model, loaded.info, fmt, target, meta)
 
 
+def description_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".json")
+
+
+def _describes(json_file: Path, model_name: str) -> bool:
+    """Whether `json_file` is a description this command wrote for a model file called `model_name`."""
+    try:
+        saved = json.loads(read_text(json_file) or "null")
+    except ValueError:
+        return False
+    return (isinstance(saved, dict) and saved.get("file") == model_name and saved.get("format") in FORMATS
+            and "cnnlab_version" in saved)
+
+
+def check_export_target(out: Path, key: str) -> None:
+    """The model file and its description may be written: each is absent or this command's own earlier output
+    (the description names the model file), and the folder is writable; else ConfigError, nothing touched."""
+    out = Path(out)
+    sidecar = description_path(out)
+    how = f"no {sidecar.name} written by cnnlab-export beside it names it"
+    check_target(sidecar, key, "cnnlab-export", lambda p: _describes(p, out.name),
+                 f"it is not the description of {out.name} that cnnlab-export writes")
+    check_target(out, key, "cnnlab-export", lambda p: _describes(sidecar, p.name), how)
+
+
 def export_model(model: nn.Module, info: DataInfo, fmt: str, out: Path, meta: dict | None = None) -> dict:
     """Write `model` (in eval mode, on the CPU) with `info`'s normalisation folded in as `fmt` to `out`, and
-    the description to `out`.json. An export that fails names the layer it fails in."""
+    the description to `out`.json. An export that fails names the layer it fails in. The file is made in
+    memory and checked there; only then are the model and its description written (each atomically)."""
+    out = Path(out)
+    check_export_target(out, f"--out={out}")
     wrapped = Preprocessed(model.cpu().eval(), info.mean, info.std).eval()
     h, w = info.input_size
     sample = torch.rand(2, info.in_channels, h, w, generator=torch.Generator().manual_seed(0))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # torch.export.save wants the .pt2 ending
-    try:
-        with torch.no_grad():
-            if fmt == "torchscript":
-                _write_torchscript(wrapped, sample, tmp)
-            else:
-                program = _torch_export(wrapped, sample, fmt)
-                if fmt == "exported":
-                    torch.export.save(program, tmp)
-                else:
-                    _write_onnx(wrapped, program, sample, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            data = _write_torchscript(wrapped, sample)
+        else:
+            program = _torch_export(wrapped, sample, fmt)
+            data = _exported_bytes(program) if fmt == "exported" else _write_onnx(wrapped, program, sample)
     description = _description(info, fmt, out, meta or {})
-    description["check_max_abs_diff"] = _check(wrapped, fmt, out, info)
-    _write_json(description, out.with_name(out.name + ".json"))
+    description["check_max_abs_diff"] = _check(wrapped, fmt, data, info)
+    sidecar = description_path(out)
+    existed = out.exists()
+    write_atomic(out, data)
+    try:
+        write_atomic(sidecar, json.dumps(description, indent=2) + "\n")
+    except BaseException:
+        if not existed:  # the model file is new: without its description it would not be known as ours
+            out.unlink(missing_ok=True)
+        raise
     return {**description, "path": str(out)}
 
 
@@ -126,7 +159,13 @@ def _torch_export(wrapped: nn.Module, sample: torch.Tensor, fmt: str):
         raise _layer_error(fmt, wrapped, sample, attempt, failed) from None
 
 
-def _write_onnx(wrapped: nn.Module, program, sample: torch.Tensor, tmp: Path) -> None:
+def _exported_bytes(program) -> bytes:
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _write_onnx(wrapped: nn.Module, program, sample: torch.Tensor) -> bytes:
     def attempt(module, args):
         sub = program if module is wrapped else torch.export.export(module, args, dynamic_shapes=_batch_dim(args),
                                                                     strict=False)
@@ -138,7 +177,7 @@ def _write_onnx(wrapped: nn.Module, program, sample: torch.Tensor, tmp: Path) ->
         with _quiet_exporter():
             onnx_program = attempt(wrapped, (sample,))
             _name_batch_dim(onnx_program)
-            onnx_program.save(str(tmp), external_data=False)
+            return onnx_program.model_proto.SerializeToString()
     except Exception as failed:  # noqa: BLE001
         raise _layer_error("onnx", wrapped, sample, attempt, failed) from None
 
@@ -148,7 +187,7 @@ def _name_batch_dim(onnx_program) -> None:
     onnx_program.rename_axes({onnx_program.model.graph.inputs[0].shape[0]: "batch"})
 
 
-def _write_torchscript(wrapped: nn.Module, sample: torch.Tensor, tmp: Path) -> None:
+def _write_torchscript(wrapped: nn.Module, sample: torch.Tensor) -> bytes:
     def attempt(module, args):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch marks torch.jit deprecated; its files still load
@@ -164,7 +203,9 @@ def _write_torchscript(wrapped: nn.Module, sample: torch.Tensor, tmp: Path) -> N
             log.warning("tracing: %s (%s:%d)", message, filename, lineno)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(traced, str(tmp))
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)
+            return buffer.getvalue()
     except Exception as failed:  # noqa: BLE001
         raise _layer_error("torchscript", wrapped, sample, attempt, failed) from None
 
@@ -273,24 +314,26 @@ def _description(info: DataInfo, fmt: str, out: Path, meta: dict) -> dict:
     }
 
 
-def load_exported(fmt: str, path: Path):
-    """A callable float32 tensor -> logits tensor for an exported file, using only its runtime."""
+def load_exported(fmt: str, path: Path | bytes):
+    """A callable float32 tensor -> logits tensor for an exported file (or its bytes), using only its runtime."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch marks torch.jit deprecated
-            model = torch.jit.load(str(path))
+            model = torch.jit.load(source)
         return lambda x: model(x)
     if fmt == "exported":
-        model = torch.export.load(str(path)).module()
+        model = torch.export.load(source).module()
         return lambda x: model(x)
     import onnxruntime  # the ONNX runtime: an optional dependency (cnnlab[export]), needed only here
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path if isinstance(path, bytes) else str(path),
+                                           providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
 
 
-def _check(wrapped: nn.Module, fmt: str, out: Path, info: DataInfo) -> float | None:
-    """Largest |logit difference| of the written file against the PyTorch model on 3 random images (another
+def _check(wrapped: nn.Module, fmt: str, out: Path | bytes, info: DataInfo) -> float | None:
+    """Largest |logit difference| of the file (or its bytes) against the PyTorch model on 3 random images (another
     batch size than the traced one); None when onnxruntime is missing for an ONNX file."""
     if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
         log.warning("onnxruntime is not installed: the ONNX file was not run (pip install 'cnnlab[export]')")
@@ -304,12 +347,6 @@ def _check(wrapped: nn.Module, fmt: str, out: Path, info: DataInfo) -> float | N
     if diff > CHECK_TOLERANCE:
         log.warning("the exported model's logits differ from the PyTorch model's by up to %.3g", diff)
     return diff
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 @reports_config_errors

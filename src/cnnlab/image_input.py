@@ -10,13 +10,13 @@ from pathlib import Path
 
 from cnnlab.data.imagefolder import EXTENSIONS, UnreadableImage, images_under, read_image
 from cnnlab.errors import ConfigError
+from cnnlab.outpaths import file_kind, input_file
 
 
 def load_image(path: Path, in_channels: int, size: tuple[int, int], resize_mode: str = "stretch"):
     """A (C, H, W) uint8 tensor in the model's channel count and input size, prepared as training images were
     (an image folder's resize_mode; the resident sets were resized to exactly the input size)."""
-    if not path.is_file():
-        raise ConfigError(f"image {path}: no such file")
+    input_file(path, f"image {path}")
     try:
         return read_image(path, in_channels, size, resize_mode)
     except UnreadableImage as bad:
@@ -28,14 +28,17 @@ def image_files(paths: list[str]) -> list[Path]:
     files = []
     for given in paths:
         path = Path(given).expanduser()
-        if path.is_dir():
+        kind = file_kind(path)  # stat() only: a FIFO is named, never opened
+        if kind == "dir":
             found = images_under(path)
             if not found:
                 raise ConfigError(f"{given} is a directory with no image files in it (looked for "
                                   f"{', '.join(EXTENSIONS)}, in sub-folders too)")
             files += found
-        elif not path.is_file():
+        elif kind == "missing":
             raise ConfigError(f"image {given}: no such file or directory")
+        elif kind != "file":
+            raise ConfigError(f"image {given} is {kind}, not an image file or a directory of them")
         else:
             files.append(path)
     return files

@@ -19,9 +19,12 @@ def pyplot():
 
 
 def save(fig, path: Path | str) -> Path:
-    """Write `fig` to `path` (its folder made if missing) and close it: pyplot keeps every open figure alive."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    pyplot().close(fig)
-    return path
+    """Write `fig` as PNG to `path` (its folder made if missing; atomically, with cnnlab's PNG mark:
+    cnnlab.outpaths) and close it: pyplot keeps every open figure alive."""
+    from cnnlab.outpaths import figure_png, write_atomic
+
+    try:
+        data = figure_png(fig, DPI)
+    finally:
+        pyplot().close(fig)
+    return write_atomic(Path(path), data)

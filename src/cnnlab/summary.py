@@ -7,10 +7,16 @@ memory for one sample, model size, receptive field. `--json` (or format=json) pr
 The config is composed exactly as for cnnlab-train (configs/summary.yaml includes train.yaml), so any
 training command line can be inspected by swapping the command. The model is built on the meta device and
 the data set is never loaded: its shape comes from the data config.
+
+output=FILE replaces an existing file only when it is an earlier summary (a JSON summary with input_shape,
+layers and totals, or a table whose first line is "<model> on a CxHxW input"); anything else is refused
+before the model is built, and left as it is.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +32,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.finetune import Freezer
 from cnnlab.inspector import summarize
 from cnnlab.models import build_model
+from cnnlab.outpaths import check_target, read_text, write_atomic
 from cnnlab.schema_check import check_override_keys
 from cnnlab.validate import validate
 
@@ -64,6 +71,20 @@ def model_label(cfg: DictConfig) -> str:
     return name if choice in (None, name) else f"{choice} (model.name={name})"
 
 
+def summary_is_ours(path: Path) -> bool:
+    """Whether `path` holds a summary this command wrote (either format)."""
+    text = read_text(path)
+    if text is None:
+        return False
+    if re.match(r"[^\n]* on a \d+x\d+x\d+ input", text):
+        return True
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and {"input_shape", "layers", "totals"} <= data.keys()
+
+
 def build_summary(cfg: DictConfig):
     """Build the configured model on the meta device, freeze what finetune.freeze names, and inspect it."""
     validate(cfg, "summary")
@@ -71,6 +92,9 @@ def build_summary(cfg: DictConfig):
     if cfg.get("output") and Path(str(cfg.output)).expanduser().is_dir():
         raise ConfigError(f"output={cfg.output} is a directory; give a file name, e.g. "
                           f"output={Path(str(cfg.output)) / ('summary.json' if fmt == 'json' else 'summary.txt')}")
+    if cfg.get("output"):
+        check_target(Path(str(cfg.output)), f"output={cfg.output}", "cnnlab-summary", summary_is_ours,
+                     "it is not a summary cnnlab-summary wrote")
     shape, classes = summary_input(cfg)
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     notes = []
@@ -100,13 +124,7 @@ def run_summary(cfg: DictConfig) -> str:
     text = render(summary, cfg.get("format", "table"))
     print(text, flush=True)
     if cfg.get("output"):
-        path = Path(str(cfg.output)).expanduser()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text + "\n")
-        except OSError as bad:
-            raise ConfigError(f"output={cfg.output}: cannot write the summary there "
-                              f"({bad.strerror or type(bad).__name__})") from None
+        write_atomic(Path(str(cfg.output)).expanduser(), text + "\n")
     return text
 
 

@@ -98,11 +98,17 @@ def find_checkpoint(path: str | os.PathLike, key: str, purpose: str = "weights")
     """
     if purpose not in CHECKPOINT_CHOICE:
         raise ValueError(f"purpose={purpose!r}: one of {', '.join(CHECKPOINT_CHOICE)}")
+    from cnnlab.outpaths import file_kind
+
     where = Path(path).expanduser()
-    if where.is_file():
+    kind = file_kind(where)  # stat() only: a FIFO is named, never opened (reading it would wait forever)
+    if kind == "file":
         return where, load_checkpoint(where)
-    if not where.is_dir():
+    if kind == "missing":
         raise ConfigError(f"{key}={path}: no such file or directory")
+    if kind != "dir":
+        raise ConfigError(f"{key}={path} is {kind}, not a checkpoint file or a run dir; give a .ckpt file or "
+                          f"the run dir that holds checkpoints/")
     folder = where / CKPT_DIR if (where / CKPT_DIR).is_dir() else where
     candidates = [folder / name for name in CHECKPOINT_CHOICE[purpose]]
     readable, skipped = [], []
@@ -155,6 +161,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     The result is checked for the shape cnnlab writes: a dict of weights, a config mapping with a model
     name, a known format version and the config's hash (a config edited or damaged after writing is refused).
     """
+    from cnnlab.outpaths import input_file
+
+    input_file(path, f"checkpoint {path}")  # a FIFO or device is named, never opened
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as bad:

@@ -90,14 +90,14 @@ def read_run(run_dir: Path) -> RunRecord:
     """Read a run dir into a RunRecord. Missing or unreadable files leave their fields empty; the status is
     failed/pruned when failure.json says so, completed when metrics.json exists, else incomplete."""
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / METRICS_FILE) or {}
+    metrics, unreadable = _read_mapping(run_dir / METRICS_FILE)
     failure = _read_json(run_dir / FAILURE_FILE) or {}
     config = flatten(_read_yaml(run_dir / CONFIG_FILE) or {})
     overrides = read_overrides(run_dir)
     if not overrides and isinstance(failure.get("overrides"), list):  # failed before the run dir was claimed
         overrides = parse_overrides(failure["overrides"])
 
-    status, error = ("completed" if metrics else "incomplete"), None
+    status, error = ("completed" if metrics else "incomplete"), unreadable
     if failure.get("status") in ("failed", "pruned") and not _failure_is_stale(run_dir, failure):
         status = failure["status"]
         error = _error_text(failure)
@@ -182,7 +182,33 @@ def read_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(step, value) for step, (_, value) in sorted(points.items())]
 
 
+def _read_mapping(path: Path) -> tuple[dict, str | None]:
+    """A JSON file's mapping, and why there is none when the file is there but unusable (not JSON, not a
+    mapping, not a regular file, unreadable): `metrics.json is not JSON: Expecting value: line 1 column 1`."""
+    from cnnlab.outpaths import file_kind
+
+    try:
+        kind = file_kind(path)
+    except ConfigError as bad:
+        return {}, f"{path.name}: {bad}"
+    if kind == "missing":
+        return {}, None
+    if kind != "file":
+        return {}, f"{path.name} is {'a directory' if kind == 'dir' else kind}, not a regular file"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as bad:
+        return {}, f"{path.name} cannot be read: {bad.strerror or type(bad).__name__}"
+    except ValueError as bad:
+        return {}, f"{path.name} is not JSON: {bad}"
+    if not isinstance(data, dict):
+        return {}, f"{path.name} is not a JSON mapping (it holds a {type(data).__name__})"
+    return data, None
+
+
 def _read_json(path: Path) -> dict | None:
+    if file_kind_is_special(path):
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -190,7 +216,19 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def file_kind_is_special(path: Path) -> bool:
+    """A FIFO, device or socket in a run dir is never opened (reading a FIFO would wait forever)."""
+    from cnnlab.outpaths import file_kind
+
+    try:
+        return file_kind(path) not in ("file", "missing", "dir")
+    except ConfigError:
+        return True
+
+
 def _read_yaml(path: Path):
+    if file_kind_is_special(path):
+        return None
     try:
         return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):

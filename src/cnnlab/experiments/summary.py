@@ -10,6 +10,7 @@ mode decides), failed runs last. `seed_table` groups the completed runs that dif
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections import Counter
@@ -166,13 +167,15 @@ def seed_table(records: list[RunRecord]) -> Table:
 
 
 def write_csv(table: Table, path: Path) -> Path:
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=table.columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in table.rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in table.columns})
-    return path
+    """The table as CSV, written atomically (a reader never sees half a table)."""
+    from cnnlab.outpaths import write_atomic
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=table.columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in table.rows:
+        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in table.columns})
+    return write_atomic(Path(path), text.getvalue())
 
 
 def _cell(column: str, value) -> str:
@@ -253,13 +256,15 @@ def summary_markdown(records: list[RunRecord], title: str) -> str:
     return "\n".join(parts)
 
 
-def write_summary(records: list[RunRecord], out_dir: Path, title: str, prefix: str = "summary") -> Path:
+def write_summary(records: list[RunRecord], out_dir: Path, title: str, prefix: str = "summary",
+                  footer: str = "") -> Path:
     """Write <prefix>.csv (one row per run), <prefix>_seeds.csv (mean/std over seeds) and <prefix>.md (both
-    tables) into out_dir; returns the Markdown file's path."""
+    tables, then `footer`) into out_dir, each atomically; returns the Markdown file's path."""
+    from cnnlab.outpaths import write_atomic
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(run_table(records), out_dir / f"{prefix}.csv")
+    text = summary_markdown(records, title)
+    path = write_atomic(out_dir / f"{prefix}.md", text + (footer + "\n" if footer else ""))  # first: it vouches
+    write_csv(run_table(records), out_dir / f"{prefix}.csv")                               # for the CSV files
     write_csv(seed_table(records), out_dir / f"{prefix}_seeds.csv")
-    path = out_dir / f"{prefix}.md"
-    path.write_text(summary_markdown(records, title))
     return path

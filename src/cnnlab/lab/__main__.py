@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.index:
         from cnnlab.lab.index import write_index
 
-        print(write_index(Path(args.index)))
+        print(write_index(Path(args.index).expanduser()))
         return
     if not args.lesson:
         raise ConfigError(f"name a lesson: {', '.join(lesson_names())}")
@@ -68,9 +68,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(lesson, args) -> None:
     out = Path(args.out or f"outputs/lab/{lesson.name}{'-quick' if args.quick else ''}")
-    from cnnlab.lab.page import write_page
+    from cnnlab.lab.page import check_page_target, write_page
     from cnnlab.lab.runner import collect_lesson, run_lesson
 
+    # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the lesson
+    check_page_target(Path(args.page) if args.page else out, lesson.name,
+                      f"--page={args.page}" if args.page else f"--out={out} (the page goes there; --page DIR "
+                                                              f"puts it elsewhere)")
     if args.page_only:
         result, overrides = collect_lesson(lesson, out)
         print(write_page(result, Path(args.page) if args.page else out, overrides))

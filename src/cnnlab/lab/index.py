@@ -1,4 +1,7 @@
-"""docs/lab/README.md: every lesson with its question, its command, and a link to its recorded page."""
+"""docs/lab/README.md: every lesson with its question, its command, and a link to its recorded page.
+
+An existing README.md is replaced only when it is an index this wrote (it starts with INDEX_TITLE and has the
+REGENERATE line); any other file there is refused and left as it is."""
 
 from __future__ import annotations
 
@@ -6,11 +9,28 @@ from pathlib import Path
 
 from cnnlab.lab.lessons import lesson_names, load_lesson
 from cnnlab.lab.page import measured_minutes
+from cnnlab.outpaths import check_target, read_text, write_atomic
+
+INDEX_TITLE = "# Lab book"
+REGENERATE = "Regenerate this index with `cnnlab-lab --index"
+
+
+def index_is_ours(path: Path) -> bool:
+    text = read_text(path)
+    if text is None:
+        return False
+    return text.startswith(INDEX_TITLE + "\n") and REGENERATE in text
+
+
+def check_index_target(page_dir: Path, key: str) -> Path:
+    return check_target(Path(page_dir).expanduser() / "README.md", key, "cnnlab-lab --index", index_is_ours,
+                        "it is not a lab index cnnlab-lab wrote")
 
 
 def write_index(page_dir: Path) -> Path:
-    page_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Lab book", "",
+    path = check_index_target(page_dir, f"--index={page_dir}")
+    page_dir = path.parent
+    lines = [INDEX_TITLE, "",
              "Each lesson of the CNN course as one command that trains the compared settings (3 seeds each), writes",
              "a table of mean ± std and the learning curves, and says what the result shows and where it differs",
              "from the textbook. Lessons are `configs/lab/<lesson>.yaml`; `--quick` runs any of them in seconds;",
@@ -25,7 +45,5 @@ def write_index(page_dir: Path) -> Path:
         minutes = (measured_minutes(page) if page.is_file() else None) or ""
         question = " ".join(lesson.question.split())
         lines.append(f"| {lesson.title} | {question} | `cnnlab-lab {name} --page docs/lab` | {minutes} | {link} |")
-    lines += ["", "Regenerate this index with `cnnlab-lab --index docs/lab`.", ""]
-    path = page_dir / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    lines += ["", f"{REGENERATE} docs/lab`.", ""]
+    return write_atomic(path, "\n".join(lines))

@@ -1,6 +1,11 @@
 """A lesson's page: the question, the command, the table of results (mean ± std over seeds), overlaid learning
 curves, what the textbook says, and what this run shows, including which differences are within the noise.
-Every number on the page is read from the runs' own files (metrics.json, TensorBoard events)."""
+Every number on the page is read from the runs' own files (metrics.json, TensorBoard events).
+
+A page is written over an existing <lesson>.md only when that file is an earlier page of the same lesson (it has
+the lesson's `cnnlab-lab <lesson>` command block and the "Measured by that command on" line that only
+write_page writes); its images img/<lesson>_*.png are replaced or removed only when cnnlab wrote them (its PNG
+mark) or they sit beside such a page. Anything else is refused before any arm trains (check_page_target)."""
 
 from __future__ import annotations
 
@@ -8,15 +13,16 @@ import functools
 import math
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 from datetime import date
 from pathlib import Path
 
+from cnnlab.errors import ConfigError
 from cnnlab.experiments.runs import RunRecord, read_curve
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult
+from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
 
 HIGHER_IS_BETTER = {"test/acc": True, "val/acc_best": True, "val/acc": True, "train/acc": True, "test/loss": False,
                     "val/loss": False, "train/loss": False, "gap": False}
@@ -196,11 +202,42 @@ def command(lesson: Lesson, quick: bool, overrides: list[str]) -> str:
     return " ".join(["cnnlab-lab", lesson.name, *(["--quick"] if quick else []), *overrides])
 
 
-def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) -> Path:
-    """<page_dir>/<lesson>.md and its PNGs in <page_dir>/img/."""
-    lesson = result.lesson
+def page_is_ours(page: Path, lesson: str) -> bool:
+    """Whether `page` is a page write_page wrote for `lesson` (see the module's doc)."""
+    text = read_text(page)
+    if text is None:
+        return False
+    return (re.search(rf"^```bash\ncnnlab-lab {re.escape(lesson)}(?: .*)?\n```$", text, re.MULTILINE) is not None
+            and re.search(r"^Measured by that command on ", text, re.MULTILINE) is not None)
+
+
+def _own_images(img: Path, lesson: str) -> list[Path]:
+    """img/<lesson>_*.png: the names a page of `lesson` uses (not those of a lesson whose name extends it)."""
+    longer = tuple(f"{name}_" for name in lesson_names() if name != lesson and name.startswith(lesson))
+    return [png for png in sorted(img.glob(f"{lesson}_*.png")) if not png.name.startswith(longer)]
+
+
+def check_page_target(page_dir: Path, lesson: str, key: str) -> None:
+    """The page and its images may be written into `page_dir`: the page is absent or an earlier page of the
+    lesson, every image of the lesson's names already in img/ is cnnlab's, and both folders are writable.
+    ConfigError otherwise, before anything runs; nothing is touched."""
+    page_dir = Path(page_dir).expanduser()
+    page = page_dir / f"{lesson}.md"
+    check_target(page, key, "cnnlab-lab", lambda p: page_is_ours(p, lesson),
+                 f"it is not a page cnnlab-lab wrote for lesson {lesson}")
     img = page_dir / "img"
-    img.mkdir(parents=True, exist_ok=True)
+    check_folder(img, key)
+    beside_own_page = page.is_file()  # checked above: a page there is ours
+    for png in _own_images(img, lesson) if img.is_dir() else []:
+        check_target(png, key, "cnnlab-lab", lambda p: beside_own_page or png_is_ours(p),
+                     f"it is not an image cnnlab wrote, and no page of lesson {lesson} is beside it")
+
+
+def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) -> Path:
+    """<page_dir>/<lesson>.md and its PNGs in <page_dir>/img/ (each file atomically)."""
+    lesson = result.lesson
+    check_page_target(page_dir, lesson.name, f"--page={page_dir}")
+    img = page_dir / "img"
     header, rows, stats = table(result)
     plots = []
     if lesson.series is not None:
@@ -214,8 +251,12 @@ def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) 
     extra_plots = []
     for i, source in enumerate(result.extras.get("plots", [])):
         target = img / f"{lesson.name}_{result.lesson.extra}_{i}_{Path(source).name}"
-        shutil.copyfile(source, target)
-        extra_plots.append(target)
+        try:
+            data = Path(source).read_bytes()
+        except OSError as bad:
+            raise ConfigError(f"the lesson's plot {source} cannot be read ({bad.strerror}): run the lesson again "
+                              f"instead of --page-only") from None
+        extra_plots.append(write_atomic(target, data))
 
     lines = [f"# {lesson.title}", "", lesson.question.strip(), "",
              "```bash", command(lesson, result.quick, list(overrides)), "```", "",
@@ -236,18 +277,17 @@ def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) 
     lines += ["## What the textbook says", "", lesson.expectation.strip(), ""]
     if lesson.discussion.strip() and not result.quick:
         lines += ["## What this run shows", "", lesson.discussion.strip(), ""]
-    page = page_dir / f"{lesson.name}.md"
-    page.write_text("\n".join(lines))
+    page = write_atomic(page_dir / f"{lesson.name}.md", "\n".join(lines))
     _remove_stale_images(img, lesson.name, {path for _, path in plots} | set(extra_plots))
     return page
 
 
 def _remove_stale_images(img: Path, lesson: str, kept: set[Path]) -> None:
     """A page written again with other curves or columns leaves no PNG of its lesson behind that it no longer
-    shows (images of a lesson whose name extends this one's, e.g. depth_x for depth, are not its own)."""
-    longer = tuple(f"{name}_" for name in lesson_names() if name != lesson and name.startswith(lesson))
-    for png in img.glob(f"{lesson}_*.png"):
-        if png not in kept and not png.name.startswith(longer):
+    shows (images of a lesson whose name extends this one's, e.g. depth_x for depth, are not its own; the
+    page was just written, so the images of its names are its own: check_page_target vouched for them)."""
+    for png in _own_images(img, lesson):
+        if png not in kept:
             png.unlink()
 
 

@@ -242,9 +242,9 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     'state_dict' or 'model'), or a cnnlab checkpoint. Read with weights_only=True: tensors and containers only."""
     from cnnlab.engine.checkpoint import unreadable_reason  # the engine is not needed to build models otherwise
 
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model.weights={text}: no such file")
+    from cnnlab.outpaths import input_file
+
+    path = input_file(text, f"model.weights={text}")  # a FIFO, device or directory is named, never opened
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError
+from cnnlab.rundir import claim_study
 from cnnlab.search import storage as stores
 from cnnlab.search.space import Param, config_groups, group_options, has_key, key_problems, parse_space
 from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
@@ -57,6 +58,7 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
         raise ConfigError(problems)
 
     study_dir = Path(cfg.paths.output_dir)
+    claim_study(study_dir)  # never a run's dir: their files would mix
     storage = stores.open_storage(search["storage"], study_dir)
     n_trials = int(search["n_trials"])
     if search["sampler"]["name"] == "grid" and grid_size(params) is not None and grid_size(params) < n_trials:

@@ -1,0 +1,172 @@
+"""Who owns a run directory: a refused job writes nothing into the run it was refused for, a dir of another kind
+(a study, an eval) is never used as a run's, `paths.existing_run=clear` deletes only what a cnnlab run wrote,
+a start-up stopped by a full disk leaves nothing in the way, and each lab lesson keeps its own results."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.errors import ConfigError, RunError
+from cnnlab.rundir import MARKER, claim, claim_study
+from cnnlab.training import train
+
+from conftest import cli_env
+
+TINY = ["model=lenet5", "data=digits", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.progress=none", "trainer.summary=none", "logger.histogram_every_n_epochs=0"]
+
+
+def _snapshot(folder):
+    """Every file under folder, byte for byte (Hydra's own log files aside: Hydra appends to them itself)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix != ".log"}
+
+
+def _cli(module, *args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd,
+                          env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- a refusal writes nothing into a dir it does not own --------------------------------------------------------
+
+def test_a_sweep_run_again_into_its_own_dir_leaves_the_completed_runs_as_they_were(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = _cli("train", "-m", "optimizer.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = {name: _snapshot(sweep / name) for name in ("0", "1")}
+    again = _cli("train", "-m", "optimizer.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1, out[-3000:]
+    assert "already holds another run" in out and "Traceback" not in out
+    assert "2 job(s) did not run" in again.stderr
+    for name, files in runs.items():
+        assert not (sweep / name / "failure.json").exists()
+        assert _snapshot(sweep / name) == files  # the completed run, byte for byte
+    assert [r["status"] for r in _rows(sweep / "summary.csv")] == ["completed", "completed"]
+    assert not list(sweep.glob(".cnnlab-refused-*"))  # the notes were the summary's to read
+    compared = _cli("compare", str(sweep), "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert [r["status"] for r in _rows(tmp_path / "cmp" / "compare.csv")] == ["completed", "completed"]
+
+
+def test_jobs_sharing_one_subdir_leave_the_first_jobs_run_alone(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = _cli("train", "-m", "optimizer.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}",
+                "hydra.sweep.subdir=same", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert not (sweep / "same" / "failure.json").exists()
+    assert "optimizer.lr=0.01" in (sweep / "same" / ".hydra" / "overrides.yaml").read_text()
+    assert [r["status"] for r in _rows(sweep / "summary.csv")] == ["completed"]
+    assert "1 job(s) did not run" in done.stderr
+
+
+def test_a_job_that_fails_before_its_claim_still_records_why_in_its_own_new_dir(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = _cli("train", "-m", "trainer.max_epochs=1,0", *TINY[:1], *TINY[3:], "data=digits",
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 1
+    failure = json.loads((sweep / "1" / "failure.json").read_text())
+    assert "trainer.max_epochs=0" in failure["message"]
+    assert json.loads((sweep / "1" / MARKER).read_text())["kind"] == "train"
+
+
+def test_a_search_trial_refused_for_another_runs_dir_writes_nothing_there(tmp_path, make_cfg):
+    from cnnlab.search.trial import Outcome, TrialSetup, run_trial, trial_config  # noqa: F401
+
+    import optuna
+
+    study_dir = tmp_path / "study"
+    held = study_dir / "trials" / "0000"
+    train(make_cfg(*TINY, run="study/trials/0000"), overrides=[])
+    before = _snapshot(held)
+    from conftest import compose_cfg
+
+    setup = TrialSetup(study_dir, [], ["trainer.max_epochs=1"], "val/acc",
+                       lambda overrides, run_dir: trial_config(compose_cfg(run_dir, *TINY, *overrides), run_dir),
+                       lambda cfg, overrides, callbacks: train(cfg, overrides, callbacks))
+    study = optuna.create_study(direction="maximize")
+    outcome = run_trial(study.ask(), setup)
+    assert outcome.state == optuna.trial.TrialState.FAIL and "already holds another run" in outcome.reason
+    assert not (held / "failure.json").exists()
+    assert _snapshot(held) == before
+
+
+# --- kinds, and what clear may delete -----------------------------------------------------------------------------
+
+def test_clear_on_a_dir_without_a_marker_deletes_nothing(tmp_path, make_cfg):
+    mine = tmp_path / "run"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "best.ckpt").write_bytes(b"the user's own weights")
+    (mine / ".hydra").mkdir()
+    (mine / ".hydra" / "config.yaml").write_text("the user's own config\n")
+    before = _snapshot(mine)
+    with pytest.raises(ConfigError, match=f"no {MARKER}.*nothing there is deleted"):
+        train(make_cfg(*TINY, "paths.existing_run=clear"), overrides=[])
+    assert _snapshot(mine) == before
+
+
+def test_a_study_dir_is_not_a_run_dir_and_a_run_dir_is_not_a_study_dir(tmp_path, make_cfg):
+    study_dir = tmp_path / "run"
+    claim_study(study_dir)
+    (study_dir / "study.yaml").write_text("study_name: s\n")
+    before = _snapshot(study_dir)
+    with pytest.raises(ConfigError, match="directory of a cnnlab-tune study"):
+        train(make_cfg(*TINY, "paths.existing_run=clear"), overrides=[])
+    assert _snapshot(study_dir) == before
+
+    run_dir = tmp_path / "trained"
+    train(make_cfg(*TINY, run="trained"), overrides=[])
+    before = _snapshot(run_dir)
+    done = _cli("tune", "search=lenet_lr_wd_bs", "search.n_trials=1", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "directory of a cnnlab-train run" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert _snapshot(run_dir) == before
+
+
+def test_a_run_of_another_kind_is_refused_even_with_clear(tmp_path):
+    run_dir = tmp_path / "run"
+    claim(run_dir, "eval")
+    (run_dir / "eval_metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="directory of a cnnlab-eval run"):
+        claim(run_dir, "train", existing="clear")
+    assert (run_dir / "eval_metrics.json").read_text() == "{}"
+    assert json.loads((run_dir / MARKER).read_text())["kind"] == "eval"
+
+
+# --- a start-up stopped by a full disk ---------------------------------------------------------------------------
+
+def test_an_empty_marker_left_by_a_failed_start_up_is_not_in_the_way(tmp_path, make_cfg):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / MARKER).write_text("")  # what a marker write stopped by a full disk left
+    metrics = train(make_cfg(*TINY), overrides=[])
+    assert metrics["epochs_completed"] == 1
+    assert json.loads((run_dir / MARKER).read_text())["pid"] == os.getpid()
+
+
+def test_a_full_disk_while_writing_the_marker_leaves_no_marker(tmp_path, make_cfg, monkeypatch):
+    import cnnlab.rundir as rundir
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "write", full)
+    with pytest.raises(RunError, match="the disk is full.*Nothing was trained.*run the same command again"):
+        train(make_cfg(*TINY), overrides=[])
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / MARKER).exists()
+    assert not list((tmp_path / "run").glob(".cnnlab-run.json*"))
+    assert train(make_cfg(*TINY), overrides=[])["epochs_completed"] == 1

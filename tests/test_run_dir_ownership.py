@@ -170,3 +170,83 @@ def test_a_full_disk_while_writing_the_marker_leaves_no_marker(tmp_path, make_cf
     assert not (tmp_path / "run" / MARKER).exists()
     assert not list((tmp_path / "run").glob(".cnnlab-run.json*"))
     assert train(make_cfg(*TINY), overrides=[])["epochs_completed"] == 1
+
+
+# --- each lab lesson owns its results; running it again goes on where it stopped ---------------------------------
+
+def _lab(*args):
+    from cnnlab.lab.__main__ import main
+
+    main(list(args))
+
+
+def test_two_lessons_sharing_an_out_keep_their_own_runs_and_pages(tmp_path):
+    out = tmp_path / "out"
+    _lab("losses", "--quick", "--out", str(out), "trainer.max_epochs=2")
+    mine = out / "losses-quick"
+    before = _snapshot(mine / "runs")
+    page = (mine / "losses.md").read_text()
+    _lab("lenet", "--quick", "--out", str(out))
+    assert _snapshot(mine / "runs") == before  # the first lesson's arms, byte for byte
+    assert (out / "lenet-quick" / "lenet.md").is_file()
+    _lab("losses", "--quick", "--out", str(out), "--page-only")
+    again = (mine / "losses.md").read_text()
+    assert "trainer.max_epochs=2" in again and again == page  # its own numbers and overrides
+
+    other = json.loads((out / "lenet-quick" / "lab.json").read_text())
+    (mine / "lab.json").write_text(json.dumps(other))  # a folder whose record is another lesson's
+    with pytest.raises(SystemExit) as stop:
+        _lab("losses", "--quick", "--out", str(out), "--page-only")
+    assert stop.value.code == 2
+    assert (mine / "losses.md").read_text() == page
+
+
+def test_an_interrupted_lesson_run_again_keeps_finished_arms_and_resumes_the_interrupted_one(tmp_path, monkeypatch,
+                                                                                           caplog):
+    import signal
+
+    import cnnlab.training as training
+    from cnnlab.engine.callbacks import Callback
+
+    class TermAt(Callback):
+        def on_train_batch_end(self, trainer, batch, outputs, step):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    real_train = training.train
+
+    def train_stopping_mse(cfg, overrides=None, callbacks=()):
+        if cfg.trainer.loss == "mse" and not cfg.trainer.get("resume"):
+            callbacks = (*callbacks, TermAt())
+        return real_train(cfg, overrides, callbacks)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(training, "train", train_stopping_mse)
+    with pytest.raises(SystemExit) as stop:
+        _lab("losses", "--quick", "--out", str(out), "trainer.limit_train_batches=4")
+    assert stop.value.code == 128 + signal.SIGTERM
+    said = caplog.text
+    assert "Arm mse, seed 0 was interrupted: run the same cnnlab-lab command" in said
+    assert "cnnlab-train trainer.resume" not in said
+    runs = out / "losses-quick" / "runs"
+    finished = _snapshot(runs / "cross_entropy" / "seed0")
+    assert not (runs / "mse" / "seed0" / "metrics.json").exists()
+
+    monkeypatch.setattr(training, "train", real_train)
+    import logging
+
+    lines = []
+    said_by_lab = logging.Handler()
+    said_by_lab.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("cnnlab.lab").addHandler(said_by_lab)
+    try:
+        _lab("losses", "--quick", "--out", str(out), "trainer.limit_train_batches=4")
+    finally:
+        logging.getLogger("cnnlab.lab").removeHandler(said_by_lab)
+    assert _snapshot(runs / "cross_entropy" / "seed0") == finished  # kept, not trained again
+    metrics = json.loads((runs / "mse" / "seed0" / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 1
+    said = "\n".join(lines)
+    assert "mse/seed0: interrupted earlier, continues from its checkpoint" in said
+    assert "cross_entropy/seed0: finished earlier with the same overrides, kept" in said
+    assert (runs / "bce" / "seed0" / "metrics.json").is_file()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR
+from cnnlab.errors import TrainingStopped
 from cnnlab.experiments.runs import is_run_dir, read_run
 from cnnlab.experiments.summary import write_summary
 from cnnlab.search import storage as stores
@@ -43,13 +44,24 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         run_workers(plan, int(cfg.search.workers))
     except Interrupted as stop:
-        log.info("stopped; run the same command again to continue the study (%s)",
-                 "the interrupted trial runs again" if cfg.search.retry_interrupted else
-                 "the interrupted trial stays failed and its place in the budget is taken by a new one")
+        message = interrupted_advice(stop.__cause__, bool(cfg.search.retry_interrupted))
+        log.info("%s", message)
+        if isinstance(stop.__cause__, TrainingStopped):  # its own advice (cnnlab-train trainer.resume=) is not
+            raise TrainingStopped(message, stop.__cause__.signum) from None  # what goes on with a study
         raise stop.__cause__ from None
     finally:
         _summarize(plan.study_dir, plan.study_name)
     return _report_best(study, plan.metric)
+
+
+def interrupted_advice(stop: BaseException, retry: bool) -> str:
+    """How a study goes on after a trial was interrupted: the same command again, never a resume of the trial."""
+    what = str(stop).split(". Continue with")[0].rstrip(".") or "interrupted"
+    rule = ("the interrupted trial runs again from its start, with the same values, as a new trial" if retry else
+            "the interrupted trial stays failed and a new trial takes its place in the budget "
+            "(search.retry_interrupted=true runs it again from its start)")
+    return (f"{what}. Run the same cnnlab-tune command again to continue the study: finished trials are kept, "
+            f"and {rule}")
 
 
 def _summarize(study_dir: Path, name: str) -> None:

@@ -38,7 +38,7 @@ from cnnlab.losses import Loss, resolve_class_weights
 from cnnlab.models import build_model
 from cnnlab.optim import build_optimizer, build_schedule
 from cnnlab.restore import carry_best_checkpoint, resume_config
-from cnnlab.rundir import claim
+from cnnlab.rundir import DISK_FULL, claim, startup_disk_message
 from cnnlab.runinfo import environment, flat_hparams, write_json
 from cnnlab.seeding import seed_everything
 from cnnlab.validate import validate
@@ -67,8 +67,19 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
 
     Every check on user input runs here, before the first training step. `extra_callbacks` are added after the
     run's own (a search trial's pruning report, for example). `kind`: the config's schema (cnnlab.schema.CONFIGS)
-    and what the run dir's marker records; cnnlab-doctor builds the same run as "doctor".
+    and what the run dir's marker records; cnnlab-doctor builds the same run as "doctor". A full disk while the
+    run's first files are written (.hydra/, the model summary, the event file) is a RunError naming the file.
     """
+    try:
+        return _prepare(cfg, overrides, extra_callbacks, kind)
+    except OSError as bad:
+        if bad.errno not in DISK_FULL:
+            raise
+        where = bad.filename or OmegaConf.select(cfg, "paths.output_dir", default=None) or "the run dir"
+        raise RunError(startup_disk_message(where, bad)) from bad
+
+
+def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tuple, kind: str) -> Run:
     own_overrides = overrides  # given by a caller that composed the config itself (a search trial)
     overrides = hydra_overrides() if overrides is None else overrides
     composed = cfg

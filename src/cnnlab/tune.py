@@ -11,6 +11,7 @@ cnnlab.search.worker.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -44,11 +45,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         run_workers(plan, int(cfg.search.workers))
     except Interrupted as stop:
-        message = interrupted_advice(stop.__cause__, bool(cfg.search.retry_interrupted))
-        log.info("%s", message)
-        if isinstance(stop.__cause__, TrainingStopped):  # its own advice (cnnlab-train trainer.resume=) is not
-            raise TrainingStopped(message, stop.__cause__.signum) from None  # what goes on with a study
-        raise stop.__cause__ from None
+        # The trial's own advice (cnnlab-train trainer.resume=) is not what goes on with a study: this is.
+        cause = stop.__cause__
+        signum = cause.signum if isinstance(cause, TrainingStopped) else signal.SIGINT  # else Ctrl-C at its start-up
+        raise TrainingStopped(interrupted_advice(cause, bool(cfg.search.retry_interrupted)), signum) from None
     finally:
         _summarize(plan.study_dir, plan.study_name)
     return _report_best(study, plan.metric)
@@ -56,7 +56,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def interrupted_advice(stop: BaseException, retry: bool) -> str:
     """How a study goes on after a trial was interrupted: the same command again, never a resume of the trial."""
-    what = str(stop).split(". Continue with")[0].rstrip(".") or "interrupted"
+    what = (str(stop).split(". Continue with")[0].rstrip(".") if isinstance(stop, TrainingStopped) else
+            "interrupted by Ctrl-C while its trial was starting")
     rule = ("the interrupted trial runs again from its start, with the same values, as a new trial" if retry else
             "the interrupted trial stays failed and a new trial takes its place in the budget "
             "(search.retry_interrupted=true runs it again from its start)")

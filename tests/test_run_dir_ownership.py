@@ -250,3 +250,120 @@ def test_an_interrupted_lesson_run_again_keeps_finished_arms_and_resumes_the_int
     assert "mse/seed0: interrupted earlier, continues from its checkpoint" in said
     assert "cross_entropy/seed0: finished earlier with the same overrides, kept" in said
     assert (runs / "bce" / "seed0" / "metrics.json").is_file()
+
+
+# --- the output root on a full disk: one error line, nothing lost ------------------------------------------------
+
+# Runs a cnnlab command where the file system under ROOT is full: a new directory or any byte written there fails
+# with ENOSPC (an empty file can still be created, as on a real full disk).
+FULL_DISK = r'''
+import builtins, errno, io, os, runpy, sys
+root = os.path.realpath(sys.argv[1]); module = sys.argv[2]; sys.argv = [module] + sys.argv[3:]
+
+def under(path):
+    try:
+        p = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    return p == root or p.startswith(root + os.sep)
+
+def full(path=None):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+class Full:
+    def __init__(self, f, path):
+        self._f, self._path = f, path
+    def write(self, data):
+        full(self._path)
+    def writelines(self, lines):
+        full(self._path)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self._f.close()
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+real_open, real_os_write, real_mkdir = builtins.open, os.write, os.mkdir
+
+def fopen(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") and under(file):
+        return Full(f, os.fsdecode(file))
+    return f
+
+def os_write(fd, data):
+    try:
+        if under(os.readlink(f"/proc/self/fd/{fd}")):
+            full()
+    except OSError as bad:
+        if bad.errno == errno.ENOSPC:
+            raise
+    return real_os_write(fd, data)
+
+def mkdir(path, *args, **kwargs):
+    if under(path) and not os.path.isdir(path):
+        full(os.fsdecode(path))
+    return real_mkdir(path, *args, **kwargs)
+
+builtins.open = io.open = fopen
+os.write, os.mkdir = os_write, mkdir
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def a_checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    from conftest import compose_cfg
+
+    train(compose_cfg(run_dir, *TINY), overrides=[])
+    return run_dir
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "doctor", "lab"])
+def test_a_full_output_root_is_one_error_line_and_nothing_is_lost(tmp_path, command, a_checkpoint):
+    root = tmp_path / "outputs"
+    (root / "earlier").mkdir(parents=True)
+    (root / "earlier" / "notes.txt").write_text("kept")
+    args = {"train": ["cnnlab.train", *TINY],
+            "eval": ["cnnlab.evaluate", f"ckpt={a_checkpoint}", "trainer.progress=none"],
+            "doctor": ["cnnlab.doctor", *TINY],
+            "lab": ["cnnlab.lab", "losses", "--quick", "--out", "outputs"]}[command]
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(root), *args], cwd=tmp_path,
+                          env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "outputs" in errors[0], out
+    assert "Traceback" not in out
+    assert [p.relative_to(root).as_posix() for p in sorted(root.rglob("*"))] == ["earlier", "earlier/notes.txt"]
+    assert (root / "earlier" / "notes.txt").read_text() == "kept"
+
+
+def test_a_full_disk_while_writing_the_hydra_record_leaves_nothing_in_the_way(tmp_path, make_cfg, monkeypatch):
+    import cnnlab.rundir as rundir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / ".hydra" / "config.yaml"))
+
+    monkeypatch.setattr(rundir.OmegaConf, "save", full)
+    with pytest.raises(RunError, match=r"could not write .*\.hydra/config\.yaml: the disk is full"):
+        train(make_cfg(*TINY), overrides=["seed=1"])
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / MARKER).exists() and not (tmp_path / "run" / ".hydra").exists()
+    assert train(make_cfg(*TINY), overrides=[])["epochs_completed"] == 1
+
+
+def test_a_command_stopped_by_a_full_disk_says_so_in_one_line(caplog):
+    from cnnlab.cli import reports_config_errors
+
+    @reports_config_errors
+    def writes():
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/report.json")
+
+    with pytest.raises(SystemExit) as stop:
+        writes()
+    assert stop.value.code == 1
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "error: could not write /somewhere/report.json: the disk is full"]

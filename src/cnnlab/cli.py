@@ -96,7 +96,17 @@ def check_output_location(args: list[str], default_root: str = "outputs") -> Non
 def check_writable(where: str, key: str, what: str = "the output") -> None:
     """`where` (a directory, created if missing) can take a new folder and a file with data in it, else
     ConfigError naming `key=where` and why: a full disk (creating an empty file may still succeed there), a read-only
-    file system, a regular file in the way. The probe leaves nothing behind."""
+    file system, a regular file in the way; a path whose bytes are not UTF-8 (TensorBoard, YAML and JSON records
+    name the run dir in UTF-8) is refused before anything is created. The probe leaves nothing behind."""
+    shown = os.fsencode(where).decode("utf-8", "backslashreplace")  # \xNN for bytes that are not UTF-8
+    absolute = os.path.abspath(os.path.expanduser(where))
+    try:
+        absolute.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{key}={shown}: {what} would be at {os.fsencode(absolute).decode('utf-8', 'backslashreplace')}"
+                          f", a path whose name is not UTF-8 (shown with \\xNN escapes); the run's records "
+                          f"(TensorBoard event files, .hydra/, metrics.json) name it in UTF-8. Choose a directory "
+                          f"whose path is UTF-8") from None
     try:
         folder = os.path.expanduser(where)
         os.makedirs(folder, exist_ok=True)
@@ -114,7 +124,7 @@ def check_writable(where: str, key: str, what: str = "the output") -> None:
             reason = "the disk is full"
         elif isinstance(bad, (FileExistsError, NotADirectoryError)):
             reason = f"a file is in the way: {what} would go under a regular file"
-        raise ConfigError(f"{key}={os.fsencode(where).decode('utf-8', 'backslashreplace')}: cannot create or write "
+        raise ConfigError(f"{key}={shown}: cannot create or write "
                           f"{what} there ({reason}); choose a directory you can write to"
                           f"{' (or free some space)' if bad.errno in (errno.ENOSPC, errno.EDQUOT) else ''}") from None
 

@@ -42,3 +42,63 @@ def test_a_sweep_dir_whose_name_is_not_utf8_is_one_escaped_error_line(tmp_path, 
         assert not os.path.exists(target)
     else:
         assert os.listdir(target) == []
+
+
+def _worker_pids(parent: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (its children with RANK in their environment)."""
+    from pathlib import Path
+
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(proc.name)
+    return found
+
+
+DDP = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.batch_norm=false", "augment=none",
+       "optimizer=sgd", "scheduler=none", "trainer.progress=none", "trainer.summary=none",
+       "logger.histogram_every_n_epochs=0", "logger.enabled=false", "trainer.limit_train_batches=10",
+       "data.batch_size=8", "trainer.max_epochs=100"]
+
+
+@pytest.mark.slow  # two torchrun processes train until the first checkpoint (about 12 s on two cores)
+def test_a_killed_torchrun_rank_leaves_the_other_with_one_line_and_the_checkpoint(tmp_path):
+    import re
+    import signal
+    import time
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "cnnlab.train", *DDP, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            env=dict(cli_env(), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 120
+        while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = _worker_pids(proc.pid)
+        assert set(workers) == {0, 1} and last.exists(), proc.communicate(timeout=60)[0][-3000:]
+        os.kill(workers[1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "a peer process of this distributed run died (rank 1 of 2" in errors[0]
+    assert f"{last}" in errors[0] and "is kept" in errors[0], errors[0]
+    assert not re.search(r'File ".*(cnnlab|hydra)', out), out[-3000:]  # no traceback from rank 0 (torchrun has its own)
+    assert "Connection closed by peer" not in out and "gloo/transport" not in out
+    assert torch.load(last, weights_only=True)["epoch"] >= 1  # whole and loadable

@@ -256,6 +256,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple 
             if bad.errno is None:
                 raise
             raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer.kept())) from bad
+        except RuntimeError as bad:
+            if not distributed.peer_died(bad, run.dist):
+                raise
+            kept = run.trainer.kept() if run.dist.is_main else None
+            raise RunError(distributed.peer_died_message(run.dist, run.run_dir, kept)) from None
     finally:
         distributed.teardown()  # a distributed run leaves its process group (nothing in a single process)
 
@@ -288,7 +293,9 @@ def _fit_test_record(run: Run, started: float) -> dict:
             run.tb.hparams(hparams, {k: v for k, v in summary.items()
                                      if k.startswith(("test/", "val/")) and isinstance(v, float)})
         trainer.teardown()  # closes the event file and the checkpoint writer
-    except BaseException:
+    except BaseException as bad:
+        if distributed.peer_died(bad, run.dist):  # torchrun's SIGTERM must not cut what follows short
+            distributed.hold_termination()
         # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure
         # here (the same full disk) must not hide the first.
         trainer.teardown(after_error=True)

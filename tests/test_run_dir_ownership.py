@@ -55,7 +55,7 @@ def test_a_sweep_run_again_into_its_own_dir_leaves_the_completed_runs_as_they_we
         assert not (sweep / name / "failure.json").exists()
         assert _snapshot(sweep / name) == files  # the completed run, byte for byte
     assert [r["status"] for r in _rows(sweep / "summary.csv")] == ["completed", "completed"]
-    assert not list(sweep.glob(".cnnlab-refused-*"))  # the notes were the summary's to read
+    assert not list(sweep.glob(".cnnlab-job-*"))  # the notes were the summary's to read
     compared = _cli("compare", str(sweep), "--out", str(tmp_path / "cmp"), cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert [r["status"] for r in _rows(tmp_path / "cmp" / "compare.csv")] == ["completed", "completed"]

@@ -102,3 +102,40 @@ def test_a_killed_torchrun_rank_leaves_the_other_with_one_line_and_the_checkpoin
     assert not re.search(r'File ".*(cnnlab|hydra)', out), out[-3000:]  # no traceback from rank 0 (torchrun has its own)
     assert "Connection closed by peer" not in out and "gloo/transport" not in out
     assert torch.load(last, weights_only=True)["epoch"] >= 1  # whole and loadable
+
+
+@pytest.mark.slow  # a parallel sweep of two jobs, each in its own process (about 20 s on two cores)
+def test_a_killed_parallel_job_ends_alone_and_the_summary_says_it_died(tmp_path):
+    import csv
+    import json
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.train", "-m", "hydra/launcher=parallel",
+                             "hydra.launcher.n_jobs=2", "trainer.max_epochs=2,200", *TINY[:2], *TINY[4:],
+                             "trainer.limit_train_batches=5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            env=dict(cli_env(), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        marker = sweep / "1" / ".cnnlab-run.json"
+        deadline = time.monotonic() + 180
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate(timeout=60)
+        assert not (sweep / "0" / "metrics.json").exists()  # the healthy job is still running
+        os.kill(json.loads(marker.read_text())["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-2000:] + err[-3000:]
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["epochs_completed"] == 2  # it finished
+    assert "error: job 1 (trainer.max_epochs=200 " in err, err[-3000:]
+    assert "died: its worker process died (killed by SIGKILL)" in err, err[-3000:]
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["0"]["status"] == "completed"
+    assert rows["1"]["status"] == "failed" and "worker process died" in rows["1"]["error"]
+    assert "Traceback" not in out + err
+    assert not (sweep / "1" / "failure.json").exists()  # the dead job's dir was not the launcher's to write in

@@ -137,6 +137,8 @@ def claim(run_dir: Path, kind: str, existing: str = "refuse", resuming: Path | N
             f"files first")
     if owner is None:
         ours = _named_like_ours(run_dir)
+        if ours and (run_dir / MARKER).exists():  # another process claimed it since the marker was read
+            raise ConfigError(_RACE.format(run_dir=run_dir))
         if ours:
             raise ConfigError(
                 f"{run_dir} holds files named like a cnnlab run's ({', '.join(ours[:3])}) but no {MARKER}: they "
@@ -216,10 +218,11 @@ def _check_kind(run_dir: Path, kind: str, owner: dict | None) -> None:
 
 
 def _named_like_ours(run_dir: Path) -> list[str]:
-    """Entries of run_dir whose names are those a cnnlab run writes (START_FILES)."""
+    """Entries of run_dir whose names are those a cnnlab run writes (START_FILES), but the marker: one that
+    appeared since it was looked for is another process's claim at this moment, which `_write_marker` names."""
     if not run_dir.is_dir():
         return []
-    return sorted({p.name for pattern in START_FILES for p in run_dir.glob(pattern)})
+    return sorted({p.name for pattern in START_FILES for p in run_dir.glob(pattern)} - {MARKER})
 
 
 def _unclaim(run_dir: Path) -> None:
@@ -259,6 +262,10 @@ def _running(owner: dict) -> bool:
     return True
 
 
+_RACE = ("{run_dir} was claimed by another cnnlab process at the same moment; leave hydra.run.dir unset so that "
+         "each run gets its own directory")
+
+
 def _write_marker(run_dir: Path, kind: str) -> None:
     """The marker, whole or not at all: written to a temporary file, then linked to its name, which fails if a
     marker is there already (of two processes racing for one directory, one wins)."""
@@ -277,8 +284,7 @@ def _write_marker(run_dir: Path, kind: str) -> None:
             os.close(fd)
         os.link(tmp, run_dir / MARKER)
     except FileExistsError:
-        raise ConfigError(f"{run_dir} was claimed by another cnnlab process at the same moment; leave "
-                          f"hydra.run.dir unset so that each run gets its own directory") from None
+        raise ConfigError(_RACE.format(run_dir=run_dir)) from None
     finally:
         try:
             os.unlink(tmp)

@@ -74,7 +74,8 @@ def _run(lesson, args) -> None:
     from cnnlab.lab.runner import collect_lesson, lesson_dir, run_lesson
 
     out = lesson_dir(Path(args.out or "outputs/lab"), lesson, args.quick, existing=args.page_only)
-    check_writable(str(out), "--out", "the lesson's runs")
+    if not args.page_only:
+        check_writable(str(out), "--out", "the lesson's runs")
     if args.page:
         check_writable(args.page, "--page", "the page")
     if args.page_only:

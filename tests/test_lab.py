@@ -37,11 +37,12 @@ def test_each_lesson_runs_quick_and_writes_its_page(tmp_path, name):
 
     from cnnlab.visualize.figures import save_png
 
-    stale = tmp_path / "out" / "img" / f"{name}_a_curve_no_longer_shown.png"  # from an earlier version of the page
+    own = tmp_path / "out" / f"{name}-quick"  # the lesson's own folder under --out
+    stale = own / "img" / f"{name}_a_curve_no_longer_shown.png"  # from an earlier version of the page
     save_png(Figure(figsize=(1, 1)), stale)  # cnnlab's picture (its PNG mark): the page may remove it
     main([name, "--quick", "--out", str(tmp_path / "out")])
     assert not stale.exists()
-    page = (tmp_path / "out" / f"{name}.md").read_text()
+    page = (own / f"{name}.md").read_text()
     assert page.startswith(f"# {lesson.title}")
     assert f"cnnlab-lab {name} --quick" in page and "Quick smoke run" in page
     rows = [line for line in page.splitlines() if line.startswith("| `")]
@@ -52,7 +53,7 @@ def test_each_lesson_runs_quick_and_writes_its_page(tmp_path, name):
     expected = len(lesson.curves) + (1 if lesson.series else 0) + (1 if lesson.extra in ("lr_finder", "gradients") else 0)
     assert len(images) >= expected
     for image in images:
-        assert (tmp_path / "out" / "img" / image).stat().st_size > 1000  # a real PNG
+        assert (own / "img" / image).stat().st_size > 1000  # a real PNG
 
 
 def test_an_unknown_lesson_lists_the_valid_ones(run_cli, tmp_path):
@@ -66,7 +67,7 @@ def test_overrides_compose_with_a_lesson_and_a_typo_is_refused(tmp_path):
     main(["losses", "--quick", "--out", str(tmp_path), "trainer.max_epochs=2", "optimizer.lr=0.02"])
     import yaml
 
-    saved = yaml.safe_load((tmp_path / "runs" / "mse" / "seed0" / "config_resolved.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "losses-quick" / "runs" / "mse" / "seed0" / "config_resolved.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2 and saved["optimizer"]["lr"] == 0.02  # the user's come last
     assert saved["trainer"]["loss"] == "mse"                                       # the arm's still apply
     with pytest.raises(SystemExit) as stop:

@@ -121,7 +121,9 @@ def test_ctrl_c_stops_the_study_with_the_trial_recorded_as_interrupted(tmp_path)
     proc = _interrupt_first_trial(tmp_path, CTRL_C)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "run the same command again to continue" in out
+    assert "Run the same cnnlab-tune command again to continue the study" in out
+    assert "the interrupted trial stays failed" in out  # what a rerun does with it (search.retry_interrupted)
+    assert "trainer.resume" not in out  # a study is not continued by resuming one trial's run
     interrupted = load(tmp_path / "search" / "intr").trials[0]
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["interrupted"] is True
     assert read_run(Path(interrupted.user_attrs["run_dir"])).status == "failed"

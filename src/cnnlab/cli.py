@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -50,6 +52,14 @@ def reports_config_errors(fn):
         except KeyboardInterrupt:  # Ctrl-C before training installed its own handler (start-up, eval, predict)
             _report("interrupted by Ctrl-C before training started; nothing was trained")
             sys.exit(130)
+        except OSError as bad:  # a full disk where no step of the command said more (its other OSErrors: bugs)
+            if bad.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = os.fsencode(str(bad.filename or "a file")).decode("utf-8", "backslashreplace")
+            _report(f"error: could not write {where}: the disk is full ({bad.strerror or bad}); nothing that was "
+                    f"there is lost. Free some space (or write elsewhere: paths.output_root), then run the same "
+                    f"command again")
+            sys.exit(1)
 
     return wrapper
 
@@ -80,16 +90,43 @@ def check_output_location(args: list[str], default_root: str = "outputs") -> Non
         key, where = "paths.output_root", default_root
     if "${" in where:
         return  # an interpolation: Hydra resolves it later
+    check_writable(where, key, "the run directory")
+
+
+def check_writable(where: str, key: str, what: str = "the output") -> None:
+    """`where` (a directory, created if missing) can take a new folder and a file with data in it, else
+    ConfigError naming `key=where` and why: a full disk (creating an empty file may still succeed there), a read-only
+    file system, a regular file in the way; a path whose bytes are not UTF-8 (TensorBoard, YAML and JSON records
+    name the run dir in UTF-8) is refused before anything is created. The probe leaves nothing behind."""
+    shown = os.fsencode(where).decode("utf-8", "backslashreplace")  # \xNN for bytes that are not UTF-8
+    absolute = os.path.abspath(os.path.expanduser(where))
     try:
-        os.makedirs(os.path.expanduser(where), exist_ok=True)
-        probe = tempfile.TemporaryFile(dir=os.path.expanduser(where))
-        probe.close()
+        absolute.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{key}={shown}: {what} would be at {os.fsencode(absolute).decode('utf-8', 'backslashreplace')}"
+                          f", a path whose name is not UTF-8 (shown with \\xNN escapes); the run's records "
+                          f"(TensorBoard event files, .hydra/, metrics.json) name it in UTF-8. Choose a directory "
+                          f"whose path is UTF-8") from None
+    try:
+        folder = os.path.expanduser(where)
+        os.makedirs(folder, exist_ok=True)
+        probe_dir = tempfile.mkdtemp(prefix=".cnnlab-probe-", dir=folder)
+        try:
+            with open(os.path.join(probe_dir, "probe"), "wb") as probe:
+                probe.write(b"\0" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
+        finally:
+            shutil.rmtree(probe_dir, ignore_errors=True)
     except OSError as bad:
         reason = bad.strerror or type(bad).__name__
-        if isinstance(bad, (FileExistsError, NotADirectoryError)):
-            reason = "a file is in the way: the run directory would go under a regular file"
-        raise ConfigError(f"{key}={where}: cannot create or write the run directory there ({reason}); "
-                          f"choose a directory you can write to") from None
+        if bad.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason = "the disk is full"
+        elif isinstance(bad, (FileExistsError, NotADirectoryError)):
+            reason = f"a file is in the way: {what} would go under a regular file"
+        raise ConfigError(f"{key}={shown}: cannot create or write "
+                          f"{what} there ({reason}); choose a directory you can write to"
+                          f"{' (or free some space)' if bad.errno in (errno.ENOSPC, errno.EDQUOT) else ''}") from None
 
 
 @reports_config_errors

@@ -222,6 +222,43 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+# What a collective raises when another process of the group is gone (gloo's socket errors, NCCL's watchdog).
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+              "socket closed", "nccl communicator was aborted", "nccl error")
+
+
+def peer_died(error: BaseException, dist: Dist) -> bool:
+    """Whether `error` is a collective failing because another process of the run died."""
+    if not dist.enabled or not isinstance(error, RuntimeError):
+        return False
+    dist_error = getattr(torch.distributed, "DistError", None)
+    text = str(error).lower()
+    return (dist_error is not None and isinstance(error, dist_error)) or any(s in text for s in _PEER_GONE) \
+        or ("gloo" in text and "pair" in text)
+
+
+def hold_termination() -> None:
+    """A peer died: torchrun now stops the other processes with SIGTERM. This one is already ending; it ignores
+    that signal so that it can still say what happened and close its files."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def peer_died_message(dist: Dist, run_dir, kept: str | None = None) -> str:
+    """One line for the processes left when another died: which one (if known), and what is kept."""
+    from pathlib import Path
+
+    peer = f"rank {1 - dist.rank}" if dist.world_size == 2 else "another rank"
+    if kept is None:  # not rank 0: the checkpoints are rank 0's, in the shared run dir
+        last = Path(run_dir) / "checkpoints" / "last.ckpt"
+        kept = f"The last checkpoint, {last}, is kept." if last.is_file() else "No checkpoint had been written yet."
+    return (f"a peer process of this distributed run died ({peer} of {dist.world_size}; torchrun's report says how), "
+            f"so rank {dist.rank} stopped too. {kept} Continue with the same launch and trainer.resume={run_dir}")
+
+
 def convert_sync_batchnorm(model: nn.Module, device: torch.device, convert: bool = True) -> nn.Module:
     """trainer.sync_batchnorm: batch statistics over the global batch instead of each process's share.
     convert=False (a single process): only the checks, the model is returned as it is."""

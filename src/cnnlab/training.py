@@ -39,7 +39,7 @@ from cnnlab.masking import masked
 from cnnlab.models import build_model
 from cnnlab.optim import build_optimizer, build_schedule
 from cnnlab.restore import carry_best_checkpoint, resume_config
-from cnnlab.rundir import claim
+from cnnlab.rundir import DISK_FULL, claim, startup_disk_message
 from cnnlab.runinfo import environment, flat_hparams, write_json
 from cnnlab.seeding import seed_everything
 from cnnlab.validate import validate
@@ -68,8 +68,19 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
 
     Every check on user input runs here, before the first training step. `extra_callbacks` are added after the
     run's own (a search trial's pruning report, for example). `kind`: the config's schema (cnnlab.schema.CONFIGS)
-    and what the run dir's marker records; cnnlab-doctor builds the same run as "doctor".
+    and what the run dir's marker records; cnnlab-doctor builds the same run as "doctor". A full disk while the
+    run's first files are written (.hydra/, the model summary, the event file) is a RunError naming the file.
     """
+    try:
+        return _prepare(cfg, overrides, extra_callbacks, kind)
+    except OSError as bad:
+        if bad.errno not in DISK_FULL:
+            raise
+        where = bad.filename or OmegaConf.select(cfg, "paths.output_dir", default=None) or "the run dir"
+        raise RunError(startup_disk_message(where, bad)) from bad
+
+
+def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tuple, kind: str) -> Run:
     own_overrides = overrides  # given by a caller that composed the config itself (a search trial)
     overrides = hydra_overrides() if overrides is None else overrides
     composed = cfg
@@ -246,6 +257,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple 
             if bad.errno is None:
                 raise
             raise RunError(disk_message(bad.filename or run.run_dir, bad, run.trainer.kept())) from bad
+        except RuntimeError as bad:
+            if not distributed.peer_died(bad, run.dist):
+                raise
+            kept = run.trainer.kept() if run.dist.is_main else None
+            raise RunError(distributed.peer_died_message(run.dist, run.run_dir, kept)) from None
     finally:
         distributed.teardown()  # a distributed run leaves its process group (nothing in a single process)
 
@@ -278,7 +294,9 @@ def _fit_test_record(run: Run, started: float) -> dict:
             run.tb.hparams(hparams, {k: v for k, v in summary.items()
                                      if k.startswith(("test/", "val/")) and isinstance(v, float)})
         trainer.teardown()  # closes the event file and the checkpoint writer
-    except BaseException:
+    except BaseException as bad:
+        if distributed.peer_died(bad, run.dist):  # torchrun's SIGTERM must not cut what follows short
+            distributed.hold_termination()
         # Keep what was logged so far readable and let queued checkpoint writes finish; a second failure
         # here (the same full disk) must not hide the first.
         trainer.teardown(after_error=True)

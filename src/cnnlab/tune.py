@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 
 from cnnlab.cli import check_command_line, check_config, hydra_overrides, reports_config_errors
 from cnnlab.config import CONFIG_DIR
-from cnnlab.errors import ConfigError, RunError
+from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import is_run_dir, read_run
 from cnnlab.launchers import under_torchrun
 from cnnlab.experiments.summary import write_summary
@@ -54,10 +55,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except WorkerFailed as failed:
         raise RunError(f"{failed}; {_study_state(study, plan)}") from None
     except Interrupted as stop:
-        log.info("stopped; run the same command again to continue the study (%s)",
-                 "the interrupted trial runs again" if cfg.search.retry_interrupted else
-                 "the interrupted trial stays failed and its place in the budget is taken by a new one")
-        raise stop.__cause__ from None
+        # The trial's own advice (cnnlab-train trainer.resume=) is not what goes on with a study: this is.
+        cause = stop.__cause__
+        signum = cause.signum if isinstance(cause, TrainingStopped) else signal.SIGINT  # else Ctrl-C at its start-up
+        raise TrainingStopped(interrupted_advice(cause, bool(cfg.search.retry_interrupted)), signum) from None
     finally:
         _summarize(plan.study_dir, plan.study_name)
     return _report_best(study, plan.metric)
@@ -84,6 +85,17 @@ def refuse_torchrun() -> None:
         raise ConfigError(f"cnnlab-tune does not run under torchrun (WORLD_SIZE={os.environ.get('WORLD_SIZE')}): "
                           f"a search runs each trial as its own process. Run cnnlab-tune without torchrun, with "
                           f"search.workers=N for N trials at a time on this machine")
+
+
+def interrupted_advice(stop: BaseException, retry: bool) -> str:
+    """How a study goes on after a trial was interrupted: the same command again, never a resume of the trial."""
+    what = (str(stop).split(". Continue with")[0].rstrip(".") if isinstance(stop, TrainingStopped) else
+            "interrupted by Ctrl-C while its trial was starting")
+    rule = ("the interrupted trial runs again from its start, with the same values, as a new trial" if retry else
+            "the interrupted trial stays failed and a new trial takes its place in the budget "
+            "(search.retry_interrupted=true runs it again from its start)")
+    return (f"{what}. Run the same cnnlab-tune command again to continue the study: finished trials are kept, "
+            f"and {rule}")
 
 
 def _summarize(study_dir: Path, name: str) -> None:

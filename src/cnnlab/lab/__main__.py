@@ -2,8 +2,9 @@
 result shows). Lessons are configs/lab/<lesson>.yaml; pages live in docs/lab/.
 
     cnnlab-lab --list                          # the lessons
-    cnnlab-lab optimizers                      # 3 seeds per arm; page in outputs/lab/optimizers/
-    cnnlab-lab optimizers --quick              # a seconds-long smoke run (one seed, a few steps)
+    cnnlab-lab optimizers                      # 3 seeds per arm; runs and page in outputs/lab/optimizers/
+    cnnlab-lab optimizers --quick              # a seconds-long smoke run (one seed, a few steps): .../optimizers-quick/
+    cnnlab-lab optimizers --out runs           # runs and page in runs/optimizers/ (each lesson its own folder)
     cnnlab-lab optimizers trainer.max_epochs=4 # any training override, applied to every arm (last wins)
     cnnlab-lab optimizers --page docs/lab      # write the page where the docs keep it
     cnnlab-lab optimizers --page docs/lab --page-only   # the page again from those runs (no training)
@@ -31,8 +32,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("lesson", nargs="?", help="the lesson to run (see --list)")
     parser.add_argument("overrides", nargs="*", help="cnnlab-train overrides for every run of the lesson")
     parser.add_argument("--quick", action="store_true", help="smoke run: one seed, a few steps per arm")
-    parser.add_argument("--out", metavar="DIR", help="where the runs go (default outputs/lab/<lesson>[-quick])")
-    parser.add_argument("--page", metavar="DIR", help="where the page and its img/ go (default: the --out dir)")
+    parser.add_argument("--out", metavar="DIR", help="where the runs go: DIR/<lesson>[-quick] (default DIR: outputs/lab)")
+    parser.add_argument("--page", metavar="DIR", help="where the page and its img/ go (default: the lesson's folder "
+                                                      "DIR/<lesson>[-quick])")
     parser.add_argument("--page-only", action="store_true",
                         help="write the page again from the runs already in --out (no training)")
     parser.add_argument("--list", action="store_true", help="list the lessons and exit")
@@ -67,10 +69,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(lesson, args) -> None:
-    out = Path(args.out or f"outputs/lab/{lesson.name}{'-quick' if args.quick else ''}")
+    from cnnlab.cli import check_writable
     from cnnlab.lab.page import check_page_target, write_page
-    from cnnlab.lab.runner import collect_lesson, run_lesson
+    from cnnlab.lab.runner import collect_lesson, lesson_dir, run_lesson
 
+    out = lesson_dir(Path(args.out or "outputs/lab"), lesson, args.quick, existing=args.page_only)
+    if not args.page_only:
+        check_writable(str(out), "--out", "the lesson's runs")
+    if args.page:
+        check_writable(args.page, "--page", "the page")
     # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the lesson
     check_page_target(Path(args.page) if args.page else out, lesson.name,
                       f"--page={args.page}" if args.page else f"--out={out} (the page goes there; --page DIR "

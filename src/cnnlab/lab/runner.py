@@ -1,7 +1,9 @@
 """Run a lesson: every arm once per seed, each an ordinary cnnlab training run (cnnlab.training.train), or for
 the search lesson a cnnlab-tune study per arm and seed; then what the lesson's extra asks of cnnlab-doctor or
-cnnlab-explain. The runs land under <out>/runs/<arm>/seed<k>; nothing here trains in a way cnnlab-train
-would not."""
+cnnlab-explain. Each lesson owns a folder, <out>/<lesson>[-quick] (its marker, .cnnlab-lab.json, names the
+lesson), and its runs land under <lesson folder>/runs/<arm>/seed<k>; nothing here trains in a way cnnlab-train
+would not. Running a lesson again goes on where it stopped: a run that finished with the same overrides is kept,
+one that was interrupted continues from its checkpoint, anything else runs afresh."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.config import compose_config
-from cnnlab.errors import ConfigError, RunError
-from cnnlab.experiments.runs import RunRecord, read_run
+from cnnlab.errors import ConfigError, RunError, TrainingStopped
+from cnnlab.experiments.runs import OVERRIDES_FILE, RunRecord, _read_yaml, read_run
+from cnnlab.rundir import record_failure
 from cnnlab.lab.lessons import Lesson
 
 log = logging.getLogger("cnnlab.lab")
 
 LAB_FILE = "lab.json"
+LESSON_MARKER = ".cnnlab-lab.json"   # {"lesson": name, "quick": bool}: whose runs a lesson folder holds
 QUIET = ["trainer.progress=none", "trainer.summary=none", "logger.histogram_every_n_epochs=0",
          "paths.existing_run=clear"]
 
@@ -53,9 +58,45 @@ def arm_overrides(lesson: Lesson, arm: str, seed: int, quick: bool, extra: list[
     return [*lesson.common, *arm_part, f"seed={seed}", *(lesson.quick if quick else []), *extra]
 
 
+def lesson_dir(root: Path, lesson: Lesson, quick: bool, existing: bool = False) -> Path:
+    """The folder of a lesson's runs under --out: <root>/<lesson>[-quick]. With `existing` (writing a page from
+    runs made earlier), a root that is itself that lesson's folder (the layout before lessons had their own
+    folders: its lab.json names the lesson) is used as it is."""
+    own = Path(root) / f"{lesson.name}{'-quick' if quick else ''}"
+    if existing and not own.exists() and _saved_lesson(Path(root)) == lesson.name:
+        return Path(root)
+    return own
+
+
+def _saved_lesson(out_dir: Path) -> str | None:
+    for name in (LESSON_MARKER, LAB_FILE):
+        try:
+            saved = json.loads((out_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and saved.get("lesson"):
+            return str(saved["lesson"])
+    return None
+
+
+def claim_lesson_dir(out_dir: Path, lesson: Lesson, quick: bool) -> None:
+    """Make out_dir this lesson's (its marker), or refuse a folder that holds another lesson's runs."""
+    other = _saved_lesson(out_dir)
+    if other is not None and other != lesson.name:
+        raise ConfigError(f"{out_dir} holds the runs of lesson {other}, not {lesson.name}: each lesson keeps its own "
+                          f"folder (cnnlab-lab {lesson.name} --out DIR puts them in DIR/{lesson.name})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / LESSON_MARKER
+    if not marker.exists():
+        tmp = marker.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"lesson": lesson.name, "quick": quick}) + "\n")
+        os.replace(tmp, marker)
+
+
 def run_lesson(lesson: Lesson, out_dir: Path, quick: bool = False, overrides: list[str] = ()) -> LessonResult:
     from cnnlab.lab import extras
 
+    claim_lesson_dir(out_dir, lesson, quick)
     started = time.perf_counter()
     seeds = lesson.seeds[:1] if quick else lesson.seeds
     total = len(lesson.arms) * len(seeds)
@@ -75,10 +116,13 @@ def run_lesson(lesson: Lesson, out_dir: Path, quick: bool = False, overrides: li
             run_dir = out_dir / "runs" / arm / f"seed{seed}"
             args = arm_overrides(lesson, arm, seed, quick, list(overrides), source)
             t0 = time.perf_counter()
-            if lesson.extra == "search":
-                record = _tune([*args, f"search.seed={seed}"], run_dir)
-            else:
-                record = _train(args, run_dir)
+            try:
+                if lesson.extra == "search":
+                    record = _tune([*args, f"search.seed={seed}"], run_dir)
+                else:
+                    record = _train(args, run_dir)
+            except TrainingStopped as stop:
+                raise TrainingStopped(_stopped_advice(stop, lesson, arm, seed, quick), stop.signum) from None
             done = sum(len(a.runs) for a in results) + len(result.runs) + 1
             log.info("[%d/%d] %s seed %d: %s (%.0f s)", done, total, arm, seed, _said(record), time.perf_counter() - t0)
             result.runs.append(record)
@@ -96,14 +140,27 @@ def run_lesson(lesson: Lesson, out_dir: Path, quick: bool = False, overrides: li
     return outcome
 
 
+def _stopped_advice(stop: TrainingStopped, lesson: Lesson, arm: str, seed: int, quick: bool) -> str:
+    """The stop message with the way on for a lesson: the same cnnlab-lab command again (not cnnlab-train)."""
+    what = str(stop).split(". Continue with")[0].rstrip(".")
+    again = "the same cnnlab-lab command" + f" (cnnlab-lab {lesson.name}{' --quick' if quick else ''} ...)"
+    how = ("its study continues where it stopped (cnnlab-tune's rule for the interrupted trial applies)"
+           if lesson.extra == "search" else "it continues from its checkpoint")
+    return (f"{what}. Arm {arm}, seed {seed} was interrupted: run {again} again; finished runs are kept and {how}")
+
+
 def collect_lesson(lesson: Lesson, out_dir: Path) -> tuple[LessonResult, list[str]]:
     """The result of a lesson run earlier into `out_dir` (its lab.json and run dirs), to write its page again
-    (e.g. after the discussion was written) without training; returns it and that run's overrides."""
+    (e.g. after the discussion was written) without training; returns it and that run's overrides. A folder of
+    another lesson's runs is refused: a page shows only its own lesson's numbers."""
     try:
         saved = json.loads((out_dir / LAB_FILE).read_text())
     except (OSError, ValueError):
         raise ConfigError(f"{out_dir} holds no finished run of lesson {lesson.name} ({LAB_FILE} missing): run "
-                          f"cnnlab-lab {lesson.name} --out {out_dir} first") from None
+                          f"cnnlab-lab {lesson.name} --out {out_dir.parent} first") from None
+    if saved.get("lesson") != lesson.name or _saved_lesson(out_dir) != lesson.name:
+        raise ConfigError(f"{out_dir} holds the runs of lesson {saved.get('lesson')}, not {lesson.name}: its page "
+                          f"is written from its own runs only")
     seeds = lesson.seeds[:1] if saved["quick"] else lesson.seeds
     arms = []
     for arm in lesson.arms:
@@ -126,28 +183,69 @@ def _train(args: list[str], run_dir: Path) -> RunRecord:
     from cnnlab.training import train
 
     args = [*QUIET, *args]
-    cfg = compose_config(args, run_dir)
+    earlier = _earlier(run_dir, args)
+    if earlier == "finished":
+        log.info("%s: finished earlier with the same overrides, kept", run_dir)
+        return read_run(run_dir)
+    if earlier == "interrupted":
+        log.info("%s: interrupted earlier, continues from its checkpoint", run_dir)
+        args_now = [*args, f"trainer.resume={run_dir}"]
+    else:
+        args_now = args
+    cfg = compose_config(args_now, run_dir)
     try:
-        train(cfg, overrides=args)
+        train(cfg, overrides=args_now)
     except RunError as bad:  # a diverged arm is a result of the lesson (the LR that is too large), not a crash
+        if isinstance(bad.__cause__, OSError):  # but a full disk is the machine's: the lesson stops
+            raise
         log.warning("%s: %s", run_dir, bad)
+        record_failure(run_dir, bad)  # not to be continued by the next run of the lesson
     return read_run(run_dir)
+
+
+def _earlier(run_dir: Path, args: list[str]) -> str | None:
+    """What an earlier run of this lesson left in run_dir with exactly these overrides: "finished" (metrics.json,
+    no newer failure), "interrupted" (a checkpoint to continue, no metrics), else None (run afresh)."""
+    saved = _read_yaml(run_dir / OVERRIDES_FILE)
+    if not isinstance(saved, list) or [str(o) for o in saved] != list(args):
+        return None
+    record = read_run(run_dir)
+    if record.status == "completed":
+        return "finished"
+    if record.status in ("incomplete", "failed") and (run_dir / "checkpoints" / "last.ckpt").is_file() \
+            and record.failure.get("status") != "failed":
+        return "interrupted"
+    return None
 
 
 def _tune(args: list[str], study_dir: Path) -> RunRecord:
     """One cnnlab-tune study (the command itself, in a child process: it runs its own Hydra job), recorded as
     a run record whose metrics are the study's best trial's. The same dir would continue the study: a lab
-    run starts it afresh (the dir is the lab's own, and only a study dir is removed)."""
-    if (study_dir / "study.yaml").is_file():
+    run of another search starts it afresh (the dir is the lab's own, and only a study dir is removed); the same
+    search continues its study, as cnnlab-tune does: finished trials are kept."""
+    tune_args = [*args, f"hydra.run.dir={study_dir}", "search.workers=1"]
+    if (study_dir / "study.yaml").is_file() and _study_command(study_dir) != ["cnnlab-tune", *tune_args]:
         shutil.rmtree(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "cnnlab.tune", *args, f"hydra.run.dir={study_dir}", "search.workers=1"]
+    cmd = [sys.executable, "-m", "cnnlab.tune", *tune_args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    except KeyboardInterrupt:  # Ctrl-C reached the study too: it records its interrupted trial and stops
+        raise TrainingStopped("stopped by SIGINT during the search", signal.SIGINT) from None
     (study_dir / "lab_tune.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode > 128 or proc.returncode < 0:  # the study was stopped by a signal
+        signum = proc.returncode - 128 if proc.returncode > 128 else -proc.returncode
+        raise TrainingStopped(f"stopped by {signal.Signals(signum).name} during the search", signum)
     if proc.returncode not in (0, 1):
         raise RunError(f"cnnlab-tune failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
     return _best_trial(study_dir)
+
+
+def _study_command(study_dir: Path) -> list[str] | None:
+    saved = _read_yaml(study_dir / "study.yaml")
+    command = saved.get("command") if isinstance(saved, dict) else None
+    return [str(c) for c in command] if isinstance(command, list) else None
 
 
 def _best_trial(study_dir: Path) -> RunRecord:

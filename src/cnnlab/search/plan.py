@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError
 from cnnlab.masking import masked, masked_argv
+from cnnlab.rundir import claim_study
 from cnnlab.search import storage as stores
 from cnnlab.search.space import Param, config_groups, group_options, has_key, key_problems, parse_space
 from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
@@ -63,6 +64,7 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
     study_dir = Path(cfg.paths.output_dir)
     if search["storage"] is None and not (study_dir / stores.JOURNAL_NAME).exists():
         check_trial_dirs(None, search["study_name"], study_dir)  # before the journal file is created
+    claim_study(study_dir)  # never a run's dir: their files would mix
     storage = stores.open_storage(search["storage"], study_dir)
     check_trial_dirs(storage, search["study_name"], study_dir)
     n_trials = int(search["n_trials"])

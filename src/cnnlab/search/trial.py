@@ -23,6 +23,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
+from cnnlab import rundir
 from cnnlab.experiments.runs import write_failure
 from cnnlab.masking import MaskingFilter
 from cnnlab.search.space import Param, has_key
@@ -139,6 +140,8 @@ def _logged_to(path: Path):
 
 def _run(trial: optuna.Trial, setup: TrialSetup, run_dir: Path) -> Outcome:
     started = time.perf_counter()
+    rundir.forget_claims()  # the trial dir is this trial's only once its run claims it
+    overrides = None
     try:
         overrides = [*setup.base_overrides, *suggest(trial, setup)]
         trial.set_user_attr("overrides", overrides)
@@ -147,11 +150,11 @@ def _run(trial: optuna.Trial, setup: TrialSetup, run_dir: Path) -> Outcome:
         metrics = setup.train(cfg, overrides, (report,))
     except (TrainingStopped, KeyboardInterrupt) as stop:
         reason = f"interrupted ({stop})" if str(stop) else "interrupted (Ctrl-C)"
-        write_failure(run_dir, stop)
+        _record(run_dir, stop, overrides)
         raise Interrupted(Outcome(optuna.trial.TrialState.FAIL, reason=reason, interrupted=True)) from stop
     except Exception as error:  # the study goes on: a diverged run, bad values, out of memory, a bug
         reason = _failure_reason(error)
-        write_failure(run_dir, error)
+        _record(run_dir, error, overrides)
         level = logging.WARNING if isinstance(error, (ConfigError, RunError, torch.OutOfMemoryError)) else logging.ERROR
         log.log(level, "trial %d failed: %s", trial.number, reason, exc_info=level == logging.ERROR)
         return Outcome(optuna.trial.TrialState.FAIL, reason=reason)
@@ -164,6 +167,12 @@ def _run(trial: optuna.Trial, setup: TrialSetup, run_dir: Path) -> Outcome:
     if value is None or not math.isfinite(value):
         return Outcome(optuna.trial.TrialState.FAIL, reason=f"{setup.metric} was not finite ({value})")
     return Outcome(optuna.trial.TrialState.COMPLETE, value=float(value))
+
+
+def _record(run_dir: Path, error: BaseException, overrides: list[str] | None) -> None:
+    """failure.json in the trial's dir, unless that dir is another run's (then only the study records it)."""
+    if rundir.record_failure(run_dir, error, overrides=overrides) is None:
+        log.warning("%s holds another run: nothing of this trial was written there", run_dir)
 
 
 class Interrupted(Exception):

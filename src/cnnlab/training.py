@@ -41,7 +41,7 @@ from cnnlab.restore import carry_best_checkpoint, resume_config
 from cnnlab.rundir import claim
 from cnnlab.runinfo import environment, flat_hparams, write_json
 from cnnlab.seeding import seed_everything
-from cnnlab.validate import validate
+from cnnlab.validate import check_topk, validate
 
 log = logging.getLogger("cnnlab")
 
@@ -111,6 +111,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size),
                       cache_dirs=cache_dirs)
     info = data.info
+    check_topk(cfg, info.num_classes)  # an image folder's classes are known only now
     loss = Loss(tcfg.loss, float(tcfg.label_smoothing), class_weights(cfg, data.class_counts))
     check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same

@@ -48,6 +48,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
     merged = apply_overrides(saved, cfg, keys)
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
+    check_download(merged, keys, f"the config saved in {path}")
     check_compatible(saved, merged, path, mid_epoch=bool(partial))
     check_trusted_targets(merged, cfg, f"the config saved in {path}")
     check_trusted_repo(merged, cfg, keys, f"the config saved in {path}")
@@ -74,6 +75,17 @@ def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: boo
     if changed:
         log.info("resuming with changed settings: %s",
                  ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changed))
+
+
+def check_download(cfg: DictConfig, keys: list[str], source: str) -> None:
+    """A saved config's data.download is off (saved_config); this command line may turn it on, but then the
+    folder it downloads into must be this command line's too: a file cannot choose where cnnlab writes."""
+    if OmegaConf.select(cfg, "data.download") is not True or "data" in keys or "data.root" in keys:
+        return
+    raise ConfigError(f"data.download=true would download into data.root={OmegaConf.select(cfg, 'data.root')}, "
+                      f"which comes from {source}: a file never chooses where cnnlab downloads or creates folders; "
+                      f"name the folder on this command line too (data.root=<folder>), or drop data.download=true "
+                      f"to read files that are already there")
 
 
 def check_split_unchanged(keys: list[str], cfg: DictConfig) -> None:

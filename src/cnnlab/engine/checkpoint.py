@@ -189,10 +189,15 @@ def saved_config(ckpt: dict):
     cnnlab stores configs resolved, so a `${...}` in one is either a literal the user escaped or something
     crafted (`${oc.env:...}` would copy the environment into the new run, `${oc.create:...}` would build a
     `_target_` the trust check never saw). Every such string is escaped: it stays the literal text.
+    The trust and the downloads the trainer allowed (model.trust_repo, data.download) are turned off.
     """
     cfg = OmegaConf.create(literal(ckpt["config"]))
     if OmegaConf.is_dict(cfg.get("model")) and "trust_repo" in cfg.model:
         cfg.model.trust_repo = False  # model=hub: the trainer's trust; restore.check_trusted_code asks this command's
+    if OmegaConf.is_dict(cfg.get("data")) and cfg.data.get("download") is not None:
+        # a file never makes cnnlab reach the network or create folders: only this command line turns it on
+        # (restore.check_download)
+        cfg.data.download = False
     return cfg
 
 

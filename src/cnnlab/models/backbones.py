@@ -240,7 +240,7 @@ def _under(name: str, prefixes) -> bool:
 def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     """A state dict from model.weights: a .safetensors file, a torch file holding a state dict (also under
     'state_dict' or 'model'), or a cnnlab checkpoint. Read with weights_only=True: tensors and containers only."""
-    from cnnlab.engine.checkpoint import unreadable_reason  # the engine is not needed to build models otherwise
+    from cnnlab.engine.checkpoint import check_finite, unreadable_reason  # not needed to build models otherwise
 
     path = Path(text).expanduser()
     if not path.is_file():
@@ -252,9 +252,11 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
             raise ConfigError(f"model.weights={text}: reading .safetensors files needs the safetensors package "
                               "(pip install safetensors, or pip install 'cnnlab[timm]')") from None
         try:
-            return load_file(str(path), device="cpu")
+            state = load_file(str(path), device="cpu")
         except Exception as bad:  # safetensors raises its own error types
             raise ConfigError(f"model.weights={text} is not a readable safetensors file: {_first_line(bad)}") from None
+        check_finite(state, f"model.weights={text}")
+        return state
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as bad:
@@ -268,6 +270,7 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     for prefix in ("module.", "_orig_mod."):  # saved from DistributedDataParallel / torch.compile wrappers
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
+    check_finite(obj, f"model.weights={text}")
     return obj
 
 

@@ -18,6 +18,10 @@ from cnnlab.training import train
 from cnnlab.validate import validate
 
 
+class Planted:
+    """Anything but tensors in a torch file: torch.load(weights_only=True) refuses it with its advice."""
+
+
 def _craft(trained_run, tmp_path, name: str, edit, weights=None) -> str:
     """A copy of the shared run's last checkpoint with its config (and weights) edited, the hash recomputed."""
     run_dir, _ = trained_run
@@ -223,9 +227,6 @@ def test_non_finite_weights_file_is_refused(tmp_path):
 # ---- files named in a saved config are never opened ----
 @pytest.mark.skipif(__import__("importlib").util.find_spec("timm") is None, reason="needs timm")
 def test_a_timm_checkpoint_path_in_a_config_is_never_opened(make_cfg, tmp_path):
-    class Planted:  # anything but tensors: torch refuses it with its weights_only advice
-        pass
-
     planted = tmp_path / "planted.pt"
     torch.save({"x": Planted()}, planted)
     opened = []
@@ -241,9 +242,6 @@ def test_a_timm_checkpoint_path_in_a_config_is_never_opened(make_cfg, tmp_path):
 
 def test_torchs_weights_only_advice_never_shows(tmp_path):
     from cnnlab.models.backbones import _first_line
-
-    class Planted:
-        pass
 
     torch.save({"x": Planted()}, tmp_path / "bad.pt")
     with pytest.raises(Exception) as info:

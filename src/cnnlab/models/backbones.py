@@ -30,6 +30,7 @@ import difflib
 import importlib.util
 import inspect
 import os
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -62,7 +63,11 @@ _STEM_REPLACES = {"resnet": ("conv1",), "densenet": ("features.conv0",), "google
 _RESERVED = {
     "torchvision": {"num_classes": "set from the data (data.num_classes)", "weights": "use model.weights"},
     "timm": {"num_classes": "set from the data (data.num_classes)", "in_chans": "set from data.in_channels",
-             "pretrained": "use model.pretrained", "pretrained_cfg_overlay": "use model.weights"},
+             "pretrained": "use model.pretrained", "pretrained_cfg_overlay": "use model.weights",
+             # file paths timm would open itself, also when a checkpoint's weights replace them; model.weights is
+             # read by cnnlab (weights_only, finite values) and only when the model is built to start training
+             "checkpoint_path": "use model.weights", "pretrained_cfg": "use model.weights or model.pretrained",
+             "cache_dir": "timm's weights are read from the Hugging Face cache (HF_HUB_CACHE moves it)"},
     "hub": {},
 }
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".tar")
@@ -88,6 +93,10 @@ def _plain(kwargs) -> dict:
 
 
 def _first_line(bad: BaseException) -> str:
+    if "weights_only" in str(bad):  # torch.load's refusal: its advice to load with weights_only=False is never shown
+        from cnnlab.engine.checkpoint import unreadable_reason
+
+        return unreadable_reason(bad)
     lines = [line.strip() for line in str(bad).splitlines() if line.strip()]
     return lines[0] if lines else type(bad).__name__
 
@@ -387,7 +396,7 @@ def torchvision_backbone(in_channels: int, num_classes: int, input_size, arch: s
     if member is not None and loads_pretrained():
         try:
             model = call(weights=member)
-        except (OSError, RuntimeError) as bad:  # URLError is an OSError: offline downloads end here
+        except (OSError, RuntimeError, pickle.UnpicklingError) as bad:  # URLError: an OSError (offline)
             cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(member.url).path)
             if cached.is_file():
                 raise ConfigError(f"model.weights={weights}: the file {cached} (torch.hub's cache) does not load "
@@ -517,7 +526,7 @@ def timm_backbone(in_channels: int, num_classes: int, input_size, arch: str = "r
         cached = timm_cached_weights(arch)
         try:
             model = create(num_classes, pretrained=True, pretrained_cfg_overlay={"file": cached})
-        except (RuntimeError, OSError, ValueError) as bad:
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as bad:
             raise ConfigError(f"model.pretrained=true: timm could not load {cached} into {arch}: "
                               f"{_first_line(bad)}") from None
     else:

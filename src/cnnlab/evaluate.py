@@ -32,7 +32,7 @@ from cnnlab.rundir import claim
 from cnnlab.runinfo import write_json
 from cnnlab.schema_check import command_key_problems
 from cnnlab.tta import VIEWS, TTAModel, resolve_resize
-from cnnlab.validate import validate
+from cnnlab.validate import fit_topk, known_classes, validate
 
 log = logging.getLogger("cnnlab")
 
@@ -61,6 +61,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     check_trusted_repo(run_cfg, cfg, keys, f"the config saved in {path}")
     check_download(run_cfg, keys, f"the config saved in {path}")
     validate(built_parts(run_cfg))
+    fit_topk(run_cfg, known_classes(run_cfg), "trainer.topk" in keys)
     tta = str(cfg.tta)
     tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])

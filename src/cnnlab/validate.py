@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import os
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,8 @@ from cnnlab.data.augment import BATCHED, V2_PREFIX
 from cnnlab.errors import ConfigError
 from cnnlab.models import model_config_problems
 from cnnlab.schema_check import config_problems
+
+log = logging.getLogger("cnnlab")
 
 
 def _get(cfg, key):
@@ -182,12 +185,31 @@ def topk_problem(topk, num_classes: int, where: str = "") -> str | None:
             f"1.0); e.g. trainer.topk=[1{', ' + str(min(5, num_classes)) if num_classes > 1 else ''}]")
 
 
-def check_topk(cfg, num_classes: int) -> None:
-    """Once the data is read (an image folder's classes): refuse a k above its number of classes."""
+def known_classes(cfg) -> int | None:
+    """The number of classes trained on as the config alone tells (after data.class_subset), or None (an image
+    folder's, until its folders are read)."""
+    subset, num_classes = _get(cfg, "data.class_subset"), _get(cfg, "data.num_classes")
+    k = len(subset) if OmegaConf.is_list(subset) else num_classes if isinstance(num_classes, int) else None
+    return k or None
+
+
+def fit_topk(cfg, num_classes: int | None, given: bool) -> None:
+    """trainer.topk against the number of classes (None: not known yet, nothing to do). A k above it was asked
+    for on this command line (`given`): refused. From a config file (the preset's [1, 5] on a 3-class folder):
+    dropped with one line, since top-5 of 3 classes is always 1.0 and would only be reported as such."""
     topk = _get(cfg, "trainer.topk")
-    problem = topk_problem(topk, int(num_classes)) if OmegaConf.is_list(topk) or isinstance(topk, list) else None
-    if problem:
+    if num_classes is None or not (OmegaConf.is_list(topk) or isinstance(topk, list)):
+        return
+    subset = OmegaConf.is_list(_get(cfg, "data.class_subset"))
+    problem = topk_problem(topk, int(num_classes), " (after data.class_subset)" if subset else "")
+    if problem is None:
+        return
+    if given:
         raise ConfigError(problem)
+    kept = [int(k) for k in topk if int(k) <= int(num_classes)] or [1]
+    log.info("trainer.topk=%s: reporting %s only, the data has %d classes (a larger k is always 1.0)",
+             [int(k) for k in topk], kept, int(num_classes))
+    OmegaConf.update(cfg, "trainer.topk", kept, merge=False)
 
 
 def _per_class_problems(cfg) -> list[str]:
@@ -203,11 +225,6 @@ def _per_class_problems(cfg) -> list[str]:
             problems.append(f"{key} has {len(value)} values but the data has num_classes={k}"
                             f"{' (after data.class_subset)' if OmegaConf.is_list(subset) else ''}: give one {what} "
                             f"per class")
-    topk = _get(cfg, "trainer.topk")
-    if k is not None and OmegaConf.is_list(topk):
-        problem = topk_problem(topk, k, " (after data.class_subset)" if OmegaConf.is_list(subset) else "")
-        if problem:
-            problems.append(problem)
     return problems
 
 

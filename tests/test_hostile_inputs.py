@@ -277,3 +277,13 @@ def test_resuming_a_hub_run_with_trust_repo_says_how_to_trust_it(make_cfg, tmp_p
     assert resume_config(make_cfg(*own, run="again"), own)[0].model.trust_repo is True
     trusted = [f"trainer.resume={run_dir}", f'trusted_repos=["{repo}"]']
     assert resume_config(make_cfg(*trusted, run="again"), trusted)[0].model.trust_repo is True
+
+
+def test_predict_takes_a_checkpoint_from_a_machine_with_more_cores(trained_run, tmp_path):
+    """cnnlab-predict, -export and -explain load no data: a saved data.num_workers above this machine's limit
+    is no reason to refuse the checkpoint (eval and resume, which load data, name the limit)."""
+    from cnnlab.model_io import load_trained_model
+    from cnnlab.validate import max_workers
+
+    path = _craft(trained_run, tmp_path, "big.ckpt", lambda c: c["data"].__setitem__("num_workers", max_workers() + 1))
+    assert load_trained_model(path, torch.device("cpu")).info.num_classes == 10

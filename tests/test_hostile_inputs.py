@@ -287,3 +287,22 @@ def test_predict_takes_a_checkpoint_from_a_machine_with_more_cores(trained_run, 
 
     path = _craft(trained_run, tmp_path, "big.ckpt", lambda c: c["data"].__setitem__("num_workers", max_workers() + 1))
     assert load_trained_model(path, torch.device("cpu")).info.num_classes == 10
+
+
+def test_non_finite_pretrained_weights_in_torch_hubs_cache_are_refused(tmp_path):
+    from test_backbones import cache_torchvision_weights
+
+    from cnnlab.models import build_model
+
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        reference, path, _ = cache_torchvision_weights(tmp_path / "hub")
+        state = reference.state_dict()
+        state["features.1.conv.0.0.weight"][0, 0, 0, 0] = math.inf
+        torch.save(state, path)
+        _refused(lambda: build_model(OmegaConf.create({"name": "torchvision", "arch": "mobilenet_v2",
+                                                       "weights": "DEFAULT"}), 3, 10, (32, 32)),
+                 "model.weights=DEFAULT", "features.1.conv.0.0.weight", "infinity")
+    finally:
+        torch.hub.set_dir(previous)

@@ -283,6 +283,13 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Pretrained weights a library loaded from its cache hold finite values (checkpoint.check_finite)."""
+    from cnnlab.engine.checkpoint import check_finite
+
+    check_finite(model.state_dict(), source)
+
+
 def load_weights_file(model: nn.Module, text: str, fresh, input_conv: str | None) -> None:
     """Load model.weights into `model`: everything but the modules in `fresh` (the head, replaced stems), the
     first convolution adapted to the data's channels. Any other mismatch says the file is of another model."""
@@ -405,6 +412,8 @@ def torchvision_backbone(in_channels: int, num_classes: int, input_size, arch: s
                 f"model.weights={weights}: cannot load {member.url} ({_first_line(bad)}). Without network, download "
                 f"that file on another machine and put it at {cached} (torch.hub's cache; TORCH_HOME moves it), or "
                 f"give a file with model.weights=<path>") from None
+        file = os.path.basename(urlparse(member.url).path)
+        _check_finite(model, f"model.weights={weights} ({file} in torch.hub's cache)")
         categories = len(member.meta["categories"])
         for name, module in [(n, m) for n, m in model.named_modules() if _outputs(m) == categories]:
             _replace(model, name, fresh_head(module, num_classes))
@@ -529,6 +538,7 @@ def timm_backbone(in_channels: int, num_classes: int, input_size, arch: str = "r
         except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as bad:
             raise ConfigError(f"model.pretrained=true: timm could not load {cached} into {arch}: "
                               f"{_first_line(bad)}") from None
+        _check_finite(model, f"model.pretrained=true: {cached}")
     else:
         model = create(num_classes)
     adapt_input(model, "stride", None, input_size, adapt_stem)

@@ -128,7 +128,8 @@ def _empty_list(key: str, field, least: int) -> str:
     wanted = "one" if least == 1 else str(least)
     if choices:
         return f"{key}=[] is an empty list: give at least {wanted} of {', '.join(str(c) for c in choices)}"
-    return f"{key}=[] is an empty list: give at least {wanted} value{'s' if least > 1 else ''} ({key} {_requirement(field)})"
+    return (f"{key}=[] is an empty list: give at least {wanted} value{'s' if least > 1 else ''} "
+            f"({key} {_requirement(field)})")
 
 
 def _locate(model: type[BaseModel], loc: tuple):

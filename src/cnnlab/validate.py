@@ -154,7 +154,8 @@ def _machine_problems(cfg) -> list[str]:
 
 
 # [low, high] pairs whose order the schema cannot see (each bound is checked there on its own).
-_ORDERED_PAIRS = (("doctor.lr_range.start_lr", "doctor.lr_range.end_lr", "the learning rate grows from start_lr to end_lr"),
+_ORDERED_PAIRS = (("doctor.lr_range.start_lr", "doctor.lr_range.end_lr",
+                   "the learning rate grows from start_lr to end_lr"),
                   ("doctor.gradients.update_ratio_low", "doctor.gradients.update_ratio_high",
                    "a layer's update ratio below low is too small, above high too large"))
 

@@ -306,3 +306,29 @@ def test_non_finite_pretrained_weights_in_torch_hubs_cache_are_refused(tmp_path)
                  "model.weights=DEFAULT", "features.1.conv.0.0.weight", "infinity")
     finally:
         torch.hub.set_dir(previous)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("timm") is None, reason="needs timm")
+def test_a_weights_file_named_in_a_saved_config_is_never_opened(make_cfg, tmp_path):
+    """A timm run started from model.weights=<file>: its checkpoint holds the weights, so eval and resume
+    rebuild the model without the file (gone, or replaced by anything) and never open it."""
+    from cnnlab.models import build_model
+
+    weights = tmp_path / "start.pt"
+    torch.save(build_model(OmegaConf.create({"name": "timm", "arch": "test_efficientnet"}), 1, 10, (16, 16),
+                           pretrained=False).state_dict(), weights)
+    args = ["data=digits", "data.input_size=[16,16]", "model=timm", "model.arch=test_efficientnet",
+            f"model.weights={weights}", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none"]
+    train(make_cfg(*args), overrides=args)
+    torch.save({"x": Planted()}, weights)  # replaced: torch.load(weights_only=True) would refuse it with advice
+    opened = []
+    real_load = torch.load
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "load", lambda f, *a, **k: (opened.append(str(f)), real_load(f, *a, **k))[1])
+        run_dir = tmp_path / "run"
+        assert evaluate(make_cfg(f"ckpt={run_dir}", config_name="eval", run="eval"),
+                        overrides=[f"ckpt={run_dir}"])["images"] > 0
+        weights.unlink()
+        resume = [f"trainer.resume={run_dir}"]
+        train(make_cfg(*resume, run="again"), overrides=resume)
+    assert str(weights) not in opened

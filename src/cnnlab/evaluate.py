@@ -26,12 +26,13 @@ from cnnlab.errors import ConfigError
 from cnnlab.losses import Loss, resolve_class_weights
 from cnnlab.metrics import classification_metrics, per_class_accuracy, precision_recall_f1
 from cnnlab.model_io import built_parts, load_trained_model
-from cnnlab.restore import check_split_unchanged, check_trusted_repo, check_trusted_targets
+from cnnlab.restore import (check_download, check_split_unchanged, check_trust_override, check_trusted_repo,
+                            check_trusted_targets)
 from cnnlab.rundir import claim
 from cnnlab.runinfo import write_json
 from cnnlab.schema_check import command_key_problems
 from cnnlab.tta import VIEWS, TTAModel, resolve_resize
-from cnnlab.validate import validate
+from cnnlab.validate import fit_topk, known_classes, validate
 
 log = logging.getLogger("cnnlab")
 
@@ -56,8 +57,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     # before validation (which imports transform modules): evaluation builds data and model only, the optimizer
     # and scheduler in the saved config are never built
     check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
+    check_trust_override(saved, run_cfg, cfg, keys, f"the config saved in {path}")
     check_trusted_repo(run_cfg, cfg, keys, f"the config saved in {path}")
+    check_download(run_cfg, keys, f"the config saved in {path}")
     validate(built_parts(run_cfg))
+    fit_topk(run_cfg, known_classes(run_cfg), "trainer.topk" in keys)
     tta = str(cfg.tta)
     tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])

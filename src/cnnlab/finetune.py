@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from cnnlab.engine.checkpoint import check_channels
+from cnnlab.engine.checkpoint import check_channels, check_finite
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -48,6 +48,7 @@ def load_pretrained(model: nn.Module, ckpt: dict, path: Path, model_name: str, n
                           f"model.name={model_name!r}; fine-tune with the same architecture (model={saved_name})")
     own = model.state_dict()
     state = ckpt["model"]
+    check_finite(state, f"finetune.checkpoint={path}")
     heads = head_names(model, num_classes)
     fits = {k: v for k, v in state.items()
             if k in own and own[k].shape == v.shape and not _under(k.rsplit(".", 1)[0], heads)}

@@ -38,7 +38,10 @@ def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None 
         cfg = saved_config(ckpt)
         check_trusted_code(cfg, f"the config saved in {path}", repo_listed(cfg, trusted_repos),
                            "add --trust-repo {repo} to this command")
-        validate(built_parts(cfg))
+        view = built_parts(cfg)
+        if OmegaConf.is_dict(view.get("data")) and "num_workers" in view.data:
+            view.data.num_workers = 0  # no data is loaded here: the machine that trained may have had more cores
+        validate(view)
     info = data_info(cfg.data)
     # the saved weights replace any pretrained ones: no weights file or network is needed to rebuild the model
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size, pretrained=False)

@@ -48,6 +48,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
     merged = apply_overrides(saved, cfg, keys)
     OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
+    check_download(merged, keys, f"the config saved in {path}")
+    check_trust_override(saved, merged, cfg, keys, f"the config saved in {path}")
     check_compatible(saved, merged, path, mid_epoch=bool(partial))
     check_trusted_targets(merged, cfg, f"the config saved in {path}")
     check_trusted_repo(merged, cfg, keys, f"the config saved in {path}")
@@ -56,7 +58,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
 
 def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: bool = False) -> None:
     """Refuse a resume whose overrides change what the checkpoint's state means; list what differs."""
-    differences = flat_differences(saved, merged)
+    # model.trust_repo is whose trust runs the code, not what the tensors mean (and saved_config turned it off)
+    differences = [d for d in flat_differences(saved, merged) if d[0] != "model.trust_repo"]
     keys = INCOMPATIBLE_KEYS + (MID_EPOCH_KEYS if mid_epoch else ())
     bad = [d for d in differences if any(d[0] == k or d[0].startswith(k + ".") for k in keys)]
     if str(saved.scheduler.get("_target_", "")).endswith("OneCycleLR"):
@@ -74,6 +77,17 @@ def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: boo
     if changed:
         log.info("resuming with changed settings: %s",
                  ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changed))
+
+
+def check_download(cfg: DictConfig, keys: list[str], source: str) -> None:
+    """A saved config's data.download is off (saved_config); this command line may turn it on, but then the
+    folder it downloads into must be this command line's too: a file cannot choose where cnnlab writes."""
+    if OmegaConf.select(cfg, "data.download") is not True or "data" in keys or "data.root" in keys:
+        return
+    raise ConfigError(f"data.download=true would download into data.root={OmegaConf.select(cfg, 'data.root')}, "
+                      f"which comes from {source}: a file never chooses where cnnlab downloads or creates folders; "
+                      f"name the folder on this command line too (data.root=<folder>), or drop data.download=true "
+                      f"to read files that are already there")
 
 
 def check_split_unchanged(keys: list[str], cfg: DictConfig) -> None:
@@ -125,6 +139,23 @@ def check_trusted_repo(cfg: DictConfig, own: DictConfig, keys: list[str], source
         trusted = repo_listed(cfg, own.get("trusted_repos") or ())
     check_trusted_code(cfg, source, trusted,
                        "add 'trusted_repos=[\"{repo}\"]' to this command (or to trusted_repos in your config)")
+
+
+def check_trust_override(saved: DictConfig, merged: DictConfig, own: DictConfig, keys: list[str], source: str) -> None:
+    """model.trust_repo=true on this command line, without the model section it trusts, cannot trust a saved
+    hub run's repository: say so, and how to trust it, before any difference of the model section is listed."""
+    model = saved.get("model")
+    if not OmegaConf.is_dict(model) or model.get("name") != "hub" or "model.trust_repo" not in keys:
+        return
+    repo = OmegaConf.select(merged, "model.repo", default=None, throw_on_missing=False)
+    if ("model" in keys and repo not in (None, "???")) or repo_listed(saved, own.get("trusted_repos") or ()):
+        return  # the user's own model section, trusted by this command line; or the repository is listed
+    raise ConfigError(f"model.trust_repo=true on this command line does not trust the repository of {source}: "
+                      f"its model section ({model.get('repo')}, entry {model.get('entry')}) held trust_repo=true "
+                      f"when it was trained, which is turned off on reading (anyone can write that file), and "
+                      f"model.trust_repo names no repository; add 'trusted_repos=[\"{model.get('repo')}\"]' to this "
+                      f"command instead, and drop model=hub and model.trust_repo (the run's own model section is "
+                      f"kept)")
 
 
 def repo_listed(cfg: DictConfig, repos) -> bool:

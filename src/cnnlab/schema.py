@@ -113,7 +113,7 @@ class DataBase(Section):
         min_length=2, max_length=2, description="must be [height, width] with positive integers")]
     classes: Annotated[Optional[list[str | int]], Field(description="must be a list of class names, or null")] = None
     class_subset: Annotated[Optional[list[Annotated[int, Field(ge=0)]]], Field(
-        description="must be a list of class indices (integers >= 0), e.g. [0, 1, 2], or null")] = None
+        min_length=1, description="must be a list of class indices (integers >= 0), e.g. [0, 1, 2], or null")] = None
     mean: Annotated[Optional[list[float]], Field(
         description="must be a list of numbers, one per channel, or null to measure it on the training images")]
     std: Annotated[Optional[list[Annotated[float, Field(gt=0)]]], Field(

@@ -113,6 +113,8 @@ def _messages(model: type[BaseModel], data: dict, errors: list[dict], prefix: st
             lines[key] = f"{key} is not a config key{_suggestion(path[-1], _field_names(parent), prefix, path[:-1])}"
         elif kind == "missing":
             lines[key] = f"{key} is missing"
+        elif kind == "too_short" and value == [] and isinstance(error.get("ctx"), dict):
+            lines[key] = _empty_list(key, field, int(error["ctx"].get("min_length", 1)))
         elif kind == "finite_number":
             lines[key] = f"{key}={value!r} is not a finite number: it {_requirement(field)}"
         else:
@@ -120,21 +122,36 @@ def _messages(model: type[BaseModel], data: dict, errors: list[dict], prefix: st
     return list(lines.values())
 
 
+def _empty_list(key: str, field, least: int) -> str:
+    """`key=[]` where at least `least` values are needed: say that it is the emptiness that is refused."""
+    choices = _literal_choices(field.annotation) if field is not None else ()
+    wanted = "one" if least == 1 else str(least)
+    if choices:
+        return f"{key}=[] is an empty list: give at least {wanted} of {', '.join(str(c) for c in choices)}"
+    return (f"{key}=[] is an empty list: give at least {wanted} value{'s' if least > 1 else ''} "
+            f"({key} {_requirement(field)})")
+
+
 def _locate(model: type[BaseModel], loc: tuple):
     """The config path of an error (list indices and union branches dropped), its FieldInfo (None for an
     unknown key) and the model that holds it."""
     path, field, parent, current = [], None, model, model
+    named = False  # the part before was a mapping of named sections (search.space): this part is a name
     for part in loc:
         if not isinstance(part, str) or current is None:
             break  # a list index, or a union branch's tag below a plain field
-        fields = _fields_by_key(current)
         path.append(part)
+        if named:
+            named = False
+            continue
+        fields = _fields_by_key(current)
         parent = current
         if part not in fields:  # a key the section does not have
             field = None
             break
         field = fields[part]
         current = _model_in(field.annotation)
+        named = current is not None and typing.get_origin(_unwrap(field.annotation)) is dict
     return path, field, parent
 
 

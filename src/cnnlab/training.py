@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import hydra_overrides
+from cnnlab.config import command_line_keys
 from cnnlab.data import build_data
 from cnnlab import distributed
 from cnnlab.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
@@ -42,7 +43,7 @@ from cnnlab.restore import carry_best_checkpoint, resume_config
 from cnnlab.rundir import DISK_FULL, claim, startup_disk_message
 from cnnlab.runinfo import environment, flat_hparams, write_json
 from cnnlab.seeding import seed_everything
-from cnnlab.validate import validate
+from cnnlab.validate import fit_topk, known_classes, validate
 
 log = logging.getLogger("cnnlab")
 
@@ -92,6 +93,8 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                               f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
     validate(cfg, kind)
+    topk_given = "trainer.topk" in command_line_keys(overrides)
+    fit_topk(cfg, known_classes(cfg), topk_given)
     tcfg = cfg.trainer
     # Under torchrun (or SLURM tasks) join the process group; each process binds its own GPU.
     dist, device = distributed.setup(resolve_device(tcfg.device), str(tcfg.get("dist_backend", "auto")))
@@ -123,6 +126,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size),
                       cache_dirs=cache_dirs)
     info = data.info
+    fit_topk(cfg, info.num_classes, topk_given)  # an image folder's classes are known only now
     loss = Loss(tcfg.loss, float(tcfg.label_smoothing), class_weights(cfg, data.class_counts))
     check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same

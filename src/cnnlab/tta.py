@@ -57,6 +57,12 @@ def resolve_resize(tta: str, tta_resize, input_size) -> list[int] | None:
         size = [round(h * scale), round(w * scale)]
     else:
         size = [int(s) for s in tta_resize]
+    from cnnlab.validate import side_problem
+
+    problem = side_problem("tta_resize", tta_resize, size)
+    if problem:
+        raise ConfigError(problem.replace("resize or tile the images", f"the image resized to {size[0]}x{size[1]} "
+                                          f"would not fit; give a size near the input size ({h}x{w})"))
     if size[0] < h or size[1] < w:
         raise ConfigError(f"tta_resize={tta_resize}: the image resized to {size[0]}x{size[1]} is smaller than the "
                           f"{h}x{w} crops (data.input_size={[h, w]}); give at least the input size")

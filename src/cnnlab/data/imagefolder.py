@@ -80,16 +80,43 @@ def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> 
     return files, labels
 
 
+# The depths an integer image's values are scaled from, chosen by its largest value: 8-bit data kept in a 16-bit
+# file, the 12 bits of most camera, microscope and medical sensors, and 16 bits. Above 16 bits, the bit length of
+# the largest value. docs/data.md ("Images that are not 8-bit") explains the choice.
+INTEGER_DEPTHS = (8, 12, 16)
+
+
+def value_depth(top: float) -> int:
+    """The bits an integer image's values are scaled from, given its largest value."""
+    for bits in INTEGER_DEPTHS:
+        if top <= 2 ** bits - 1:
+            return bits
+    return int(top).bit_length()
+
+
+def to_8_bit(values: np.ndarray, floating: bool) -> np.ndarray:
+    """A one-channel image of 16- or 32-bit integers or floats as uint8 0..255, scaled by the range its values
+    use: floats in [0, 1] times 255, floats in [0, 255] as they are, anything larger (integers always) by the
+    depth of its largest value (value_depth). Negative values and NaN become 0."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max()) if values.size else 0.0
+    if floating and top <= 1.0:
+        scale = 1.0
+    elif floating and top <= 255.0:
+        scale = 255.0
+    else:
+        scale = float(2 ** value_depth(top) - 1)
+    return np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def decode(path: Path, channels: int) -> torch.Tensor:
     """uint8 (C, H, W) with C = channels (1: grayscale, 3: RGB), whatever the file stores (Pillow decodes)."""
     from PIL import Image  # only image folders and cnnlab-predict decode files
 
     try:
         with Image.open(path) as image:
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float: scale to 8 bits, not clip
-                values = np.asarray(image, dtype=np.float64)
-                top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-                image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integers, floats: scaled to 8 bits
+                image = Image.fromarray(to_8_bit(np.asarray(image), image.mode == "F"), "L")
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     except Exception as bad:  # Pillow raises many types for damaged files
         raise UnreadableImage(f"cannot read image {path}: {bad}") from None

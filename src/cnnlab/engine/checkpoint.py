@@ -198,10 +198,15 @@ def saved_config(ckpt: dict):
     cnnlab stores configs resolved, so a `${...}` in one is either a literal the user escaped or something
     crafted (`${oc.env:...}` would copy the environment into the new run, `${oc.create:...}` would build a
     `_target_` the trust check never saw). Every such string is escaped: it stays the literal text.
+    The trust and the downloads the trainer allowed (model.trust_repo, data.download) are turned off.
     """
     cfg = OmegaConf.create(literal(ckpt["config"]))
     if OmegaConf.is_dict(cfg.get("model")) and "trust_repo" in cfg.model:
         cfg.model.trust_repo = False  # model=hub: the trainer's trust; restore.check_trusted_code asks this command's
+    if OmegaConf.is_dict(cfg.get("data")) and cfg.data.get("download") is not None:
+        # a file never makes cnnlab reach the network or create folders: only this command line turns it on
+        # (restore.check_download)
+        cfg.data.download = False
     return cfg
 
 
@@ -224,6 +229,27 @@ def training_weights_key(ckpt: dict) -> str:
     return RAW_WEIGHTS if RAW_WEIGHTS in ckpt else "model"
 
 
+def non_finite_problem(state: dict, source: str) -> str | None:
+    """The line refusing weights that hold NaN or infinity (None when all are finite): `source` names the file,
+    the line names the first such tensor. A model with them only predicts NaN, and training from them 'diverges'
+    at the first step, far from the file that caused it."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            what = "NaN" if torch.isnan(tensor).any() else "infinity"
+            bad = sum(1 for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                      and not torch.isfinite(t).all())
+            return (f"{source} holds weights that are not finite numbers: tensor {name!r} holds {what}"
+                    f"{f' ({bad - 1} more tensors hold NaN or infinity)' if bad > 1 else ''}; the run that wrote it "
+                    f"had diverged: use an earlier checkpoint or weights file")
+    return None
+
+
+def check_finite(state: dict, source: str) -> None:
+    problem = non_finite_problem(state, source)
+    if problem:
+        raise ConfigError(problem)
+
+
 def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_model: str,
                        in_channels: int | None = None, key: str = "model") -> None:
     """Load weights, explaining an architecture mismatch in terms of model names rather than tensor keys.
@@ -234,6 +260,7 @@ def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_
     if saved_model != expected_model:
         raise ConfigError(f"checkpoint {path} holds a {saved_model!r} model, but the config builds "
                           f"model.name={expected_model!r}; use a checkpoint of the same architecture")
+    check_finite(ckpt[key], f"checkpoint {path}")
     try:
         model.load_state_dict(ckpt[key])
     except RuntimeError as bad:

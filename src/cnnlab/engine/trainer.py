@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from cnnlab import __version__
 from cnnlab.engine.callbacks import NOTHING_KEPT, Callback, ModelCheckpoint, overrides
-from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION, RAW_WEIGHTS, config_hash
+from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION, RAW_WEIGHTS, config_hash, unreadable_reason
 from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message, is_out_of_memory,
                                   out_of_memory_message)
 from cnnlab.engine.task import RunContext, Task, TrainerOptions, TrainLoader
@@ -536,7 +536,11 @@ class Trainer:
         # rank 0 reads best.ckpt and hands its weights to the others (their file system need not share it)
         if self.dist.broadcast_object(self.options.test_with == "best" and best.is_file()):
             if self.dist.is_main:
-                state = torch.load(best, map_location=self.device, weights_only=True)
+                try:
+                    state = torch.load(best, map_location=self.device, weights_only=True)
+                except Exception as bad:  # replaced or damaged since it was written; torch's advice never shown
+                    raise RunError(f"{best} cannot be read for the test: {unreadable_reason(bad)}; the run's other "
+                                   f"files are kept: evaluate last.ckpt with cnnlab-eval") from None
                 self.task.model.load_state_dict(state["model"])
                 which = f"{state['average']['kind'].upper()} " if RAW_WEIGHTS in state else ""
                 log.info("testing the best %sweights (epoch %s, %s=%.4f)", which, state["epoch"], monitored.monitor,

@@ -30,6 +30,7 @@ import difflib
 import importlib.util
 import inspect
 import os
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -62,7 +63,11 @@ _STEM_REPLACES = {"resnet": ("conv1",), "densenet": ("features.conv0",), "google
 _RESERVED = {
     "torchvision": {"num_classes": "set from the data (data.num_classes)", "weights": "use model.weights"},
     "timm": {"num_classes": "set from the data (data.num_classes)", "in_chans": "set from data.in_channels",
-             "pretrained": "use model.pretrained", "pretrained_cfg_overlay": "use model.weights"},
+             "pretrained": "use model.pretrained", "pretrained_cfg_overlay": "use model.weights",
+             # file paths timm would open itself, also when a checkpoint's weights replace them; model.weights is
+             # read by cnnlab (weights_only, finite values) and only when the model is built to start training
+             "checkpoint_path": "use model.weights", "pretrained_cfg": "use model.weights or model.pretrained",
+             "cache_dir": "timm's weights are read from the Hugging Face cache (HF_HUB_CACHE moves it)"},
     "hub": {},
 }
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".tar")
@@ -88,6 +93,10 @@ def _plain(kwargs) -> dict:
 
 
 def _first_line(bad: BaseException) -> str:
+    if "weights_only" in str(bad):  # torch.load's refusal: its advice to load with weights_only=False is never shown
+        from cnnlab.engine.checkpoint import unreadable_reason
+
+        return unreadable_reason(bad)
     lines = [line.strip() for line in str(bad).splitlines() if line.strip()]
     return lines[0] if lines else type(bad).__name__
 
@@ -240,7 +249,7 @@ def _under(name: str, prefixes) -> bool:
 def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     """A state dict from model.weights: a .safetensors file, a torch file holding a state dict (also under
     'state_dict' or 'model'), or a cnnlab checkpoint. Read with weights_only=True: tensors and containers only."""
-    from cnnlab.engine.checkpoint import unreadable_reason  # the engine is not needed to build models otherwise
+    from cnnlab.engine.checkpoint import check_finite, unreadable_reason  # not needed to build models otherwise
 
     from cnnlab.outpaths import input_file
 
@@ -252,9 +261,11 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
             raise ConfigError(f"model.weights={text}: reading .safetensors files needs the safetensors package "
                               "(pip install safetensors, or pip install 'cnnlab[timm]')") from None
         try:
-            return load_file(str(path), device="cpu")
+            state = load_file(str(path), device="cpu")
         except Exception as bad:  # safetensors raises its own error types
             raise ConfigError(f"model.weights={text} is not a readable safetensors file: {_first_line(bad)}") from None
+        check_finite(state, f"model.weights={text}")
+        return state
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as bad:
@@ -268,7 +279,15 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     for prefix in ("module.", "_orig_mod."):  # saved from DistributedDataParallel / torch.compile wrappers
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
+    check_finite(obj, f"model.weights={text}")
     return obj
+
+
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Pretrained weights a library loaded from its cache hold finite values (checkpoint.check_finite)."""
+    from cnnlab.engine.checkpoint import check_finite
+
+    check_finite(model.state_dict(), source)
 
 
 def load_weights_file(model: nn.Module, text: str, fresh, input_conv: str | None) -> None:
@@ -384,7 +403,7 @@ def torchvision_backbone(in_channels: int, num_classes: int, input_size, arch: s
     if member is not None and loads_pretrained():
         try:
             model = call(weights=member)
-        except (OSError, RuntimeError) as bad:  # URLError is an OSError: offline downloads end here
+        except (OSError, RuntimeError, pickle.UnpicklingError) as bad:  # URLError: an OSError (offline)
             cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(member.url).path)
             if cached.is_file():
                 raise ConfigError(f"model.weights={weights}: the file {cached} (torch.hub's cache) does not load "
@@ -393,6 +412,8 @@ def torchvision_backbone(in_channels: int, num_classes: int, input_size, arch: s
                 f"model.weights={weights}: cannot load {member.url} ({_first_line(bad)}). Without network, download "
                 f"that file on another machine and put it at {cached} (torch.hub's cache; TORCH_HOME moves it), or "
                 f"give a file with model.weights=<path>") from None
+        file = os.path.basename(urlparse(member.url).path)
+        _check_finite(model, f"model.weights={weights} ({file} in torch.hub's cache)")
         categories = len(member.meta["categories"])
         for name, module in [(n, m) for n, m in model.named_modules() if _outputs(m) == categories]:
             _replace(model, name, fresh_head(module, num_classes))
@@ -514,9 +535,10 @@ def timm_backbone(in_channels: int, num_classes: int, input_size, arch: str = "r
         cached = timm_cached_weights(arch)
         try:
             model = create(num_classes, pretrained=True, pretrained_cfg_overlay={"file": cached})
-        except (RuntimeError, OSError, ValueError) as bad:
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as bad:
             raise ConfigError(f"model.pretrained=true: timm could not load {cached} into {arch}: "
                               f"{_first_line(bad)}") from None
+        _check_finite(model, f"model.pretrained=true: {cached}")
     else:
         model = create(num_classes)
     adapt_input(model, "stride", None, input_size, adapt_stem)

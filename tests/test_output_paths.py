@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.errors import ConfigError, RunError
+from cnnlab.errors import RunError
 from conftest import cli_env
 
 LESSON = "optimizers"

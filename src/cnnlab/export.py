@@ -25,7 +25,6 @@ import importlib.util
 import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 

@@ -412,8 +412,8 @@ def torchvision_backbone(in_channels: int, num_classes: int, input_size, arch: s
                 f"model.weights={weights}: cannot load {member.url} ({_first_line(bad)}). Without network, download "
                 f"that file on another machine and put it at {cached} (torch.hub's cache; TORCH_HOME moves it), or "
                 f"give a file with model.weights=<path>") from None
-        file = os.path.basename(urlparse(member.url).path)
-        _check_finite(model, f"model.weights={weights} ({file} in torch.hub's cache)")
+        cached_name = os.path.basename(urlparse(member.url).path)
+        _check_finite(model, f"model.weights={weights} ({cached_name} in torch.hub's cache)")
         categories = len(member.meta["categories"])
         for name, module in [(n, m) for n, m in model.named_modules() if _outputs(m) == categories]:
             _replace(model, name, fresh_head(module, num_classes))

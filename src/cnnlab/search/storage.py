@@ -43,7 +43,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli_env
+from procs import torchrun_worker_pids
 
 from cnnlab.data.loaders import EpochSampler, TensorLoader, shard, shard_size
 from cnnlab.distributed import SINGLE, convert_sync_batchnorm, resolve_backend
@@ -251,23 +252,6 @@ def test_a_ddp_checkpoint_resumes_in_one_process_and_back(tmp_path, reference):
     assert_same_run(tmp_path / "one_then_ddp", reference / "e3")
 
 
-def _worker_pids(parent: int) -> dict[int, int]:
-    """rank -> pid of torchrun's worker processes (its children with RANK in their environment)."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
-                continue
-            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
-        except (OSError, ValueError, IndexError):
-            continue
-        if "RANK" in env:
-            found[int(env["RANK"])] = int(proc.name)
-    return found
-
-
 def test_sigterm_to_one_rank_stops_all_with_one_checkpoint_and_the_resumed_run_matches(tmp_path):
     # dropout on, so that resuming must restore every rank's random state to match; 90 steps per epoch
     args = [*BASE[:3], "model.dropout=0.2", *BASE[4:-1], "data.batch_size=8", "trainer.max_epochs=4",
@@ -281,7 +265,7 @@ def test_sigterm_to_one_rank_stops_all_with_one_checkpoint_and_the_resumed_run_m
         if line.startswith("epoch 1/4"):
             break
     time.sleep(0.1)
-    workers = _worker_pids(proc.pid)
+    workers = torchrun_worker_pids(proc.pid)
     assert set(workers) == {0, 1}, "".join(out)
     os.kill(workers[1], signal.SIGTERM)
     out += proc.stdout.readlines()

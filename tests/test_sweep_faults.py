@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import cli_env
+from procs import torchrun_worker_pids
 
 TINY = ["model=lenet5", "data=digits", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.progress=none", "trainer.summary=none", "logger.histogram_every_n_epochs=0"]
@@ -44,25 +45,6 @@ def test_a_sweep_dir_whose_name_is_not_utf8_is_one_escaped_error_line(tmp_path, 
         assert os.listdir(target) == []
 
 
-def _worker_pids(parent: int) -> dict[int, int]:
-    """rank -> pid of torchrun's worker processes (its children with RANK in their environment)."""
-    from pathlib import Path
-
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
-                continue
-            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
-        except (OSError, ValueError, IndexError):
-            continue
-        if "RANK" in env:
-            found[int(env["RANK"])] = int(proc.name)
-    return found
-
-
 DDP = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.batch_norm=false", "augment=none",
        "optimizer=sgd", "scheduler=none", "trainer.progress=none", "trainer.summary=none",
        "logger.histogram_every_n_epochs=0", "logger.enabled=false", "trainer.limit_train_batches=10",
@@ -87,7 +69,7 @@ def test_a_killed_torchrun_rank_leaves_the_other_with_one_line_and_the_checkpoin
         deadline = time.monotonic() + 120
         while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        workers = _worker_pids(proc.pid)
+        workers = torchrun_worker_pids(proc.pid)
         assert set(workers) == {0, 1} and last.exists(), proc.communicate(timeout=60)[0][-3000:]
         os.kill(workers[1], signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)

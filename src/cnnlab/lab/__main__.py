@@ -75,10 +75,12 @@ def _run(lesson, args) -> None:
 
     out = lesson_dir(Path(args.out or "outputs/lab"), lesson, args.quick, existing=args.page_only)
     # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the
-    # lesson; a --page refused leaves --out as it was (checked, and created, after it)
+    # lesson, and the disk there takes data; a --page refused leaves --out as it was (checked, and made, after it).
+    # With --page-only nothing precedes the page's own (atomic) writes, which report a full disk themselves.
     if args.page:
-        check_writable(args.page, "--page", "the page")
         check_page_target(Path(args.page), lesson.name, f"--page={args.page}")
+        if not args.page_only:
+            check_writable(args.page, "--page", "the page")
     if not args.page_only:
         check_writable(str(out), "--out", "the lesson's runs")
     if not args.page:

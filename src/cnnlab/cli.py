@@ -13,6 +13,7 @@ import tempfile
 from cnnlab.config import config_dir
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.launchers import check_launcher
+from cnnlab.outpaths import missing_dirs, remove_empty
 from cnnlab.schema_check import check_override_keys
 
 
@@ -107,8 +108,9 @@ def check_writable(where: str, key: str, what: str = "the output") -> None:
                           f", a path whose name is not UTF-8 (shown with \\xNN escapes); the run's records "
                           f"(TensorBoard event files, .hydra/, metrics.json) name it in UTF-8. Choose a directory "
                           f"whose path is UTF-8") from None
+    folder = os.path.expanduser(where)
+    created = missing_dirs(folder)  # removed again if the probe fails: a refused place is left as it was
     try:
-        folder = os.path.expanduser(where)
         os.makedirs(folder, exist_ok=True)
         probe_dir = tempfile.mkdtemp(prefix=".cnnlab-probe-", dir=folder)
         try:
@@ -119,6 +121,7 @@ def check_writable(where: str, key: str, what: str = "the output") -> None:
         finally:
             shutil.rmtree(probe_dir, ignore_errors=True)
     except OSError as bad:
+        remove_empty(created)
         reason = bad.strerror or type(bad).__name__
         if bad.errno in (errno.ENOSPC, errno.EDQUOT):
             reason = "the disk is full"

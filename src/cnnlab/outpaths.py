@@ -134,11 +134,35 @@ def write_atomic(path, data: bytes | str) -> Path:
     from cnnlab.engine.checkpoint import write_bytes_atomic
 
     path = Path(path)
+    made = missing_dirs(path.parent)
     try:
         write_bytes_atomic(data.encode() if isinstance(data, str) else bytes(data), path)
     except OSError as bad:
+        remove_empty(made)  # a folder made for the file goes again: a failed write leaves the place as it was
         raise write_error(path, bad) from None
     return path
+
+
+def missing_dirs(folder) -> list[str]:
+    """The directories that creating `folder` (with its parents) would make, deepest first."""
+    missing = []
+    path = os.path.abspath(os.path.expanduser(folder))
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty(dirs: list[str]) -> None:
+    """Remove `dirs` (deepest first, as missing_dirs gives them) while they are empty; one that something
+    else has filled meanwhile stays, and so do the folders above it."""
+    for folder in dirs:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
 
 
 def read_text(path) -> str | None:

@@ -74,12 +74,17 @@ def _run(lesson, args) -> None:
     from cnnlab.lab.runner import collect_lesson, lesson_dir, run_lesson
 
     out = lesson_dir(Path(args.out or "outputs/lab"), lesson, args.quick, existing=args.page_only)
-    # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the lesson
-    check_page_target(Path(args.page) if args.page else out, lesson.name,
-                      f"--page={args.page}" if args.page else f"--out={out} (the page goes there; --page DIR "
-                                                              f"puts it elsewhere)")
+    # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the
+    # lesson, and the disk there takes data; a --page refused leaves --out as it was (checked, and made, after it).
+    # With --page-only nothing precedes the page's own (atomic) writes, which report a full disk themselves.
+    if args.page:
+        check_page_target(Path(args.page), lesson.name, f"--page={args.page}")
+        if not args.page_only:
+            check_writable(args.page, "--page", "the page")
     if not args.page_only:
         check_writable(str(out), "--out", "the lesson's runs")
+    if not args.page:
+        check_page_target(out, lesson.name, f"--out={out} (the page goes there; --page DIR puts it elsewhere)")
     if args.page_only:
         result, overrides = collect_lesson(lesson, out)
         print(write_page(result, Path(args.page) if args.page else out, overrides))

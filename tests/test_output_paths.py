@@ -306,6 +306,7 @@ def _status(text: str) -> int:
     return int(next(line for line in text.splitlines() if line.startswith("rc="))[3:])
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_explain_on_a_read_only_run_dir(run_copy, tmp_path):
     read_only = f"mount --bind {run_copy} {run_copy} && mount -o remount,ro,bind {run_copy} {run_copy}"
     explain = [sys.executable, "-m", "cnnlab.explain", str(run_copy), "--device", "cpu", "--images", "2"]

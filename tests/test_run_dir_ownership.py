@@ -41,6 +41,7 @@ def _rows(path):
 
 # --- a refusal writes nothing into a dir it does not own --------------------------------------------------------
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_a_sweep_run_again_into_its_own_dir_leaves_the_completed_runs_as_they_were(tmp_path):
     sweep = tmp_path / "sweep"
     first = _cli("train", "-m", "optimizer.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)

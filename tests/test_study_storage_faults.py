@@ -80,6 +80,7 @@ def trials_of(study_dir: Path) -> list:
 # --- a journal cut short or damaged ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_a_journal_cut_short_by_a_full_disk_is_read_up_to_its_last_record_by_tune_and_compare(study, tmp_path):
     journal = study / "study.journal"
     whole = journal.read_bytes()
@@ -143,6 +144,7 @@ main()
 """
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_a_search_stopped_by_a_full_disk_is_one_line_and_continues_once_space_is_freed(tmp_path):
     args = [*TINY, f"paths.output_root={tmp_path}", "search.study_name=s", "search.n_trials=2"]
     full = subprocess.run([sys.executable, "-c", FULL_DISK_TUNE, *args], cwd=tmp_path, capture_output=True, text=True,
@@ -199,6 +201,7 @@ def test_a_damaged_journal_is_one_error_in_tune_and_compare(study, tmp_path, dam
 # --- a continued study trains as its trials did ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_continuing_a_study_with_other_training_overrides_is_refused(tmp_path):
     study_dir = tmp_path / "study"
     first = [*TINY, "search.n_trials=1"]
@@ -228,6 +231,7 @@ def postgres_study(tmp_path_factory, postgres_url):
     return root, done
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_no_file_or_log_holds_the_database_password(postgres_study, postgres_url):
     root, done = postgres_study
     password = postgres_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
@@ -242,6 +246,7 @@ def test_no_file_or_log_holds_the_database_password(postgres_study, postgres_url
     assert "postgres:***@" in (root / "search" / "secretless" / "study.yaml").read_text()
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_compare_reads_a_postgres_study_with_the_driver_tune_used(postgres_study, postgres_url, tmp_path):
     root, _ = postgres_study
     study_dir = root / "search" / "secretless"
@@ -266,6 +271,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_compare_never_creates_or_connects_to_a_storage_it_was_not_given(study, tmp_path):
     info = yaml.safe_load((study / "study.yaml").read_text())
     elsewhere = tmp_path / "elsewhere.db"
@@ -294,6 +300,7 @@ def test_compare_never_creates_or_connects_to_a_storage_it_was_not_given(study, 
     assert not (study / "study.journal").exists() and not (study / "study.journal.lock").exists()
 
 
+@pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_compare_reads_an_sqlite_study_inside_the_study_dir_without_changing_it(tmp_path):
     study_dir = tmp_path / "search" / "sq"
     database = study_dir / "optuna.db"

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import cli_env
 from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import config_hash, load_checkpoint
@@ -332,3 +335,20 @@ def test_a_weights_file_named_in_a_saved_config_is_never_opened(make_cfg, tmp_pa
         resume = [f"trainer.resume={run_dir}"]
         train(make_cfg(*resume, run="again"), overrides=resume)
     assert str(weights) not in opened
+
+
+@pytest.mark.parametrize("args, said", [
+    ([], "ckpt is required"),
+    (["ckpt=nowhere/run"], "ckpt=nowhere/run: no such file or directory"),
+    (["ckpt=.", "split=training"], "split="),
+])
+def test_eval_refuses_a_bad_command_line_before_writing_anything(tmp_path, args, said):
+    """cnnlab-eval validates what it can before Hydra creates its run dir and log: nothing is written."""
+    done = subprocess.run([sys.executable, "-m", "cnnlab.evaluate", *args, f"paths.output_root={tmp_path / 'out'}"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and said in errors[0], out
+    assert "Traceback" not in out
+    assert not list((tmp_path / "out").rglob("*"))  # no run dir, no evaluate.log (the checked root may exist)

@@ -140,7 +140,35 @@ def _hydra_main(cfg: DictConfig) -> None:
 @reports_config_errors
 def main() -> None:
     check_command_line(sys.argv[1:], "eval")
+    check_eval_command_line(sys.argv[1:])
     _hydra_main()
+
+
+@reports_config_errors
+def check_eval_command_line(args: list[str]) -> None:
+    """Before Hydra creates this command's run dir and its log: ckpt= is given and names something that exists,
+    and this command's own keys (split, tta, ...) are valid. The rest of the config is complete only once the
+    checkpoint is read (evaluate, before the run dir is claimed). stat() only: the checkpoint is read once."""
+    from cnnlab.config import compose_config
+    from cnnlab.outpaths import file_kind
+
+    if any(a in ("-m", "--multirun") for a in args):
+        return  # each job checks its own
+    given = [a.partition("=")[2] for a in args if a.lstrip("+~").partition("=")[0] == "ckpt"]
+    if not given:
+        raise ConfigError("ckpt is required: cnnlab-eval ckpt=<a checkpoint file, or a run dir (its best.ckpt, "
+                          "else last.ckpt)>")
+    if "${" not in given[-1] and file_kind(Path(given[-1]).expanduser()) == "missing":
+        raise ConfigError(f"ckpt={given[-1]}: no such file or directory")
+    try:
+        cfg = compose_config([a for a in args if not a.lstrip("+~").startswith("hydra.")], "unused", "eval")
+    except ConfigError:
+        raise
+    except Exception:  # an override Hydra itself refuses: its own message, from Hydra
+        return
+    problems = command_key_problems(cfg, "eval")
+    if problems:
+        raise ConfigError(problems)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.errors import RunError
+from cnnlab.errors import ConfigError, RunError
 from conftest import cli_env
 
 LESSON = "optimizers"
@@ -456,3 +456,16 @@ def test_compare_says_why_a_runs_metrics_are_unusable(trained_run, tmp_path, con
     row = next(line for line in text.splitlines() if "incomplete" in line)
     assert reason in row, text
     assert reason in (tmp_path / "out" / "compare.csv").read_text()
+
+
+def test_compare_names_a_fifo_or_file_given_as_a_path(tmp_path):
+    from cnnlab.experiments.collect import expand
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"PATH .*pipe is a FIFO \(named pipe\), not a directory; give a run dir"):
+        expand(fifo, "PATH")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(ConfigError, match=r"PATH .*notes.txt is a file, not a directory"):
+        expand(notes, "PATH")

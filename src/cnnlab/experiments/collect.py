@@ -29,11 +29,15 @@ class Found:
 def expand(path: Path, name: str = "path") -> Found:
     """A run dir stands for itself, a sweep dir for its job dirs, a study dir for its trial dirs. A path that
     does not exist or holds no cnnlab run is a ConfigError naming it (`name`: how the user gave it)."""
+    from cnnlab.outpaths import file_kind
+
     path = Path(path)
-    if not path.exists():
+    kind = file_kind(path)  # stat() only: a FIFO is named, never opened
+    if kind == "missing":
         raise ConfigError(f"{name} {path}: no such file or directory")
-    if not path.is_dir():
-        raise ConfigError(f"{name} {path}: not a directory; give a run dir, a sweep dir or a study dir")
+    if kind != "dir":
+        what = "a file" if kind == "file" else kind
+        raise ConfigError(f"{name} {path} is {what}, not a directory; give a run dir, a sweep dir or a study dir")
     if (path / STUDY_FILE).is_file():
         return Found(path, "study", job_dirs(path / TRIALS_DIR))
     if is_run_dir(path):

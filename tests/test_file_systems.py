@@ -140,17 +140,7 @@ def test_a_real_full_file_system_is_one_error_line_and_nothing_is_lost(case, tmp
 
 # FULL_DISK, with the sync of a file under the root failing too (a write through a file object made by os.fdopen,
 # as the atomic writes make, is not seen by the harness's os.write)
-FULL_DISK_SYNC = FULL_DISK.replace("runpy.run_module", """real_fsync = os.fsync
-def fsync(fd):
-    try:
-        if under(os.readlink(f"/proc/self/fd/{fd}")):
-            full()
-    except OSError as bad:
-        if bad.errno == errno.ENOSPC:
-            raise
-    return real_fsync(fd)
-os.fsync = fsync
-runpy.run_module""")
+FULL_DISK_SYNC = FULL_DISK.replace("runpy.run_module", "os.fsync = fails_under_root(os.fsync)\nrunpy.run_module")
 
 
 @pytest.mark.parametrize("case", ["tune", "summary"])

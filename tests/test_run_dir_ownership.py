@@ -293,14 +293,19 @@ def fopen(file, mode="r", *args, **kwargs):
         return Full(f, os.fsdecode(file))
     return f
 
-def os_write(fd, data):
-    try:
-        if under(os.readlink(f"/proc/self/fd/{fd}")):
-            full()
-    except OSError as bad:
-        if bad.errno == errno.ENOSPC:
-            raise
-    return real_os_write(fd, data)
+def fails_under_root(real):
+    """`real` (os.write, os.fsync, ...) on a file descriptor, failing with ENOSPC for a file under the root."""
+    def call(fd, *args):
+        try:
+            if under(os.readlink(f"/proc/self/fd/{fd}")):
+                full()
+        except OSError as bad:
+            if bad.errno == errno.ENOSPC:
+                raise
+        return real(fd, *args)
+    return call
+
+os_write = fails_under_root(real_os_write)
 
 def mkdir(path, *args, **kwargs):
     if under(path) and not os.path.isdir(path):

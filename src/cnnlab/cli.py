@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -11,7 +10,7 @@ import sys
 import tempfile
 
 from cnnlab.config import config_dir
-from cnnlab.errors import ConfigError, RunError, TrainingStopped
+from cnnlab.errors import ConfigError, RunError, TrainingStopped, disk_full
 from cnnlab.launchers import check_launcher
 from cnnlab.outpaths import missing_dirs, remove_empty
 from cnnlab.schema_check import check_override_keys
@@ -54,7 +53,7 @@ def reports_config_errors(fn):
             _report("interrupted by Ctrl-C before training started; nothing was trained")
             sys.exit(130)
         except OSError as bad:  # a full disk where no step of the command said more (its other OSErrors: bugs)
-            if bad.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not disk_full(bad):
                 raise
             where = os.fsencode(str(bad.filename or "a file")).decode("utf-8", "backslashreplace")
             _report(f"error: could not write {where}: the disk is full ({bad.strerror or bad}); nothing that was "
@@ -123,13 +122,13 @@ def check_writable(where: str, key: str, what: str = "the output") -> None:
     except OSError as bad:
         remove_empty(created)
         reason = bad.strerror or type(bad).__name__
-        if bad.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(bad):
             reason = "the disk is full"
         elif isinstance(bad, (FileExistsError, NotADirectoryError)):
             reason = f"a file is in the way: {what} would go under a regular file"
         raise ConfigError(f"{key}={shown}: cannot create or write "
                           f"{what} there ({reason}); choose a directory you can write to"
-                          f"{' (or free some space)' if bad.errno in (errno.ENOSPC, errno.EDQUOT) else ''}") from None
+                          f"{' (or free some space)' if disk_full(bad) else ''}") from None
 
 
 @reports_config_errors

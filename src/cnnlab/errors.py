@@ -1,4 +1,19 @@
-"""The one exception type for bad user input: the CLIs print its message without a traceback."""
+"""The one exception type for bad user input: the CLIs print its message without a traceback; and how a failed
+write is told apart as a full disk."""
+
+import errno
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's quota used up
+
+
+def disk_full(error: BaseException) -> bool:
+    """The error is a write that failed for want of space."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL
+
+
+def write_failure(error: OSError) -> str:
+    """Why a write failed, in a message's words: 'the disk is full', else the system's."""
+    return "the disk is full" if disk_full(error) else (error.strerror or str(error))
 
 
 class ConfigError(ValueError):

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cnnlab.errors import ConfigError, RunError
+from cnnlab.errors import ConfigError, RunError, write_failure
 from cnnlab.masking import masked, masked_argv
 
 log = logging.getLogger("cnnlab")
@@ -51,7 +50,6 @@ START_FILES = (MARKER, ".hydra", "checkpoints", "environment.json", "config_reso
 
 
 STUDY_FILE = "study.yaml"  # a cnnlab-tune study dir (cnnlab.search.plan)
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 _claimed: set[Path] = set()  # the run dirs this process claimed (resolved)
 
@@ -87,8 +85,7 @@ def record_failure(run_dir: Path, error, kind: str = "train", overrides: list[st
 
 def startup_disk_message(path, error: OSError) -> str:
     """A write at start-up failed (the run had not trained): what, where, and that nothing is in the way."""
-    reason = "the disk is full" if error.errno in DISK_FULL else (error.strerror or str(error))
-    return (f"could not write {path}: {reason} ({error.__class__.__name__}: {error}). Nothing was trained and "
+    return (f"could not write {path}: {write_failure(error)} ({error.__class__.__name__}: {error}). Nothing was trained and "
             f"nothing that was there is lost; free some space (or point paths.output_root elsewhere), then run the "
             f"same command again")
 

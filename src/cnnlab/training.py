@@ -31,7 +31,7 @@ from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.top_k import TopK
 from cnnlab.engine.trainer import Trainer, optimizer_steps_per_epoch
-from cnnlab.errors import ConfigError, RunError
+from cnnlab.errors import ConfigError, RunError, disk_full
 from cnnlab.experiments.runs import read_overrides
 from cnnlab.finetune import Freezer, load_pretrained
 from cnnlab.inspector import LayerFailure, summarize, totals_lines
@@ -40,7 +40,7 @@ from cnnlab.masking import masked
 from cnnlab.models import build_model
 from cnnlab.optim import build_optimizer, build_schedule
 from cnnlab.restore import carry_best_checkpoint, resume_config
-from cnnlab.rundir import DISK_FULL, claim, startup_disk_message
+from cnnlab.rundir import claim, startup_disk_message
 from cnnlab.runinfo import environment, flat_hparams, write_json
 from cnnlab.seeding import seed_everything
 from cnnlab.validate import fit_topk, known_classes, validate
@@ -75,7 +75,7 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
     try:
         return _prepare(cfg, overrides, extra_callbacks, kind)
     except OSError as bad:
-        if bad.errno not in DISK_FULL:
+        if not disk_full(bad):
             raise
         where = bad.filename or OmegaConf.select(cfg, "paths.output_dir", default=None) or "the run dir"
         raise RunError(startup_disk_message(where, bad)) from bad

@@ -3,7 +3,6 @@ failures a user can act on (out of memory, full disk). See docs/reliability.md."
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -11,7 +10,7 @@ import threading
 
 import torch
 
-from cnnlab.errors import RunError
+from cnnlab.errors import RunError, write_failure
 
 log = logging.getLogger("cnnlab")
 
@@ -90,8 +89,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def disk_message(path, error: OSError, kept: str) -> str:
-    reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-    return (f"could not write {path}: {reason} ({error.__class__.__name__}: {error}). Free some space or point "
+    return (f"could not write {path}: {write_failure(error)} ({error.__class__.__name__}: {error}). Free some space or point "
             f"paths.output_root elsewhere, then resume with trainer.resume=<run dir>. {kept}")
 
 

@@ -42,8 +42,10 @@ class RunError(RuntimeError):
 
 
 class TrainingStopped(RuntimeError):
-    """Training was stopped by a signal after writing a resumable checkpoint; exit status 128 + signal."""
+    """Training was stopped by a signal after writing a resumable checkpoint; exit status 128 + signal.
+    `what` says where it stopped and what was written, `advice` how to continue; a caller that continues it
+    otherwise (a lab lesson, a search) keeps `what` and gives its own advice."""
 
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, what: str, signum: int, advice: str = ""):
+        super().__init__(f"{what}. {advice}" if advice else what)
+        self.what, self.signum, self.advice = what, signum, advice

@@ -89,7 +89,7 @@ def refuse_torchrun() -> None:
 
 def interrupted_advice(stop: BaseException, retry: bool) -> str:
     """How a study goes on after a trial was interrupted: the same command again, never a resume of the trial."""
-    what = (str(stop).split(". Continue with")[0].rstrip(".") if isinstance(stop, TrainingStopped) else
+    what = (stop.what if isinstance(stop, TrainingStopped) else
             "interrupted by Ctrl-C while its trial was starting")
     rule = ("the interrupted trial runs again from its start, with the same values, as a new trial" if retry else
             "the interrupted trial stays failed and a new trial takes its place in the budget "

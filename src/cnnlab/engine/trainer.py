@@ -442,8 +442,7 @@ class Trainer:
             if ckpt is not None:
                 ckpt.wait()
             self.dist.barrier()  # every process stops once rank 0's checkpoint is on disk
-            raise TrainingStopped(self._stopped_message(signum, f"after epoch {epoch}", self._resume_path()),
-                                  signum)
+            raise self._stopped(signum, f"after epoch {epoch}", self._resume_path())
 
     def _agreed_signal(self, signals: StopSignals) -> int:
         """The signal every process reports: the lowest that reached any of them (one gather, at the stop)."""
@@ -479,7 +478,7 @@ class Trainer:
         path = ckpt.save_resume_point(state) if ckpt is not None else self._resume_path()
         self.dist.barrier()
         where = f"at epoch {epoch}, step {state['partial']['loader']['batches']}"
-        raise TrainingStopped(self._stopped_message(signum, where, path), signum)
+        raise self._stopped(signum, where, path)
 
     def _own_partial(self, partial: dict) -> tuple[dict, dict]:
         """This process's loader position and random state in a mid-epoch checkpoint (rank 0 saved every
@@ -495,16 +494,18 @@ class Trainer:
         own = partial["ranks"][self.dist.rank] if "ranks" in partial else partial
         return own["loader"], own["rng"]
 
-    def _stopped_message(self, signum: int, where: str, path: Path | None) -> str:
+    def _stopped(self, signum: int, where: str, path: Path | None) -> TrainingStopped:
         name = signal.Signals(signum).name
         if path is None:
-            return f"stopped by {name} {where}; no checkpoint written (trainer.checkpoint.save_last=false)"
+            return TrainingStopped(f"stopped by {name} {where}; no checkpoint written "
+                                   f"(trainer.checkpoint.save_last=false)", signum)
+        what = f"stopped by {name} {where}; checkpoint written to {path}"
         if self.dist.enabled:
-            return (f"stopped by {name} {where}; checkpoint written to {path}. Continue with the same launch "
-                    f"({self.dist.world_size} processes) and trainer.resume={self.context.run_dir}, e.g. torchrun "
-                    f"--nproc_per_node={self.dist.world_size} -m cnnlab.train trainer.resume={self.context.run_dir}")
-        return (f"stopped by {name} {where}; checkpoint written to {path}. "
-                f"Continue with: cnnlab-train trainer.resume={self.context.run_dir}")
+            return TrainingStopped(what, signum, f"Continue with the same launch ({self.dist.world_size} processes) "
+                                                 f"and trainer.resume={self.context.run_dir}, e.g. torchrun "
+                                                 f"--nproc_per_node={self.dist.world_size} -m cnnlab.train "
+                                                 f"trainer.resume={self.context.run_dir}")
+        return TrainingStopped(what, signum, f"Continue with: cnnlab-train trainer.resume={self.context.run_dir}")
 
     def evaluate(self, loader: Iterable, prefix: str, with_confusion: bool = False, num_classes: int | None = None,
                  module: nn.Module | None = None):

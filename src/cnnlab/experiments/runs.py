@@ -92,7 +92,7 @@ def read_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     metrics, unreadable = _read_mapping(run_dir / METRICS_FILE)
     failure = _read_json(run_dir / FAILURE_FILE) or {}
-    config = flatten(_read_yaml(run_dir / CONFIG_FILE) or {})
+    config = flatten(read_yaml(run_dir / CONFIG_FILE) or {})
     overrides = read_overrides(run_dir)
     if not overrides and isinstance(failure.get("overrides"), list):  # failed before the run dir was claimed
         overrides = parse_overrides(failure["overrides"])
@@ -133,7 +133,7 @@ def _error_text(failure: dict) -> str:
 
 def read_overrides(run_dir: Path) -> dict[str, str]:
     """The run's command-line overrides (.hydra/overrides.yaml) as key -> value string, in their order."""
-    items = _read_yaml(Path(run_dir) / OVERRIDES_FILE)
+    items = read_yaml(Path(run_dir) / OVERRIDES_FILE)
     return parse_overrides(items) if isinstance(items, list) else {}
 
 
@@ -226,7 +226,7 @@ def file_kind_is_special(path: Path) -> bool:
         return True
 
 
-def _read_yaml(path: Path):
+def read_yaml(path: Path):
     if file_kind_is_special(path):
         return None
     try:

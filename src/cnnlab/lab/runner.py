@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cnnlab.config import compose_config
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab.experiments.runs import OVERRIDES_FILE, RunRecord, _read_yaml, read_run
+from cnnlab.experiments.runs import OVERRIDES_FILE, RunRecord, read_yaml, read_run
 from cnnlab.rundir import record_failure
 from cnnlab.lab.lessons import Lesson
 
@@ -142,7 +142,7 @@ def run_lesson(lesson: Lesson, out_dir: Path, quick: bool = False, overrides: li
 
 def _stopped_advice(stop: TrainingStopped, lesson: Lesson, arm: str, seed: int, quick: bool) -> str:
     """The stop message with the way on for a lesson: the same cnnlab-lab command again (not cnnlab-train)."""
-    what = str(stop).split(". Continue with")[0].rstrip(".")
+    what = stop.what
     again = "the same cnnlab-lab command" + f" (cnnlab-lab {lesson.name}{' --quick' if quick else ''} ...)"
     how = ("its study continues where it stopped (cnnlab-tune's rule for the interrupted trial applies)"
            if lesson.extra == "search" else "it continues from its checkpoint")
@@ -206,7 +206,7 @@ def _train(args: list[str], run_dir: Path) -> RunRecord:
 def _earlier(run_dir: Path, args: list[str]) -> str | None:
     """What an earlier run of this lesson left in run_dir with exactly these overrides: "finished" (metrics.json,
     no newer failure), "interrupted" (a checkpoint to continue, no metrics), else None (run afresh)."""
-    saved = _read_yaml(run_dir / OVERRIDES_FILE)
+    saved = read_yaml(run_dir / OVERRIDES_FILE)
     if not isinstance(saved, list) or [str(o) for o in saved] != list(args):
         return None
     record = read_run(run_dir)
@@ -243,7 +243,7 @@ def _tune(args: list[str], study_dir: Path) -> RunRecord:
 
 
 def _study_command(study_dir: Path) -> list[str] | None:
-    saved = _read_yaml(study_dir / "study.yaml")
+    saved = read_yaml(study_dir / "study.yaml")
     command = saved.get("command") if isinstance(saved, dict) else None
     return [str(c) for c in command] if isinstance(command, list) else None
 

@@ -270,6 +270,8 @@ class Swa(Section):
 class Trainer(Section):
     max_epochs: PositiveInt
     limit_train_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")]
+    limit_val_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")] = None
+    limit_test_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")] = None
     device: str
     precision: Precision
     channels_last: Annotated[Literal["auto"] | bool, Field(description="is not accepted; choose one of auto, true, false")]

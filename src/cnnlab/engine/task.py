@@ -57,6 +57,8 @@ class TrainerOptions:
 
     max_epochs: int
     limit_train_batches: int | None = None
+    limit_val_batches: int | None = None   # evaluation passes of the loop cut to their first N batches
+    limit_test_batches: int | None = None
     topk: tuple[int, ...] = (1,)       # always includes 1
     channels_last: bool = False       # resolved (cnnlab.devices.resolve_channels_last): inputs go in as NHWC
     compile: bool = False
@@ -73,6 +75,8 @@ class TrainerOptions:
         return cls(
             max_epochs=int(cfg.max_epochs),
             limit_train_batches=int(cfg.limit_train_batches) if cfg.get("limit_train_batches") else None,
+            limit_val_batches=int(cfg.limit_val_batches) if cfg.get("limit_val_batches") else None,
+            limit_test_batches=int(cfg.limit_test_batches) if cfg.get("limit_test_batches") else None,
             topk=tuple(sorted({1, *(int(k) for k in cfg.topk)})),
             channels_last=cfg.channels_last is True if channels_last is None else channels_last,
             compile=bool(cfg.compile),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import signal
@@ -87,6 +88,7 @@ class Trainer:
         self.tracker: MetricTracker | None = None  # running sums of the epoch being trained
         self.epoch_steps = 0      # batches the epoch being trained runs
         self.first_step = 0       # of those, done before an interruption (the epoch continues after them)
+        self._cut_logged: set[str] = set()  # evaluation splits whose trainer.limit_*_batches cut was logged
         self.improved = False     # the epoch just ended set a new best of the monitored metric
         self.should_stop = False  # set by a callback: stop after this epoch
         self.stopped_early = False
@@ -517,9 +519,14 @@ class Trainer:
         self.dist.broadcast_buffers_(model)  # every process evaluates (and saves) rank 0's batch-norm statistics
         if module is not None:  # and the raw model's (saved as "raw_model"), as when the raw model is evaluated
             self.dist.broadcast_buffers_(self.task.model)
+        limit = {"val": self.options.limit_val_batches, "test": self.options.limit_test_batches}.get(prefix)
+        if limit and limit < len(loader) and prefix not in self._cut_logged:
+            self._cut_logged.add(prefix)
+            log.info("%s: only the first %d of %d batches are evaluated (trainer.limit_%s_batches=%d); the %s "
+                     "metrics cover only those", prefix, limit, len(loader), prefix, limit, prefix)
         try:
             return evaluate_model(self.eval_model if module is None else module, loader, self.task.loss, prefix,
-                                  ks=self.options.topk,
+                                  ks=self.options.topk, limit_batches=limit,
                                   device=self.device, autocast=self._autocast,
                                   channels_last=self.options.channels_last, with_confusion=with_confusion,
                                   dist=self.dist, num_classes=num_classes)
@@ -630,15 +637,17 @@ class Trainer:
 
 @torch.inference_mode()
 def evaluate_model(model: nn.Module, loader, loss, prefix: str, *, ks=(1, 5), device, autocast=contextlib.nullcontext,
-                   channels_last: bool = False, with_confusion: bool = False, dist=None, num_classes=None):
+                   channels_last: bool = False, with_confusion: bool = False, dist=None, num_classes=None,
+                   limit_batches: int | None = None):
     """One pass over `loader` in eval mode: {prefix}/loss, {prefix}/acc, {prefix}/acc_top<k> (and confusion).
+    limit_batches: only the first N batches (trainer.limit_val_batches / limit_test_batches smoke runs).
 
     dist: under DDP the loader yields this process's shard; sums and counts are added over all processes
     (num_classes sizes the confusion matrix of a process whose shard is empty)."""
     model.eval()
     tracker = MetricTracker(ks, device)
     confusion = None
-    for x, y in loader:
+    for x, y in (itertools.islice(loader, limit_batches) if limit_batches else loader):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():

@@ -121,13 +121,13 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     workers = int(cfg.num_workers)
     sampler = str(cfg.get("sampler", "random"))
     if kind == "tensor":
-        train = TensorLoader(pools["train"].images, pools["train"].labels, bs, shuffle=True,
+        train = TensorLoader(pools["train"].images, pools["train"].labels, bs, shuffle=True, index=pools["train"].index,
                              augment=BatchAugment(transforms), mix=mix, sampler=sampler, **common)
     else:
         pipeline = build_v2_pipeline(transforms) if transforms else None
         train = _dataloader(pools["train"], source, info, pipeline, bs, True, workers, mix, common, sampler)
     # Evaluation sets are never augmented; resident ones always take the resident path.
-    val, test = (TensorLoader(p.images, p.labels, eval_bs, **common) if p.resident
+    val, test = (TensorLoader(p.images, p.labels, eval_bs, index=p.index, **common) if p.resident
                  else _dataloader(p, source, info, None, eval_bs, False, workers, None, common)
                  for p in (pools["val"], pools["test"]))
     sizes = {name: len(pool) for name, pool in pools.items()}
@@ -198,7 +198,7 @@ def _subset(pool: Pool, subset, num_classes: int) -> Pool:
 
 
 def _resized(pool: Pool, size) -> Pool:
-    return Pool(pool.labels, images=resize_to(pool.images, size)) if pool.resident else pool
+    return Pool(pool.labels, images=resize_to(pool.images, size), index=pool.index) if pool.resident else pool
 
 
 def _split(pools: dict[str, Pool], cfg, seed: int) -> dict[str, Pool]:
@@ -250,7 +250,7 @@ def _image_chunks(pool: Pool, source: SourceData, info: DataInfo, pick: list[int
     for start in range(0, len(pick), size):
         chunk = pick[start:start + size]
         if files is None:
-            yield pool.images[chunk]
+            yield pool.rows(chunk)
             continue
         kept = [item[0] for item in (files[i] for i in chunk) if item is not None]
         if kept:
@@ -300,7 +300,7 @@ def _training_fingerprint(pool: Pool, info: DataInfo) -> dict:
     its images (or its file paths)."""
     digest = hashlib.sha256(pool.labels.cpu().numpy().tobytes())
     if pool.resident:
-        digest.update(pool.images[::max(1, len(pool) // 16)][:16].cpu().contiguous().numpy().tobytes())
+        digest.update(pool.rows(range(0, len(pool), max(1, len(pool) // 16))[:16]).cpu().contiguous().numpy().tobytes())
     else:
         digest.update("\n".join(str(f) for f in pool.files).encode())
     return {"data": info.name, "images": len(pool), "input_size": list(info.input_size),
@@ -310,7 +310,8 @@ def _training_fingerprint(pool: Pool, info: DataInfo) -> dict:
 def _dataloader(pool: Pool, source: SourceData, info: DataInfo, pipeline, batch_size: int, shuffle: bool,
                 workers: int, mix, common, sampler: str = "random"):
     if pool.resident:
-        dataset, collate = TransformDataset(pool.images, pool.labels, pipeline, seed=common["seed"]), None
+        dataset = TransformDataset(pool.images, pool.labels, pipeline, seed=common["seed"], index=pool.index)
+        collate = None
     else:
         dataset = ImageFiles(pool.files, pool.labels, info.in_channels, info.input_size, source.resize_mode,
                              skip=source.skip_unreadable, transform=pipeline, seed=common["seed"])
@@ -324,7 +325,7 @@ def check_pipeline(transforms, kind: str, pool: Pool, source: SourceData, info: 
     if not transforms:
         return
     if pool.resident:
-        sample = pool.images[:2]
+        sample = pool.rows(range(min(2, len(pool))))
     else:
         sample = None
         for path in pool.files[:50]:  # the first readable file (unreadable ones are the loader's business)

@@ -64,6 +64,14 @@ class Normalize:
         return x * self.scale + self.shift  # measured faster than one broadcast addcmul on CPU
 
 
+def gather_rows(images: torch.Tensor, index: torch.Tensor, device, chunk: int = 4096) -> torch.Tensor:
+    """images[index] on `device`, gathered a chunk at a time: the host never holds a second copy of the split."""
+    out = torch.empty((len(index), *images.shape[1:]), dtype=images.dtype, device=device)
+    for start in range(0, len(index), chunk):
+        out[start:start + chunk] = images[index[start:start + chunk]].to(device, non_blocking=False)
+    return out
+
+
 class TensorLoader:
     """Batches drawn from uint8 images held on the device: shuffle by index, augment whole batches, normalise.
 
@@ -78,10 +86,13 @@ class TensorLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean, std,
                  shuffle: bool = False, augment: BatchAugment | None = None, mix: BatchMix | None = None,
                  seed: int = 0, drop_last: bool = False, device: torch.device | str = "cpu",
-                 rank: int = 0, world: int = 1, sampler: str = "random"):
+                 rank: int = 0, world: int = 1, sampler: str = "random", index: torch.Tensor | None = None):
         self.device = torch.device(device)
         self.rank, self.world = rank, world  # distributed: this process takes its shard of every epoch
-        self.images = images.to(self.device)
+        if index is not None and self.device.type != "cpu":  # only this split's rows travel to the device
+            images, index = gather_rows(images, index, self.device), None
+        self.images = images.to(self.device)  # on the CPU: shared by the splits, maybe memory-mapped, never copied
+        self.index = None if index is None else index.to(self.device)  # rows of `images` that are this split
         self.labels = labels.to(self.device)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -149,7 +160,7 @@ class TensorLoader:
         for b in range(first, len(self)):
             start = b * self.batch_size
             idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
-            x = self.images[idx].float()
+            x = self.images[idx if self.index is None else self.index[idx]].float()
             if self.augment is not None:
                 x = self.augment(x, generator)
             x, y = self.normalize(x), self.labels[idx]
@@ -163,15 +174,18 @@ class TransformDataset(Dataset):
 
     Indexed by (index, epoch) pairs from EpochSampler (plain indices also work, unseeded)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, seed: int = 0):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None, seed: int = 0,
+                 index: torch.Tensor | None = None):
         self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
+        self.index = index  # rows of `images` that are this set (a split's view), or None: all
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, key):
         i, epoch = key if isinstance(key, tuple) else (key, None)
-        return transform_sample(self.transform, self.images[i], self.seed, epoch, i), self.labels[i]
+        image = self.images[i if self.index is None else int(self.index[i])]
+        return transform_sample(self.transform, image, self.seed, epoch, i), self.labels[i]
 
 
 class EpochSampler(torch.utils.data.Sampler):

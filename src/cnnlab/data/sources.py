@@ -25,9 +25,13 @@ from cnnlab.errors import ConfigError
 
 @dataclass
 class Pool:
+    """One split's labelled images. A resident pool is a view: `index` picks its rows of `images`, which the
+    pools of one source share, so splitting and selecting never copy pixels (a memory-mapped set stays mapped)."""
+
     labels: torch.Tensor
-    images: torch.Tensor | None = None        # uint8 (N, C, H, W), resident
+    images: torch.Tensor | None = None        # uint8 (M, C, H, W), resident (in memory or memory-mapped)
     files: list[Path] | None = None           # or image files decoded per sample (see cnnlab.data.imagefolder)
+    index: torch.Tensor | None = None         # int64 rows of `images` in this pool, in order; None: all of them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,11 +41,19 @@ class Pool:
         return self.images is not None
 
     def select(self, keep: torch.Tensor, labels: torch.Tensor | None = None) -> "Pool":
-        """The samples at indices `keep` (optionally with new labels)."""
+        """The samples at indices `keep` (optionally with new labels): a view, no pixels copied."""
+        keep = torch.as_tensor(keep, dtype=torch.long)
         labels = self.labels[keep] if labels is None else labels
         if self.resident:
-            return Pool(labels, images=self.images[keep])
+            return Pool(labels, images=self.images, index=keep if self.index is None else self.index[keep])
         return Pool(labels, files=[self.files[i] for i in keep.tolist()])
+
+    def rows(self, positions=None) -> torch.Tensor:
+        """The pool's images at `positions` (all when None), gathered into a new tensor."""
+        if positions is None:
+            return self.images if self.index is None else self.images[self.index]
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        return self.images[positions if self.index is None else self.index[positions]]
 
 
 @dataclass

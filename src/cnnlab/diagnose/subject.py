@@ -81,6 +81,7 @@ def plain_loader(data, cfg, device):
     """
     train = data.train
     if isinstance(train, TensorLoader):
-        return TensorLoader(train.images, train.labels, train.batch_size, mean=data.info.mean, std=data.info.std,
+        return TensorLoader(train.images, train.labels, train.batch_size, index=train.index, mean=data.info.mean,
+                            std=data.info.std,
                             shuffle=True, seed=train.seed, device=train.device)
     return build_data(cfg.data, int(cfg.seed), device, train_augment=False).train

@@ -371,12 +371,17 @@ def _choose_loader(requested: str, transforms, resident: bool = True) -> str:
     return requested
 
 
-def resize_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a resident uint8 set once, up front, to the model's input size (antialiased bilinear)."""
+def resize_to(images: torch.Tensor, size: tuple[int, int], chunk: int = 1024) -> torch.Tensor:
+    """Resize a resident uint8 set once, up front, to the model's input size (antialiased bilinear), a chunk of
+    images at a time: the float copy the interpolation needs never covers the whole set."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    resized = F.interpolate(images.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.empty((images.shape[0], images.shape[1], *size), dtype=torch.uint8, device=images.device)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start:start + chunk].float()
+        resized = F.interpolate(part, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = resized.round_().clamp_(0, 255)
+    return out
 
 
 def _check_shapes(info: DataInfo, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -51,3 +51,11 @@ def test_the_splits_of_a_built_set_share_one_array(make_cfg):
     assert sizes == [data.sizes["train"], data.sizes["val"], data.sizes["test"]] and sizes[0] == 6 * 40
     together = torch.cat([data.train.index, data.val.index, data.test.index])
     assert len(set(together.tolist())) == len(together)  # no row in two splits
+
+
+def test_gathering_a_split_for_a_gpu_takes_its_rows_a_chunk_at_a_time():
+    from cnnlab.data.loaders import gather_rows
+
+    images, _ = numbered(20)
+    index = torch.tensor([19, 0, 5, 5, 11, 2, 7])
+    assert torch.equal(gather_rows(images, index, "cpu", chunk=3), images[index])

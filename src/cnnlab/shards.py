@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{split}: {entry['samples']} images in {len(entry['shards'])} shard(s) {out / entry['pattern']}")
     print(f"manifest: {out / MANIFEST} ({len(classes)} classes; mean/std measured on {stats['images']} training "
           f"images)")
-    print(f"train with: cnnlab-train data=webdataset 'data.train_shards=\"{out.resolve() / splits['train']['pattern']}\"'")
+    train = out.resolve() / splits["train"]["pattern"]
+    print(f"train with: cnnlab-train data=webdataset 'data.train_shards=\"{train}\"'")
 
 
 if __name__ == "__main__":

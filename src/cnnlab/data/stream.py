@@ -124,12 +124,8 @@ class ShardStream(IterableDataset):
         if w >= len(self.plans):
             return
         plan, skip = self.plans[w], self.skips[w]
-        samples = self._raw(plan)
-        if self.shuffle and self.buffer > 1:
-            rng = random.Random(derived_generator(self.seed, self.epoch, BUFFER_SALT, self.rank, w).initial_seed())
-            samples = webdataset().filters.shuffle(self.buffer, initial=self.buffer, rng=rng)(samples)
         keys, images, labels = [], [], []
-        for pos, sample in enumerate(itertools.islice(samples, plan.quota)):
+        for pos, sample in enumerate(itertools.islice(self._raw(plan, w), plan.quota)):
             if pos < skip:  # trained on before an interruption: read, not decoded
                 continue
             keys.append(sample["__key__"])
@@ -140,15 +136,25 @@ class ShardStream(IterableDataset):
                 yield pos // CHUNK, w, keys, torch.stack(images), torch.tensor(labels, dtype=torch.long)
                 keys, images, labels = [], [], []
 
-    def _raw(self, plan: WorkerPlan):
-        """The plan's shards' samples (undecoded), from the first shard again when the quota asks for more."""
-        if not plan.shards:
+    def _raw(self, plan: WorkerPlan, w: int):
+        """The plan's shards' samples (undecoded) through the shuffle buffer, pass after pass while the quota
+        asks for more (padding): each pass is mixed on its own, so a repeat never comes before the first pass ends."""
+        if not plan.shards or not plan.quota:
             return
+        shuffle = None
+        if self.shuffle and self.buffer > 1:
+            rng = random.Random(derived_generator(self.seed, self.epoch, BUFFER_SALT, self.rank, w).initial_seed())
+            shuffle = webdataset().filters.shuffle(self.buffer, initial=self.buffer, rng=rng)
+        while True:
+            one_pass = self._read(plan.shards)
+            yield from shuffle(one_pass) if shuffle is not None else one_pass
+
+    @staticmethod
+    def _read(shards):
         tariterators = webdataset().tariterators
-        for shard in itertools.cycle(plan.shards) if plan.quota else ():
+        for shard in shards:
             try:
-                for sample in tariterators.tarfile_samples([{"url": shard.url}]):
-                    yield sample
+                yield from tariterators.tarfile_samples([{"url": shard.url}])
             except StreamError:
                 raise
             except Exception as bad:

@@ -169,6 +169,26 @@ def test_ranks_and_workers_split_the_shards_so_that_each_sample_is_trained_once(
     assert ranks[0].train.dataset_size == 36 and ranks[0].sizes == {"train": 36, "val": 12, "test": 12}
 
 
+def test_uneven_shards_give_every_process_the_same_share_and_a_warning(shard_dir, make_cfg, caplog):
+    """7 shards of 4 and one of 2 (30 samples) over 2 processes of 2 workers: whatever shards an epoch deals
+    them, both take ceil(30 / 2) = 15 samples (padded or cut), so DDP steps together; a warning says so."""
+    from cnnlab.data.shardset import Shard
+    from cnnlab.data.stream import epoch_plan
+
+    shards = [Shard(f"s{i}.tar", 4) for i in range(7)] + [Shard("s7.tar", 2)]
+    for epoch in range(6):
+        plans = [epoch_plan(shards, seed=0, epoch=epoch, rank=r, world=2, workers=2, train=True) for r in (0, 1)]
+        assert [sum(p.quota for p in plan) for plan in plans] == [15, 15]
+        dealt = sorted(s.url for plan in plans for p in plan for s in p.shards)
+        assert dealt == sorted(s.url for s in shards)  # each shard to exactly one worker of one process
+    evaluation = [epoch_plan(shards, seed=0, epoch=0, rank=r, world=2, workers=2, train=False) for r in (0, 1)]
+    assert sum(p.quota for plan in evaluation for p in plan) == 30  # evaluation: every sample once, no padding
+    _, out, _ = shard_dir
+    cfg = stream_cfg(make_cfg, out, train=str(out / "train-{000000..000004}.tar"))
+    build_data(cfg.data, 0, CPU, shard=(0, 2))
+    assert "the processes' shares differ" in caplog.text
+
+
 def test_each_epoch_reads_the_shards_in_a_new_order_that_the_seed_repeats(shard_dir, make_cfg, tmp_path, monkeypatch):
     _, out, _ = shard_dir
     cfg = stream_cfg(make_cfg, out)

@@ -319,6 +319,23 @@ def test_too_few_shards_for_the_processes_and_a_missing_library_are_told_plainly
         build_data(cfg.data, 0, CPU)
 
 
+def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_with_its_name(shard_dir, make_cfg,
+                                                                                      tmp_path):
+    import shutil
+
+    _, out, _ = shard_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = copy / "val-000000.tar"
+    with tarfile.open(out / "val-000000.tar") as old, tarfile.open(shard, "w") as new:
+        for member in old.getmembers()[:-4]:  # two samples fewer (an image and a .cls each)
+            new.addfile(member, old.extractfile(member))
+    data = build_data(stream_cfg(make_cfg, copy).data, 0, CPU)
+    with pytest.raises(ConfigError, match=r"val-000000.tar as the manifest describes it: it holds 4 samples, the "
+                                          r"manifest says 6"):
+        list(data.val)
+
+
 def test_the_default_run_does_not_import_webdataset():
     code = ("import sys, cnnlab.training, cnnlab.data.build, cnnlab.schema; "
             "assert 'webdataset' not in sys.modules, 'imported'")

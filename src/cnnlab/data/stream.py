@@ -151,14 +151,23 @@ class ShardStream(IterableDataset):
 
     @staticmethod
     def _read(shards):
+        """Every sample of `shards` once; a shard holding another number of samples than the manifest says is
+        an error (it was changed after the manifest was written), so that no epoch is silently short or padded."""
         tariterators = webdataset().tariterators
         for shard in shards:
+            count = 0
             try:
-                yield from tariterators.tarfile_samples([{"url": shard.url}])
+                for sample in tariterators.tarfile_samples([{"url": shard.url}]):
+                    count += 1
+                    yield sample
             except StreamError:
                 raise
             except Exception as bad:
                 raise StreamError(f"cannot read shard {shard.url}: {bad}") from None
+            if count != shard.samples:
+                raise StreamError(f"cannot read shard {shard.url} as the manifest describes it: it holds {count} "
+                                  f"samples, the manifest says {shard.samples}; write the shards and their manifest "
+                                  f"again with cnnlab-shards")
 
     def _decode(self, sample: dict):
         key, url = sample["__key__"], sample.get("__url__", "?")
@@ -255,7 +264,9 @@ class StreamLoader:
         chunks, pending, parts, held = iter(loader), {}, [], 0
         for i, w, _ in order:
             while (i, w) not in pending:
-                item = next(chunks)
+                item = next(chunks, None)
+                if item is None:  # a worker ended early without an error: not expected, but never a hang
+                    raise StreamError(f"cannot read the epoch's samples: loader worker {w} ended before chunk {i}")
                 pending[item[0], item[1]] = item[2:]
             parts.append(pending.pop((i, w)))
             held += len(parts[-1][0])

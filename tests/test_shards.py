@@ -128,6 +128,21 @@ def test_cnnlab_shards_refuses_bad_input_before_writing(tmp_path, args, message)
     assert not (tmp_path / "new").exists() and os.listdir(tmp_path / "foreign") == ["data.bin"]
 
 
+def test_an_unreadable_image_met_while_writing_leaves_no_shard_behind(tmp_path):
+    """The damaged file is in the val split (the split is seeded, so it is known), which the mean/std measurement
+    does not decode: the training shards are already written when it is met, and are removed again."""
+    from cnnlab.data.imagefolder import list_images
+    from cnnlab.data.splits import stratified_split
+
+    disk.write_image_folder(tmp_path / "imgs", per_class=3)
+    files, labels = list_images(tmp_path / "imgs", list(CLASSES), "ROOT", require_all=True)
+    damaged = files[int(stratified_split(torch.tensor(labels), 0.34, 0.0, 0)["val"][0])]
+    damaged.write_bytes(b"not an image")
+    done = shards_cmd("imgs", "--out", "out", "--val-fraction", "0.34", "--size", "8", "8", cwd=tmp_path)
+    assert done.returncode == 2 and f"cannot read image {damaged.relative_to(tmp_path)}" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()  # the training shards written before, and the folder made for them
+
+
 def test_one_epoch_trains_end_to_end_on_local_shards(shard_dir, run_cli, tmp_path):
     _, out, _ = shard_dir
     done = run_cli("train", "data=webdataset", f"data.train_shards='{pattern(out, 'train')}'",

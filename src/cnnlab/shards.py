@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from cnnlab.data import imagefolder as folder
 from cnnlab.data.shardset import FORMAT, MANIFEST, SPLITS, brace_pattern, webdataset
 from cnnlab.data.splits import stratified_split
 from cnnlab.errors import ConfigError
-from cnnlab.outpaths import check_folder, file_kind, write_atomic, write_error
+from cnnlab.outpaths import check_folder, file_kind, missing_dirs, remove_empty, write_atomic, write_error
+from cnnlab.schema import ResizeMode
 
 STATS_LIMIT = 2000  # training images the mean/std are measured on (drawn with the seed)
 GRAY = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2 luma, as Pillow converts RGB to grayscale
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="re-encode every image at this size as JPEG (default: keep the files' bytes)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3,
                         help="with --size: RGB (3, default) or grayscale (1) JPEGs")
-    parser.add_argument("--resize-mode", choices=("center_crop", "stretch"), default="center_crop",
+    parser.add_argument("--resize-mode", choices=typing.get_args(ResizeMode), default="center_crop",
                         help="with --size: as data.resize_mode (default center_crop)")
     parser.add_argument("--quality", type=int, default=90, help="with --size: JPEG quality 1..95 (default 90)")
     return parser.parse_args(argv)
@@ -137,7 +139,9 @@ def encoded(path: Path, args) -> tuple[str, bytes]:
     return "jpg", buffer.getvalue()
 
 
-def write_split(split: str, files: list[Path], labels: list[int], out: Path, args, num_classes: int, bar) -> dict:
+def write_split(split: str, files: list[Path], labels: list[int], out: Path, args, num_classes: int, bar,
+                created: set[Path]) -> dict:
+    """One split's shards; every file opened is added to `created` (removed again if the command fails)."""
     wds = webdataset()
     shards: dict[str, int] = {}
     per_class: dict[str, list[int]] = {}
@@ -147,11 +151,13 @@ def write_split(split: str, files: list[Path], labels: list[int], out: Path, arg
         for i, (path, label) in enumerate(zip(files, labels)):
             ext, data = encoded(path, args)
             writer.write({"__key__": f"{split}-{i:07d}", ext: data, "cls": str(label)})
+            created.add(Path(writer.fname))
             name = Path(writer.fname).name
             shards[name] = shards.get(name, 0) + 1
             per_class.setdefault(name, [0] * num_classes)[label] += 1
             bar.update(1)
     finally:
+        created.add(Path(writer.fname))  # also a shard opened for a sample that failed
         writer.close()
     counts = [sum(c[k] for c in per_class.values()) for k in range(num_classes)]
     return {"pattern": brace_pattern(split, len(shards)), "samples": len(files), "class_counts": counts,
@@ -190,15 +196,21 @@ def main(argv: list[str] | None = None) -> None:
 
     for path in sorted(old, key=lambda p: p.name != MANIFEST):  # its own earlier output, the manifest first
         path.unlink(missing_ok=True)
+    made = missing_dirs(out)  # removed again if the command fails
     out.mkdir(parents=True, exist_ok=True)
-    splits = {}
+    splits, created = {}, set()
     try:
         with tqdm(total=len(files), unit="img", desc="cnnlab-shards", disable=None) as bar:
             for split, chosen in order.items():
                 splits[split] = write_split(split, [files[i] for i in chosen], [labels[i] for i in chosen], out,
-                                            args, len(classes), bar)
-    except OSError as bad:
-        raise write_error(out, bad) from None
+                                            args, len(classes), bar, created)
+    except BaseException as bad:  # a full disk, an unreadable image, Ctrl-C: no partial shard set is left behind
+        for path in created:
+            path.unlink(missing_ok=True)
+        remove_empty(made)
+        if isinstance(bad, OSError):
+            raise write_error(out, bad) from None
+        raise
     manifest = {"format": FORMAT, "classes": classes, "root": str(root.resolve()), "seed": args.seed,
                 "size": list(args.size) if args.size else None, "channels": args.channels if args.size else None,
                 "encoding": "jpeg" if args.size else "original", "stats": stats, "splits": splits}

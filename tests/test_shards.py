@@ -295,15 +295,28 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_shards_read_over_http_give_the_same_batches_as_on_disk(shard_dir, http_root, make_cfg):
-    _, out, _ = shard_dir
-    local = stream_cfg(make_cfg, out, "data.num_workers=2")
-    remote = stream_cfg(make_cfg, out, "data.num_workers=2", train=f"{http_root}/{Path(pattern(out, 'train')).name}")
-    a, b = build_data(local.data, 2, CPU), build_data(remote.data, 2, CPU)  # the manifest too comes over HTTP
+def same_batches(a, b) -> None:
     assert b.info.classes == CLASSES and b.sizes == a.sizes
     for split in ("train", "val"):
         for (xa, ya), (xb, yb) in zip(a.split(split), b.split(split), strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_shards_read_over_http_give_the_same_batches_as_on_disk(shard_dir, http_root, make_cfg):
+    _, out, _ = shard_dir
+    local = stream_cfg(make_cfg, out, "data.num_workers=2")
+    remote = stream_cfg(make_cfg, out, "data.num_workers=2", train=f"{http_root}/{Path(pattern(out, 'train')).name}")
+    same_batches(build_data(local.data, 2, CPU), build_data(remote.data, 2, CPU))  # the manifest comes over HTTP too
+
+
+def test_shards_read_through_a_pipe_command_give_the_same_batches_as_on_disk(shard_dir, make_cfg):
+    """pipe: is how S3 and other object stores are read (pipe:aws s3 cp s3://... -); `cat` stands in here. The
+    manifest is named (data.manifest, a pipe: command too), and the val/test sets are found beside it."""
+    _, out, _ = shard_dir
+    local = stream_cfg(make_cfg, out)
+    piped = stream_cfg(make_cfg, out, f"data.manifest='pipe:cat {out / 'cnnlab-shards.json'}'",
+                       train=f"pipe:cat {pattern(out, 'train')}")
+    same_batches(build_data(local.data, 2, CPU), build_data(piped.data, 2, CPU))
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -93,7 +93,10 @@ def read_bytes(url: str, key: str) -> bytes:
         except (urllib.error.URLError, OSError) as bad:
             raise ConfigError(f"{key}={url}: cannot be fetched ({getattr(bad, 'reason', bad)})") from None
     try:
-        stream = webdataset().gopen.gopen(url)
+        webdataset()
+        from webdataset.gopen import gopen  # the package's name `gopen` is this function, not its module
+
+        stream = gopen(url)
         try:
             return stream.read()
         finally:
@@ -161,6 +164,10 @@ def sibling_pattern(manifest_url: str, split: str, manifest: Manifest) -> str | 
     entry = manifest.splits.get(split)
     if not entry or not entry.get("shards"):
         return None
+    name = re.findall(r"[^/\s:'\"]+\.json\b", manifest_url)
+    if name:  # the manifest's file name replaced by the pattern: also inside a pipe: command
+        head, _, tail = manifest_url.rpartition(name[-1])
+        return f"{head}{entry['pattern']}{tail}"
     head, sep, _ = manifest_url.rpartition("/")
     return f"{head}/{entry['pattern']}" if sep else entry["pattern"]
 

@@ -259,6 +259,9 @@ class StreamLoader:
             raise
 
     def _batches(self, order):
+        if self.workers:  # imported once here, the forked workers of every epoch inherit them (~1 s each else)
+            import PIL.Image  # noqa: F401
+            import torchvision.transforms.v2.functional  # noqa: F401
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers,
                             pin_memory=self.device.type == "cuda")
         chunks, pending, parts, held = iter(loader), {}, [], 0

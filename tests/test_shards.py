@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import io
 import json
 import os
 import signal
@@ -108,7 +109,6 @@ def test_resized_shards_and_a_second_run_replaces_only_its_own_output(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["train-000000.tar"]  # the 3 old ones gone
     assert mine.read_text() == "mine"
     from PIL import Image
-    import io
 
     images = [v for k, v in members(tmp_path / "out" / "train-000000.tar").items() if k.endswith(".jpg")]
     assert len(images) == 12 and {Image.open(io.BytesIO(b)).size for b in images} == {(8, 8)}
@@ -347,7 +347,7 @@ def test_too_few_shards_for_the_processes_and_a_missing_library_are_told_plainly
         build_data(cfg.data, 0, CPU)
 
 
-def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_with_its_name(shard_dir, make_cfg,
+def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_naming_it(shard_dir, make_cfg,
                                                                                       tmp_path):
     import shutil
 
@@ -362,6 +362,18 @@ def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_with_its
     with pytest.raises(ConfigError, match=r"val-000000.tar as the manifest describes it: it holds 4 samples, the "
                                           r"manifest says 6"):
         list(data.val)
+    shard = copy / "test-000001.tar"  # the same number of samples, one image damaged
+    with tarfile.open(out / shard.name) as old, tarfile.open(shard, "w") as new:
+        damaged = next(m.name for m in old.getmembers() if not m.name.endswith(".cls"))
+        for member in old.getmembers():
+            data = old.extractfile(member).read()
+            if member.name == damaged:
+                data = b"not an image"
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data))
+    with pytest.raises(ConfigError, match=rf"cannot read image {damaged} in shard .*test-000001.tar: cannot "
+                                          rf"identify image file$"):
+        list(build_data(stream_cfg(make_cfg, copy).data, 0, CPU).test)
 
 
 def test_the_default_run_does_not_import_webdataset():

@@ -120,8 +120,9 @@ def measure(files: list[Path], args) -> dict:
 def load(path: Path, args, channels: int) -> torch.Tensor:
     """One image decoded (and brought to --size), as data=imagefolder decodes it; ConfigError if unreadable."""
     try:
-        image = folder.decode(path, channels)
-        return folder.fit_to_size(image, tuple(args.size), args.resize_mode) if args.size else image
+        if args.size:
+            return folder.read_image(path, channels, tuple(args.size), args.resize_mode)
+        return folder.decode(path, channels)
     except folder.UnreadableImage as bad:
         raise ConfigError(f"ROOT: {bad}; remove or replace the file") from None
 

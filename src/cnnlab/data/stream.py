@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cnnlab.data.imagefolder import EXTENSIONS, UnreadableImage, decode, fit_to_size
+from cnnlab.data.imagefolder import EXTENSIONS, UnreadableImage, read_image
 from cnnlab.data.loaders import Normalize, _start_mix
 from cnnlab.data.mixing import BatchMix
 from cnnlab.data.shardset import Shard, webdataset
@@ -183,9 +183,10 @@ class ShardStream(IterableDataset):
             raise StreamError(f"cannot read sample {key} in shard {url}: class {label} is not in [0, "
                               f"{self.num_classes}) (the manifest's classes)")
         try:
-            x = fit_to_size(decode(io.BytesIO(sample[ext]), self.channels), self.size, self.resize_mode)
+            x = read_image(io.BytesIO(sample[ext]), self.channels, self.size, self.resize_mode)
         except UnreadableImage as bad:
-            raise StreamError(f"cannot read image {key}.{ext} in shard {url}: {str(bad).split(': ', 1)[-1]}") from None
+            reason = str(bad).split(": ", 1)[-1].split(" <_io")[0]  # its file is a buffer: said by key and shard
+            raise StreamError(f"cannot read image {key}.{ext} in shard {url}: {reason}") from None
         index = zlib.crc32(key.encode())  # a sample's augmentation draws follow its key, not its position
         return transform_sample(self.transform, x, self.seed, self.epoch, index), label
 

@@ -21,7 +21,7 @@ from cnnlab.validate import validate
 CONFIGS = Path(config_dir())
 GROUPS = ("data", "model", "augment", "augment/mix", "optimizer", "scheduler", "trainer", "logger", "paths")
 # What a preset needs from the user before it can run (the value `???` in its file).
-NEEDS = {("data", "imagefolder"): ["data.root=/tmp/images"],
+NEEDS = {("data", "imagefolder"): ["data.root=/tmp/images"], ("data", "webdataset"): ["data.train_shards=/tmp/x.tar"],
          ("model", "hub"): ["model.repo=pytorch/vision:v0.10.0", "model.entry=mobilenet_v2", "model.trust_repo=true"]}
 
 

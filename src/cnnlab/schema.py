@@ -162,10 +162,23 @@ class ImageFolderData(DataBase):
     skip_unreadable: bool
 
 
+class WebDatasetData(DataBase):
+    """Tar shards streamed (cnnlab.data.stream): URLs or brace patterns, and the manifest cnnlab-shards wrote."""
+
+    num_classes: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")] = None
+    train_shards: Annotated[str, Field(min_length=1, description="must name the training shards, e.g. "
+                                       "/data/train-{000000..000099}.tar")]
+    val_shards: Optional[str] = None
+    test_shards: Optional[str] = None
+    manifest: Optional[str] = None
+    resize_mode: ResizeMode
+    shuffle_buffer: NonNegativeInt
+
+
 DOWNLOADABLE = ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn", "stl10")
 DATA_SOURCES: dict[str, type[DataBase]] = {
     "mnist_sample": DataBase, "digits": DataBase, "fake": FakeData, "shapes": ShapesData,
-    "imagefolder": ImageFolderData, **{name: DownloadableData for name in DOWNLOADABLE},
+    "imagefolder": ImageFolderData, "webdataset": WebDatasetData, **{name: DownloadableData for name in DOWNLOADABLE},
 }
 
 

@@ -83,6 +83,10 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     the training split are looked for (Lighting's PCA, lighting_pca.json); the first is the run dir, where
     rank 0 writes what it computes; the others (a resumed run's dir) are only read.
     """
+    if cfg.name == "webdataset":  # tar shards streamed: neither a resident pool nor a file list
+        from cnnlab.data.stream import build_stream  # webdataset is imported only by a run that streams
+
+        return build_stream(cfg, seed, device, augment, train_augment, shard)
     source = load_source(cfg)
     found = _found_values(cfg, source)
     full = _info(cfg, found, subset=None)

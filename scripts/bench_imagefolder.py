@@ -47,7 +47,6 @@ import platform
 import re
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
+
+from _bench import loadavg, quartiles as _quartiles  # scripts/_bench.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 PLAIN_SCRIPT = HERE / "plain_imagefolder.py"
@@ -284,6 +285,8 @@ class TreeMemory:
 # ---------------------------------------------------------------- one measured run
 
 CNNLAB_STEP = re.compile(r"epoch \d+/\d+\s+step (\d+)/\d+")
+# the decoded cache's log line when it builds: "decoded 2000 images into <dir> in 0.4 s (4448 img/s)"
+CNNLAB_DECODED = re.compile(r"decoded (\d+) images .*? in ([\d.]+) ?s\b(?: \(([\d,.]+) img/s\))?")
 
 
 def step_of(line: str) -> int | None:
@@ -308,6 +311,16 @@ class Run:
     memory: dict
     steps: int
     lines: list = field(repr=False, default_factory=list)
+
+    def decode_rate(self) -> float | None:
+        """Images per second of the decoding the run logged (the cache being built), None if it logged none."""
+        for line in self.lines:
+            m = CNNLAB_DECODED.search(line)
+            if m and m.group(3):
+                return float(m.group(3).replace(",", ""))
+            if m and float(m.group(2)) > 0:
+                return int(m.group(1)) / float(m.group(2))
+        return None
 
 
 def measure(cmd: list[str], mode: str, *, env: dict, train_images: int, warmup: int, interval: float,
@@ -412,21 +425,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores ({usable} usable){mem_s}, {platform.system()} {platform.release()}"
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
 def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """_bench.quartiles of the values that are numbers (img/s is NaN for a run too short to time)."""
     values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return (math.nan,) * 3
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
+    return _quartiles(values) if values else (math.nan,) * 3
 
 
 def fmt(values: list[float], digits: int = 1, thousands: bool = False) -> str:
@@ -577,7 +579,9 @@ def run_size(args, features: Features, modes: list[str], n: int, folder: Path, w
         print(f"  {mode:<10} first step {run.first_step:6.1f} s  {run.img_s:7.1f} img/s  wall {run.wall:6.1f} s  "
               f"peak RSS {m['peak']:7,.0f} MiB (anon {m['anon']:,.0f}, file {m['file']:,.0f}, "
               f"{m['processes']} processes; main {m['main']:,.0f})"
-              + (f"  PSS {m['pss']:,.0f} MiB" if m["pss"] is not None else "") + f"  load {loadavg()}", flush=True)
+              + (f"  PSS {m['pss']:,.0f} MiB" if m["pss"] is not None else "")
+              + (f"  decoded {run.decode_rate():,.0f} img/s" if run.decode_rate() else "") + f"  load {loadavg()}",
+              flush=True)
         return run
 
     if "cached" in modes and "first" not in modes:
@@ -609,7 +613,7 @@ def render(results, modes, args, features, eval_batches, notes, command_line) ->
              + ("; PSS: the largest sum of PSS over the tree (shared pages counted once), sampled every "
                 f"{args.pss_ms:.0f} ms" if pss else "") + ".", ""]
     lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
-    head = ["images", "run", "start to first step s", "x plain", "peak RSS MiB (anon + file)", "x plain",
+    head = ["images", "run", "start to first step s", "x plain", "peak RSS MiB", "anon + file MiB", "x plain",
             "main MiB"] + (["PSS MiB"] if pss else []) + ["img/s", "x plain", "wall s", "decode img/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n, by_mode in results.items():
@@ -627,11 +631,15 @@ def render(results, modes, args, features, eval_batches, notes, command_line) ->
                 return quartiles([r.memory[key] for r in runs])[1]
 
             decode = ""
-            if mode == "first" and features.cache and "cached" in med:
+            logged = [r.decode_rate() for r in runs]
+            if mode == "first" and features.cache and all(logged):
+                decode = fmt(logged, 0, True)
+            elif mode == "first" and features.cache and "cached" in med:
+                # no log line to read: what building the cache added to the start, with that difference
                 extra = med["first"] - med["cached"]
-                decode = f"{n / extra:,.0f}" if extra > 0 else "n/a"
+                decode = f"~{n / extra:,.0f} (+{extra:.1f} s)" if extra > 0 else f"n/a ({extra:+.1f} s)"
             row = [f"{n:,}", labels[mode], fmt([r.first_step for r in runs]), ratio(lambda r: r.first_step),
-                   f"{fmt([r.memory['peak'] for r in runs], 0, True)} ({mem('anon'):,.0f} + {mem('file'):,.0f})",
+                   fmt([r.memory["peak"] for r in runs], 0, True), f"{mem('anon'):,.0f} + {mem('file'):,.0f}",
                    ratio(lambda r: r.memory["peak"]), f"{mem('main'):,.0f}"]
             if pss:
                 row.append(f"{mem('pss'):,.0f}")

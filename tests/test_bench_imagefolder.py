@@ -18,6 +18,9 @@ import torchvision
 from conftest import REPO, cli_env
 
 
+sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their shared helpers from scripts/_bench.py
+
+
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

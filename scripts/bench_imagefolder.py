@@ -21,20 +21,23 @@ Measured for each run:
   from the child's stdout as they come and stamped here, so both sides are timed the same way.
 - img/s: training images per second from the end of step --warmup-steps to the last step (same stamps).
 - wall: spawn to exit.
-- peak memory: /proc/<pid>/status of the run's process and all its descendants (DataLoader workers, decode
+- peak RSS: /proc/<pid>/status of the run's process and all its descendants (DataLoader workers, decode
   workers) every --sample-ms: the largest sum of VmRSS, with RssAnon and RssFile of that sample. A
   memory-mapped decoded cache or shard file counts as RssFile (page-cache pages, shared, dropped under
-  pressure); RssAnon is memory the run owns. Summing RSS counts pages shared by several processes once per
-  process (as `top` would), which is what a user sees, and an upper bound.
-- decode rate (for `first`): images / (first-step time of `first` - first-step time of `cached`), the median
-  of each: what building the cache added to the start.
+  pressure); RssAnon is memory the run owns. Summing RSS counts a page shared by several processes once per
+  process (forked workers share the parent's libraries and heap): an upper bound. `main` is the training
+  process alone (what /usr/bin/time reports); with --pss-ms, PSS (shared pages counted once) is sampled too.
+- decode rate (for `first`): what the cache's "decoded N images ... in S s" log line says; without one,
+  images / (median first-step time of `first` - that of `cached`), shown with that difference.
 
 Image folders are generated once (Pillow shapes on noise, deterministic from --seed, in parallel) and kept in
 --data-root for later invocations; run dirs, caches and shards go to a temporary directory deleted at the end.
 
-    python scripts/bench_imagefolder.py --sizes 2000 --rounds 1                    # ~3 minutes on 2 cores
-    python scripts/bench_imagefolder.py --rounds 3 --markdown /tmp/imagefolder.md  # the full table (~1-2 h)
+    python scripts/bench_imagefolder.py --sizes 2000 --rounds 1                    # a check: ~4 minutes on 2 cores
+    python scripts/bench_imagefolder.py --rounds 3 --markdown /tmp/imagefolder.md  # the full table (an hour or more)
     python scripts/bench_imagefolder.py --sizes 20000 --modes first cached plain --eval-batches 0
+    python scripts/bench_imagefolder.py --sizes 100000 --rounds 1 --pss-ms 500    # memory with PSS (slows runs)
+    python scripts/bench_imagefolder.py trainer.channels_last=false                # extra cnnlab overrides
 """
 
 from __future__ import annotations

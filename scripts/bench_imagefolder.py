@@ -467,7 +467,7 @@ def main() -> None:
     parser.add_argument("--shards-cmd", default=None,
                         help="the shard writer, if not the installed cnnlab-shards, e.g. 'python -m cnnlab.shards'")
     parser.add_argument("--shards-args", default="", help="extra arguments for the shard writer")
-    parser.add_argument("--shards-overrides", default="data=webdataset data.root={shards}",
+    parser.add_argument("--shards-overrides", default='data=webdataset data.train_shards="{train}"',
                         help="cnnlab overrides of the shards mode; {shards} is the shard folder "
                              "(default: %(default)r)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
@@ -553,12 +553,9 @@ def run_size(args, features: Features, modes: list[str], n: int, folder: Path, w
                  + (["--eval-batches", str(eval_batches)] if eval_batches else []),
     }
     if "shards" in modes:
-        shard_overrides = shlex.split(args.shards_overrides.replace("{shards}", str(shards_dir)))
-        # the shards replace the folder: the data= and data.root given here win over the imagefolder ones
-        base = cnnlab_command(args, folder, runs_dir, [], eval_batches)
-        base = [a for a in base if not a.startswith(("data=", "data.root="))]
-        commands["shards"] = base[:3] + shard_overrides + base[3:]
-        write = [*features.shards_cmd, str(folder), str(shards_dir), *shlex.split(args.shards_args)]
+        # the same 80/10/10 image counts as the folder's split, as shard sets cnnlab-shards holds out itself
+        write = [*features.shards_cmd, str(folder), "--out", str(shards_dir), "--val-fraction", "0.1",
+                 "--test-fraction", "0.1", *shlex.split(args.shards_args)]
         print(f"  writing shards (untimed): {shlex.join(write)}", flush=True)
         start = time.perf_counter()
         done = subprocess.run(write, capture_output=True, text=True, env=env)
@@ -567,6 +564,14 @@ def run_size(args, features: Features, modes: list[str], n: int, folder: Path, w
                      + "\n".join((done.stdout + done.stderr).splitlines()[-20:]))
         size = sum(p.stat().st_size for p in shards_dir.rglob("*") if p.is_file())
         print(f"  shards: {size / MIB:,.0f} MiB in {time.perf_counter() - start:.0f} s", flush=True)
+        train = json.loads((shards_dir / "cnnlab-shards.json").read_text())["splits"]["train"]["pattern"]
+        train = train if "/" in train or ":" in train else str(shards_dir / train)
+        shard_overrides = shlex.split(args.shards_overrides.replace("{shards}", str(shards_dir))
+                                      .replace("{train}", train))
+        # the shards replace the folder: the data= and data.root given here win over the imagefolder ones
+        base = cnnlab_command(args, folder, runs_dir, [], eval_batches)
+        base = [a for a in base if not a.startswith(("data=", "data.root="))]
+        commands["shards"] = base[:3] + shard_overrides + base[3:]
     for mode in modes:
         print(f"  {mode:<10} {shlex.join(commands[mode])}")
 

@@ -28,6 +28,15 @@ def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
     return compose_config(list(overrides), run_dir, config_name)
 
 
+@pytest.fixture(autouse=True)
+def private_cache_home(tmp_path_factory, monkeypatch):
+    """Every test (and every command it starts, which inherits the environment) keeps cnnlab's decoded cache in
+    a temporary folder, never in the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("cache_home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides, run="run") -> a composed train config whose run dir is tmp_path/run."""

@@ -267,6 +267,10 @@ def decode_in_memory(files, channels: int, size, mode: str, note: str) -> Decode
     return Decoded(images, decode_into(images, files, channels, shape[2:], mode, processes, "memory"))
 
 
+def _reason(error: OSError) -> str:
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
 def _fallback(cache_dir: Path, why: str, listing, channels, size, mode, note) -> Decoded:
     log.warning("the decoded cache cannot be used in %s (%s): decoding into this process's memory instead, as "
                 "every run will; set data.cache_dir=<a writable folder> to keep the decoded images, or "
@@ -302,10 +306,12 @@ def load(listing, channels: int, size, mode: str, cache_dir: Path, note: str) ->
         pass  # checked again, and reported, under the lock
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as bad:
+        return _fallback(cache_dir, f"cannot create it: {_reason(bad)}", listing, channels, size, mode, note)
+    try:
         lock = os.open(cache_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as bad:
-        return _fallback(cache_dir, os.strerror(bad.errno) if bad.errno else str(bad), listing, channels, size,
-                         mode, note)
+        return _fallback(cache_dir, f"cannot write in it: {_reason(bad)}", listing, channels, size, mode, note)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -328,8 +334,7 @@ def load(listing, channels: int, size, mode: str, cache_dir: Path, note: str) ->
         try:
             _build(entry, name, listing, channels, size, mode, note)
         except OSError as bad:
-            return _fallback(cache_dir, f"{os.strerror(bad.errno)} while building {entry}" if bad.errno else str(bad),
-                             listing, channels, size, mode, note)
+            return _fallback(cache_dir, f"{_reason(bad)} while building {entry}", listing, channels, size, mode, note)
         for old in stale:
             _remove(old)
         found = _read_entry(entry, name, labels)

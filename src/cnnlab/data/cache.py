@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.data.decode_workers import cpu_count, decode_into, shared_array
+from cnnlab.data.decode_workers import decode_into, shared_array, worker_count
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1                          # the entry layout; a change makes every older entry a miss
-MIN_ROWS_PER_PROCESS = 8            # fewer images than this per worker: not worth forking one
 
 
 @dataclass
@@ -187,10 +186,6 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def processes_for(n: int) -> int:
-    return max(1, min(cpu_count(), n // MIN_ROWS_PER_PROCESS))
-
-
 def _build(entry: Path, name: str, listing, channels: int, size, mode: str, note: str) -> None:
     """Decode the listing into a temporary directory beside `entry` and rename it into place when complete."""
     n = len(listing.files)
@@ -207,7 +202,7 @@ def _build(entry: Path, name: str, listing, channels: int, size, mode: str, note
             except OSError as bad:
                 if bad.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-        processes = processes_for(n)
+        processes = worker_count(n)
         log.info("decoding %d images (%s at %dx%dx%d uint8, %s) into %s with %d process%s", n,
                  size_text(shape), *shape[1:], note, entry, processes, "" if processes == 1 else "es")
         bad = decode_into(images, listing.files, channels, shape[2:], mode, processes, str(entry))
@@ -260,7 +255,7 @@ def decode_in_memory(files, channels: int, size, mode: str, note: str) -> Decode
     """Decode into one preallocated array in this process's memory (no list of images, no stack)."""
     n = len(files)
     shape = (n, int(channels), int(size[0]), int(size[1]))
-    processes = processes_for(n)
+    processes = worker_count(n)
     images = shared_array(shape) if processes > 1 else np.zeros(shape, dtype=np.uint8)
     log.info("decoding %d images (%s at %dx%dx%d uint8, %s) into memory with %d process%s", n,
              size_text(shape), *shape[1:], note, processes, "" if processes == 1 else "es")

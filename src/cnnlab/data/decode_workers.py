@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.data.decoding import UnreadableImage, read_pixels
+from cnnlab.engine.progress import resolve_mode
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY_S = 10.0   # a progress line in the log this often, bar or not
-CHUNK_MAX = 256      # rows per task: small enough for an even spread and a live bar, large enough to be cheap
+LOG_EVERY_S = 10.0          # a progress line in the log this often, bar or not
+MIN_ROWS_PER_PROCESS = 8    # fewer images than this per worker: not worth forking one
+CHUNK_MAX = 256             # rows per task: small enough for an even spread and a live bar, large enough to be cheap
 
 # The job the forked workers inherit (set in the parent just before the pool forks them).
 _JOB: tuple | None = None
@@ -34,6 +36,17 @@ _JOB: tuple | None = None
 def cpu_count() -> int:
     """The CPUs this process may run on (its affinity, which a scheduler or container may restrict)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def can_fork() -> bool:
+    """Worker processes can be forked here: fork exists, and this is no daemonic process (a pool's worker),
+    which may not start children."""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
+def worker_count(n: int) -> int:
+    """Processes for decoding n images: every CPU, but none forked for fewer than MIN_ROWS_PER_PROCESS each."""
+    return max(1, min(cpu_count(), n // MIN_ROWS_PER_PROCESS)) if can_fork() else 1
 
 
 def shared_array(shape: tuple[int, ...]) -> np.ndarray:
@@ -73,7 +86,7 @@ class _Progress:
         self.total, self.what, self.done = total, what, 0
         self.start = self.last_log = time.monotonic()
         self.bar = None
-        if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        if sys.stderr is not None and resolve_mode("auto", sys.stderr) == "bar":  # trainer.progress=auto's rule
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="decoding images", unit="img", leave=False, dynamic_ncols=True,
@@ -110,7 +123,7 @@ def decode_into(out: np.ndarray, files: list[Path], channels: int, size: tuple[i
     bad: dict[int, str] = {}
     done = False
     try:
-        if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        if processes <= 1 or not can_fork():
             _JOB = (files, channels, tuple(size), mode, out)
             for start, stop in _chunks(n, 1):
                 bad.update(_decode_rows(start, stop))

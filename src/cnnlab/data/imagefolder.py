@@ -1,9 +1,13 @@
 """The user's own images: `root/<class>/<image>` trees, classes named by their folders.
 
-Images are decoded (grayscale or RGB, as data.in_channels says) and brought to data.input_size once:
-held in memory as one uint8 tensor when the set fits `data.memory_limit_mb` (then the fast path applies),
-else decoded per sample by DataLoader workers. Unreadable files stop the run with the file's name, or are
-skipped and counted when `data.skip_unreadable=true`.
+Images are decoded (grayscale or RGB, as data.in_channels says) and brought to data.input_size by one function,
+`decoding.read_pixels` (Pillow and numpy). A set whose decoded pixels fit `data.memory_limit_mb` is held in
+memory: decoded once by worker processes into the decoded cache (`cnnlab.data.cache`) and memory-mapped by
+every later run, or, with data.cache=false, decoded into this process's memory on each run. A larger set is
+decoded per sample by DataLoader workers (`ImageFiles`), with the same function, so both give the same pixels.
+Unreadable files stop the run with the file's name, or are skipped and counted when
+`data.skip_unreadable=true`. The listing (`scan_listing`) walks the tree with os.scandir and stats each file
+once: the cache is keyed by the files' sizes and modification times.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import queue
+import shlex
 import subprocess
 import sys
 import threading
@@ -182,6 +183,29 @@ def test_a_full_disk_during_the_build_leaves_no_partial_entry(tmp_path):
     assert f"the decoded cache cannot be used in {small / 'cache'} (No space left on device while building" in text
     left = proc.stdout.split("left:", 1)[1].split()
     assert all(name.endswith(".lock") for name in left), left  # no temporary directory, no entry
+
+
+def test_an_entry_in_a_read_only_cache_dir_is_still_mapped(tmp_path):
+    """A cache dir shared read-only (a read-only bind mount: root ignores permission bits) serves the entries it
+    holds, without the lock (which would need a write) and without a warning."""
+    from test_file_systems import _can_mount
+
+    _can_mount(tmp_path)
+    disk.write_image_folder(tmp_path / "imgs", per_class=4)
+    done = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path / "imgs"), str(tmp_path / "first.npy")],
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "decoding 12 images" in done.stdout, done.stdout + done.stderr
+    where = decoded_cache.cache_root(None)
+    for lock in where.glob(".*.lock"):
+        lock.unlink()  # as if the entries had been copied here: nothing in the dir may need creating
+    script = shlex.join([sys.executable, "-c", BUILD, str(tmp_path / "imgs"), str(tmp_path / "again.npy")])
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", f"set -e; mount --bind -o ro {where} {where}; "
+                           f"mount -o remount,bind,ro {where}; {script}"],
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "memory-mapped 12 decoded images" in text and "decoding" not in text and "cannot" not in text, text
+    assert np.array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "again.npy"))
 
 
 def test_cache_dir_inside_the_data_root_is_refused(run_cli, tmp_path):

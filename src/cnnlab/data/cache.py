@@ -221,10 +221,13 @@ def _build(entry: Path, name: str, listing, channels: int, size, mode: str, note
                 "unreadable": unreadable, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_file(tmp / "meta.json", json.dumps(meta, indent=1))  # last: an entry with meta.json is complete
         os.rename(tmp, entry)
-        _fsync(entry.parent)
     except BaseException:
         _remove(tmp)
         raise
+    try:
+        _fsync(entry.parent)  # the rename itself durable; the entry is complete and usable either way
+    except OSError:
+        pass
 
 
 def _folder_change(old: Path, listing) -> str:
@@ -286,7 +289,10 @@ def load(listing, channels: int, size, mode: str, cache_dir: Path, note: str) ->
     entry = cache_dir / name
 
     def mapped() -> Decoded | None:
-        found = _read_entry(entry, name, labels)
+        try:
+            found = _read_entry(entry, name, labels)
+        except OSError as bad:  # e.g. removed by a process that found it stale, between two reads
+            raise _Invalid(f"{entry} cannot be read ({bad})") from None
         if found is not None:
             found.unreadable = _unreadable_text(found.unreadable, listing.files)
             log.info("memory-mapped %d decoded images (%s) from %s; they count against the page cache, not "
@@ -297,7 +303,7 @@ def load(listing, channels: int, size, mode: str, cache_dir: Path, note: str) ->
         found = mapped()
         if found is not None:
             return found
-    except (_Invalid, OSError):
+    except _Invalid:
         pass  # checked again, and reported, under the lock
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -139,12 +139,14 @@ def test_an_unusable_cache_dir_falls_back_to_memory_and_the_run_trains(make_cfg,
     from cnnlab.training import train
 
     disk.write_image_folder(tmp_path / "imgs", per_class=8)
+    disk.write_image_folder(tmp_path / "val", per_class=2, seed=1)  # a second tree: still one warning
     if where == "a regular file":
         (tmp_path / "blocker").write_text("not a folder")
         cache_dir = tmp_path / "blocker" / "cache"
     else:
         cache_dir = Path("/proc/cnnlab-cache")
-    cfg = make_cfg(*SMALL, f"data.root={tmp_path / 'imgs'}", f"data.cache_dir={cache_dir}", "model=convnet",
+    cfg = make_cfg(*SMALL, f"data.root={tmp_path / 'imgs'}", f"data.val_root={tmp_path / 'val'}",
+                   f"data.cache_dir={cache_dir}", "model=convnet",
                    "trainer.max_epochs=1", "trainer.limit_train_batches=2")
     metrics = train(cfg, overrides=[])
     assert "test/acc" in metrics

@@ -150,7 +150,8 @@ def test_an_unusable_cache_dir_falls_back_to_memory_and_the_run_trains(make_cfg,
                    "trainer.max_epochs=1", "trainer.limit_train_batches=2")
     metrics = train(cfg, overrides=[])
     assert "test/acc" in metrics
-    warnings = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING and "decoded cache" in r.getMessage()]
+    warnings = [r.getMessage() for r in logs.records
+                if r.levelno == logging.WARNING and "decoded cache" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert f"the decoded cache cannot be used in {cache_dir}" in warnings[0]
     assert "set data.cache_dir=<a writable folder>" in warnings[0] and "data.cache=false" in warnings[0]
@@ -177,7 +178,8 @@ def test_a_full_disk_during_the_build_leaves_no_partial_entry(tmp_path):
     env_path = f"PYTHONPATH={Path(__file__).parent}:$PYTHONPATH"
     proc = subprocess.run(["unshare", "-m", "sh", "-c",
                            f"set -e; mount -t tmpfs -o size=256k tmpfs {small}; set +e; "
-                           f"{env_path} {sys.executable} -c \"{script}\"; echo rc=$?; echo left:; ls -A {small / 'cache'}"],
+                           f"{env_path} {sys.executable} -c \"{script}\"; echo rc=$?; echo left:; "
+                           f"ls -A {small / 'cache'}"],
                           cwd=tmp_path, env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=300)
     text = proc.stdout + proc.stderr
@@ -259,11 +261,14 @@ def test_unreadable_files_on_the_first_and_the_cached_run(make_cfg, tmp_path, lo
 
 
 BUILD = r"""
-import logging, sys
+import logging, sys, time
 import numpy as np
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 from pathlib import Path
-from cnnlab.data import cache, imagefolder
+from cnnlab.data import cache, decode_workers, imagefolder
+if len(sys.argv) > 3:  # a slow builder (each image takes this long), to be killed while its workers decode
+    real, pause = decode_workers.read_pixels, float(sys.argv[3])
+    decode_workers.read_pixels = lambda *args: time.sleep(pause) or real(*args)
 root = Path(sys.argv[1])
 listing = imagefolder.scan_listing(root, imagefolder.find_classes(root, "data.root"), "data.root", True)
 decoded = cache.load(listing, 3, (16, 16), "center_crop", cache.cache_root(None), "test")
@@ -325,28 +330,49 @@ def test_two_processes_started_at_once_build_the_entry_once(tmp_path):
                enumerate(files))
 
 
-def test_a_builder_that_died_leaves_the_lock_free_and_the_waiter_builds(tmp_path):
-    disk.write_image_folder(tmp_path / "imgs", per_class=4)
-    entry, lock_path = _lock_path(tmp_path / "imgs")
-    lock_path.parent.mkdir(parents=True)
-    dead = entry.with_name(f".{entry.name}.tmp-999999")  # what a killed builder leaves: a half-written directory
-    dead.mkdir()
-    (dead / "images.npy").write_bytes(b"half")
-    lock_path.touch()
-    holder, holder_lines = _start(
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
-        "print('locked', flush=True); time.sleep(300)", str(lock_path))
-    _wait_for(holder_lines, "locked", [])
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_builder_killed_while_its_workers_decode_leaves_the_lock_free_and_the_waiter_builds(tmp_path):
+    """SIGKILL to a builder whose worker processes are decoding (slowed down in that process only): its workers
+    die with it and do not keep the lock; the waiting process takes over, clears the dead temporary directory
+    and builds a complete entry."""
+    disk.write_image_folder(tmp_path / "imgs", per_class=20)
+    entry, _ = _lock_path(tmp_path / "imgs")
+    builder, builder_lines = _start(BUILD, str(tmp_path / "imgs"), str(tmp_path / "never.npy"), "1.0")
+    _wait_for(builder_lines, "decoding 60 images", [])
     waiter, lines = _start(BUILD, str(tmp_path / "imgs"), str(tmp_path / "out.npy"))
     seen: list[str] = []
-    _wait_for(lines, "waiting for another process", seen)
-    holder.kill()  # SIGKILL: the builder dies holding the lock; the kernel releases it
-    holder.wait(timeout=60)
+    _wait_for(lines, f"waiting for another process that is building the decoded cache {entry}", seen)
+    workers = _children(builder.pid)
+    assert workers and (entry.parent / f".{entry.name}.tmp-{builder.pid}").is_dir()
+    builder.kill()
+    builder.wait(timeout=60)
     _wait_for(lines, "done", seen)
     assert waiter.wait(timeout=120) == 0, "".join(seen)
-    assert "decoding 12 images" in "".join(seen)
-    assert not dead.exists() and (entry / "meta.json").is_file()
-    assert np.load(tmp_path / "out.npy").shape == (12, 3, 16, 16)
+    assert "decoding 60 images" in "".join(seen)
+    assert not any(_alive(pid) for pid in workers)
+    assert not (entry.parent / f".{entry.name}.tmp-{builder.pid}").exists() and (entry / "meta.json").is_file()
+    assert not (tmp_path / "never.npy").exists()
+    out = np.load(tmp_path / "out.npy")
+    files = [f for name in ("cat", "dog", "fox") for f in images_under(tmp_path / "imgs" / name)]
+    assert all(np.array_equal(out[row], read_image(f, 3, (16, 16), "center_crop").numpy()) for row, f in
+               enumerate(files))
 
 
 def test_listing_finds_what_rglob_found_in_the_same_order(tmp_path):

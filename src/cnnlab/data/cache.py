@@ -186,7 +186,7 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _build(entry: Path, name: str, listing, channels: int, size, mode: str, note: str) -> None:
+def _build(entry: Path, name: str, listing, channels: int, size, mode: str, note: str, lock: int) -> None:
     """Decode the listing into a temporary directory beside `entry` and rename it into place when complete."""
     n = len(listing.files)
     shape = (n, int(channels), int(size[0]), int(size[1]))
@@ -205,7 +205,7 @@ def _build(entry: Path, name: str, listing, channels: int, size, mode: str, note
         processes = worker_count(n)
         log.info("decoding %d images (%s at %dx%dx%d uint8, %s) into %s with %d process%s", n,
                  size_text(shape), *shape[1:], note, entry, processes, "" if processes == 1 else "es")
-        bad = decode_into(images, listing.files, channels, shape[2:], mode, processes, str(entry))
+        bad = decode_into(images, listing.files, channels, shape[2:], mode, processes, str(entry), close_fds=(lock,))
         images.flush()
         del images
         np.save(tmp / "labels.npy", np.asarray(listing.labels, dtype=np.int64))
@@ -333,7 +333,7 @@ def load(listing, channels: int, size, mode: str, cache_dir: Path, note: str) ->
             log.warning("the image folder %s changed since the decoded cache %s was built (%s): building a new "
                         "entry and removing that one", listing.root, old, _folder_change(old, listing))
         try:
-            _build(entry, name, listing, channels, size, mode, note)
+            _build(entry, name, listing, channels, size, mode, note, lock)
         except OSError as bad:
             return _fallback(cache_dir, f"{_reason(bad)} while building {entry}", listing, channels, size, mode, note)
         for old in stale:

@@ -70,8 +70,24 @@ def _decode_rows(start: int, stop: int) -> list[tuple[int, str]]:
     return bad
 
 
-def _quiet_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+def _start_worker(parent: int, close_fds: tuple[int, ...]) -> None:
+    """A forked worker: Ctrl-C is the parent's to handle (it stops the pool); the descriptors it must not hold
+    (the cache entry's lock: a worker outliving its parent would keep it locked) are closed; and it dies with
+    its parent (Linux's PR_SET_PDEATHSIG), where it would otherwise wait on the task queue forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _chunks(n: int, processes: int) -> list[tuple[int, int]]:
@@ -110,29 +126,28 @@ class _Progress:
 
 
 def decode_into(out: np.ndarray, files: list[Path], channels: int, size: tuple[int, int], mode: str,
-                processes: int, what: str) -> dict[int, str]:
+                processes: int, what: str, close_fds: tuple[int, ...] = ()) -> dict[int, str]:
     """Decode files[i] into out[i] (uint8 (C, H, W) rows) with `processes` worker processes (1: in this process).
 
     `out` must be a shared mapping when processes > 1 (a MAP_SHARED .npy memmap or `shared_array`). Returns
     {row: message} for the files that could not be read (their rows are zero). `what` names the target in the
-    progress lines.
+    progress lines; `close_fds` are descriptors of this process the workers close (a lock held here).
     """
     global _JOB
     n = len(files)
     progress = _Progress(n, what)
     bad: dict[int, str] = {}
     done = False
+    _JOB = (files, channels, tuple(size), mode, out)
     try:
         if processes <= 1 or not can_fork():
-            _JOB = (files, channels, tuple(size), mode, out)
             for start, stop in _chunks(n, 1):
                 bad.update(_decode_rows(start, stop))
                 progress.advance(stop - start)
             done = True
             return bad
-        _JOB = (files, channels, tuple(size), mode, out)
         pool = cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                      initializer=_quiet_worker)
+                                      initializer=_start_worker, initargs=(os.getpid(), tuple(close_fds)))
         try:
             pending = {pool.submit(_decode_rows, start, stop): stop - start for start, stop in _chunks(n, processes)}
             while pending:

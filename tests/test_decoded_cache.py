@@ -224,6 +224,16 @@ def test_cache_dir_inside_the_data_root_is_refused(run_cli, tmp_path):
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "imgs").rglob("*")) == before
 
 
+def test_the_default_cache_dir_inside_the_data_root_is_refused_too(make_cfg, tmp_path, monkeypatch):
+    disk.write_image_folder(tmp_path / "imgs", per_class=4)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "imgs" / ".cache"))
+    with pytest.raises(ConfigError, match=f"data.cache_dir=null \\(the default, {tmp_path / 'imgs'}/.cache/cnnlab/"
+                                          f"decoded\\) is inside the image folder data.root="):
+        _source(make_cfg, tmp_path / "imgs")
+    assert not (tmp_path / "imgs" / ".cache").exists()
+    assert len(_source(make_cfg, tmp_path / "imgs", "data.cache=false").pools["train"]) == 12
+
+
 def test_cache_false_decodes_into_memory_every_run(make_cfg, tmp_path, logs, private_cache_home):
     disk.write_image_folder(tmp_path / "imgs", per_class=4)
     for _ in range(2):

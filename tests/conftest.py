@@ -28,6 +28,24 @@ def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
     return compose_config(list(overrides), run_dir, config_name)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_home(tmp_path_factory):
+    """Fixtures shared by several tests (set up before any test's own) keep the decoded cache in a temporary
+    folder too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session_cache_home")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def private_cache_home(_session_cache_home, tmp_path_factory, monkeypatch):
+    """Every test (and every command it starts, which inherits the environment) keeps cnnlab's decoded cache in
+    a temporary folder of its own, never in the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("cache_home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides, run="run") -> a composed train config whose run dir is tmp_path/run."""

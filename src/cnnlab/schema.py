@@ -160,6 +160,9 @@ class ImageFolderData(DataBase):
     in_memory: Annotated[Literal["auto"] | bool, Field(description="is not accepted; choose one of auto, true, false")]
     memory_limit_mb: Positive
     skip_unreadable: bool
+    # configs saved before the decoded cache existed have neither
+    cache: bool = True
+    cache_dir: Annotated[Optional[str], Field(description="must be a folder path, or null for the default")] = None
 
 
 class WebDatasetData(DataBase):

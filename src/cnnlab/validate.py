@@ -57,6 +57,12 @@ def _cross_key_problems(cfg) -> list[str]:
     problems += _range_problems(cfg)
     if _get(cfg, "data.name") == "imagefolder" and not (_get(cfg, "data.root") or _get(cfg, "data.train_root")):
         problems.append("data.root=None: set data.root (or data.train_root) to the image folder <root>/<class>/<images>")
+    if _get(cfg, "data.name") == "imagefolder" and _get(cfg, "data.cache") is not False:
+        from cnnlab.data.cache import cache_dir_problem
+
+        problem = cache_dir_problem(cfg.data)
+        if problem:
+            problems.append(problem)
 
     problems += _augment_problems(cfg)
     if _get(cfg, "optimizer.nesterov") and not (_number(cfg, "optimizer.momentum") or 0) > 0:

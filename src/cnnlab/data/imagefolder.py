@@ -1,32 +1,33 @@
 """The user's own images: `root/<class>/<image>` trees, classes named by their folders.
 
-Images are decoded (grayscale or RGB, as data.in_channels says) and brought to data.input_size once:
-held in memory as one uint8 tensor when the set fits `data.memory_limit_mb` (then the fast path applies),
-else decoded per sample by DataLoader workers. Unreadable files stop the run with the file's name, or are
-skipped and counted when `data.skip_unreadable=true`.
+Images are decoded (grayscale or RGB, as data.in_channels says) and brought to data.input_size by one function,
+`decoding.read_pixels` (Pillow and numpy). A set whose decoded pixels fit `data.memory_limit_mb` is held in
+memory: decoded once by worker processes into the decoded cache (`cnnlab.data.cache`) and memory-mapped by
+every later run, or, with data.cache=false, decoded into this process's memory on each run. A larger set is
+decoded per sample by DataLoader workers (`ImageFiles`), with the same function, so both give the same pixels.
+Unreadable files stop the run with the file's name, or are skipped and counted when
+`data.skip_unreadable=true`. The listing (`scan_listing`) walks the tree with os.scandir and stats each file
+once: the cache is keyed by the files' sizes and modification times.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from cnnlab.data.decoding import INTEGER_DEPTHS, UnreadableImage, read_pixels, to_8_bit, value_depth  # noqa: F401
 from cnnlab.errors import ConfigError
 from cnnlab.seeding import transform_sample
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class UnreadableImage(ValueError):
-    """An image file that neither torchvision.io nor Pillow can decode."""
 
 
 def class_name(folder_name: str) -> str:
@@ -54,93 +55,100 @@ def find_classes(root: Path, key: str) -> list[str]:
     return classes
 
 
+def _suffix(name: str) -> str:
+    """pathlib's PurePath.suffix of a file name, without building a Path (the listing does this per file)."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+def scan_images(folder: Path) -> list[tuple[tuple[str, ...], int, int]]:
+    """(relative parts, size, mtime_ns) of each image file anywhere under `folder`, sorted as Paths sort.
+
+    One os.scandir walk and one stat per file (100,000 files in a fraction of a second, where Path.rglob and
+    is_file took several): the same files as `sorted(p for p in folder.rglob("*") if p.suffix.lower() in
+    EXTENSIONS and p.is_file())`: hidden names included, symlinks to files followed, symlinked directories not
+    entered, unreadable sub-folders skipped.
+    """
+    found = []
+    stack: list[tuple[str, tuple[str, ...]]] = [(os.fspath(folder), ())]
+    while stack:
+        path, parts = stack.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, parts + (entry.name,)))
+                        elif _suffix(entry.name).lower() in EXTENSIONS and entry.is_file():
+                            info = entry.stat()
+                            found.append((parts + (entry.name,), info.st_size, info.st_mtime_ns))
+                    except OSError:  # vanished or a broken link: not an image file
+                        continue
+        except (PermissionError, NotADirectoryError, FileNotFoundError):
+            continue
+    found.sort(key=lambda item: item[0])  # PurePath orders by its parts, not by the joined string
+    return found
+
+
 def images_under(folder: Path) -> list[Path]:
     """Image files (by extension) anywhere under `folder`, in a stable order; none if it is not a folder."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    return [folder.joinpath(*parts) for parts, _, _ in scan_images(folder)]
 
 
-def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> tuple[list[Path], list[int]]:
-    """Image files (recursively) under each class folder, in a stable order, with their class indices."""
-    files, labels, empty = [], [], []
+@dataclass
+class Listing:
+    """The image files of one tree, in label order, with what the decoded cache keys on."""
+
+    root: Path
+    files: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    relative: list[str] = field(default_factory=list)    # path below root, '/'-joined
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)      # st_mtime_ns
+
+
+def scan_listing(root: Path, classes: list[str], key: str, require_all: bool) -> Listing:
+    """Image files (recursively) under each class folder, in a stable order, with their class indices, sizes
+    and modification times (one stat each)."""
+    listing, empty = Listing(root), []
     folders = class_folders(root) if root.is_dir() else {}
     for index, name in enumerate(classes):
-        folder = root / folders.get(name, name)
-        found = images_under(folder)
+        folder_name = folders.get(name, name)
+        folder = root / folder_name
+        found = scan_images(folder) if folder.is_dir() else []
         if not found:
             empty.append(name)
-        files += found
-        labels += [index] * len(found)
-    if not files:
+        for parts, size, mtime in found:
+            listing.files.append(folder.joinpath(*parts))
+            listing.relative.append("/".join((folder_name, *parts)))
+            listing.sizes.append(size)
+            listing.mtimes.append(mtime)
+        listing.labels += [index] * len(found)
+    if not listing.files:
         raise ConfigError(f"{key}={root} holds no image files ({', '.join(EXTENSIONS)}) in its class folders")
     if empty and require_all:
         raise ConfigError(f"{key}={root}: class folder(s) {', '.join(empty)} hold no image files; remove them or "
                           f"add images (accepted: {', '.join(EXTENSIONS)})")
-    return files, labels
+    return listing
 
 
-# The depths an integer image's values are scaled from, chosen by its largest value: 8-bit data kept in a 16-bit
-# file, the 12 bits of most camera, microscope and medical sensors, and 16 bits. Above 16 bits, the bit length of
-# the largest value. docs/data.md ("Images that are not 8-bit") explains the choice.
-INTEGER_DEPTHS = (8, 12, 16)
-
-
-def value_depth(top: float) -> int:
-    """The bits an integer image's values are scaled from, given its largest value."""
-    for bits in INTEGER_DEPTHS:
-        if top <= 2 ** bits - 1:
-            return bits
-    return int(top).bit_length()
-
-
-def to_8_bit(values: np.ndarray, floating: bool) -> np.ndarray:
-    """A one-channel image of 16- or 32-bit integers or floats as uint8 0..255, scaled by the range its values
-    use: floats in [0, 1] times 255, floats in [0, 255] as they are, anything larger (integers always) by the
-    depth of its largest value (value_depth). Negative values and NaN become 0."""
-    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    top = float(values.max()) if values.size else 0.0
-    if floating and top <= 1.0:
-        scale = 1.0
-    elif floating and top <= 255.0:
-        scale = 255.0
-    else:
-        scale = float(2 ** value_depth(top) - 1)
-    return np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def list_images(root: Path, classes: list[str], key: str, require_all: bool) -> tuple[list[Path], list[int]]:
+    """Image files (recursively) under each class folder, in a stable order, with their class indices."""
+    listing = scan_listing(root, classes, key, require_all)
+    return listing.files, listing.labels
 
 
 def decode(path: Path, channels: int) -> torch.Tensor:
     """uint8 (C, H, W) with C = channels (1: grayscale, 3: RGB), whatever the file stores (Pillow decodes)."""
-    from PIL import Image  # only image folders and cnnlab-predict decode files
-
-    try:
-        with Image.open(path) as image:
-            if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integers, floats: scaled to 8 bits
-                image = Image.fromarray(to_8_bit(np.asarray(image), image.mode == "F"), "L")
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except Exception as bad:  # Pillow raises many types for damaged files
-        raise UnreadableImage(f"cannot read image {path}: {bad}") from None
-    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-
-
-def fit_to_size(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Bring one image to `size`: scale the shorter side and crop the centre, or stretch to fit."""
-    from torchvision.transforms.v2 import functional as TF  # torchvision costs ~1 s at start-up; only resizing needs it
-
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    if mode == "stretch":
-        return TF.resize(image, list(size), antialias=True)
-    h, w = image.shape[-2:]
-    scale = max(size[0] / h, size[1] / w)
-    resized = TF.resize(image, [max(size[0], round(h * scale)), max(size[1], round(w * scale))], antialias=True)
-    return TF.center_crop(resized, list(size))
+    return torch.from_numpy(np.array(read_pixels(path, channels).transpose(2, 0, 1)))
 
 
 def read_image(path: Path, channels: int, size, resize_mode: str) -> torch.Tensor:
-    """One file as the model sees it before augmentation: decoded to `channels`, brought to `size`."""
-    return fit_to_size(decode(path, channels), size, resize_mode)
+    """One file as the model sees it before augmentation: decoded to `channels`, brought to `size`. The same
+    function (decoding.read_pixels) fills the decoded cache, so both paths give the same pixels."""
+    return torch.from_numpy(np.array(read_pixels(path, channels, tuple(size), resize_mode).transpose(2, 0, 1)))
 
 
 class ImageFiles(Dataset):
@@ -176,24 +184,31 @@ def collate_skipping(batch):
     return x, y, len(batch) - len(kept)
 
 
-def load_all(files, labels, channels: int, size, resize_mode: str, skip: bool, key: str):
-    """Decode every file up front into one uint8 tensor."""
-    def one(path):
-        try:
-            return read_image(path, channels, size, resize_mode)
-        except UnreadableImage as bad:
-            return bad
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
-        decoded = list(pool.map(one, files))
-    bad = [(path, result) for path, result in zip(files, decoded) if isinstance(result, UnreadableImage)]
-    if bad and not skip:
-        raise ConfigError(f"{key}: {bad[0][1]}" + (f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else "")
+def check_unreadable(unreadable: dict[int, str], files, skip: bool, key: str) -> list[int] | None:
+    """The rows to keep when some files could not be read (None: all were read). Without data.skip_unreadable
+    the first unreadable file is an error naming it and how many more there are."""
+    if not unreadable:
+        return None
+    bad = sorted(unreadable)
+    if not skip:
+        raise ConfigError(f"{key}: {unreadable[bad[0]]}" + (f" (and {len(bad) - 1} more unreadable files)"
+                                                           if len(bad) > 1 else "")
                           + "; set data.skip_unreadable=true to skip and count unreadable files")
-    if bad:
-        log.warning("%s: skipped %d unreadable image file(s), e.g. %s", key, len(bad), bad[0][0])
-    keep = [i for i, result in enumerate(decoded) if not isinstance(result, UnreadableImage)]
+    log.warning("%s: skipped %d unreadable image file(s), e.g. %s", key, len(bad), files[bad[0]])
+    keep = sorted(set(range(len(files))) - set(bad))
     if not keep:
         raise ConfigError(f"{key}: none of the {len(files)} image files could be read")
-    images = torch.stack([decoded[i] for i in keep])
-    return images, torch.as_tensor([labels[i] for i in keep], dtype=torch.long), len(bad)
+    return keep
+
+
+def load_all(files, labels, channels: int, size, resize_mode: str, skip: bool, key: str):
+    """Decode every file up front into one uint8 tensor, in this process's memory (no decoded cache)."""
+    from cnnlab.data.cache import decode_in_memory
+
+    decoded = decode_in_memory(files, channels, size, resize_mode, "data.cache=false")
+    keep = check_unreadable(decoded.unreadable, files, skip, key)
+    images, labels = torch.from_numpy(decoded.images), torch.as_tensor(labels, dtype=torch.long)
+    if keep is None:
+        return images, labels, 0
+    index = torch.as_tensor(keep)
+    return images[index], labels[index], len(files) - len(keep)

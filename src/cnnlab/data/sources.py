@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cnnlab.data import cache as decoded_cache
 from cnnlab.data import imagefolder as folder
 from cnnlab.data import torchvision_sets as tv
 from cnnlab.data.formats import DataFileError
@@ -185,6 +186,9 @@ def imagefolder(cfg) -> SourceData:
                           f"needs at least two: <root>/<class>/<image files>")
     mode = str(cfg.resize_mode)
     channels, size, skip = int(cfg.in_channels), tuple(int(v) for v in cfg.input_size), bool(cfg.skip_unreadable)
+    problem = cfg.get("cache", True) and decoded_cache.cache_dir_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     listed = {}
     for split, root in roots.items():
         if not root:
@@ -196,17 +200,29 @@ def imagefolder(cfg) -> SourceData:
             if extra:
                 raise ConfigError(f"{key}={root} has class folder(s) {', '.join(extra)} that the training folder "
                                   f"{roots['train']} lacks")
-        listed[split] = (key, *folder.list_images(root, classes, key, require_all=split == "train"))
-    total = sum(len(files) for _, files, _ in listed.values())
+        listed[split] = (key, folder.scan_listing(root, classes, key, require_all=split == "train"))
+    total = sum(len(listing.files) for _, listing in listed.values())
     budget = float(cfg.memory_limit_mb) * 2**20
     choice = str(cfg.in_memory).lower()
     in_memory = total * channels * size[0] * size[1] <= budget if choice == "auto" else choice == "true"
+    note = (f"checked against data.memory_limit_mb={cfg.memory_limit_mb:g}" if choice == "auto"
+            else "data.in_memory=true")
+    cache_dir = decoded_cache.cache_root(cfg.get("cache_dir")) if in_memory and cfg.get("cache", True) else None
     pools, skipped = {}, 0
-    for split, (key, files, labels) in listed.items():
-        if in_memory:
-            images, label_tensor, n_bad = folder.load_all(files, labels, channels, size, mode, skip, key)
-            pools[split] = Pool(label_tensor, images=images)
-            skipped += n_bad
+    for split, (key, listing) in listed.items():
+        labels = torch.as_tensor(listing.labels, dtype=torch.long)
+        if not in_memory:
+            pools[split] = Pool(labels, files=listing.files)
+            continue
+        if cache_dir is None:
+            decoded = decoded_cache.decode_in_memory(listing.files, channels, size, mode, note)
         else:
-            pools[split] = Pool(torch.as_tensor(labels, dtype=torch.long), files=files)
+            decoded = decoded_cache.load(listing, channels, size, mode, cache_dir, note)
+            if decoded.fell_back:
+                cache_dir = None  # one warning: the other splits decode into memory as well
+        keep = folder.check_unreadable(decoded.unreadable, listing.files, skip, key)
+        pools[split] = Pool(labels, images=torch.from_numpy(decoded.images))
+        if keep is not None:
+            pools[split] = pools[split].select(torch.as_tensor(keep))
+            skipped += len(listing.files) - len(keep)
     return SourceData(pools, found={"classes": classes}, skipped=skipped, resize_mode=mode, skip_unreadable=skip)

@@ -264,7 +264,7 @@ def test_unreadable_files_on_the_first_and_the_cached_run(make_cfg, tmp_path, lo
             readable = [f for name in ("cat", "dog", "fox") for f in images_under(tmp_path / "imgs" / name)
                         if f not in broken]
             for row, path in enumerate(readable):
-                assert torch.equal(pool.images[row], read_image(path, 3, (16, 16), "center_crop"))
+                assert torch.equal(pool.rows([row])[0], read_image(path, 3, (16, 16), "center_crop"))
             assert pool.labels.tolist() == [0] * 6 + [1] * 5 + [2] * 5
         decoded = "decoding 18 images" in _messages(logs)
         assert decoded == (i == 0), (i, skip)  # later runs read the unreadable rows from the entry's meta

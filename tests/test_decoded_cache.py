@@ -416,3 +416,13 @@ def test_train_twice_from_the_command_line_maps_the_cache_the_second_time(run_cl
            in one and "memory-mapped" not in one
     assert f"memory-mapped 24 decoded images (18.0 KB) from {entry}" in two and "decoding 24" not in two
     assert "memory-mapped 24 decoded images" in (tmp_path / "run2" / "train.log").read_text()
+
+
+def test_a_folder_over_the_budget_is_decoded_per_sample_and_the_log_says_why(make_cfg, tmp_path, logs,
+                                                                               private_cache_home):
+    disk.write_image_folder(tmp_path / "imgs", per_class=6)
+    data = _source(make_cfg, tmp_path / "imgs", "data.memory_limit_mb=0.001")
+    assert not data.pools["train"].resident and _entries(private_cache_home) == []
+    said = _messages(logs)
+    assert "18 images decode to 13.5 KB at 3x16x16 uint8, more than data.memory_limit_mb=0.001" in said
+    assert "decoding" not in said

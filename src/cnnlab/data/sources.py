@@ -9,6 +9,7 @@ torchvision or pandas at start-up.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,8 @@ from cnnlab.data import torchvision_sets as tv
 from cnnlab.data.formats import DataFileError
 from cnnlab.data.shapes import generate
 from cnnlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -207,6 +210,11 @@ def imagefolder(cfg) -> SourceData:
     in_memory = total * channels * size[0] * size[1] <= budget if choice == "auto" else choice == "true"
     note = (f"checked against data.memory_limit_mb={cfg.memory_limit_mb:g}" if choice == "auto"
             else "data.in_memory=true")
+    if not in_memory and choice == "auto":
+        log.info("%d images decode to %s at %dx%dx%d uint8, more than data.memory_limit_mb=%g: DataLoader workers "
+                 "decode them per sample (data.in_memory=true holds them anyway: memory-mapped from the decoded "
+                 "cache, they count against the page cache)", total,
+                 decoded_cache.size_text((total, channels, *size)), channels, *size, cfg.memory_limit_mb)
     cache_dir = decoded_cache.cache_root(cfg.get("cache_dir")) if in_memory and cfg.get("cache", True) else None
     pools, skipped = {}, 0
     for split, (key, listing) in listed.items():

@@ -426,3 +426,38 @@ def test_a_folder_over_the_budget_is_decoded_per_sample_and_the_log_says_why(mak
     said = _messages(logs)
     assert "18 images decode to 13.5 KB at 3x16x16 uint8, more than data.memory_limit_mb=0.001" in said
     assert "decoding" not in said
+
+
+PEAK = r"""
+import sys
+from pathlib import Path
+from cnnlab.data import cache
+from cnnlab.data.imagefolder import find_classes, scan_listing
+
+def status(key):
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(key + ":")))
+
+root = Path(sys.argv[1])
+listing = scan_listing(root, find_classes(root, "data.root"), "data.root", require_all=True)
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM starts again from the current RSS
+decoded = cache.decode_in_memory(listing.files, 3, (64, 64), "center_crop", "test")
+assert decoded.images.any(axis=(1, 2, 3)).all()  # every row written, and every page touched by this process
+print(before, status("VmHWM"), decoded.images.nbytes // 1024)
+"""
+
+
+def test_decoding_into_memory_peaks_at_the_decoded_pixels_not_twice_them(tmp_path):
+    """data.cache=false (or a fallback): the peak is about one copy of the decoded set over the baseline, never
+    the list of images plus their stack (2x) that decoding once held."""
+    rng = np.random.default_rng(0)
+    for k in range(1200):
+        folder = tmp_path / "imgs" / f"c{k % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    done = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "imgs")], env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, peak, pixels = (int(v) for v in done.stdout.split())
+    assert pixels == 1200 * 3 * 64 * 64 // 1024
+    assert peak - before <= 1.1 * pixels + 4096, (before, peak, pixels)  # KB; 4 MB for the interpreter's own

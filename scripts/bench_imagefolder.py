@@ -7,6 +7,7 @@ runs every mode once, the order reversed every other round (ABBA), so drift in m
 
 - `first`    cnnlab, data.cache=true with its cache dir emptied before: the run that decodes the folder
 - `cached`   cnnlab, data.cache=true on the cache the `first` run built (an untimed run builds it if needed)
+- `memory`   cnnlab, data.cache=false: decodes the folder into the process's memory on every run
 - `per-sample` cnnlab, data.in_memory=false (and data.cache=false): DataLoader workers decode every image
 - `shards`   cnnlab, data=webdataset on tar shards that `cnnlab-shards` wrote once per size (untimed)
 - `plain`    the baseline, scripts/plain_imagefolder.py; every ratio is against its run of the same round
@@ -63,7 +64,7 @@ from _bench import loadavg, quartiles as _quartiles  # scripts/_bench.py, beside
 
 HERE = Path(__file__).resolve().parent
 PLAIN_SCRIPT = HERE / "plain_imagefolder.py"
-MODES = ("first", "cached", "per-sample", "shards", "plain")
+MODES = ("first", "cached", "memory", "per-sample", "shards", "plain")
 BATCH, EVAL_BATCH, CLASSES, PIXELS = 64, 256, 100, 64
 MIB = 1024 * 1024
 
@@ -482,9 +483,10 @@ def main() -> None:
     modes = [m for m in MODES if m in args.modes]  # `first` before `cached` in the first round
     notes = []
     if not features.cache:
-        notes.append("this cnnlab has no decoded cache (data.cache): `first` is its default run, `cached` skipped")
-        if "cached" in modes:
-            modes.remove("cached")
+        notes.append("this cnnlab has no decoded cache (data.cache): `first` is its default run, `cached` and `memory` skipped")
+        for mode in ("cached", "memory"):
+            if mode in modes:
+                modes.remove(mode)
     if "shards" in modes and not (features.webdataset and features.shards_cmd):
         why = ("no data=webdataset config" if not features.webdataset else "") + \
               (" and " if not features.webdataset and not features.shards_cmd else "") + \
@@ -545,6 +547,7 @@ def run_size(args, features: Features, modes: list[str], n: int, folder: Path, w
         "first": cnnlab_command(args, folder, runs_dir, ["data.cache=true", *cache_keys] if features.cache else [],
                                 eval_batches),
         "cached": cnnlab_command(args, folder, runs_dir, ["data.cache=true", *cache_keys], eval_batches),
+        "memory": cnnlab_command(args, folder, runs_dir, ["data.cache=false"], eval_batches),
         "per-sample": cnnlab_command(args, folder, runs_dir,
                                      ["data.in_memory=false"] + (["data.cache=false"] if features.cache else []),
                                      eval_batches),
@@ -607,7 +610,8 @@ def run_size(args, features: Features, modes: list[str], n: int, folder: Path, w
 def render(results, modes, args, features, eval_batches, notes, command_line) -> str:
     """The markdown table: one row per size and mode, medians (quartiles) over rounds, ratios to `plain`."""
     labels = {"first": "cnnlab, first run (builds the cache)" if features.cache else "cnnlab (default run)",
-              "cached": "cnnlab, cached run", "per-sample": "cnnlab, data.in_memory=false",
+              "cached": "cnnlab, cached run", "memory": "cnnlab, data.cache=false (decoded into memory)",
+              "per-sample": "cnnlab, data.in_memory=false",
               "shards": "cnnlab, data=webdataset shards", "plain": "plain torchvision script"}
     pss = args.pss_ms > 0
     lines = [f"`{command_line}`", "",

@@ -468,7 +468,7 @@ def main() -> None:
     parser.add_argument("--shards-cmd", default=None,
                         help="the shard writer, if not the installed cnnlab-shards, e.g. 'python -m cnnlab.shards'")
     parser.add_argument("--shards-args", default="", help="extra arguments for the shard writer")
-    parser.add_argument("--shards-overrides", default='data=webdataset data.train_shards="{train}"',
+    parser.add_argument("--shards-overrides", default="""data=webdataset 'data.train_shards="{train}"'""",
                         help="cnnlab overrides of the shards mode; {shards} is the shard folder "
                              "(default: %(default)r)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")

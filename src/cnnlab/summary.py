@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import reports_config_errors
 from cnnlab.config import CONFIG_DIR
-from cnnlab.data.build import data_info
+from cnnlab.data.build import data_info, discovered_classes
 from cnnlab.errors import ConfigError
 from cnnlab.finetune import Freezer
 from cnnlab.inspector import summarize
@@ -44,7 +44,11 @@ def _positive_int(value) -> bool:
 def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
     """((C, H, W), classes) to inspect: the data config's, with the summary's input_size / num_classes on top."""
 
-    info = data_info(cfg.data)  # reads the data config only; no images are loaded
+    data = cfg.data
+    found = None if cfg.get("num_classes") is not None else discovered_classes(data)
+    if found is not None:  # an image folder or shard set: its folders or manifest name the classes
+        data = OmegaConf.merge(data, {"classes": found})
+    info = data_info(data)  # reads the data config only; no images are loaded
     channels, size, classes = info.in_channels, tuple(info.input_size), info.num_classes
     override = cfg.get("input_size")
     if override is not None:

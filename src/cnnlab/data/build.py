@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from cnnlab.data.augment import BatchAugment, batched_unsupported, build_v2_pipeline
 from cnnlab.data.balance import capped_indices, class_counts, per_class_caps
-from cnnlab.data.imagefolder import ImageFiles, UnreadableImage, collate_skipping, read_image
+from cnnlab.data.imagefolder import ImageFiles, UnreadableImage, collate_skipping, find_classes, read_image
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
 from cnnlab.data.mixing import BatchMix
 from cnnlab.data.sources import Pool, SourceData, load_source
@@ -59,6 +59,21 @@ class DataBundle:
 def data_info(cfg) -> DataInfo:
     """DataInfo from a complete data config (a saved run's, where an image folder's classes are filled in)."""
     return _info(cfg, {}, class_subset(cfg))
+
+
+def discovered_classes(cfg) -> list[str] | None:
+    """The class names only the files know, read without loading an image: an image folder's class folders, a
+    shard set's manifest. None for a data set whose config states its classes."""
+    if cfg.get("classes") is not None or cfg.get("num_classes") is not None:
+        return None
+    if cfg.name == "imagefolder":
+        key = "data.train_root" if cfg.get("train_root") else "data.root"
+        return find_classes(Path(str(cfg.get("train_root") or cfg.root)).expanduser(), key)
+    if cfg.name == "webdataset":
+        from cnnlab.data.stream import manifest_of  # webdataset is imported only where shards are read
+
+        return list(manifest_of(cfg)[0].classes)
+    return None
 
 
 def class_subset(cfg, num_classes: int | None = None) -> list[int] | None:

@@ -381,19 +381,26 @@ def _refuse_unsupported(cfg) -> None:
                               f"want with cnnlab-shards")
 
 
-def _shard_sets(cfg):
-    """The manifest and the shards of each split, every name checked against the manifest."""
-    from cnnlab.data.shardset import default_manifest, expand, load_manifest, shard_list, sibling_pattern
+def manifest_of(cfg):
+    """(the manifest, where it was read) of data.manifest, or the one beside the first training shard."""
+    from cnnlab.data.shardset import default_manifest, expand, load_manifest
 
-    train_pattern = str(cfg.train_shards)
     manifest_url = cfg.get("manifest")
     if not manifest_url:
-        manifest_url = default_manifest(expand(train_pattern, "data.train_shards")[0])
+        manifest_url = default_manifest(expand(str(cfg.train_shards), "data.train_shards")[0])
         if manifest_url is None:
             raise ConfigError("data.train_shards is a pipe: command, so the manifest cannot be found beside the "
                               "shards: set data.manifest to its path or URL (e.g. pipe:aws s3 cp s3://bucket/"
                               "shards/cnnlab-shards.json -)")
-    manifest = load_manifest(str(manifest_url), "data.manifest")
+    return load_manifest(str(manifest_url), "data.manifest"), str(manifest_url)
+
+
+def _shard_sets(cfg):
+    """The manifest and the shards of each split, every name checked against the manifest."""
+    from cnnlab.data.shardset import shard_list, sibling_pattern
+
+    train_pattern = str(cfg.train_shards)
+    manifest, manifest_url = manifest_of(cfg)
     shards = {"train": shard_list(train_pattern, manifest, "data.train_shards")}
     for split in ("val", "test"):
         key, pattern = f"data.{split}_shards", cfg.get(f"{split}_shards")

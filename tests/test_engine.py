@@ -130,12 +130,13 @@ def test_tracker_state_round_trip():
 
 
 def test_no_private_method_of_another_object_is_called():
-    """`obj._method(...)` only as self._method / cls._method: a private method is its own object's business."""
+    """`obj._method(...)` only as self._method / cls._method: a private method is its own object's business
+    (os._exit is public: the exit that skips cleanup, as a forked worker must)."""
     call = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\(\))?\.(_[A-Za-z0-9][A-Za-z0-9_]*)\(")
     found = []
     for path in sorted(SRC.rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             for owner, name in call.findall(line.split("#")[0]):
-                if owner not in ("self", "cls") and not name.startswith("__"):
+                if owner not in ("self", "cls") and not name.startswith("__") and f"{owner}.{name}" != "os._exit":
                     found.append(f"{path.relative_to(SRC)}:{number}: {owner}.{name}(")
     assert not found, found

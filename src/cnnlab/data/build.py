@@ -58,7 +58,7 @@ class DataBundle:
 
 def data_info(cfg) -> DataInfo:
     """DataInfo from a complete data config (a saved run's, where an image folder's classes are filled in)."""
-    return _info(cfg, {}, class_subset(cfg))
+    return info_from(cfg, {}, class_subset(cfg))
 
 
 def discovered_classes(cfg) -> list[str] | None:
@@ -104,7 +104,7 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
         return build_stream(cfg, seed, device, augment, train_augment, shard)
     source = load_source(cfg)
     found = _found_values(cfg, source)
-    full = _info(cfg, found, subset=None)
+    full = info_from(cfg, found, subset=None)
     for pool in source.pools.values():
         _check_pool(full, pool)
     subset = class_subset(cfg, full.num_classes)
@@ -125,9 +125,9 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
             found["mean"] = mean
         if cfg.get("std") is None:
             found["std"] = std
-    info = _info(cfg, found, subset)
+    info = info_from(cfg, found, subset)
 
-    transforms, mix_cfg = _augment_parts(augment)
+    transforms, mix_cfg = augment_parts(augment)
     if not train_augment:
         transforms, mix_cfg = [], None
     mix = BatchMix.from_config(mix_cfg, info.num_classes)
@@ -162,7 +162,8 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def _augment_parts(augment):
+def augment_parts(augment):
+    """(transforms, mix config) from the augment config, or from a bare list of transforms."""
     if augment is None:
         return [], None
     if hasattr(augment, "get") and not isinstance(augment, (list, tuple)) and "transforms" in augment:
@@ -189,7 +190,8 @@ def _found_values(cfg, source: SourceData) -> dict:
     return found
 
 
-def _info(cfg, found: dict, subset) -> DataInfo:
+def info_from(cfg, found: dict, subset) -> DataInfo:
+    """DataInfo from the data config and the values the files gave (`found`), for a class subset or all."""
     names = found.get("classes") or cfg.get("classes")
     classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(int(cfg.num_classes)))
     if subset is not None:

@@ -316,12 +316,12 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
                 raise ConfigError(f"data.{key}=null and the manifest {manifest.where} gives no {key} for "
                                   f"{channels}-channel images; set data.mean and data.std")
             found[key] = [float(v) for v in stats[key]]
-    info = build._info(cfg, found, subset=None)
+    info = build.info_from(cfg, found, subset=None)
     rank, world = shard
     workers = int(cfg.num_workers)
     _check_shard_counts(shards["train"], world, workers)
 
-    transforms, mix_cfg = build._augment_parts(augment) if train_augment else ([], None)
+    transforms, mix_cfg = build.augment_parts(augment) if train_augment else ([], None)
     if any(hasattr(e, "get") and e.get("_target_") == lighting.TARGET and
            (e.get("eigval") is None or e.get("eigvec") is None) for e in transforms):
         raise ConfigError(f"{lighting.TARGET} needs eigval and eigvec with data=webdataset (the stream has no "

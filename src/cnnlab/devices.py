@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -58,6 +59,16 @@ class Precision:
     @property
     def enabled(self) -> bool:
         return self.autocast_dtype is not None
+
+    def autocast(self, device_type: str):
+        """The context a forward pass runs in: torch.autocast at this dtype, or (full precision) one reusable
+        no-op context for every step."""
+        if self.autocast_dtype is None:
+            return _FULL_PRECISION
+        return torch.autocast(device_type, dtype=self.autocast_dtype)
+
+
+_FULL_PRECISION = contextlib.nullcontext()
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:

@@ -7,27 +7,25 @@ trainer.device=cpu, split=val) are applied on top of the run's saved config.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import check_command_line, hydra_overrides, reports_config_errors
-from cnnlab.config import CONFIG_DIR, apply_overrides, command_line_keys
+from cnnlab.config import CONFIG_DIR
 from cnnlab.data import build_data
 from cnnlab.devices import resolve_device, resolve_precision
-from cnnlab.engine.checkpoint import find_checkpoint, saved_config
+from cnnlab.engine.checkpoint import find_checkpoint
+from cnnlab.engine.task import reported_topk
 from cnnlab.engine.trainer import evaluate_model
 from cnnlab.errors import ConfigError
-from cnnlab.losses import Loss, resolve_class_weights
-from cnnlab.metrics import classification_metrics, per_class_accuracy, precision_recall_f1
+from cnnlab.losses import run_loss
+from cnnlab.metrics import confusion_metrics, precision_recall_f1
 from cnnlab.model_io import built_parts, load_trained_model
-from cnnlab.restore import (check_download, check_split_unchanged, check_trust_override, check_trusted_repo,
-                            check_trusted_targets)
+from cnnlab.restore import check_split_unchanged, saved_run_config
 from cnnlab.rundir import claim
 from cnnlab.runinfo import write_json
 from cnnlab.schema_check import command_key_problems
@@ -47,19 +45,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         raise ConfigError(problems)
     path, ckpt = find_checkpoint(cfg.ckpt, "ckpt")
     split = str(cfg.split)
-    saved = saved_config(ckpt)
-    keys = command_line_keys(overrides, skip=EVAL_KEYS + ("experiment",))
+    # Evaluation never augments; it builds data and model only: the optimizer and scheduler in the saved config
+    # are never built (the trust checks run before validation, which imports transform modules)
+    _, run_cfg, keys = saved_run_config(cfg, ckpt, path, overrides, skip=EVAL_KEYS, fixed={"augment.transforms": []},
+                                        untrusted_ok=("optimizer.", "scheduler."))
     check_split_unchanged(keys, cfg)
-    keys.append("paths")
-    run_cfg = apply_overrides(saved, cfg, keys)
-    # Evaluation never augments, and progress/TensorBoard output belongs to training runs.
-    OmegaConf.update(run_cfg, "augment.transforms", [], force_add=True)
-    # before validation (which imports transform modules): evaluation builds data and model only, the optimizer
-    # and scheduler in the saved config are never built
-    check_trusted_targets(run_cfg, cfg, f"the config saved in {path}", skip=("optimizer.", "scheduler."))
-    check_trust_override(saved, run_cfg, cfg, keys, f"the config saved in {path}")
-    check_trusted_repo(run_cfg, cfg, keys, f"the config saved in {path}")
-    check_download(run_cfg, keys, f"the config saved in {path}")
     validate(built_parts(run_cfg))
     fit_topk(run_cfg, known_classes(run_cfg), "trainer.topk" in keys)
     tta = str(cfg.tta)
@@ -73,20 +63,15 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     loaded = load_trained_model(path, device, run_cfg, ckpt)
     data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
 
-    def autocast():
-        return torch.autocast(device.type, precision.autocast_dtype) if precision.enabled else contextlib.nullcontext()
-
-    ks = tuple(sorted({1, *(int(k) for k in tcfg.topk)}))
-    spec = tcfg.get("class_weights")  # the run's loss, weighted as in training (auto: the same training counts)
-    weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), data.class_counts)
     model = loaded.model if tta == "none" else TTAModel(loaded.model, tta, run_cfg.data.input_size, tta_resize)
-    metrics, confusion = evaluate_model(model, data.split(split), Loss(tcfg.loss, float(tcfg.label_smoothing),
-                                                                              weights),
-                                        split, ks=ks, device=device, autocast=autocast, with_confusion=True)
+    # the run's loss, weighted as in training (auto: the same training counts)
+    metrics, confusion = evaluate_model(model, data.split(split), run_loss(run_cfg, data.class_counts, announce=False),
+                                        split, ks=reported_topk(tcfg.topk), device=device,
+                                        autocast=lambda: precision.autocast(device.type), with_confusion=True)
     if tta != "none" and str(tcfg.loss) != "cross_entropy":  # the averaged softmax is no input for bce or mse
         metrics.pop(f"{split}/loss", None)
     classes = list(loaded.info.classes)
-    averages, per_class = classification_metrics(confusion, classes, split)
+    averages, per_class = confusion_metrics(confusion, classes, split)
     result = {
         "checkpoint": str(path),
         "epoch": loaded.epoch,
@@ -97,7 +82,6 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "tta_resize": tta_resize,
         **metrics,
         **averages,
-        f"{split}/per_class_acc": dict(zip(classes, per_class_accuracy(confusion))),
         **per_class,
         f"{split}/confusion_matrix": {"classes": classes, "matrix": confusion.tolist()},
     }

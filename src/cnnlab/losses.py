@@ -15,12 +15,15 @@ augment/mix) give exactly what their integer labels give:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
+
+log = logging.getLogger("cnnlab")
 
 
 def one_hot_targets(target: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -96,3 +99,19 @@ class Loss:
         if sample_weight is None:
             return elementwise
         return (elementwise.mean(dim=1) * sample_weight).sum() / sample_weight.sum()
+
+
+def run_loss(cfg, counts: Sequence[int], announce: bool = True) -> Loss:
+    """A run's loss from its config (trainer.loss, trainer.label_smoothing, trainer.class_weights resolved against
+    the training split's class counts): training's, and cnnlab-eval's for the same run. announce: say the class
+    weights in the log (training)."""
+    tcfg = cfg.trainer
+    spec = tcfg.get("class_weights")
+    weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), counts)
+    if announce and weights is not None:
+        log.info("trainer.class_weights=%s: %s (training images per class: %s)", spec if isinstance(spec, str)
+                 else "list", [round(w, 4) for w in weights], counts)
+        if spec == "auto" and cfg.data.get("sampler", "random") == "balanced":
+            log.warning("data.sampler=balanced already draws every class equally often; with trainer.class_weights"
+                        "=auto the rare classes are favoured twice")
+    return Loss(tcfg.loss, float(tcfg.label_smoothing), weights)

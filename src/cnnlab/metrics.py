@@ -73,6 +73,14 @@ def classification_metrics(confusion: torch.Tensor, classes, prefix: str) -> tup
     return averages, per_class
 
 
+def confusion_metrics(confusion: torch.Tensor, classes, prefix: str) -> tuple[dict, dict]:
+    """What a test (Trainer.test) or an evaluation (cnnlab-eval) reports from its split's confusion matrix:
+    (averages: classification_metrics' floats, per class: `{prefix}/per_class_acc`, then classification_metrics'
+    `{prefix}/per_class_precision|recall|f1`), each {class name: value}."""
+    averages, scores = classification_metrics(confusion, classes, prefix)
+    return averages, {f"{prefix}/per_class_acc": dict(zip(classes, per_class_accuracy(confusion))), **scores}
+
+
 class MetricTracker:
     """Running sums for one pass over a split: loss, top-k hits, sample count.
 

@@ -44,16 +44,30 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     partial = ckpt.get("partial")
     log.info("resuming from %s (%s)", path, f"epoch {partial['epoch']}, after step {partial['loader']['batches']}"
              if partial else f"end of epoch {ckpt.get('epoch', 0)}")
-    saved = saved_config(ckpt)
-    keys = command_line_keys(overrides, skip=("experiment",)) + ["paths"]
-    merged = apply_overrides(saved, cfg, keys)
-    OmegaConf.update(merged, "trainer.resume", str(path), force_add=True)
-    check_download(merged, keys, f"the config saved in {path}")
-    check_trust_override(saved, merged, cfg, keys, f"the config saved in {path}")
+    saved, merged, _ = saved_run_config(cfg, ckpt, path, overrides, fixed={"trainer.resume": str(path)})
     check_compatible(saved, merged, path, mid_epoch=bool(partial))
-    check_trusted_targets(merged, cfg, f"the config saved in {path}")
-    check_trusted_repo(merged, cfg, keys, f"the config saved in {path}")
     return merged, ckpt, path
+
+
+def saved_run_config(cfg: DictConfig, ckpt: dict, path, overrides: list[str], *, skip: tuple[str, ...] = (),
+                     fixed: dict | None = None, untrusted_ok: tuple[str, ...] = ()):
+    """A checkpoint's saved config with only the keys this command line sets (`overrides`, less the command's
+    own `skip` keys) taken from `cfg`, and `fixed` values the command itself sets; then the checks that a file
+    cannot choose what runs or where cnnlab writes. Returns (saved, merged, keys: the keys taken from `cfg`).
+
+    `untrusted_ok`: _target_ key prefixes the command never instantiates (eval: the optimizer and scheduler).
+    The caller adds its own checks (resume: check_compatible; eval: check_split_unchanged)."""
+    saved = saved_config(ckpt)
+    keys = command_line_keys(overrides, skip=skip + ("experiment",)) + ["paths"]
+    merged = apply_overrides(saved, cfg, keys)
+    for key, value in (fixed or {}).items():
+        OmegaConf.update(merged, key, value, force_add=True)
+    source = f"the config saved in {path}"
+    check_download(merged, keys, source)
+    check_trust_override(saved, merged, cfg, keys, source)
+    check_trusted_targets(merged, cfg, source, skip=untrusted_ok)
+    check_trusted_repo(merged, cfg, keys, source)
+    return saved, merged, keys
 
 
 def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: bool = False) -> None:

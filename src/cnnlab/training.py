@@ -35,7 +35,7 @@ from cnnlab.errors import ConfigError, RunError, disk_full
 from cnnlab.experiments.runs import read_overrides
 from cnnlab.finetune import Freezer, load_pretrained
 from cnnlab.inspector import LayerFailure, summarize, totals_lines
-from cnnlab.losses import Loss, resolve_class_weights
+from cnnlab.losses import run_loss
 from cnnlab.masking import masked
 from cnnlab.models import build_model
 from cnnlab.optim import build_optimizer, build_schedule
@@ -127,7 +127,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                       cache_dirs=cache_dirs)
     info = data.info
     fit_topk(cfg, info.num_classes, topk_given)  # an image folder's classes are known only now
-    loss = Loss(tcfg.loss, float(tcfg.label_smoothing), class_weights(cfg, data.class_counts))
+    loss = run_loss(cfg, data.class_counts)
     check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
         with open_dict(cfg):
@@ -194,21 +194,6 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                 checkpoints.top_k.continue_from(resume_ckpt.get("top_k"), resume_path, trainer.epoch)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
     return Run(cfg, config, run_dir, data, model, trainer, tb, n_params, dist)
-
-
-
-
-def class_weights(cfg: DictConfig, counts: list[int]) -> list[float] | None:
-    """trainer.class_weights resolved against the training split's class counts, and said in the log."""
-    spec = cfg.trainer.get("class_weights")
-    weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), counts)
-    if weights is not None:
-        log.info("trainer.class_weights=%s: %s (training images per class: %s)", spec if isinstance(spec, str)
-                 else "list", [round(w, 4) for w in weights], counts)
-        if spec == "auto" and cfg.data.get("sampler", "random") == "balanced":
-            log.warning("data.sampler=balanced already draws every class equally often; with trainer.class_weights"
-                        "=auto the rare classes are favoured twice")
-    return weights
 
 
 def check_world_size(dist: distributed.Dist, data, batch_size: int, accumulate: int) -> None:

@@ -51,6 +51,11 @@ class Task:
     average: WeightAverage | None = None
 
 
+def reported_topk(topk) -> tuple[int, ...]:
+    """The top-k accuracies a run (and cnnlab-eval) reports for trainer.topk: top-1 always, each k once, ascending."""
+    return tuple(sorted({1, *(int(k) for k in topk)}))
+
+
 @dataclass(frozen=True)
 class TrainerOptions:
     """The `trainer.*` settings the loop itself reads (configs/trainer/default.yaml documents each)."""
@@ -77,7 +82,7 @@ class TrainerOptions:
             limit_train_batches=int(cfg.limit_train_batches) if cfg.get("limit_train_batches") else None,
             limit_val_batches=int(cfg.limit_val_batches) if cfg.get("limit_val_batches") else None,
             limit_test_batches=int(cfg.limit_test_batches) if cfg.get("limit_test_batches") else None,
-            topk=tuple(sorted({1, *(int(k) for k in cfg.topk)})),
+            topk=reported_topk(cfg.topk),
             channels_last=cfg.channels_last is True if channels_last is None else channels_last,
             compile=bool(cfg.compile),
             grad_clip=float(cfg.grad_clip or 0.0),

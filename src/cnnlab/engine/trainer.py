@@ -21,8 +21,7 @@ from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message,
                                   out_of_memory_message)
 from cnnlab.engine.task import RunContext, Task, TrainerOptions, TrainLoader
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab.metrics import (MetricTracker, classification_metrics, confusion_matrix, hard_labels,
-                             per_class_accuracy)
+from cnnlab.metrics import MetricTracker, confusion_matrix, confusion_metrics, hard_labels
 from cnnlab.seeding import derived_generator, rng_state, set_rng_state
 
 log = logging.getLogger("cnnlab")
@@ -75,7 +74,7 @@ class Trainer:
         self.dist = context.dist
         self._wrap()
         self.aux_loss_weight = float(getattr(task.model, "aux_loss_weight", 0.0))
-        self._no_autocast = contextlib.nullcontext()  # reusable: one object for every step in full precision
+        self._no_sync_off = contextlib.nullcontext()  # reusable: one object for every step that syncs
         self.epoch = 0            # last completed epoch
         self.global_step = 0
         self.history: list[dict] = []
@@ -123,15 +122,13 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------------
     def _autocast(self):
-        if not self.context.precision.enabled:
-            return self._no_autocast
-        return torch.autocast(self.device.type, dtype=self.context.precision.autocast_dtype)
+        return self.context.precision.autocast(self.device.type)
 
     def _no_sync(self, stepping: bool):
         """DDP: the micro-batches that do not step run forward and backward inside the wrapper's no_sync(), so
         gradients are all-reduced once per optimizer step, not once per batch."""
         if self.ddp is None or stepping:
-            return self._no_autocast
+            return self._no_sync_off
         return self.ddp.no_sync()
 
     def _window(self, step: int) -> tuple[int, int]:
@@ -560,13 +557,11 @@ class Trainer:
             log.info("testing the %s weights of epoch %d", average.kind.upper(), self.epoch)
         metrics, confusion = self.evaluate(loader, "test", with_confusion=True, num_classes=len(classes))
         self.test_loader = loader
-        per_class = per_class_accuracy(confusion)
         # from the confusion matrix, which is summed over processes: exact under DDP
-        averages, per_class_scores = classification_metrics(confusion, list(classes), "test")
+        averages, per_class = confusion_metrics(confusion, list(classes), "test")
         metrics.update(averages)
         self._call("on_test_end", metrics, confusion, classes)
-        metrics["test/per_class_acc"] = {c: a for c, a in zip(classes, per_class)}
-        metrics.update(per_class_scores)
+        metrics.update(per_class)
         metrics["test/confusion_matrix"] = confusion.tolist()
         return metrics
 

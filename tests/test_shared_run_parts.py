@@ -1,0 +1,81 @@
+"""The parts training and cnnlab-eval share: the saved config coming back, autocast, the top-k list, the loss
+with its class weights, and the metrics read off a split's confusion matrix."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cnnlab.devices import Precision
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.task import TrainerOptions, reported_topk
+from cnnlab.errors import ConfigError
+from cnnlab.losses import resolve_class_weights, run_loss
+from cnnlab.metrics import classification_metrics, confusion_metrics, per_class_accuracy
+from cnnlab.restore import saved_run_config
+
+
+def test_reported_topk_always_has_top1_once_and_ascending_for_training_and_eval():
+    assert reported_topk([5, 3, 5]) == (1, 3, 5)
+    assert reported_topk([]) == (1,)
+    cfg = OmegaConf.create({"max_epochs": 1, "topk": [5, 1], "channels_last": False, "compile": False,
+                            "grad_clip": 0.0, "test_with": "best", "precision": "32"})
+    assert TrainerOptions.from_config(cfg).topk == reported_topk(cfg.topk) == (1, 5)
+
+
+def test_precision_autocast_full_precision_is_one_reusable_no_op_and_bf16_autocasts():
+    full = Precision(None, False)
+    assert full.autocast("cpu") is full.autocast("cpu")
+    with full.autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with Precision(torch.bfloat16, False).autocast("cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_run_loss_weights_as_training_does_and_says_so_only_when_asked(caplog):
+    cfg = OmegaConf.create({"trainer": {"loss": "cross_entropy", "label_smoothing": 0.1, "class_weights": "auto"},
+                            "data": {"sampler": "balanced"}})
+    counts = [30, 10, 20]
+    with caplog.at_level(logging.INFO, logger="cnnlab"):
+        quiet = run_loss(cfg, counts, announce=False)
+    assert not caplog.records
+    with caplog.at_level(logging.INFO, logger="cnnlab"):
+        loss = run_loss(cfg, counts)
+    assert "trainer.class_weights=auto" in caplog.records[0].getMessage()
+    assert "favoured twice" in caplog.records[1].getMessage()
+    for each in (quiet, loss):
+        assert each.name == "cross_entropy" and each.smoothing == pytest.approx(0.1)
+        assert each.weight.tolist() == pytest.approx(resolve_class_weights("auto", counts))
+    cfg.trainer.class_weights = None
+    assert run_loss(cfg, counts).weight is None
+
+
+def test_confusion_metrics_are_the_averages_then_per_class_accuracy_and_scores():
+    confusion = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 0]])
+    classes = ["a", "b", "c"]
+    averages, per_class = confusion_metrics(confusion, classes, "test")
+    expected_averages, scores = classification_metrics(confusion, classes, "test")
+    assert averages == expected_averages
+    assert list(per_class) == ["test/per_class_acc", *scores]
+    assert per_class["test/per_class_acc"] == dict(zip(classes, per_class_accuracy(confusion)))
+
+
+def test_saved_run_config_takes_only_the_command_lines_keys_and_fixed_values_before_the_trust_checks(
+        trained_run, make_cfg):
+    run_dir, _ = trained_run
+    path = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["augment"]["transforms"] = [{"_target_": "planted.Anything"}]
+    overrides = ["data.eval_batch_size=7", "trainer.max_epochs=9", f"ckpt={path}"]
+    cfg = make_cfg(*overrides, "trainer.label_smoothing=0.3", config_name="eval", run="eval")
+    saved, merged, keys = saved_run_config(cfg, ckpt, path, overrides, skip=("ckpt",),
+                                           fixed={"augment.transforms": []})
+    assert keys == ["data.eval_batch_size", "trainer.max_epochs", "paths"]
+    assert merged.data.eval_batch_size == 7 and merged.trainer.max_epochs == 9
+    assert merged.trainer.label_smoothing == saved.trainer.label_smoothing  # not on the command line
+    assert list(merged.augment.transforms) == []
+    with pytest.raises(ConfigError, match="planted.Anything"):  # without the fixed value, the target is checked
+        saved_run_config(cfg, ckpt, path, overrides, skip=("ckpt",))

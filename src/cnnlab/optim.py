@@ -14,9 +14,6 @@ from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
 
-# Keys in configs/optimizer and configs/scheduler that cnnlab reads itself; torch never sees them.
-OPTIMIZER_KEYS = ("decay_norm_and_bias",)
-SCHEDULER_KEYS = ("interval", "warmup_epochs", "warmup_start_factor")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 

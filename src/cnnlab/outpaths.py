@@ -131,16 +131,41 @@ def write_error(path, bad: OSError) -> RunError:
 def write_atomic(path, data: bytes | str) -> Path:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename); the folder is made if
     missing. An OSError (a full disk, ...) is a RunError naming the file, and no temp file is left."""
-    from cnnlab.engine.checkpoint import write_bytes_atomic
-
     path = Path(path)
     made = missing_dirs(path.parent)
     try:
-        write_bytes_atomic(data.encode() if isinstance(data, str) else bytes(data), path)
+        write_bytes_atomic(data, path)
     except OSError as bad:
         remove_empty(made)  # a folder made for the file goes again: a failed write leaves the place as it was
         raise write_error(path, bad) from None
     return path
+
+
+def write_bytes_atomic(data: bytes | str, path: Path) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target (str as UTF-8). An OSError
+    propagates as it is, with no temp file left; write_atomic is the form that names the file in a RunError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else bytes(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def missing_dirs(folder) -> list[str]:

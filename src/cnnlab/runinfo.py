@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +13,8 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.masking import mask, masked_argv
+from cnnlab.outpaths import write_bytes_atomic
+from cnnlab.source_tree import git_commit
 
 _PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "tensorboard", "numpy", "mlxtend")
 
@@ -22,21 +23,6 @@ def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> dict | None:
-    """The source tree's commit and whether it has local changes, when cnnlab runs from a git checkout."""
-    src = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
         return None
 
 
@@ -63,10 +49,7 @@ def environment(device: torch.device, dist=None) -> dict:
 
 
 def write_json(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", Path(path))
 
 
 def flat_hparams(config: dict, first=()) -> dict:

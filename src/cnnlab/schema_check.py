@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import contextlib
 import inspect
 import math
@@ -26,6 +25,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from cnnlab import schema
+from cnnlab.dotted import import_parent
 from cnnlab.errors import ConfigError
 
 
@@ -288,9 +288,9 @@ def _class_section_problems(section: dict, key: str, model: type[BaseModel], own
 
 
 def _import_class(path: str):
-    module_name, _, name = path.rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module_name), name, None)
+        module, name = import_parent(path)
+        obj = getattr(module, name, None)
     except ImportError:
         return None
     return obj if inspect.isclass(obj) else None

@@ -8,13 +8,13 @@ once; each message names the key, the bad value and what is accepted.
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.data.augment import BATCHED, V2_PREFIX
+from cnnlab.dotted import import_parent
 from cnnlab.errors import ConfigError
 from cnnlab.models import model_config_problems
 from cnnlab.schema_check import config_problems
@@ -257,9 +257,9 @@ def _augment_problems(cfg) -> list[str]:
 
 
 def _missing_class(target: str) -> str | None:
-    module_name, _, name = target.rpartition(".")
+    module_name = target.rpartition(".")[0]
     try:
-        module = importlib.import_module(module_name)
+        module, name = import_parent(target)
     except ImportError:
         return f"module {module_name!r} cannot be imported"
     if hasattr(module, name):

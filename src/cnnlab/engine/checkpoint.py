@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 
 from cnnlab.config import literal
 from cnnlab.errors import ConfigError
+from cnnlab.outpaths import write_bytes_atomic
 
 log = logging.getLogger("cnnlab")
 
@@ -34,25 +34,6 @@ def save_atomic(obj: dict, path: Path) -> None:
     write_bytes_atomic(buffer.getvalue(), Path(path))
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def link_atomic(source: Path, target: Path) -> None:
     """Make `target` a second name for the complete file `source` (best.ckpt and last.ckpt of the same epoch).
 
@@ -68,12 +49,6 @@ def link_atomic(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     except OSError:
         write_bytes_atomic(Path(source).read_bytes(), target)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # Which checkpoint of a run dir each purpose takes, in order of preference (see find_checkpoint).

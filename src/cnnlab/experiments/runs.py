@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import yaml
 
 from cnnlab.engine.early_stopping import resolve_mode
 from cnnlab.errors import ConfigError, RunError
+from cnnlab.outpaths import write_bytes_atomic
 
 FAILURE_FILE = "failure.json"
 METRICS_FILE = "metrics.json"
@@ -76,9 +76,7 @@ def write_failure(run_dir: Path, error: BaseException | str, status: str = "fail
     record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record.update(extra)
     path = run_dir / FAILURE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(json.dumps(record, indent=2, default=str) + "\n", path)
     return path
 
 

@@ -14,7 +14,6 @@ import math
 import platform
 import re
 import statistics
-import subprocess
 from datetime import date
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cnnlab.experiments.runs import RunRecord, read_curve
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult
 from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
+from cnnlab.source_tree import git_commit
 
 HIGHER_IS_BETTER = {"test/acc": True, "val/acc_best": True, "val/acc": True, "train/acc": True, "test/loss": False,
                     "val/loss": False, "train/loss": False, "gap": False}
@@ -331,9 +331,5 @@ def _machine() -> str:
 
 
 def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+    head = git_commit(short=True, dirty=False)
+    return head["commit"] if head else None

@@ -23,6 +23,7 @@ from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import OVERRIDES_FILE, RunRecord, read_yaml, read_run
 from cnnlab.rundir import record_failure
 from cnnlab.lab.lessons import Lesson
+from cnnlab.outpaths import write_bytes_atomic
 
 log = logging.getLogger("cnnlab.lab")
 
@@ -88,9 +89,7 @@ def claim_lesson_dir(out_dir: Path, lesson: Lesson, quick: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / LESSON_MARKER
     if not marker.exists():
-        tmp = marker.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"lesson": lesson.name, "quick": quick}) + "\n")
-        os.replace(tmp, marker)
+        write_bytes_atomic(json.dumps({"lesson": lesson.name, "quick": quick}) + "\n", marker)
 
 
 def run_lesson(lesson: Lesson, out_dir: Path, quick: bool = False, overrides: list[str] = ()) -> LessonResult:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint, save_atomic
+from cnnlab.engine.checkpoint import check_source, config_hash, find_checkpoint, load_checkpoint, save_atomic
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.errors import ConfigError
 from cnnlab.model_io import load_trained_model
@@ -167,3 +167,18 @@ def test_checkpoint_with_other_shapes_is_refused(trained_run, tmp_path):
     torch.save(ckpt, forged)
     with pytest.raises(ConfigError, match="does not fit the configured 'lenet5' model"):
         load_trained_model(forged, torch.device("cpu"))
+
+
+def test_check_source_serves_resume_and_finetune_messages():
+    ckpt = {"config": {"model": {"name": "lenet5"}, "data": {"in_channels": 1}}, "model": {"w": torch.zeros(2)}}
+    check_source(ckpt, ckpt["model"], "a.pt", "lenet5", 1, "checkpoint a.pt", "same")  # all fits: no error
+    with pytest.raises(ConfigError, match=r"finetune\.checkpoint=a\.pt holds a 'lenet5' model, but the config "
+                                            r"builds model.name='vgg11'; fine-tune with the same architecture "
+                                            r"\(model=lenet5\)"):
+        check_source(ckpt, ckpt["model"], "a.pt", "vgg11", 1, "finetune.checkpoint=a.pt",
+                     "fine-tune with the same architecture (model={saved})", channels_key="finetune.checkpoint")
+    with pytest.raises(ConfigError, match=r"^finetune\.checkpoint=a\.pt holds a model for 1-channel"):
+        check_source(ckpt, ckpt["model"], "a.pt", "lenet5", 3, "x", "y", channels_key="finetune.checkpoint")
+    bad = {"w": torch.tensor([float("nan")])}
+    with pytest.raises(ConfigError, match=r"^checkpoint a\.pt holds weights that are not finite"):
+        check_source(ckpt, bad, "a.pt", "lenet5", 1, "checkpoint a.pt", "same")

@@ -190,3 +190,11 @@ def test_a_study_with_one_trial_has_no_importances_and_says_so(grid, tmp_path, c
     assert "no parameter importances" in capsys.readouterr().out
     assert (tmp_path / "out" / "optimization_history.png").is_file()
     assert not (tmp_path / "out" / "param_importances.png").exists()
+
+
+def test_mean_std_digits_and_missing_std():
+    from cnnlab.experiments.summary import mean_std
+
+    assert mean_std(0.91234, 0.01234, 4) == "0.9123 ± 0.0123"
+    assert mean_std(12.345, 0.55, 1) == "12.3 ± 0.6"
+    assert mean_std(0.5, None, 4) == "0.5000"  # one seed: no std

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from cnnlab.engine.checkpoint import check_channels, check_finite
+from cnnlab.engine.checkpoint import check_source
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -41,14 +41,10 @@ def load_pretrained(model: nn.Module, ckpt: dict, path: Path, model_name: str, n
     Returns the names of the tensors left freshly initialised. Any other mismatch is an error: the
     checkpoint is of another architecture.
     """
-    check_channels(ckpt, path, in_channels, "finetune.checkpoint")
-    saved_name = ckpt["config"].get("model", {}).get("name")
-    if saved_name != model_name:
-        raise ConfigError(f"finetune.checkpoint={path} holds a {saved_name!r} model, but the config builds "
-                          f"model.name={model_name!r}; fine-tune with the same architecture (model={saved_name})")
-    own = model.state_dict()
     state = ckpt["model"]
-    check_finite(state, f"finetune.checkpoint={path}")
+    check_source(ckpt, state, path, model_name, in_channels, f"finetune.checkpoint={path}",
+                 "fine-tune with the same architecture (model={saved})", channels_key="finetune.checkpoint")
+    own = model.state_dict()
     heads = head_names(model, num_classes)
     fits = {k: v for k, v in state.items()
             if k in own and own[k].shape == v.shape and not _under(k.rsplit(".", 1)[0], heads)}

@@ -225,17 +225,26 @@ def check_finite(state: dict, source: str) -> None:
         raise ConfigError(problem)
 
 
+def check_source(ckpt: dict, state: dict, path, expected_model: str, in_channels: int | None, source: str,
+                 remedy: str, channels_key: str = "checkpoint") -> None:
+    """The checks before a checkpoint's weights (`state`) go into a model, in the order users meet them: channel
+    count, architecture (model.name; `remedy` may name the saved one as {saved}), finite weights. `source` names
+    the file in the messages."""
+    check_channels(ckpt, path, in_channels, channels_key)
+    saved = ckpt["config"].get("model", {}).get("name")
+    if saved != expected_model:
+        raise ConfigError(f"{source} holds a {saved!r} model, but the config builds "
+                          f"model.name={expected_model!r}; {remedy.format(saved=saved)}")
+    check_finite(state, source)
+
+
 def load_model_weights(model: torch.nn.Module, ckpt: dict, path: Path, expected_model: str,
                        in_channels: int | None = None, key: str = "model") -> None:
     """Load weights, explaining an architecture mismatch in terms of model names rather than tensor keys.
 
     key: which weights: "model" (the validated ones), or RAW_WEIGHTS (resume: the training weights)."""
-    check_channels(ckpt, path, in_channels)
-    saved_model = ckpt["config"].get("model", {}).get("name")
-    if saved_model != expected_model:
-        raise ConfigError(f"checkpoint {path} holds a {saved_model!r} model, but the config builds "
-                          f"model.name={expected_model!r}; use a checkpoint of the same architecture")
-    check_finite(ckpt[key], f"checkpoint {path}")
+    check_source(ckpt, ckpt[key], path, expected_model, in_channels, f"checkpoint {path}",
+                 "use a checkpoint of the same architecture")
     try:
         model.load_state_dict(ckpt[key])
     except RuntimeError as bad:

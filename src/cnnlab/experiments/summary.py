@@ -226,6 +226,11 @@ def markdown_table(table: Table) -> str:
     return "\n".join([line(cells[0]), rule, *(line(c) for c in cells[1:])])
 
 
+def mean_std(mean: float, std: float | None, digits: int) -> str:
+    """'mean ± std' with `digits` decimals each; the mean alone where there is no std (one seed)."""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
 def seed_markdown(table: Table) -> Table:
     """The seed table with each metric's mean and std in one 'mean ± std' cell, for reading."""
     metric_names = [c[:-5] for c in table.columns if c.endswith(" mean")]
@@ -237,7 +242,7 @@ def seed_markdown(table: Table) -> Table:
             mean, std = row.get(f"{m} mean"), row.get(f"{m} std")
             if mean is not None:
                 digits = 1 if m in ("wall_time_s", "best_epoch") else 4
-                out[m] = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+                out[m] = mean_std(mean, std, digits)
         rows.append(out)
     return Table([*keys, *metric_names], rows, table.note)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cnnlab.errors import ConfigError
 from cnnlab.experiments.runs import RunRecord, read_curve
+from cnnlab.experiments.summary import mean_std
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult
 from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
@@ -81,7 +82,7 @@ def _fmt(column: str, mean, std, n: int, seeds: int) -> str:
     if column in ("params", "epochs", "best_epoch", "trials", "pruned", "epochs_trained") and (std is None or std == 0):
         return f"{mean:,.0f}" if column == "params" else f"{mean:.0f}"
     digits = 1 if column in ("wall_time_s", "epochs", "best_epoch", "trials", "pruned", "epochs_trained") else 4
-    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    text = mean_std(mean, std, digits)
     return text + (f" ({n}/{seeds})" if n < seeds else "")
 
 

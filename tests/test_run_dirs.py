@@ -165,6 +165,7 @@ def test_a_run_dir_on_a_read_only_file_system_is_one_error_line(tmp_path):
     assert "cannot create or write the run directory there (Read-only file system)" in out and "Traceback" not in out
 
 
+@pytest.mark.slow  # when the signal lands depends on timing
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
     proc = _cli([*QUICK, f"hydra.run.dir={run_dir}"], tmp_path)
@@ -173,7 +174,9 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
         time.sleep(0.02)  # Hydra has started the job; cnnlab is importing torch and building the run
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out
+    # 130 from cnnlab's handler; CPython itself ends the process with SIGINT (-2 here) when the interrupt landed
+    # in code it ran through its own C entry points during import: a shell reports 130 for both.
+    assert proc.returncode in (130, -signal.SIGINT), out
     assert "Traceback" not in out and ("interrupted by Ctrl-C" in out or "stopped by SIGINT" in out)
 
 

@@ -36,7 +36,7 @@ SETS = {  # name -> config overrides building it
 
 
 def build(overrides, workers, loader):
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
     from cnnlab.data import build_data
 
     cfg = compose_config([*overrides, "augment=imagenet", f"data.loader={loader}", f"data.num_workers={workers}",

@@ -4,7 +4,7 @@ For each (model, data) pair at the data set's default training batch size, one p
 (same initial weights, same batches) with a hand-written loop -- forward, cross-entropy, backward, AdamW step --
 once in the default NCHW layout and once with the model and every input batch in channels_last, alternating
 the two sides (ABBA) round by round. Reported: training images per second, and the median of the paired
-ratios NHWC/NCHW with quartiles. The rule in cnnlab.devices.channels_last_helps comes from these numbers.
+ratios NHWC/NCHW with quartiles. The rule in cnnlab.engine.devices.channels_last_helps comes from these numbers.
 
     python scripts/bench_channels_last.py [--rounds 8] [--steps 20] [--case resnet20:shapes ...]
     python scripts/bench_channels_last.py --engine      # the same through Trainer.fit (epoch throughput)
@@ -30,7 +30,7 @@ CASES = (("lenet5", "mnist_sample"), ("resnet20", "shapes"), ("convnet", "shapes
 
 def build(model_name: str, data_name: str, steps: int):
     """The model and `steps` training batches (normalised, augmented as the default run does)."""
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
     from cnnlab.data import build_data
     from cnnlab.models import build_model
 
@@ -71,8 +71,8 @@ def train_round(template, batches, nhwc: bool) -> float:
 def engine_round(model_name: str, data_name: str, steps: int, layout: str) -> float:
     """Training img/s of one epoch of `steps` batches through cnnlab's Trainer with trainer.channels_last=layout
     (the model and, in the trainer, every input batch converted)."""
-    from cnnlab.config import compose_config
-    from cnnlab.training import prepare
+    from cnnlab.config.compose import compose_config
+    from cnnlab.run.lifecycle import prepare
 
     cfg = compose_config([f"model={model_name}", f"data={data_name}", f"trainer.channels_last={layout}",
                           "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}", "trainer.progress=none",

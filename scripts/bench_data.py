@@ -36,7 +36,7 @@ SETS = {  # name -> config overrides building it, and the model for the epoch me
 
 
 def build(overrides, workers, loader="tensor"):
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
     from cnnlab.data import build_data
 
     cfg = compose_config([*overrides, f"data.loader={loader}", f"data.num_workers={workers}", "data.batch_size=128"],
@@ -56,7 +56,7 @@ def baseline_loader(cfg, data, workers):
 
 
 def epoch_seconds(cfg, loader, model_name):
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
     from cnnlab.models import build_model
 
     mcfg = compose_config([f"model={model_name}"], tempfile.mkdtemp()).model

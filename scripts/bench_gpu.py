@@ -151,7 +151,7 @@ def synthetic_data(n: int, size: int, classes: int, seed: int):
 
 def compose(model_name: str, size: int, classes: int):
     """The run config cnnlab would compose for this model on CIFAR-10-shaped data with the basic augmentation."""
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
 
     return compose_config([f"model={model_name}", "data=cifar10", "augment=basic", f"data.input_size=[{size},{size}]",
                            f"data.num_classes={classes}"], tempfile.mkdtemp())

@@ -379,7 +379,7 @@ class Features:
 
 def detect(env: dict, shards_cmd: str | None) -> Features:
     """Which of the newer interfaces the cnnlab that the runs import has, read from its config files."""
-    probe = subprocess.run([sys.executable, "-c", "from cnnlab.config import CONFIG_DIR; print(CONFIG_DIR)"],
+    probe = subprocess.run([sys.executable, "-c", "from cnnlab.config.compose import CONFIG_DIR; print(CONFIG_DIR)"],
                            capture_output=True, text=True, env=env)
     if probe.returncode != 0:
         sys.exit(f"error: cannot import cnnlab with this interpreter ({sys.executable}): "
@@ -466,7 +466,7 @@ def main() -> None:
                              "of its own (default 0 = off)")
     parser.add_argument("--gen-workers", type=int, default=os.cpu_count() or 2, help="processes generating images")
     parser.add_argument("--shards-cmd", default=None,
-                        help="the shard writer, if not the installed cnnlab-shards, e.g. 'python -m cnnlab.shards'")
+                        help="the shard writer, if not the installed cnnlab-shards, e.g. 'python -m cnnlab.cli.shards'")
     parser.add_argument("--shards-args", default="", help="extra arguments for the shard writer")
     parser.add_argument("--shards-overrides", default="""data=webdataset 'data.train_shards="{train}"'""",
                         help="cnnlab overrides of the shards mode; {shards} is the shard folder "

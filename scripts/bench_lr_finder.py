@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.diagnose.lr_finder import lr_range_test, plot_lr_range, suggestion_override
-from cnnlab.optim import build_optimizer
-from cnnlab.training import prepare
+from cnnlab.engine.optim import build_optimizer
+from cnnlab.run.lifecycle import prepare
 
 QUIET = ["trainer.progress=none", "trainer.summary=none", "logger=none", "trainer.device=cpu"]
 

@@ -3,8 +3,8 @@ matrix against torchmetrics' MulticlassPrecision / MulticlassRecall / Multiclass
 
 The pass is `--images` predictions in batches of `--batch`, the same argmax predictions for both sides:
 - cnnlab, marginal: what the test report adds, the scores from the confusion matrix the pass sums anyway
-  (cnnlab.metrics.classification_metrics once per pass);
-- cnnlab, full: also the confusion matrix itself (cnnlab.metrics.confusion_matrix per batch, summed);
+  (cnnlab.engine.metrics.classification_metrics once per pass);
+- cnnlab, full: also the confusion matrix itself (cnnlab.engine.metrics.confusion_matrix per batch, summed);
 - torchmetrics: a MetricCollection of the nine metrics (3 scores x macro, weighted, per class; compute groups
   share their state) updated per batch, computed once.
 Rounds alternate the sides (ABBA); reported: median time per pass and the median of the paired ratios
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cnnlab.metrics import classification_metrics, confusion_matrix  # noqa: E402 (after the path)
+from cnnlab.engine.metrics import classification_metrics, confusion_matrix  # noqa: E402 (after the path)
 
 
 def batches(n_images: int, batch: int, classes: int, seed: int = 0):

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def engine_round(overrides, epochs, tmp):
-    from cnnlab.config import compose_config
-    from cnnlab.training import prepare
+    from cnnlab.config.compose import compose_config
+    from cnnlab.run.lifecycle import prepare
 
     cfg = compose_config([f"trainer.max_epochs={epochs}", "trainer.early_stopping.enabled=false", *overrides],
                   tempfile.mkdtemp(dir=tmp))
@@ -44,7 +44,7 @@ def engine_round(overrides, epochs, tmp):
 def hand_round(template, epochs):
     """The loop a user would write by hand, fed the exact tensors and modules cnnlab built."""
     from cnnlab.models import build_model
-    from cnnlab.optim import build_optimizer, build_schedule
+    from cnnlab.engine.optim import build_optimizer, build_schedule
 
     cfg, data = template.cfg, template.data
     info = data.info

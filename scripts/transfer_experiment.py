@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def run(overrides: list[str], out: Path) -> dict:
-    from cnnlab.config import compose_config
-    from cnnlab.training import train
+    from cnnlab.config.compose import compose_config
+    from cnnlab.run.lifecycle import train
 
     return train(compose_config(["trainer.progress=none", "logger=none", *overrides], out), overrides=[])
 

@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
 
-from cnnlab.config import compose_config  # noqa: E402  (after the thread settings above)
+from cnnlab.config.compose import compose_config  # noqa: E402  (after the thread settings above)
 from postgres import postgres_url  # noqa: F401  (a real PostgreSQL server for the search storage tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def cli_env() -> dict:
 
 
 def _run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd, env=cli_env(),
+    return subprocess.run([sys.executable, "-m", f"cnnlab.cli.{module}", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -78,7 +78,7 @@ def run_cli():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short real training run shared by tests that only read its outputs (checkpoints, events, metrics)."""
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     run_dir = tmp_path_factory.mktemp("shared") / "run"
     cfg = compose_cfg(run_dir, "trainer.progress=none", "trainer.max_epochs=3", "logger.histogram_every_n_epochs=1")

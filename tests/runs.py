@@ -4,7 +4,7 @@ hand, unlike `train`'s metrics), and `KillAfter`, a Ctrl-C at the end of a chose
 from __future__ import annotations
 
 from cnnlab.engine.callbacks import Callback
-from cnnlab.training import prepare
+from cnnlab.run.lifecycle import prepare
 
 
 def fit(cfg, overrides=(), callbacks=()):

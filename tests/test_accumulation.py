@@ -11,7 +11,7 @@ import torch
 
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, TrainingStopped
-from cnnlab.training import prepare
+from cnnlab.run.lifecycle import prepare
 from runs import fit
 
 # The bundled digits at 8x8 and an MLP without batch norm or dropout, no augmentation: 1,439 training images, so

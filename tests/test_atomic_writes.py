@@ -4,8 +4,8 @@ import pytest
 
 from cnnlab.errors import RunError
 from cnnlab.experiments.runs import write_failure
-from cnnlab.outpaths import write_atomic, write_bytes_atomic
-from cnnlab.runinfo import write_json
+from cnnlab.util.outpaths import write_atomic, write_bytes_atomic
+from cnnlab.run.runinfo import write_json
 
 
 def test_text_and_bytes_no_temp_left(tmp_path):

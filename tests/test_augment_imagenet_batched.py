@@ -214,7 +214,7 @@ def test_imagenet_preset_takes_the_fast_path(make_cfg):
 
 def test_training_with_the_imagenet_preset_on_the_fast_path(make_cfg, monkeypatch):
     from cnnlab.data import build as build_module
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     def no_dataloader_path(transforms):
         raise AssertionError("augment=imagenet took the per-sample DataLoader path")

@@ -15,9 +15,9 @@ from cnnlab.engine.averaging import EMA
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.checkpoint import RAW_WEIGHTS, find_checkpoint, load_checkpoint
 from cnnlab.errors import ConfigError, TrainingStopped
-from cnnlab.evaluate import evaluate
-from cnnlab.model_io import load_trained_model
-from cnnlab.training import prepare, train
+from cnnlab.cli.evaluate import evaluate
+from cnnlab.run.weights import load_trained_model
+from cnnlab.run.lifecycle import prepare, train
 from runs import KillAfter, fit
 
 # The bundled digits at 8x8 and a small MLP: ~0.2 s an epoch. Plain SGD at a high constant rate leaves the weights

@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError
-from cnnlab.finetune import head_names
+from cnnlab.run.finetune import head_names
 from cnnlab.models import build_model, model_config_problems
-from cnnlab.validate import validate
+from cnnlab.run.validate import validate
 
 needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="needs pip install 'cnnlab[timm]'")
 
@@ -147,7 +147,7 @@ def test_a_weights_file_loads_into_all_but_the_head(tmp_path):
 
 
 def test_frozen_backbone_and_backbone_lr_know_a_convolutional_head(make_cfg):
-    from cnnlab.training import prepare
+    from cnnlab.run.lifecycle import prepare
 
     run = prepare(make_cfg("data=digits", "model=torchvision", "model.arch=squeezenet1_1", "finetune.freeze=backbone",
                            "finetune.backbone_lr_scale=0.1", "scheduler=none", "optimizer.lr=0.002", "logger=none"),
@@ -164,9 +164,9 @@ def test_train_then_eval_and_predict_without_the_weights_file(make_cfg, tmp_path
     """A run started from a weights file is rebuilt from its saved config alone: the file may be gone."""
     import torchvision.models as tvm
 
-    from cnnlab.evaluate import evaluate
-    from cnnlab.model_io import load_trained_model
-    from cnnlab.training import train
+    from cnnlab.cli.evaluate import evaluate
+    from cnnlab.run.weights import load_trained_model
+    from cnnlab.run.lifecycle import train
 
     torch.manual_seed(3)
     weights = tmp_path / "source.pth"
@@ -183,7 +183,7 @@ def test_train_then_eval_and_predict_without_the_weights_file(make_cfg, tmp_path
 
 
 def test_summary_shows_the_frozen_backbone_without_loading_weights(tmp_path):
-    from cnnlab.summary import build_summary
+    from cnnlab.cli.summary import build_summary
 
     cfg = compose_config(["model=torchvision", "model.arch=mobilenet_v2", "model.weights=DEFAULT", "data=digits",
                           "finetune.freeze=backbone"], tmp_path, "summary")
@@ -314,7 +314,7 @@ def test_hub_code_runs_only_when_trusted(tmp_path):
 
 
 def test_hub_model_summary_with_a_frozen_backbone(tmp_path):
-    from cnnlab.summary import build_summary
+    from cnnlab.cli.summary import build_summary
 
     repo = hub_repo(tmp_path / "repo")
     cfg = compose_config(["model=hub", f"model.repo={repo}", "model.entry=tiny", "model.trust_repo=true",
@@ -327,12 +327,12 @@ def test_hub_model_summary_with_a_frozen_backbone(tmp_path):
 def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(make_cfg, tmp_path):
     """The saved config's trust_repo=true was the trainer's trust: eval, resume, predict, export and explain of a
     checkpoint (a file from anyone) run the repository's hubconf.py only when their own command line trusts it."""
-    from cnnlab.evaluate import evaluate
-    from cnnlab.explain import explain
-    from cnnlab.export import export
-    from cnnlab.predict import predict
-    from cnnlab.restore import resume_config
-    from cnnlab.training import train
+    from cnnlab.cli.evaluate import evaluate
+    from cnnlab.cli.explain import explain
+    from cnnlab.cli.export import export
+    from cnnlab.cli.predict import predict
+    from cnnlab.run.restore import resume_config
+    from cnnlab.run.lifecycle import train
 
     repo = hub_repo(tmp_path / "repo")
     ran = tmp_path / "hubconf_ran"

@@ -12,8 +12,8 @@ import torch
 from cnnlab.engine.checkpoint import check_source, config_hash, find_checkpoint, load_checkpoint, save_atomic
 from cnnlab.engine.checkpoint_writer import CheckpointWriter
 from cnnlab.errors import ConfigError
-from cnnlab.model_io import load_trained_model
-from cnnlab.training import train
+from cnnlab.run.weights import load_trained_model
+from cnnlab.run.lifecycle import train
 
 
 def _minimal(weights: dict, name: str = "lenet5") -> dict:

@@ -12,10 +12,10 @@ from cnnlab.data import build_data
 from cnnlab.data.balance import balanced_weights, capped_indices, draws_by_inverse_cdf
 from cnnlab.data.loaders import EpochSampler, TensorLoader, shard
 from cnnlab.errors import ConfigError
-from cnnlab.losses import Loss, resolve_class_weights
-from cnnlab.restore import check_compatible
-from cnnlab.training import prepare
-from cnnlab.validate import validate
+from cnnlab.engine.losses import Loss, resolve_class_weights
+from cnnlab.run.restore import check_compatible
+from cnnlab.run.lifecycle import prepare
+from cnnlab.run.validate import validate
 
 CPU = torch.device("cpu")
 # digits: ~144 training images per class; five classes cut to 10 make a 10:1 imbalance

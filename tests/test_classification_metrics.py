@@ -10,9 +10,9 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from cnnlab.data import build_data
 from cnnlab.engine.checkpoint import find_checkpoint
-from cnnlab.evaluate import evaluate
-from cnnlab.metrics import classification_metrics, confusion_matrix, precision_recall_f1
-from cnnlab.model_io import load_trained_model
+from cnnlab.cli.evaluate import evaluate
+from cnnlab.engine.metrics import classification_metrics, confusion_matrix, precision_recall_f1
+from cnnlab.run.weights import load_trained_model
 
 
 def sklearn_scores(y_true, y_pred, average):

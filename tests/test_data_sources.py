@@ -109,7 +109,7 @@ def test_fake_data_is_seeded(make_cfg):
 def test_training_runs_end_to_end_on_tiny_mnist(make_cfg, tmp_path, caplog):
     import logging
 
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     caplog.set_level(logging.INFO)
     disk.write_mnist_like(tmp_path / "d", n_train=100, n_test=30)

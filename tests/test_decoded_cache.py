@@ -136,7 +136,7 @@ def test_a_truncated_array_is_rebuilt_with_a_warning(make_cfg, tmp_path, logs, p
 
 @pytest.mark.parametrize("where", ["a regular file", "under /proc"])
 def test_an_unusable_cache_dir_falls_back_to_memory_and_the_run_trains(make_cfg, tmp_path, logs, where):
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     disk.write_image_folder(tmp_path / "imgs", per_class=8)
     disk.write_image_folder(tmp_path / "val", per_class=2, seed=1)  # a second tree: still one warning

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.devices import (BackendSettings, ConvProfile, backend_settings, channels_last_choice, configure_backends,
+from cnnlab.engine.devices import (BackendSettings, ConvProfile, backend_settings, channels_last_choice, configure_backends,
                             resolve_channels_last)
-from cnnlab.config import CONFIG_DIR
+from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.models import build_model
 from omegaconf import OmegaConf
 
@@ -46,7 +46,7 @@ def test_an_explicit_layout_is_obeyed(profiles):
 
 
 def test_the_chosen_layout_is_logged_and_reaches_the_trainer(make_cfg, caplog):
-    from cnnlab.training import prepare
+    from cnnlab.run.lifecycle import prepare
 
     caplog.set_level(logging.INFO, logger="cnnlab")
     assert resolve_channels_last("auto", zoo("mlp"), torch.device("cpu")) is False
@@ -79,7 +79,7 @@ def test_cpu_leaves_the_backend_switches_alone():
 
 def test_channels_last_takes_auto_true_false_only(make_cfg):
     from cnnlab.errors import ConfigError
-    from cnnlab.validate import validate
+    from cnnlab.run.validate import validate
 
     for value in ("auto", "true", "false"):
         validate(make_cfg(f"trainer.channels_last={value}"), "train")

@@ -20,7 +20,7 @@ from conftest import cli_env
 from procs import torchrun_worker_pids
 
 from cnnlab.data.loaders import EpochSampler, TensorLoader, shard, shard_size
-from cnnlab.distributed import SINGLE, convert_sync_batchnorm, resolve_backend
+from cnnlab.engine.distributed import SINGLE, convert_sync_batchnorm, resolve_backend
 from cnnlab.errors import ConfigError
 
 # 8x8 digits (1,439 train / 179 val / 179 test: the val and test sets split unevenly over 2 processes), an MLP
@@ -158,7 +158,7 @@ def test_one_process_has_no_collectives():
 SWA_BN_WORKER = """
 import json, os, sys
 import torch, torch.nn as nn
-from cnnlab.distributed import Dist
+from cnnlab.engine.distributed import Dist
 from cnnlab.engine.averaging import SWA
 
 torch.distributed.init_process_group("gloo")

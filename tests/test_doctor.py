@@ -13,9 +13,9 @@ import torch.nn as nn
 
 from cnnlab.diagnose.checklist import Workspace, run_checklist
 from cnnlab.diagnose.subject import Subject
-from cnnlab.doctor import doctor
+from cnnlab.cli.doctor import doctor
 from cnnlab.errors import ConfigError
-from cnnlab.training import prepare
+from cnnlab.run.lifecycle import prepare
 
 QUICK = ["data=digits", "logger=none", "trainer.summary=none", "trainer.progress=none", "doctor.overfit.steps=120",
          "doctor.gradients.steps=5", "doctor.lr_range.steps=60", "doctor.data.grid_images=8"]

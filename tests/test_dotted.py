@@ -1,8 +1,8 @@
 import pytest
 
-from cnnlab.dotted import import_parent
-from cnnlab.schema_check import _import_class
-from cnnlab.validate import _missing_class
+from cnnlab.util.dotted import import_parent
+from cnnlab.config.checks import _import_class
+from cnnlab.run.validate import _missing_class
 
 
 def test_import_parent_and_both_callers():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
 from cnnlab.engine.trainer import Trainer
-from cnnlab.training import train
+from cnnlab.run.lifecycle import train
 
 
 def stop_epoch(values, mode="min", patience=3, min_delta=0.0):

@@ -12,8 +12,8 @@ from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDatase
 from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressDisplay, overrides
 from cnnlab.engine.metrics_csv import MetricsCSV
 from cnnlab.engine.task import TrainLoader
-from cnnlab.metrics import MetricTracker
-from cnnlab.training import prepare
+from cnnlab.engine.metrics import MetricTracker
+from cnnlab.run.lifecycle import prepare
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlab.config import config_dir
+from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError
-from cnnlab.schema_check import check_override_keys
-from cnnlab.training import train
+from cnnlab.config.checks import check_override_keys
+from cnnlab.run.lifecycle import train
 
 BAD = [
     (["optimizer.lr=-0.1"], r"optimizer.lr=-0.1 must be > 0"),

@@ -10,8 +10,8 @@ from PIL import Image
 
 from cnnlab.data.sources import mnist_sample
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate
-from cnnlab.predict import predict
+from cnnlab.cli.evaluate import evaluate
+from cnnlab.cli.predict import predict
 
 
 def test_eval_reproduces_the_runs_test_metrics(trained_run, make_cfg, tmp_path):

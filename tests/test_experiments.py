@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import cli_env
 
-from cnnlab.compare import main as compare_main
+from cnnlab.cli.compare import main as compare_main
 from cnnlab.experiments.runs import read_curve, read_run
 
 TINY = ["model=lenet5", "data=digits", "trainer.limit_train_batches=2", "trainer.progress=none",
@@ -117,7 +117,7 @@ def test_a_failed_job_is_a_row_and_the_sweep_goes_on_then_exits_1(tmp_path):
 
 
 def test_the_value_returned_to_sweepers_is_the_best_validation_metric(make_cfg):
-    from cnnlab.train import _hydra_main
+    from cnnlab.cli.train import _hydra_main
 
     cfg = make_cfg(*TINY, "trainer.max_epochs=2", "trainer.monitor=val/acc")
     returned = _hydra_main(cfg)  # Hydra's decorator passes a given config straight to the task
@@ -148,7 +148,7 @@ def test_compare_refuses_a_path_without_runs(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit) as stopped:
         compare_main([str(tmp_path)])
     assert stopped.value.code == 2
-    # In a terminal the line goes to stderr; under pytest's logging it is logged (cnnlab.cli decides).
+    # In a terminal the line goes to stderr; under pytest's logging it is logged (cnnlab.cli.common decides).
     reported = [line for line in capsys.readouterr().err.splitlines() + caplog.messages if line.startswith("error")]
     assert reported[0] == f"error: PATH {tmp_path / 'missing'}: no such file or directory"
     assert reported[1] == (f"error: PATH {tmp_path}: holds no cnnlab run (no metrics.json, "
@@ -193,7 +193,7 @@ def test_a_study_with_one_trial_has_no_importances_and_says_so(grid, tmp_path, c
 
 
 def test_mean_std_digits_and_missing_std():
-    from cnnlab.experiments.summary import mean_std
+    from cnnlab.experiments.tables import mean_std
 
     assert mean_std(0.91234, 0.01234, 4) == "0.9123 ± 0.0123"
     assert mean_std(12.345, 0.55, 1) == "12.3 ± 0.6"

@@ -11,9 +11,9 @@ from PIL import Image
 
 from cnnlab.data import build_data
 from cnnlab.engine.checkpoint import find_checkpoint
-from cnnlab.explain import explain, main
-from cnnlab.model_io import load_trained_model
-from cnnlab.training import train
+from cnnlab.cli.explain import explain, main
+from cnnlab.run.weights import load_trained_model
+from cnnlab.run.lifecycle import train
 from cnnlab.visualize.figures import denormalize
 from cnnlab.visualize.gradcam import gradcam_maps
 from cnnlab.visualize.layers import default_gradcam_layer, probe_layers

@@ -15,8 +15,8 @@ from cnnlab.data.loaders import Normalize
 from cnnlab.data.sources import mnist_sample
 from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.errors import ConfigError
-from cnnlab.export import FORMATS, export, export_model, load_exported, main
-from cnnlab.model_io import load_trained_model
+from cnnlab.cli.export import FORMATS, export, export_model, load_exported, main
+from cnnlab.run.weights import load_trained_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -36,7 +36,7 @@ def real_images(trained_run, tmp_path_factory):
     and the trained model's logits for them as cnnlab computes them (normalised as in training)."""
     from PIL import Image
 
-    from cnnlab.image_input import load_image
+    from cnnlab.data.image_input import load_image
 
     run_dir, _ = trained_run
     images, _ = mnist_sample(None)

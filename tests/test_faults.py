@@ -18,8 +18,8 @@ import torch
 
 from cnnlab.engine.checkpoint import config_hash, load_checkpoint
 from cnnlab.errors import ConfigError, RunError
-from cnnlab.losses import Loss
-from cnnlab.training import train
+from cnnlab.engine.losses import Loss
+from cnnlab.run.lifecycle import train
 
 # Small and deterministic: 4 epochs of 40 batches of LeNet-5 on the bundled digits.
 SHORT = ["trainer.max_epochs=4", "trainer.limit_train_batches=40", "data.batch_size=32",

@@ -28,7 +28,7 @@ TUNE = [*TINY, "search.n_trials=1", "search.overrides=[]"]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One tiny trained run (read by eval, compare, export and explain; copied where a command writes into it)."""
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     train(compose_cfg(run_dir, *TINY), overrides=[])
@@ -62,24 +62,24 @@ def _snapshot(folder: Path) -> dict:
 
 # command -> (arguments given the read-only dir L, the tiny run R and a writable dir W; the path the line names)
 READ_ONLY = {
-    "train run dir": (lambda L, R, W: ["cnnlab.train", *TINY, f"hydra.run.dir={L}/run"], "{L}/run"),
-    "train output root": (lambda L, R, W: ["cnnlab.train", *TINY, f"paths.output_root={L}/outputs"], "{L}/outputs"),
-    "eval": (lambda L, R, W: ["cnnlab.evaluate", f"ckpt={R}", "trainer.progress=none",
+    "train run dir": (lambda L, R, W: ["cnnlab.cli.train", *TINY, f"hydra.run.dir={L}/run"], "{L}/run"),
+    "train output root": (lambda L, R, W: ["cnnlab.cli.train", *TINY, f"paths.output_root={L}/outputs"], "{L}/outputs"),
+    "eval": (lambda L, R, W: ["cnnlab.cli.evaluate", f"ckpt={R}", "trainer.progress=none",
                               f"paths.output_root={L}"], "{L}"),
-    "doctor": (lambda L, R, W: ["cnnlab.doctor", *TINY, f"paths.output_root={L}"], "{L}"),
-    "tune": (lambda L, R, W: ["cnnlab.tune", *TUNE, f"hydra.run.dir={L}/study"], "{L}/study"),
-    "compare": (lambda L, R, W: ["cnnlab.compare", str(R), "--out", f"{L}/tables"], "{L}/tables"),
-    "export": (lambda L, R, W: ["cnnlab.export", str(R), "--format", "torchscript", "--out", f"{L}/m.pt"],
+    "doctor": (lambda L, R, W: ["cnnlab.cli.doctor", *TINY, f"paths.output_root={L}"], "{L}"),
+    "tune": (lambda L, R, W: ["cnnlab.cli.tune", *TUNE, f"hydra.run.dir={L}/study"], "{L}/study"),
+    "compare": (lambda L, R, W: ["cnnlab.cli.compare", str(R), "--out", f"{L}/tables"], "{L}/tables"),
+    "export": (lambda L, R, W: ["cnnlab.cli.export", str(R), "--format", "torchscript", "--out", f"{L}/m.pt"],
                "{L}/m.pt"),
-    "explain out": (lambda L, R, W: ["cnnlab.explain", str(R), "--device", "cpu", "--images", "2",
+    "explain out": (lambda L, R, W: ["cnnlab.cli.explain", str(R), "--device", "cpu", "--images", "2",
                                      "--out", f"{L}/pictures"], "{L}/pictures"),
-    "explain run dir": (lambda L, R, W: ["cnnlab.explain", f"{L}/run", "--device", "cpu", "--images", "2"],
+    "explain run dir": (lambda L, R, W: ["cnnlab.cli.explain", f"{L}/run", "--device", "cpu", "--images", "2"],
                         "{L}/run"),
     "lab out": (lambda L, R, W: ["cnnlab.lab", "losses", "--quick", "--out", f"{L}/lab"], "{L}/lab"),
     "lab page": (lambda L, R, W: ["cnnlab.lab", "losses", "--quick", "--out", f"{W}/lab", "--page", f"{L}/page"],
                  "{L}/page"),
     "lab index": (lambda L, R, W: ["cnnlab.lab", "--index", f"{L}/docs"], "{L}/docs"),
-    "summary": (lambda L, R, W: ["cnnlab.summary", "model=lenet5", f"output={L}/summary.txt"], "{L}/summary.txt"),
+    "summary": (lambda L, R, W: ["cnnlab.cli.summary", "model=lenet5", f"output={L}/summary.txt"], "{L}/summary.txt"),
 }
 
 
@@ -106,10 +106,10 @@ def test_a_read_only_destination_is_one_error_line_and_nothing_changes(case, tin
 
 # ---- full file systems: the commands the other full-disk tests leave out -------------------------------------
 FULL_CASES = {
-    "train": (lambda d: ["cnnlab.train", *TINY, f"hydra.run.dir={d}/a/run"], "{d}/a/run"),
-    "tune": (lambda d: ["cnnlab.tune", *TUNE, f"hydra.run.dir={d}/study"], "{d}/study"),
-    "tune output root": (lambda d: ["cnnlab.tune", *TUNE, f"paths.output_root={d}"], "{d}"),
-    "summary": (lambda d: ["cnnlab.summary", "model=lenet5", f"output={d}/summary.txt"], "{d}/summary.txt"),
+    "train": (lambda d: ["cnnlab.cli.train", *TINY, f"hydra.run.dir={d}/a/run"], "{d}/a/run"),
+    "tune": (lambda d: ["cnnlab.cli.tune", *TUNE, f"hydra.run.dir={d}/study"], "{d}/study"),
+    "tune output root": (lambda d: ["cnnlab.cli.tune", *TUNE, f"paths.output_root={d}"], "{d}"),
+    "summary": (lambda d: ["cnnlab.cli.summary", "model=lenet5", f"output={d}/summary.txt"], "{d}/summary.txt"),
     "lab index": (lambda d: ["cnnlab.lab", "--index", f"{d}/docs"], "{d}/docs"),
     "lab page": (lambda d: ["cnnlab.lab", "losses", "--quick", "--out", "runs", "--page", f"{d}/page"], "{d}/page"),
 }
@@ -149,8 +149,8 @@ def test_a_full_output_root_without_mounting(case, tmp_path):
     root = tmp_path / "outputs"
     (root / "earlier").mkdir(parents=True)
     (root / "earlier" / "notes.txt").write_text("kept")
-    args = {"tune": ["cnnlab.tune", *TUNE, "paths.output_root=outputs"],
-            "summary": ["cnnlab.summary", "model=lenet5", f"output={root}/summary.txt"]}[case]
+    args = {"tune": ["cnnlab.cli.tune", *TUNE, "paths.output_root=outputs"],
+            "summary": ["cnnlab.cli.summary", "model=lenet5", f"output={root}/summary.txt"]}[case]
     done = subprocess.run([sys.executable, "-c", FULL_DISK_SYNC, str(root), *args], cwd=tmp_path,
                           env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     text = done.stdout + done.stderr

@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import ConfigError
-from cnnlab.training import prepare, train
+from cnnlab.run.lifecycle import prepare, train
 
 TASK_A = ["data.class_subset=[0,1,2,3,4]", "trainer.max_epochs=2", "logger=none"]
 TASK_B = ["data.class_subset=[5,6,7,8,9]", "trainer.max_epochs=2", "logger=none"]

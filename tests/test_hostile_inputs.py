@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import config_hash, load_checkpoint
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate
-from cnnlab.training import train
-from cnnlab.validate import validate
+from cnnlab.cli.evaluate import evaluate
+from cnnlab.run.lifecycle import train
+from cnnlab.run.validate import validate
 
 
 class Planted:
@@ -93,7 +93,7 @@ def test_only_this_command_line_turns_a_download_on(trained_run, make_cfg, tmp_p
 
 # ---- bounds the machine sets ----
 def test_num_workers_is_bounded_by_the_machine(make_cfg):
-    from cnnlab.validate import max_workers
+    from cnnlab.run.validate import max_workers
 
     limit = max_workers()
     assert limit >= 4 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
@@ -128,7 +128,7 @@ def test_a_batch_larger_than_the_machines_memory_is_a_config_error(make_cfg):
 
 @pytest.mark.parametrize("resize", [[100000, 100000], 100000])
 def test_a_huge_tta_resize_is_a_config_error(resize):
-    from cnnlab.tta import resolve_resize
+    from cnnlab.engine.tta import resolve_resize
 
     with pytest.raises(ConfigError, match=r"tta_resize=.*8192"):
         resolve_resize("ten_crop", resize, [28, 28])
@@ -211,7 +211,7 @@ def _poison(ckpt):
 
 
 def test_non_finite_weights_are_refused_at_load(trained_run, make_cfg, tmp_path):
-    from cnnlab.model_io import load_trained_model
+    from cnnlab.run.weights import load_trained_model
 
     names = []
     path = _craft(trained_run, tmp_path, "nan.ckpt", lambda c: None, weights=lambda ck: names.append(_poison(ck)))
@@ -263,7 +263,7 @@ def test_torchs_weights_only_advice_never_shows(tmp_path):
 def test_resuming_a_hub_run_with_trust_repo_says_how_to_trust_it(make_cfg, tmp_path):
     from test_backbones import hub_repo
 
-    from cnnlab.restore import resume_config
+    from cnnlab.run.restore import resume_config
 
     repo = hub_repo(tmp_path / "repo")
     train(make_cfg("data=digits", "data.input_size=[16,16]", "model=hub", f"model.repo={repo}", "model.entry=tiny",
@@ -285,8 +285,8 @@ def test_resuming_a_hub_run_with_trust_repo_says_how_to_trust_it(make_cfg, tmp_p
 def test_predict_takes_a_checkpoint_from_a_machine_with_more_cores(trained_run, tmp_path):
     """cnnlab-predict, -export and -explain load no data: a saved data.num_workers above this machine's limit
     is no reason to refuse the checkpoint (eval and resume, which load data, name the limit)."""
-    from cnnlab.model_io import load_trained_model
-    from cnnlab.validate import max_workers
+    from cnnlab.run.weights import load_trained_model
+    from cnnlab.run.validate import max_workers
 
     path = _craft(trained_run, tmp_path, "big.ckpt", lambda c: c["data"].__setitem__("num_workers", max_workers() + 1))
     assert load_trained_model(path, torch.device("cpu")).info.num_classes == 10
@@ -344,7 +344,7 @@ def test_a_weights_file_named_in_a_saved_config_is_never_opened(make_cfg, tmp_pa
 ])
 def test_eval_refuses_a_bad_command_line_before_writing_anything(tmp_path, args, said):
     """cnnlab-eval validates what it can before Hydra creates its run dir and log: nothing is written."""
-    done = subprocess.run([sys.executable, "-m", "cnnlab.evaluate", *args, f"paths.output_root={tmp_path / 'out'}"],
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli.evaluate", *args, f"paths.output_root={tmp_path / 'out'}"],
                           cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     out = done.stdout + done.stderr
     assert done.returncode == 2, out

@@ -61,7 +61,7 @@ def test_per_sample_decoding_matches_the_in_memory_set(make_cfg, tmp_path):
 
 
 def test_a_run_trains_on_an_image_folder_and_saves_its_classes(make_cfg, tmp_path):
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     files = disk.write_image_folder(tmp_path / "imgs", per_class=12)
     cfg = make_cfg(*SMALL, f"data.root={tmp_path / 'imgs'}", "model=convnet", "augment=basic",
@@ -74,7 +74,7 @@ def test_a_run_trains_on_an_image_folder_and_saves_its_classes(make_cfg, tmp_pat
     assert list(saved.data.classes) == ["cat", "dog", "fox"] and saved.data.num_classes == 3
     assert len(saved.data.mean) == 3
     # predict prepares a file as training did and names classes by their folders
-    from cnnlab.predict import predict
+    from cnnlab.cli.predict import predict
 
     picks = [files[name][-1] for name in ("cat", "dog", "fox")]
     labels = [r["top"][0]["label"] for r in predict(str(tmp_path / "run"), [str(p) for p in picks], device="cpu")]
@@ -136,9 +136,9 @@ def test_class_folders_whose_names_are_not_utf8_train_test_and_record(make_cfg, 
     import json
     import os
 
-    from cnnlab.evaluate import evaluate
-    from cnnlab.predict import predict
-    from cnnlab.training import train
+    from cnnlab.cli.evaluate import evaluate
+    from cnnlab.cli.predict import predict
+    from cnnlab.run.lifecycle import train
 
     latin1 = os.fsdecode(b"caf\xe9")
     files = disk.write_image_folder(tmp_path / "imgs", classes=("bar", latin1, "tea"), per_class=12)

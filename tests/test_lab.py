@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.errors import ConfigError
-from cnnlab.lab.__main__ import main
+from cnnlab.cli.lab import main
 from cnnlab.lab.lessons import lesson_names, load_lesson
 
 LESSONS = lesson_names()

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from cnnlab.config import CONFIG_DIR
+from cnnlab.config.compose import CONFIG_DIR
 
 PLUGIN_CONFIGS = {  # cnnlab's preset -> the plugin's config it extends
     "parallel": "hydra_plugins.hydra_joblib_launcher.config.JobLibLauncherConf",
@@ -99,7 +99,7 @@ def test_a_launcher_whose_plugin_is_missing_names_the_pip_extra(tmp_path, option
         import sys
         sys.modules[{module!r}] = None  # as if the package were not installed: importing it fails
         sys.argv = ["cnnlab-train", "-m", "hydra/launcher={option}", "seed=0,1", "paths.output_root={tmp_path}"]
-        from cnnlab.train import main
+        from cnnlab.cli.train import main
         main()
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
@@ -119,7 +119,7 @@ def test_jobs_in_other_processes_resolve_the_launching_processs_sweep_dir(tmp_pa
         import os
         import hydra
         from hydra.core.hydra_config import HydraConfig
-        from cnnlab.config import CONFIG_DIR
+        from cnnlab.config.compose import CONFIG_DIR
 
         @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
         def job(cfg):

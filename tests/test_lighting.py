@@ -13,7 +13,7 @@ from cnnlab.data.augment import BATCHED, BatchAugment, batched_unsupported, buil
 from cnnlab.data.transforms import Lighting
 from cnnlab.data.transforms import lighting
 from cnnlab.errors import ConfigError
-from cnnlab.restore import check_trusted_targets
+from cnnlab.run.restore import check_trusted_targets
 from omegaconf import OmegaConf
 
 CPU = torch.device("cpu")
@@ -126,7 +126,7 @@ def test_the_pca_is_computed_once_and_the_cached_file_reused(make_cfg, tmp_path,
 
 
 def test_prepare_caches_the_pca_in_the_run_dir_and_a_resume_reuses_it(make_cfg, tmp_path, monkeypatch, caplog):
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     short = ["model=convnet", "scheduler=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
              "data.batch_size=32"]

@@ -10,7 +10,7 @@ import torch
 
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError
-from cnnlab.training import train
+from cnnlab.run.lifecycle import train
 
 TINY = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.hidden=[16]", "augment=none", "logger=none",
         "trainer.summary=none", "trainer.max_epochs=2", "trainer.limit_train_batches=2", "data.eval_batch_size=16"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.diagnose.lr_finder import LRRange, lr_range_test, plot_lr_range, suggestion_override
-from cnnlab.training import prepare, train
+from cnnlab.run.lifecycle import prepare, train
 
 REPO = Path(__file__).resolve().parents[1]
 

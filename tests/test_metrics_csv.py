@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from cnnlab.engine.metrics_csv import MetricsCSV
-from cnnlab.training import train
+from cnnlab.run.lifecycle import train
 from runs import KillAfter, fit
 
 COMMON = ["data=digits", "data.input_size=[8,8]", "model=mlp", "model.hidden=[32]", "augment=none", "logger=none",

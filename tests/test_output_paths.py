@@ -85,7 +85,7 @@ def test_export_refuses_to_overwrite_a_file_it_did_not_write(run_copy, tmp_path,
 
 
 def test_export_replaces_its_own_earlier_output(run_copy, tmp_path):
-    from cnnlab.export import export
+    from cnnlab.cli.export import export
 
     out = tmp_path / "model.pt"
     export(str(run_copy), "torchscript", str(out))
@@ -97,7 +97,7 @@ def test_export_replaces_its_own_earlier_output(run_copy, tmp_path):
 
 
 def test_explain_refuses_a_picture_it_did_not_write_and_replaces_its_own(run_copy, tmp_path, run_main):
-    from cnnlab.explain import main
+    from cnnlab.cli.explain import main
 
     out = tmp_path / "pictures"
     out.mkdir()
@@ -117,7 +117,7 @@ def test_explain_refuses_a_picture_it_did_not_write_and_replaces_its_own(run_cop
 
 @pytest.mark.parametrize("name", ["compare.md", "compare.csv", "curves_val_loss.png"])
 def test_compare_refuses_a_file_it_did_not_write_and_replaces_its_own(trained_run, tmp_path, name, run_main):
-    from cnnlab.compare import main
+    from cnnlab.cli.compare import main
 
     run_dir, _ = trained_run
     out = tmp_path / "out"
@@ -146,10 +146,10 @@ def _matplotlib_png(path: Path) -> None:
 def test_compare_and_explain_recognise_their_output_from_before_the_marks(run_copy, tmp_path, run_main):
     """Re-running keeps working on folders written before outputs carried marks: compare.md by its own first
     lines (it then vouches for the files beside it), an explain picture in the command's own RUN_DIR/explain."""
-    from cnnlab.compare import main as compare
+    from cnnlab.cli.compare import main as compare
     from cnnlab.experiments.runs import read_run
-    from cnnlab.experiments.summary import write_summary
-    from cnnlab.explain import main as explain
+    from cnnlab.experiments.tables import write_summary
+    from cnnlab.cli.explain import main as explain
 
     out = tmp_path / "compared"
     write_summary([read_run(run_copy)], out, "1 runs", prefix="compare")  # as cnnlab-compare wrote it before
@@ -170,7 +170,7 @@ def test_compare_and_explain_recognise_their_output_from_before_the_marks(run_co
 
 @pytest.mark.parametrize("foreign", [f"{LESSON}.md", f"img/{LESSON}_notes.png"])
 def test_lab_page_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_path, foreign, run_main):
-    from cnnlab.lab.__main__ import main
+    from cnnlab.cli.lab import main
 
     out = lab_result_dir(tmp_path)
     pages = tmp_path / "pages"
@@ -192,7 +192,7 @@ def test_lab_page_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_path,
 def test_lab_page_recorded_in_the_docs_is_its_own(tmp_path, run_main):
     """The pages and images in docs/lab were written before pictures carried cnnlab's mark: a page of the
     lesson and the images beside it are recognised by the page's own lines."""
-    from cnnlab.lab.__main__ import main
+    from cnnlab.cli.lab import main
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "lab"
     pages = tmp_path / "pages"
@@ -206,7 +206,7 @@ def test_lab_page_recorded_in_the_docs_is_its_own(tmp_path, run_main):
 
 
 def test_lab_index_refuses_a_readme_it_did_not_write(tmp_path, run_main):
-    from cnnlab.lab.__main__ import main
+    from cnnlab.cli.lab import main
 
     readme = tmp_path / "README.md"
     readme.write_text("# My project\n")
@@ -220,7 +220,7 @@ def test_lab_index_refuses_a_readme_it_did_not_write(tmp_path, run_main):
 
 
 def test_summary_output_refuses_a_file_it_did_not_write(run_cli, tmp_path):
-    from cnnlab.summary import run_summary
+    from cnnlab.cli.summary import run_summary
     from conftest import compose_cfg
 
     notes = tmp_path / "notes.txt"
@@ -261,8 +261,8 @@ def test_export_to_a_place_that_cannot_be_written_is_one_line(run_copy, tmp_path
 
 
 def test_explain_and_compare_under_a_file_are_one_line(run_copy, tmp_path, run_main):
-    from cnnlab.compare import main as compare
-    from cnnlab.explain import main as explain
+    from cnnlab.cli.compare import main as compare
+    from cnnlab.cli.explain import main as explain
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
@@ -275,7 +275,7 @@ def test_explain_and_compare_under_a_file_are_one_line(run_copy, tmp_path, run_m
 
 @pytest.mark.parametrize("option", ["--page", "--index"])
 def test_lab_page_or_index_that_cannot_be_written_fails_before_training(tmp_path, option, run_main):
-    from cnnlab.lab.__main__ import main
+    from cnnlab.cli.lab import main
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
@@ -309,7 +309,7 @@ def _status(text: str) -> int:
 @pytest.mark.slow  # a few subprocess runs: over 8 s on 2 cores
 def test_explain_on_a_read_only_run_dir(run_copy, tmp_path):
     read_only = f"mount --bind {run_copy} {run_copy} && mount -o remount,ro,bind {run_copy} {run_copy}"
-    explain = [sys.executable, "-m", "cnnlab.explain", str(run_copy), "--device", "cpu", "--images", "2"]
+    explain = [sys.executable, "-m", "cnnlab.cli.explain", str(run_copy), "--device", "cpu", "--images", "2"]
     text = _private_mount(tmp_path, read_only, explain)
     line = one_error_line(text, 2, _status(text))
     assert "Read-only file system" in line or "read-only file system" in line
@@ -331,7 +331,7 @@ def test_a_full_disk_at_the_destination_is_one_line_and_leaves_nothing_partial(r
     seed = tmp_path / "seed"
     seed.mkdir()
     earlier = {"export": "m.pt", "explain": "gradcam.png", "compare": "compare.md", "lab": f"{LESSON}.md"}[command]
-    from cnnlab.outpaths import figure_png
+    from cnnlab.util.outpaths import figure_png
 
     if command == "export":
         (seed / "m.pt").write_bytes(b"an earlier export")
@@ -341,15 +341,15 @@ def test_a_full_disk_at_the_destination_is_one_line_and_leaves_nothing_partial(r
 
         (seed / earlier).write_bytes(figure_png(Figure(figsize=(1, 1)), 10))
     elif command == "compare":
-        from cnnlab.compare import COMPARE_MARK
+        from cnnlab.cli.compare import COMPARE_MARK
 
         (seed / earlier).write_text(f"# an earlier table\n{COMPARE_MARK}\n")
     else:
         shutil.copy(Path(__file__).resolve().parents[1] / "docs" / "lab" / f"{LESSON}.md", seed)
     before = digest(seed / earlier)
-    args = {"export": ["cnnlab.export", str(run_copy), "--format", "torchscript", "--out", str(full / "m.pt")],
-            "explain": ["cnnlab.explain", str(run_copy), "--out", str(full), "--device", "cpu", "--images", "2"],
-            "compare": ["cnnlab.compare", str(run_copy), "--out", str(full)],
+    args = {"export": ["cnnlab.cli.export", str(run_copy), "--format", "torchscript", "--out", str(full / "m.pt")],
+            "explain": ["cnnlab.cli.explain", str(run_copy), "--out", str(full), "--device", "cpu", "--images", "2"],
+            "compare": ["cnnlab.cli.compare", str(run_copy), "--out", str(full)],
             "lab": ["cnnlab.lab", LESSON, "--out", str(lab_result_dir(tmp_path)), "--page", str(full),
                     "--page-only"]}[command]
     after = f"sha256sum {full}/{earlier}; ls -A {full} | sed 's/^/left: /'"
@@ -364,7 +364,7 @@ def test_a_full_disk_at_the_destination_is_one_line_and_leaves_nothing_partial(r
 def test_a_full_disk_at_the_export_destination_in_process(run_copy, tmp_path, monkeypatch):
     """The same where no file system can be mounted: the write's sync reports the full disk."""
     from cnnlab.engine import checkpoint
-    from cnnlab.export import export
+    from cnnlab.cli.export import export
 
     out = tmp_path / "m.pt"
     export(str(run_copy), "torchscript", str(out))
@@ -387,7 +387,7 @@ import os, sys
 from pathlib import Path
 from cnnlab.errors import ConfigError
 from cnnlab.engine.checkpoint import find_checkpoint, load_checkpoint
-from cnnlab.image_input import image_files, load_image
+from cnnlab.data.image_input import image_files, load_image
 from cnnlab.models.backbones import read_weights_file
 fifo, folder = sys.argv[1], sys.argv[2]
 calls = {
@@ -445,7 +445,7 @@ def test_the_commands_name_a_fifo_and_do_not_wait_on_it(trained_run, tmp_path, c
 @pytest.mark.parametrize("content, reason", [("{\"test/acc\": 0.9,", "metrics.json is not JSON: Expecting"),
                                              ("[0.9]", "metrics.json is not a JSON mapping (it holds a list)")])
 def test_compare_says_why_a_runs_metrics_are_unusable(trained_run, tmp_path, content, reason, run_main):
-    from cnnlab.compare import main
+    from cnnlab.cli.compare import main
 
     run_dir, _ = trained_run
     broken = tmp_path / "broken"

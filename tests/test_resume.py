@@ -14,7 +14,7 @@ import torch
 from conftest import cli_env
 
 from cnnlab.engine.progress import Progress
-from cnnlab.training import train
+from cnnlab.run.lifecycle import train
 
 COMMON = ["trainer.max_epochs=4", "trainer.limit_train_batches=12", "scheduler=step", "scheduler.step_size=1",
           "scheduler.gamma=0.7", "logger.histogram_every_n_epochs=0"]
@@ -105,7 +105,7 @@ def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(make
     """The position a mid-epoch checkpoint stores is enough to reproduce the epoch's remaining batches exactly,
     augmentation and MixUp/CutMix draws included, on both loader paths."""
     from cnnlab.data import build_data
-    from cnnlab.seeding import set_rng_state, rng_state
+    from cnnlab.engine.seeding import set_rng_state, rng_state
 
     # The per-sample path augments image by image: digits 0 and 1 only (~800 images, 10 training batches).
     cfg = make_cfg("augment=strong", "augment/mix=mixup_cutmix", f"data.loader={loader}", "data.batch_size=64",

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from cnnlab.errors import ConfigError, RunError
-from cnnlab.rundir import MARKER, claim, claim_study
-from cnnlab.training import train
+from cnnlab.run.rundir import MARKER, claim, claim_study
+from cnnlab.run.lifecycle import train
 
 from conftest import cli_env
 
@@ -30,7 +30,7 @@ def _snapshot(folder):
 
 
 def _cli(module, *args, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", f"cnnlab.cli.{module}", *args], cwd=cwd,
                           env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=timeout)
 
 
@@ -159,7 +159,7 @@ def test_an_empty_marker_left_by_a_failed_start_up_is_not_in_the_way(tmp_path, m
 
 
 def test_a_full_disk_while_writing_the_marker_leaves_no_marker(tmp_path, make_cfg, monkeypatch):
-    import cnnlab.rundir as rundir
+    import cnnlab.run.rundir as rundir
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -176,7 +176,7 @@ def test_a_full_disk_while_writing_the_marker_leaves_no_marker(tmp_path, make_cf
 # --- each lab lesson owns its results; running it again goes on where it stopped ---------------------------------
 
 def _lab(*args):
-    from cnnlab.lab.__main__ import main
+    from cnnlab.cli.lab import main
 
     main(list(args))
 
@@ -206,7 +206,7 @@ def test_an_interrupted_lesson_run_again_keeps_finished_arms_and_resumes_the_int
                                                                                            caplog):
     import signal
 
-    import cnnlab.training as training
+    import cnnlab.run.lifecycle as training
     from cnnlab.engine.callbacks import Callback
 
     class TermAt(Callback):
@@ -332,9 +332,9 @@ def test_a_full_output_root_is_one_error_line_and_nothing_is_lost(tmp_path, comm
     root = tmp_path / "outputs"
     (root / "earlier").mkdir(parents=True)
     (root / "earlier" / "notes.txt").write_text("kept")
-    args = {"train": ["cnnlab.train", *TINY],
-            "eval": ["cnnlab.evaluate", f"ckpt={a_checkpoint}", "trainer.progress=none"],
-            "doctor": ["cnnlab.doctor", *TINY],
+    args = {"train": ["cnnlab.cli.train", *TINY],
+            "eval": ["cnnlab.cli.evaluate", f"ckpt={a_checkpoint}", "trainer.progress=none"],
+            "doctor": ["cnnlab.cli.doctor", *TINY],
             "lab": ["cnnlab.lab", "losses", "--quick", "--out", "outputs"]}[command]
     done = subprocess.run([sys.executable, "-c", FULL_DISK, str(root), *args], cwd=tmp_path,
                           env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
@@ -348,7 +348,7 @@ def test_a_full_output_root_is_one_error_line_and_nothing_is_lost(tmp_path, comm
 
 
 def test_a_full_disk_while_writing_the_hydra_record_leaves_nothing_in_the_way(tmp_path, make_cfg, monkeypatch):
-    import cnnlab.rundir as rundir
+    import cnnlab.run.rundir as rundir
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / ".hydra" / "config.yaml"))
@@ -362,7 +362,7 @@ def test_a_full_disk_while_writing_the_hydra_record_leaves_nothing_in_the_way(tm
 
 
 def test_a_command_stopped_by_a_full_disk_says_so_in_one_line(caplog):
-    from cnnlab.cli import reports_config_errors
+    from cnnlab.cli.common import reports_config_errors
 
     @reports_config_errors
     def writes():

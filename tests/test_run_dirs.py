@@ -13,8 +13,8 @@ import time
 import pytest
 
 from cnnlab.errors import ConfigError
-from cnnlab.rundir import MARKER, claim
-from cnnlab.training import train
+from cnnlab.run.rundir import MARKER, claim
+from cnnlab.run.lifecycle import train
 
 from conftest import cli_env
 
@@ -116,7 +116,7 @@ def test_a_dir_in_use_by_a_live_process_is_refused(tmp_path):
 
 def test_of_two_claims_on_one_dir_exactly_one_wins(tmp_path):
     """The marker is created with O_EXCL: a second claim in the same instant is refused, not merged."""
-    code = ("import sys; from cnnlab.rundir import claim; from cnnlab.errors import ConfigError\n"
+    code = ("import sys; from cnnlab.run.rundir import claim; from cnnlab.errors import ConfigError\n"
             "try:\n    claim(__import__('pathlib').Path(sys.argv[1]), 'train'); print('won')\n"
             "except ConfigError as e:\n    print('lost:', e)\n")
     results = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.optim import build_schedule
+from cnnlab.engine.optim import build_schedule
 
 # These unit tests step schedules without optimizer steps on purpose.
 pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
@@ -113,7 +113,7 @@ def test_onecycle_works_for_runs_of_a_few_steps(epochs, steps):
 
 def test_optimizer_default_spares_biases_and_norm_weights_from_weight_decay():
     """One default, the YAML files' false: an optimizer config without decay_norm_and_bias decays weights only."""
-    from cnnlab.optim import build_optimizer
+    from cnnlab.engine.optim import build_optimizer
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "weight_decay": 0.01})

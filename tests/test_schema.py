@@ -1,4 +1,4 @@
-"""The config schema (cnnlab.schema) is the one place a key's type, choices and range are declared: every
+"""The config schema (cnnlab.config.schema) is the one place a key's type, choices and range are declared: every
 preset validates against it, and it refuses what it declares."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from cnnlab import schema
-from cnnlab.config import compose_config, config_dir
+from cnnlab.config import schema
+from cnnlab.config.compose import compose_config, config_dir
 from cnnlab.errors import ConfigError
-from cnnlab.schema_check import _ctrl_c_deferred, closest, config_problems
-from cnnlab.validate import validate
+from cnnlab.config.checks import _ctrl_c_deferred, closest, config_problems
+from cnnlab.run.validate import validate
 
 CONFIGS = Path(config_dir())
 GROUPS = ("data", "model", "augment", "augment/mix", "optimizer", "scheduler", "trainer", "logger", "paths")
@@ -122,7 +122,7 @@ def test_choice_lists_are_declared_once_in_the_schema():
 
 
 def test_eval_refuses_an_unknown_split_before_reading_the_checkpoint(make_cfg):
-    from cnnlab.evaluate import evaluate
+    from cnnlab.cli.evaluate import evaluate
 
     with pytest.raises(ConfigError, match=r"^split='holdout' is not accepted; choose one of train, val, test$"):
         evaluate(make_cfg("ckpt=/nonexistent/run", "split=holdout", config_name="eval"), overrides=[])

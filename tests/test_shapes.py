@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.data.shapes import CLASSES, generate
 from cnnlab.errors import ConfigError
-from cnnlab.training import prepare, train
+from cnnlab.run.lifecycle import prepare, train
 
 
 def test_same_seed_same_images_other_seed_other_images():

@@ -37,7 +37,7 @@ PER_CLASS, MAXCOUNT = 20, 6
 
 
 def shards_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnlab.shards", *args], cwd=cwd, env=cli_env(),
+    return subprocess.run([sys.executable, "-m", "cnnlab.cli.shards", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -377,6 +377,6 @@ def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_naming_i
 
 
 def test_the_default_run_does_not_import_webdataset():
-    code = ("import sys, cnnlab.training, cnnlab.data.build, cnnlab.schema; "
+    code = ("import sys, cnnlab.run.lifecycle, cnnlab.data.build, cnnlab.config.schema; "
             "assert 'webdataset' not in sys.modules, 'imported'")
     assert subprocess.run([sys.executable, "-c", code], env=cli_env(), timeout=120).returncode == 0

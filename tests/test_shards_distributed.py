@@ -19,7 +19,7 @@ from cnnlab.data.stream import KEY_LOG
 def test_two_processes_train_on_every_sample_once_per_epoch(tmp_path):
     disk.write_image_folder(tmp_path / "imgs", per_class=12, size=(16, 16))  # 36 images: 30 train in 6 shards of 5
     env = dict(cli_env(), OMP_NUM_THREADS="1", **{KEY_LOG: str(tmp_path / "keys.txt")})
-    wrote = subprocess.run([sys.executable, "-m", "cnnlab.shards", "imgs", "--out", "shards", "--maxcount", "5",
+    wrote = subprocess.run([sys.executable, "-m", "cnnlab.cli.shards", "imgs", "--out", "shards", "--maxcount", "5",
                             "--val-fraction", "0.12", "--test-fraction", "0.12"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert wrote.returncode == 0, wrote.stderr

@@ -9,13 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.devices import Precision
+from cnnlab.engine.devices import Precision
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.task import TrainerOptions, reported_topk
 from cnnlab.errors import ConfigError
-from cnnlab.losses import resolve_class_weights, run_loss
-from cnnlab.metrics import classification_metrics, confusion_metrics, per_class_accuracy
-from cnnlab.restore import saved_run_config
+from cnnlab.engine.losses import resolve_class_weights, run_loss
+from cnnlab.engine.metrics import classification_metrics, confusion_metrics, per_class_accuracy
+from cnnlab.run.restore import saved_run_config
 
 
 def test_reported_topk_always_has_top1_once_and_ascending_for_training_and_eval():

@@ -1,8 +1,8 @@
 import subprocess
 
-from cnnlab import source_tree
+from cnnlab.util import source_tree
 from cnnlab.lab import page
-from cnnlab.runinfo import git_commit
+from cnnlab.run.runinfo import git_commit
 
 
 def test_full_hash_with_dirty_flag_and_short_hash_without(monkeypatch):

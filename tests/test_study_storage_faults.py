@@ -19,7 +19,7 @@ import yaml
 from conftest import cli_env
 from optuna.trial import TrialState
 
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.search import storage as stores
 from cnnlab.search.plan import plan_search
@@ -31,7 +31,7 @@ TINY = ["data=digits", "trainer.limit_train_batches=2", "logger.histogram_every_
 
 
 def command(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", f"cnnlab.{module}", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"cnnlab.cli.{module}", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=dict(cli_env(), OMP_NUM_THREADS="1", **(env or {})))
 
 
@@ -138,7 +138,7 @@ def fills_up(fd, data):  # the journal's 4th append fails (other files written w
             raise OSError(errno.ENOSPC, "No space left on device")
     return real_write(fd, data)
 os.write = fills_up
-from cnnlab.tune import main
+from cnnlab.cli.tune import main
 sys.argv = ["cnnlab-tune", *sys.argv[1:]]
 main()
 """
@@ -362,7 +362,7 @@ def children(pid: int) -> list[int]:
 
 @pytest.mark.slow  # two worker processes, one of them killed mid-trial
 def test_a_killed_worker_ends_the_command_in_one_line_saying_how_to_continue(tmp_path):
-    cmd = [sys.executable, "-m", "cnnlab.tune", *TINY, f"paths.output_root={tmp_path}", "search.study_name=k",
+    cmd = [sys.executable, "-m", "cnnlab.cli.tune", *TINY, f"paths.output_root={tmp_path}", "search.study_name=k",
            "search.n_trials=4", "search.workers=2", "trainer.max_epochs=3", "trainer.limit_train_batches=30"]
     tune_process = subprocess.Popen(cmd, cwd=tmp_path, env=dict(cli_env(), OMP_NUM_THREADS="1"),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

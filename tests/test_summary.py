@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.config import CONFIG_DIR
+from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.errors import ConfigError
-from cnnlab.inspector import LayerFailure, first_failure, smallest_square_input, summarize
+from cnnlab.models.inspector import LayerFailure, first_failure, smallest_square_input, summarize
 from cnnlab.models import build_model
 
 MODEL_CONFIGS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
@@ -278,7 +278,7 @@ def test_summary_of_a_real_model_matches_the_meta_build_and_leaves_it_untouched(
 
 
 def test_frozen_parameters_are_reported_as_frozen():
-    from cnnlab.finetune import Freezer
+    from cnnlab.run.finetune import Freezer
 
     with torch.device("meta"):
         model = build_model(entry_cfg("lenet5"), 1, 10, (28, 28))
@@ -314,7 +314,7 @@ def test_a_failing_functional_op_names_its_module_and_the_op():
 
 # ---- the command line --------------------------------------------------------------------------------------------
 def compose_summary(tmp_path, *overrides):
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
 
     return compose_config(list(overrides), tmp_path, config_name="summary")
 
@@ -322,7 +322,7 @@ def compose_summary(tmp_path, *overrides):
 @pytest.mark.parametrize("value,expected", [("40", ((1, 40, 40), 10)), ("[40,48]", ((1, 40, 48), 10)),
                                             ("[3,227,227]", ((3, 227, 227), 10))])
 def test_input_size_override(tmp_path, value, expected):
-    from cnnlab.summary import summary_input
+    from cnnlab.cli.summary import summary_input
 
     assert summary_input(compose_summary(tmp_path, f"input_size={value}")) == expected
 
@@ -334,14 +334,14 @@ def test_input_size_override(tmp_path, value, expected):
     ("model.name=resnet19", "model.name='resnet19' is not in the zoo; choose one of .*resnet18"),
 ])
 def test_bad_summary_values(tmp_path, override, message):
-    from cnnlab.summary import build_summary
+    from cnnlab.cli.summary import build_summary
 
     with pytest.raises(ConfigError, match=message):
         build_summary(compose_summary(tmp_path, override))
 
 
 def test_summary_config_composes_like_training(tmp_path):
-    from cnnlab.config import compose_config
+    from cnnlab.config.compose import compose_config
 
     train = compose_config(["model=resnet20", "data=shapes", "finetune.freeze=backbone"], tmp_path)
     summary = compose_summary(tmp_path, "model=resnet20", "data=shapes", "finetune.freeze=backbone")
@@ -351,7 +351,7 @@ def test_summary_config_composes_like_training(tmp_path):
 
 
 def test_summary_through_the_config_freezes_the_backbone(tmp_path):
-    from cnnlab.summary import build_summary
+    from cnnlab.cli.summary import build_summary
 
     summary = build_summary(compose_summary(tmp_path, "finetune.freeze=backbone"))
     assert summary.frozen_params == 61_706 - 850 and summary.trainable_params == 850
@@ -406,7 +406,7 @@ def test_training_writes_the_summary_to_the_run_dir(trained_run):
 
 
 def test_training_summary_shows_frozen_parameters_and_totals_only(make_cfg, caplog):
-    from cnnlab.training import prepare
+    from cnnlab.run.lifecycle import prepare
 
     with caplog.at_level("INFO", logger="cnnlab"):
         run = prepare(make_cfg("finetune.freeze=backbone", "trainer.summary=totals", "logger=none"), overrides=[])
@@ -419,7 +419,7 @@ def test_training_summary_shows_frozen_parameters_and_totals_only(make_cfg, capl
 
 
 def test_training_summary_can_be_switched_off(make_cfg):
-    from cnnlab.training import prepare
+    from cnnlab.run.lifecycle import prepare
 
     run = prepare(make_cfg("trainer.summary=none", "logger=none"), overrides=[])
     assert not (run.run_dir / "model_summary.txt").exists()
@@ -452,7 +452,7 @@ GUIDE = doc_examples()
 
 @pytest.mark.parametrize("args,printed", GUIDE, ids=[" ".join(args) for args, _ in GUIDE])
 def test_guide_tables_are_the_tools_output(tmp_path, args, printed):
-    from cnnlab.summary import build_summary
+    from cnnlab.cli.summary import build_summary
 
     table = build_summary(compose_summary(tmp_path, *args)).table().splitlines()
     assert table[1:] == printed[1:]  # the title line names the config choice only under the CLI

@@ -197,7 +197,7 @@ def test_projector_is_off_by_default(trained_run):
 
 
 def test_projector_holds_the_test_features_labels_and_sprite(make_cfg, tmp_path):
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     run_dir = tmp_path / "run"
     # A class-ordered test split (mnist_sample's 500 test digits): 200 samples must still cover every class.

@@ -10,7 +10,7 @@ import pytest
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.top_k import TopK, file_name, parse
 from cnnlab.errors import ConfigError
-from cnnlab.training import prepare, train
+from cnnlab.run.lifecycle import prepare, train
 from runs import KillAfter
 
 # Noisy SGD on the 8x8 digits (~0.1 s an epoch): the validation loss goes up and down, so files are replaced.

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cnnlab.training import prepare, train
+from cnnlab.run.lifecycle import prepare, train
 
 
 def test_lenet_really_learns(trained_run):
@@ -113,7 +113,7 @@ def test_every_optimizer_scheduler_pair_steps_and_resumes(group_configs, optimiz
     exactly as the uninterrupted pair does. The trainer end to end: test_a_few_pairs_train_end_to_end."""
     import io
 
-    from cnnlab.optim import build_optimizer, build_schedule
+    from cnnlab.engine.optim import build_optimizer, build_schedule
 
     optimizer_cfg, scheduler_cfg = group_configs["optimizer", optimizer], group_configs["scheduler", scheduler]
     epochs, steps = 3, 4
@@ -202,7 +202,7 @@ def test_dataloader_path_matches_the_tensor_path_in_quality(make_cfg):
 
 
 def test_label_smoothing_applies_to_mse_and_bce_as_to_cross_entropy():
-    from cnnlab.losses import Loss
+    from cnnlab.engine.losses import Loss
 
     logits, target = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]), torch.tensor([0, 2])
     smoothed = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.0, 0.9]]) + 0.1 / 3

@@ -13,9 +13,9 @@ from torchvision.transforms.v2.functional import five_crop, ten_crop
 from cnnlab.data import build_data
 from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate
-from cnnlab.model_io import load_trained_model
-from cnnlab.tta import TTAModel, default_resize, resolve_resize
+from cnnlab.cli.evaluate import evaluate
+from cnnlab.run.weights import load_trained_model
+from cnnlab.engine.tta import TTAModel, default_resize, resolve_resize
 
 
 def hand_average(model, crops) -> torch.Tensor:

@@ -16,7 +16,7 @@ import yaml
 from conftest import cli_env
 from optuna.trial import TrialState
 
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError
 from cnnlab.experiments.runs import read_run
 from cnnlab.search.plan import plan_search
@@ -29,7 +29,7 @@ TINY = ["data=digits", "trainer.limit_train_batches=3", "logger.histogram_every_
 
 
 def tune(tmp_path: Path, *args: str, timeout: int = 240, wait: bool = True):
-    cmd = [sys.executable, "-m", "cnnlab.tune", *TINY, f"paths.output_root={tmp_path}", *args]
+    cmd = [sys.executable, "-m", "cnnlab.cli.tune", *TINY, f"paths.output_root={tmp_path}", *args]
     env = dict(cli_env(), OMP_NUM_THREADS="1")
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -236,8 +236,8 @@ def test_postgres_storage_shared_by_two_workers(tmp_path, postgres_url):
 
 
 def test_a_space_key_the_search_file_leaves_out_is_added_with_plus(tmp_path):
-    from cnnlab.schema_check import check_override_keys
-    from cnnlab.config import config_dir
+    from cnnlab.config.checks import check_override_keys
+    from cnnlab.config.compose import config_dir
 
     with pytest.raises(ConfigError, match=r"add it with \+search\.space\.lr\.step=0\.1"):
         check_override_keys(["search.space.lr.step=0.1"], config_dir(), "tune")

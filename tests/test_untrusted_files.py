@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint, saved_config
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate
-from cnnlab.model_io import load_trained_model
-from cnnlab.predict import predict
-from cnnlab.training import train
+from cnnlab.cli.evaluate import evaluate
+from cnnlab.run.weights import load_trained_model
+from cnnlab.cli.predict import predict
+from cnnlab.run.lifecycle import train
 
 
 def _craft(trained_run, tmp_path, name: str, edit) -> str:

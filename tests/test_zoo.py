@@ -114,7 +114,7 @@ def test_googlenet_aux_heads_count_in_training_only():
 
 
 def test_trainer_adds_the_weighted_aux_losses(make_cfg):
-    from cnnlab.training import prepare
+    from cnnlab.run.lifecycle import prepare
 
     run = prepare(make_cfg("model=googlenet", "data.batch_size=4", "trainer.limit_train_batches=1", "logger=none"),
                   overrides=[])
@@ -132,7 +132,7 @@ def test_trainer_adds_the_weighted_aux_losses(make_cfg):
 
 
 def test_resnet18_through_the_training_entry_point(make_cfg):
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     # 40 single-channel 28x28 noise images (an epoch of ResNet-18 on CPU is what costs here, not the data)
     tiny = ["data=fake", "data.num_samples=40", "data.in_channels=1", "data.image_size=[28,28]",

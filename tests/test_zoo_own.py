@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from cnnlab.config import CONFIG_DIR
+from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.errors import ConfigError
 from cnnlab.models import build_model
 from cnnlab.models.cifar_resnet import BasicBlock

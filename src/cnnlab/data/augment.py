@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import instantiate_resolved
+from cnnlab.config.compose import instantiate_resolved
 from cnnlab.data.transforms import lighting
 from cnnlab.errors import ConfigError
 

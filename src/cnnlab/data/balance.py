@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.errors import ConfigError
-from cnnlab.seeding import derived_generator
+from cnnlab.engine.seeding import derived_generator
 
 CAP_SALT = 0x636170  # keeps the choice of kept images apart from every other seeded stream
 

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, default_collate
 
 from cnnlab.data.decoding import INTEGER_DEPTHS, UnreadableImage, read_pixels, to_8_bit, value_depth  # noqa: F401
 from cnnlab.errors import ConfigError
-from cnnlab.seeding import transform_sample
+from cnnlab.engine.seeding import transform_sample
 
 log = logging.getLogger(__name__)
 

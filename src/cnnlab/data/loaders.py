@@ -14,7 +14,7 @@ from cnnlab.data.balance import balanced_weights, epoch_order
 from cnnlab.data.imagefolder import UnreadableImage
 from cnnlab.data.mixing import BatchMix
 from cnnlab.errors import ConfigError
-from cnnlab.seeding import derived_generator, transform_sample
+from cnnlab.engine.seeding import derived_generator, transform_sample
 
 MIX_SALT = 0x6D6978  # keeps the MixUp/CutMix stream apart from the shuffle/augmentation stream
 RANK_SALT = 0x72616E6B  # each process's augmentation stream under distributed training

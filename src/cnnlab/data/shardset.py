@@ -75,7 +75,7 @@ def default_manifest(url: str) -> str | None:
 def read_bytes(url: str, key: str) -> bytes:
     """A small file (the manifest) from a local path, an http(s) URL or anything webdataset's gopen opens."""
     if is_local(url):
-        from cnnlab.outpaths import input_file
+        from cnnlab.util.outpaths import input_file
 
         path = input_file(local_path(url), f"{key}={url}", missing=f"no such file; cnnlab-shards writes {MANIFEST} "
                                                                    f"beside the shards (set {key} to its location)")

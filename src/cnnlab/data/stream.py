@@ -38,7 +38,7 @@ from cnnlab.data.loaders import Normalize, _start_mix
 from cnnlab.data.mixing import BatchMix
 from cnnlab.data.shardset import Shard, webdataset
 from cnnlab.errors import ConfigError
-from cnnlab.seeding import derived_generator, transform_sample
+from cnnlab.engine.seeding import derived_generator, transform_sample
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from cnnlab.diagnose import checks_data, checks_gradients, checks_training
 from cnnlab.diagnose.report import Check
 from cnnlab.diagnose.subject import Subject
-from cnnlab.seeding import seed_everything
+from cnnlab.engine.seeding import seed_everything
 
 log = logging.getLogger("cnnlab")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnnlab.diagnose.plots import plot_samples
+from cnnlab.diagnose.doctor_plots import plot_samples
 from cnnlab.diagnose.report import Check
 from cnnlab.diagnose.subject import Subject
 

@@ -7,7 +7,7 @@ import math
 import statistics
 
 from cnnlab.diagnose.gradients import GradientReport, Snapshot, measure
-from cnnlab.diagnose.plots import plot_activations, plot_gradients
+from cnnlab.diagnose.doctor_plots import plot_activations, plot_gradients
 from cnnlab.diagnose.report import Check
 from cnnlab.diagnose.subject import Subject
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.diagnose.lr_finder import lr_range_test, plot_lr_range, suggestion_override
-from cnnlab.diagnose.plots import plot_overfit
+from cnnlab.diagnose.doctor_plots import plot_overfit
 from cnnlab.diagnose.report import Check
 from cnnlab.diagnose.subject import Subject
 

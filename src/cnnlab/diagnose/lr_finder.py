@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.engine.trainer import split_outputs
-from cnnlab.seeding import rng_state, set_rng_state
+from cnnlab.engine.seeding import rng_state, set_rng_state
 
 # The first steps run at rates that change nothing; their smoothed loss is mostly the EMA settling in.
 # torch-lr-finder's plot skips the same number of points (skip_start=10).
@@ -186,7 +186,7 @@ def suggestion_override(result: LRRange, optimizer_key: str = "optimizer.lr") ->
 
 def plot_lr_range(result: LRRange, path: Path | str, title: str = "Learning-rate range test") -> Path:
     """Loss against lr on a log axis: raw loss thin, smoothed bold, the suggestion and the minimum marked."""
-    from cnnlab.plotting import pyplot, save
+    from cnnlab.util.plotting import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.data import build_data
 from cnnlab.data.loaders import TensorLoader
 from cnnlab.engine.trainer import split_outputs
-from cnnlab.losses import Loss
-from cnnlab.optim import build_optimizer
+from cnnlab.engine.losses import Loss
+from cnnlab.engine.optim import build_optimizer
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Subject:
 
     @classmethod
     def from_run(cls, run) -> "Subject":
-        """The Subject of a run built by cnnlab.training.prepare(..., kind="doctor")."""
+        """The Subject of a run built by cnnlab.run.lifecycle.prepare(..., kind="doctor")."""
         cfg, task = run.cfg, run.trainer.task
         ft = cfg.get("finetune") or {}
         return cls(model=task.model, loss=task.loss, info=run.data.info, train=run.data.train,

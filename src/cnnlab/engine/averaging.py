@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from cnnlab.distributed import SINGLE, Dist
+from cnnlab.engine.distributed import SINGLE, Dist
 
 log = logging.getLogger("cnnlab")
 

@@ -24,7 +24,7 @@ Per-step cost: `on_train_batch_end` runs once per optimisation step, where a few
 share of a small model's step. The trainer therefore calls it only on callbacks that override it; a callback
 with per-step work keeps it to counters and comparisons and does anything costly every N steps.
 
-The callbacks of a training run (built by cnnlab.training.prepare, in this order): TensorBoardCallback,
+The callbacks of a training run (built by cnnlab.run.lifecycle.prepare, in this order): TensorBoardCallback,
 ModelCheckpoint, ProgressDisplay, and EarlyStopping when trainer.early_stopping.enabled. A new one is a
 subclass here (or next to what it reports to), added to that list; under distributed training, callbacks
 that write files would be added on rank 0 only.
@@ -45,7 +45,7 @@ from cnnlab.engine.progress import Progress
 from cnnlab.engine.projector import penultimate_features
 from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.top_k import TopK
-from cnnlab.metrics import precision_recall_f1
+from cnnlab.engine.metrics import precision_recall_f1
 
 if TYPE_CHECKING:  # for annotations only: the trainer imports this module
     from cnnlab.engine.trainer import Trainer

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.config import literal
+from cnnlab.config.compose import literal
 from cnnlab.errors import ConfigError
-from cnnlab.outpaths import write_bytes_atomic
+from cnnlab.util.outpaths import write_bytes_atomic
 
 log = logging.getLogger("cnnlab")
 
@@ -73,7 +73,7 @@ def find_checkpoint(path: str | os.PathLike, key: str, purpose: str = "weights")
     """
     if purpose not in CHECKPOINT_CHOICE:
         raise ValueError(f"purpose={purpose!r}: one of {', '.join(CHECKPOINT_CHOICE)}")
-    from cnnlab.outpaths import file_kind
+    from cnnlab.util.outpaths import file_kind
 
     where = Path(path).expanduser()
     kind = file_kind(where)  # stat() only: a FIFO is named, never opened (reading it would wait forever)
@@ -136,7 +136,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     The result is checked for the shape cnnlab writes: a dict of weights, a config mapping with a model
     name, a known format version and the config's hash (a config edited or damaged after writing is refused).
     """
-    from cnnlab.outpaths import input_file
+    from cnnlab.util.outpaths import input_file
 
     input_file(path, f"checkpoint {path}")  # a FIFO or device is named, never opened
     try:

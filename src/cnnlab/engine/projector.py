@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.metrics import hard_labels
+from cnnlab.engine.metrics import hard_labels
 
 log = logging.getLogger("cnnlab")
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
-from cnnlab.devices import Precision
-from cnnlab.distributed import SINGLE, Dist
+from cnnlab.engine.devices import Precision
+from cnnlab.engine.distributed import SINGLE, Dist
 
 if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
     from cnnlab.engine.averaging import WeightAverage
     from cnnlab.engine.early_stopping import MonitoredMetric
-    from cnnlab.finetune import Freezer
-    from cnnlab.optim import LRSchedule
+    from cnnlab.run.finetune import Freezer
+    from cnnlab.engine.optim import LRSchedule
 
 
 @dataclass
@@ -65,7 +65,7 @@ class TrainerOptions:
     limit_val_batches: int | None = None   # evaluation passes of the loop cut to their first N batches
     limit_test_batches: int | None = None
     topk: tuple[int, ...] = (1,)       # always includes 1
-    channels_last: bool = False       # resolved (cnnlab.devices.resolve_channels_last): inputs go in as NHWC
+    channels_last: bool = False       # resolved (cnnlab.engine.devices.resolve_channels_last): inputs go in as NHWC
     compile: bool = False
     grad_clip: float = 0.0
     accumulate_grad_batches: int = 1  # batches per optimizer step
@@ -99,7 +99,7 @@ class RunContext:
     """Where one run happens and what identifies it.
 
     config: the resolved config (a plain dict), saved with its hash in every checkpoint.
-    dist: world size and rank; a single process is `cnnlab.distributed.SINGLE`.
+    dist: world size and rank; a single process is `cnnlab.engine.distributed.SINGLE`.
     """
 
     device: torch.device
@@ -107,7 +107,7 @@ class RunContext:
     run_dir: Path
     seed: int
     config: dict
-    dist: Dist = SINGLE  # this process's place under distributed training (cnnlab.distributed)
+    dist: Dist = SINGLE  # this process's place under distributed training (cnnlab.engine.distributed)
 
 
 @runtime_checkable

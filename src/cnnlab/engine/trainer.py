@@ -21,8 +21,8 @@ from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message,
                                   out_of_memory_message)
 from cnnlab.engine.task import RunContext, Task, TrainerOptions, TrainLoader
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab.metrics import MetricTracker, confusion_matrix, confusion_metrics, hard_labels
-from cnnlab.seeding import derived_generator, rng_state, set_rng_state
+from cnnlab.engine.metrics import MetricTracker, confusion_matrix, confusion_metrics, hard_labels
+from cnnlab.engine.seeding import derived_generator, rng_state, set_rng_state
 
 log = logging.getLogger("cnnlab")
 
@@ -101,7 +101,7 @@ class Trainer:
         self.ddp = None
         forward = model
         if self.dist.enabled:
-            from cnnlab.distributed import wrap
+            from cnnlab.engine.distributed import wrap
 
             self.ddp = forward = wrap(model, self.dist, self.device)
         self.forward_model = torch.compile(forward) if self.options.compile else forward

@@ -29,7 +29,7 @@ class Found:
 def expand(path: Path, name: str = "path") -> Found:
     """A run dir stands for itself, a sweep dir for its job dirs, a study dir for its trial dirs. A path that
     does not exist or holds no cnnlab run is a ConfigError naming it (`name`: how the user gave it)."""
-    from cnnlab.outpaths import file_kind
+    from cnnlab.util.outpaths import file_kind
 
     path = Path(path)
     kind = file_kind(path)  # stat() only: a FIFO is named, never opened

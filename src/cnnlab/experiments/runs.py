@@ -18,7 +18,7 @@ import yaml
 
 from cnnlab.engine.early_stopping import resolve_mode
 from cnnlab.errors import ConfigError, RunError
-from cnnlab.outpaths import write_bytes_atomic
+from cnnlab.util.outpaths import write_bytes_atomic
 
 FAILURE_FILE = "failure.json"
 METRICS_FILE = "metrics.json"
@@ -183,7 +183,7 @@ def read_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 def _read_mapping(path: Path) -> tuple[dict, str | None]:
     """A JSON file's mapping, and why there is none when the file is there but unusable (not JSON, not a
     mapping, not a regular file, unreadable): `metrics.json is not JSON: Expecting value: line 1 column 1`."""
-    from cnnlab.outpaths import file_kind
+    from cnnlab.util.outpaths import file_kind
 
     try:
         kind = file_kind(path)
@@ -216,7 +216,7 @@ def _read_json(path: Path) -> dict | None:
 
 def file_kind_is_special(path: Path) -> bool:
     """A FIFO, device or socket in a run dir is never opened (reading a FIFO would wait forever)."""
-    from cnnlab.outpaths import file_kind
+    from cnnlab.util.outpaths import file_kind
 
     try:
         return file_kind(path) not in ("file", "missing", "dir")

@@ -23,9 +23,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab import rundir
+from cnnlab.run import rundir
 from cnnlab.experiments.runs import is_run_dir, read_run
-from cnnlab.launchers import keep_jobs_apart
+from cnnlab.cli.launchers import keep_jobs_apart
 
 NOTE_PREFIX = ".cnnlab-job-"   # <sweep dir>/.cnnlab-job-<sweep token>-<job>.json: a job that left no record in a dir
 SWEEP_TOKEN = "CNNLAB_SWEEP_TOKEN"   # of its own; read and deleted by the summary of the sweep that wrote it
@@ -127,7 +127,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def summarize_sweep(sweep_dir: Path, died: dict[str, str] | None = None) -> tuple[Path | None, list]:
     """Write the sweep dir's summary files; returns (summary.md or None when no job left a run dir, records).
     died: job dir -> why, for jobs whose process died without a record of its own (shown as failed)."""
-    from cnnlab.experiments.summary import write_summary  # csv/statistics: only when a sweep ends
+    from cnnlab.experiments.tables import write_summary  # csv/statistics: only when a sweep ends
 
     records = [read_run(d) for d in job_dirs(sweep_dir)]
     for record in records:

@@ -42,7 +42,7 @@ def _doctor(lesson: Lesson, arm: str, result, overrides: list[str]) -> dict:
     run_dir = result.out_dir / "doctor" / arm
     args = [*QUIET, *arm_overrides(lesson, arm, lesson.seeds[0], result.quick, overrides),
             *(DOCTOR_QUICK if result.quick else []), "logger=none", f"hydra.run.dir={run_dir}"]
-    _command("cnnlab.doctor", args, result.out_dir / "doctor" / f"{arm}.log")
+    _command("cnnlab.cli.doctor", args, result.out_dir / "doctor" / f"{arm}.log")
     return json.loads((run_dir / "doctor.json").read_text())
 
 
@@ -84,7 +84,7 @@ def gradients(lesson: Lesson, result, overrides: list[str]) -> dict:
 
 
 def _plot_gradients(per_arm: dict, path: Path, title: str) -> Path | None:
-    from cnnlab.plotting import pyplot, save
+    from cnnlab.util.plotting import pyplot, save
 
     if not any(v["grad_norm"] for v in per_arm.values()):
         return None
@@ -106,7 +106,7 @@ def filters(lesson: Lesson, result, overrides: list[str]) -> dict:
     plots, text = [], []
     for arm in result.arms:
         out = result.out_dir / "explain" / arm.name
-        _command("cnnlab.explain", [str(arm.runs[0].run_dir), "--out", str(out), "--images", "6", "--device", "cpu"],
+        _command("cnnlab.cli.explain", [str(arm.runs[0].run_dir), "--out", str(out), "--images", "6", "--device", "cpu"],
                  result.out_dir / "explain" / f"{arm.name}.log")
         shown = sorted(p for p in out.glob("*.png") if p.name.startswith(("filters_", "feature_maps_")))
         plots += [str(p) for p in shown]

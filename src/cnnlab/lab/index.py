@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnnlab.lab.lessons import lesson_names, load_lesson
 from cnnlab.lab.page import measured_minutes
-from cnnlab.outpaths import check_target, read_text, write_atomic
+from cnnlab.util.outpaths import check_target, read_text, write_atomic
 
 INDEX_TITLE = "# Lab book"
 REGENERATE = "Regenerate this index with `cnnlab-lab --index"

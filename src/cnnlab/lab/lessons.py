@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cnnlab.config import config_dir
+from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError
 
 # What a lesson may add to the comparison of its arms, each through an existing cnnlab command's code:

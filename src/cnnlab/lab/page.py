@@ -19,11 +19,11 @@ from pathlib import Path
 
 from cnnlab.errors import ConfigError
 from cnnlab.experiments.runs import RunRecord, read_curve
-from cnnlab.experiments.summary import mean_std
+from cnnlab.experiments.tables import mean_std
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult
-from cnnlab.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
-from cnnlab.source_tree import git_commit
+from cnnlab.util.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
+from cnnlab.util.source_tree import git_commit
 
 HIGHER_IS_BETTER = {"test/acc": True, "val/acc_best": True, "val/acc": True, "train/acc": True, "test/loss": False,
                     "val/loss": False, "train/loss": False, "gap": False}
@@ -130,7 +130,7 @@ def noise_lines(result: LessonResult, stats: dict) -> list[str]:
 
 def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
     """Every arm's curve of `tag` per epoch: the mean over seeds, with the seeds' range shaded."""
-    from cnnlab.plotting import pyplot, save
+    from cnnlab.util.plotting import pyplot, save
 
     curves = []
     for arm in result.arms:
@@ -167,7 +167,7 @@ def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
 def plot_series(result: LessonResult, stats: dict, path: Path) -> Path | None:
     """The lesson's own picture (Lesson.series): a column's mean over seeds against x, one line per group, with
     the standard deviation as error bars."""
-    from cnnlab.plotting import pyplot, save
+    from cnnlab.util.plotting import pyplot, save
 
     series = result.lesson.series
     done = {a.name for a in result.arms}

@@ -1,4 +1,4 @@
-"""Run a lesson: every arm once per seed, each an ordinary cnnlab training run (cnnlab.training.train), or for
+"""Run a lesson: every arm once per seed, each an ordinary cnnlab training run (cnnlab.run.lifecycle.train), or for
 the search lesson a cnnlab-tune study per arm and seed; then what the lesson's extra asks of cnnlab-doctor or
 cnnlab-explain. Each lesson owns a folder, <out>/<lesson>[-quick] (its marker, .cnnlab-lab.json, names the
 lesson), and its runs land under <lesson folder>/runs/<arm>/seed<k>; nothing here trains in a way cnnlab-train
@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import OVERRIDES_FILE, RunRecord, read_yaml, read_run
-from cnnlab.rundir import record_failure
+from cnnlab.run.rundir import record_failure
 from cnnlab.lab.lessons import Lesson
-from cnnlab.outpaths import write_bytes_atomic
+from cnnlab.util.outpaths import write_bytes_atomic
 
 log = logging.getLogger("cnnlab.lab")
 
@@ -179,7 +179,7 @@ def seed_of(lesson: Lesson) -> int:
 
 
 def _train(args: list[str], run_dir: Path) -> RunRecord:
-    from cnnlab.training import train
+    from cnnlab.run.lifecycle import train
 
     args = [*QUIET, *args]
     earlier = _earlier(run_dir, args)
@@ -226,7 +226,7 @@ def _tune(args: list[str], study_dir: Path) -> RunRecord:
     if (study_dir / "study.yaml").is_file() and _study_command(study_dir) != ["cnnlab-tune", *tune_args]:
         shutil.rmtree(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "cnnlab.tune", *tune_args]
+    cmd = [sys.executable, "-m", "cnnlab.cli.tune", *tune_args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.inspector import builds_and_runs, first_failure, smallest_square_input
+from cnnlab.models.inspector import builds_and_runs, first_failure, smallest_square_input
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 

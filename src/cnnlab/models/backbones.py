@@ -12,7 +12,7 @@ The three end the same way, so that what the zoo does works on them:
   to 1 when that convolution is strided and overlapping (kernel larger than stride), weights kept. A patch
   embedding (kernel = stride) is never changed;
 - a head for the data's classes; the model carries its module names as `head_modules`, which
-  `cnnlab.finetune.head_names` reads (finetune.freeze=backbone, backbone_lr_scale, finetune.checkpoint). For
+  `cnnlab.run.finetune.head_names` reads (finetune.freeze=backbone, backbone_lr_scale, finetune.checkpoint). For
   torchvision and timm the head is every layer whose shape depends on the number of classes (auxiliary heads
   included), found by building the architecture twice on the meta device; torch.hub's is the layer
   `model.head` names (auto: `fc`, `classifier`, `head`, `heads`, ... else the last nn.Linear);
@@ -47,7 +47,7 @@ from cnnlab.models import loads_pretrained, register
 from cnnlab.models.torchvision_zoo import SMALL_INPUT
 from cnnlab.models.torchvision_zoo import adapt_stem as zoo_adapt_stem
 
-# The attribute naming a model's classifier layer(s); cnnlab.finetune.head_names prefers it to its own rule.
+# The attribute naming a model's classifier layer(s); cnnlab.run.finetune.head_names prefers it to its own rule.
 HEAD_ATTR = "head_modules"
 
 # Small-image rule per torchvision module (the module a builder lives in): the zoo's adapt_stem for the
@@ -251,7 +251,7 @@ def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     'state_dict' or 'model'), or a cnnlab checkpoint. Read with weights_only=True: tensors and containers only."""
     from cnnlab.engine.checkpoint import check_finite, unreadable_reason  # not needed to build models otherwise
 
-    from cnnlab.outpaths import input_file
+    from cnnlab.util.outpaths import input_file
 
     path = input_file(text, f"model.weights={text}")  # a FIFO, device or directory is named, never opened
     if path.suffix == ".safetensors":

@@ -17,17 +17,17 @@ import optuna
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import config_dir
+from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError
-from cnnlab.masking import masked, masked_argv
-from cnnlab.rundir import claim_study
+from cnnlab.util.masking import masked, masked_argv
+from cnnlab.run.rundir import claim_study
 from cnnlab.search import storage as stores
 from cnnlab.search.space import Param, config_groups, group_options, has_key, key_problems, parse_space
 from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
                                  open_study)
 from cnnlab.search.trial import TRIALS_DIR
 from cnnlab.search.worker import TrialComposer, WorkerPlan
-from cnnlab.validate import validate
+from cnnlab.run.validate import validate
 
 log = logging.getLogger("cnnlab")
 

@@ -11,7 +11,7 @@ Each entry of `search.space` names one trial parameter:
       step: null             # float/int: a grid of low, low+step, ..., high (needed by the grid sampler)
       choices: null          # categorical: the values (or the group's options)
 
-The schema (cnnlab.schema.SearchParam) checks types; the rules between an entry's keys, and whether its key
+The schema (cnnlab.config.schema.SearchParam) checks types; the rules between an entry's keys, and whether its key
 exists, are checked here, every problem at once, before any trial runs.
 """
 
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-from cnnlab.schema_check import closest
+from cnnlab.config.checks import closest
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab.errors import ConfigError, RunError
-from cnnlab.masking import mask
+from cnnlab.util.masking import mask
 
 KEY = "search.storage"
 JOURNAL_NAME = "study.journal"

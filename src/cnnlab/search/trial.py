@@ -1,7 +1,7 @@
 """One search trial: Optuna's values as overrides, an ordinary training run, and its outcome for the study.
 
 A trial composes the training config with the study's overrides and its own values, then calls
-`cnnlab.train.train` with `PruningReport`, a callback that reports the objective after every epoch and,
+`cnnlab.cli.train.train` with `PruningReport`, a callback that reports the objective after every epoch and,
 when the pruner says so, ends training after that epoch the way early stopping does (checkpoints, the test
 pass and metrics.json are written as for any run). No second training loop exists for searching.
 """
@@ -23,9 +23,9 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab import rundir
+from cnnlab.run import rundir
 from cnnlab.experiments.runs import write_failure
-from cnnlab.masking import MaskingFilter
+from cnnlab.util.masking import MaskingFilter
 from cnnlab.search.space import Param, has_key
 
 log = logging.getLogger("cnnlab")

@@ -18,14 +18,14 @@ from pathlib import Path
 import optuna
 import torch
 
-from cnnlab.config import compose_config
+from cnnlab.config.compose import compose_config
 from cnnlab.errors import RunError
-from cnnlab.masking import mask_logs
+from cnnlab.util.masking import mask_logs
 from cnnlab.search import storage as stores
 from cnnlab.search.space import Param
 from cnnlab.search.study import build_pruner, build_sampler
 from cnnlab.search.trial import Interrupted, TrialSetup, record, run_trial, trial_config, trial_dir
-from cnnlab.training import train
+from cnnlab.run.lifecycle import train
 
 log = logging.getLogger("cnnlab")
 

@@ -58,7 +58,7 @@ def show_image(ax, image: torch.Tensor) -> None:
 
 
 def save_png(fig: Figure, path: Path) -> Path:
-    """The figure as a PNG file, written atomically with cnnlab's PNG mark (cnnlab.outpaths)."""
-    from cnnlab.outpaths import figure_png, write_atomic
+    """The figure as a PNG file, written atomically with cnnlab's PNG mark (cnnlab.util.outpaths)."""
+    from cnnlab.util.outpaths import figure_png, write_atomic
 
     return write_atomic(Path(path), figure_png(fig, DPI))

@@ -1,0 +1,123 @@
+"""`cnnlab-lab <lesson>`: run one lesson of the CNN course and write its page (a table, plots, and what the
+result shows). Lessons are configs/lab/<lesson>.yaml; pages live in docs/lab/.
+
+    cnnlab-lab --list                          # the lessons
+    cnnlab-lab optimizers                      # 3 seeds per arm; runs and page in outputs/lab/optimizers/
+    cnnlab-lab optimizers --quick              # a seconds-long smoke run (one seed, a few steps): .../optimizers-quick/
+    cnnlab-lab optimizers --out runs           # runs and page in runs/optimizers/ (each lesson its own folder)
+    cnnlab-lab optimizers trainer.max_epochs=4 # any training override, applied to every arm (last wins)
+    cnnlab-lab optimizers --page docs/lab      # write the page where the docs keep it
+    cnnlab-lab optimizers --page docs/lab --page-only   # the page again from those runs (no training)
+    cnnlab-lab --index docs/lab                # docs/lab/README.md: the index of lessons and pages
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cnnlab.cli.common import reports_config_errors
+from cnnlab.errors import ConfigError
+from cnnlab.lab.lessons import lesson_names, load_lesson
+
+log = logging.getLogger("cnnlab.lab")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cnnlab-lab", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("lesson", nargs="?", help="the lesson to run (see --list)")
+    parser.add_argument("overrides", nargs="*", help="cnnlab-train overrides for every run of the lesson")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one seed, a few steps per arm")
+    parser.add_argument("--out", metavar="DIR", help="where the runs go: DIR/<lesson>[-quick] (default DIR: outputs/lab)")
+    parser.add_argument("--page", metavar="DIR", help="where the page and its img/ go (default: the lesson's folder "
+                                                      "DIR/<lesson>[-quick])")
+    parser.add_argument("--page-only", action="store_true",
+                        help="write the page again from the runs already in --out (no training)")
+    parser.add_argument("--list", action="store_true", help="list the lessons and exit")
+    parser.add_argument("--index", metavar="DIR", help="write DIR/README.md, the index of lessons, and exit")
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+@reports_config_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.list:
+        for name in lesson_names():
+            print(f"{name:22s} {load_lesson(name).title}")
+        return
+    if args.index:
+        from cnnlab.lab.index import write_index
+
+        print(write_index(Path(args.index).expanduser()))
+        return
+    if not args.lesson:
+        raise ConfigError(f"name a lesson: {', '.join(lesson_names())}")
+    lesson = load_lesson(args.lesson)
+    # the overrides are checked before anything runs: a typo is named with the closest key
+    from cnnlab.cli.common import check_command_line
+
+    check_command_line(list(args.overrides), "tune" if lesson.extra == "search" else "train")
+    restore = _logging()
+    try:
+        _run(lesson, args)
+    finally:
+        restore()
+
+
+def _run(lesson, args) -> None:
+    from cnnlab.cli.common import check_writable
+    from cnnlab.lab.page import check_page_target, write_page
+    from cnnlab.lab.runner import collect_lesson, lesson_dir, run_lesson
+
+    out = lesson_dir(Path(args.out or "outputs/lab"), lesson, args.quick, existing=args.page_only)
+    # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the
+    # lesson, and the disk there takes data; a --page refused leaves --out as it was (checked, and made, after it).
+    # With --page-only nothing precedes the page's own (atomic) writes, which report a full disk themselves.
+    if args.page:
+        check_page_target(Path(args.page), lesson.name, f"--page={args.page}")
+        if not args.page_only:
+            check_writable(args.page, "--page", "the page")
+    if not args.page_only:
+        check_writable(str(out), "--out", "the lesson's runs")
+    if not args.page:
+        check_page_target(out, lesson.name, f"--out={out} (the page goes there; --page DIR puts it elsewhere)")
+    if args.page_only:
+        result, overrides = collect_lesson(lesson, out)
+        print(write_page(result, Path(args.page) if args.page else out, overrides))
+        return
+
+    log.info("lesson %s: %s (%d arms x %d seeds)", lesson.name, lesson.title, len(lesson.arms),
+             1 if args.quick else len(lesson.seeds))
+    result = run_lesson(lesson, out, quick=args.quick, overrides=list(args.overrides))
+    page = write_page(result, Path(args.page) if args.page else out, list(args.overrides))
+    log.info("page: %s (%.1f minutes)", page, result.seconds / 60)
+
+
+def _logging():
+    """The lab's progress lines on the console; the training runs' own messages only when they warn. Returns
+    the function that puts the loggers back as they were (main runs in-process in tests and notebooks)."""
+    lab, runs = logging.getLogger("cnnlab.lab"), logging.getLogger("cnnlab")
+    before = (lab.level, lab.propagate, runs.level)
+    if not any(getattr(h, "lab_console", False) for h in lab.handlers):  # once per process (tests call main often)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.lab_console = True
+        lab.addHandler(handler)
+    lab.setLevel(logging.INFO)
+    lab.propagate = False
+    runs.setLevel(logging.WARNING)
+
+    def restore() -> None:
+        lab.setLevel(before[0])
+        lab.propagate = before[1]
+        runs.setLevel(before[2])
+
+    return restore
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The config tree: composing it, its schema and checks, and reading configs saved by earlier versions."""

@@ -1,0 +1,1 @@
+"""One run from a config: validating and building it, training, testing and recording, its directory, restoring it."""

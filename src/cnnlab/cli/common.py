@@ -164,11 +164,3 @@ def check_config(args: list[str], config_name: str, kind: str | None = None):
     validate(cfg, kind or config_name)
     return cfg
 
-
-def hydra_overrides() -> list[str]:
-    """The command line's overrides when running under Hydra, else none."""
-    from hydra.core.hydra_config import HydraConfig  # Hydra, in library code: cnnlab-predict never loads it
-
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return []

@@ -14,8 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.cli.common import check_command_line, hydra_overrides, reports_config_errors
-from cnnlab.config.compose import CONFIG_DIR
+from cnnlab.cli.common import check_command_line, reports_config_errors
+from cnnlab.config.compose import CONFIG_DIR, hydra_overrides
 from cnnlab.data import build_data
 from cnnlab.engine.devices import resolve_device, resolve_precision
 from cnnlab.engine.checkpoint import find_checkpoint

@@ -20,8 +20,8 @@ import hydra
 import optuna
 from omegaconf import DictConfig
 
-from cnnlab.cli.common import check_command_line, check_config, hydra_overrides, reports_config_errors
-from cnnlab.config.compose import CONFIG_DIR
+from cnnlab.cli.common import check_command_line, check_config, reports_config_errors
+from cnnlab.config.compose import CONFIG_DIR, hydra_overrides
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.experiments.runs import is_run_dir, read_run
 from cnnlab.cli.launchers import under_torchrun

@@ -43,6 +43,15 @@ def compose_config(overrides: list[str], output_dir, config_name: str = "train")
     return cfg
 
 
+def hydra_overrides() -> list[str]:
+    """The command line's overrides when running under Hydra, else none."""
+    from hydra.core.hydra_config import HydraConfig  # Hydra, in library code: cnnlab-predict never loads it
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
 def command_line_keys(overrides: list[str], skip: tuple[str, ...] = ()) -> list[str]:
     """The config keys (or groups) that the given Hydra override strings set, e.g. ['optimizer', 'data.batch_size']."""
     from hydra.core.override_parser.overrides_parser import OverridesParser  # Hydra's parser: loaded on use only

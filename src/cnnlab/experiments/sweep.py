@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.run import rundir
 from cnnlab.experiments.runs import is_run_dir, read_run
-from cnnlab.cli.launchers import keep_jobs_apart
+from cnnlab.experiments.job_workers import keep_jobs_apart
 
 NOTE_PREFIX = ".cnnlab-job-"   # <sweep dir>/.cnnlab-job-<sweep token>-<job>.json: a job that left no record in a dir
 SWEEP_TOKEN = "CNNLAB_SWEEP_TOKEN"   # of its own; read and deleted by the summary of the sweep that wrote it

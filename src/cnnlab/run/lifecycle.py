@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab.cli.common import hydra_overrides
-from cnnlab.config.compose import command_line_keys
+from cnnlab.config.compose import command_line_keys, hydra_overrides
 from cnnlab.data import build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision

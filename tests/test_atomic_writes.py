@@ -3,7 +3,7 @@ import json
 import pytest
 
 from cnnlab.errors import RunError
-from cnnlab.experiments.runs import write_failure
+from cnnlab.run.records import write_failure
 from cnnlab.util.outpaths import write_atomic, write_bytes_atomic
 from cnnlab.run.runinfo import write_json
 

@@ -17,7 +17,7 @@ import yaml
 from conftest import cli_env
 
 from cnnlab.cli.compare import main as compare_main
-from cnnlab.experiments.runs import read_curve, read_run
+from cnnlab.run.records import read_curve, read_run
 
 TINY = ["model=lenet5", "data=digits", "trainer.limit_train_batches=2", "trainer.progress=none",
         "trainer.summary=none", "logger.histogram_every_n_epochs=0"]

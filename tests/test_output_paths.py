@@ -147,7 +147,7 @@ def test_compare_and_explain_recognise_their_output_from_before_the_marks(run_co
     """Re-running keeps working on folders written before outputs carried marks: compare.md by its own first
     lines (it then vouches for the files beside it), an explain picture in the command's own RUN_DIR/explain."""
     from cnnlab.cli.compare import main as compare
-    from cnnlab.experiments.runs import read_run
+    from cnnlab.run.records import read_run
     from cnnlab.experiments.tables import write_summary
     from cnnlab.cli.explain import main as explain
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError
-from cnnlab.experiments.runs import read_run
+from cnnlab.run.records import read_run
 from cnnlab.search.plan import plan_search
 from cnnlab.search.storage import open_storage
 from cnnlab.search.worker import run_workers

@@ -21,7 +21,7 @@ from pathlib import Path
 from cnnlab.cli.common import reports_config_errors
 from cnnlab.errors import ConfigError
 from cnnlab.experiments.collect import expand, load_study, study_info
-from cnnlab.experiments.runs import read_run
+from cnnlab.run.records import read_run
 from cnnlab.experiments.charts import plot_curves, plot_study
 from cnnlab.experiments.tables import (markdown_table, readable, run_labels, run_table, varied_keys,
                                        write_summary)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from cnnlab.cli.common import check_command_line, check_config, reports_config_errors
 from cnnlab.config.compose import CONFIG_DIR, hydra_overrides
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab.experiments.runs import is_run_dir, read_run
+from cnnlab.run.records import is_run_dir, read_run
 from cnnlab.cli.launchers import under_torchrun
 from cnnlab.experiments.tables import write_summary
 from cnnlab.util.masking import mask_logs

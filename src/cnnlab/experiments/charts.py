@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from cnnlab.experiments.runs import RunRecord, read_curve
+from cnnlab.run.records import RunRecord, read_curve
 from cnnlab.util.plotting import pyplot, save
 
 LINE_STYLES = ("-", "--", ":", "-.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from cnnlab.errors import ConfigError
-from cnnlab.experiments.runs import is_run_dir
+from cnnlab.run.records import is_run_dir
 from cnnlab.experiments.sweep import job_dirs
 
 STUDY_FILE = "study.yaml"

@@ -62,7 +62,7 @@ def _launch_apart(launcher, job_overrides, initial_job_idx):
                 log.info("job %d done", idx)
             return result
         except BrokenProcessPool as died:  # its worker was killed: this job alone is lost
-            from cnnlab.experiments.sweep import note_job
+            from cnnlab.experiments.job_notes import note_job
 
             reason = _how_it_died(died)
             job_dir = _job_dir(launcher, overrides, idx, sweep_dir)

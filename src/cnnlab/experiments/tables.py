@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnlab.experiments.runs import RunRecord
+from cnnlab.run.records import RunRecord
 
 # Resolved keys that differ between any two runs without being a choice: where files go, the launch itself.
 IGNORED_PREFIXES = ("paths.", "hydra.", "trainer.resume", "task_name")

@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from cnnlab.errors import ConfigError
-from cnnlab.experiments.runs import RunRecord, read_curve
+from cnnlab.run.records import RunRecord, read_curve
 from cnnlab.experiments.tables import mean_std
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.runner import LessonResult

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
-from cnnlab.experiments.runs import OVERRIDES_FILE, RunRecord, read_yaml, read_run
+from cnnlab.run.records import OVERRIDES_FILE, RunRecord, read_yaml, read_run
 from cnnlab.run.rundir import record_failure
 from cnnlab.lab.lessons import Lesson
 from cnnlab.util.outpaths import write_bytes_atomic

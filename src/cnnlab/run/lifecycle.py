@@ -31,7 +31,7 @@ from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.top_k import TopK
 from cnnlab.engine.trainer import Trainer, optimizer_steps_per_epoch
 from cnnlab.errors import ConfigError, RunError, disk_full
-from cnnlab.experiments.runs import read_overrides
+from cnnlab.run.records import read_overrides
 from cnnlab.run.finetune import Freezer, load_pretrained
 from cnnlab.models.inspector import LayerFailure, summarize, totals_lines
 from cnnlab.engine.losses import run_loss

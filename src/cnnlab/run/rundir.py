@@ -70,7 +70,7 @@ def record_failure(run_dir: Path, error, kind: str = "train", overrides: list[st
     """failure.json in run_dir, saying why this job did not finish, only if run_dir is this job's: claimed by it,
     or claimed now when it holds nothing of another run (a job that failed before its claim). A dir that holds
     another run, or a live one, gets nothing (returns None): its own records stay as they were."""
-    from cnnlab.experiments.runs import write_failure  # the record's format
+    from cnnlab.run.records import write_failure  # the record's format
 
     run_dir = Path(run_dir)
     if not owned(run_dir):

@@ -24,7 +24,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.run import rundir
-from cnnlab.experiments.runs import write_failure
+from cnnlab.run.records import write_failure
 from cnnlab.util.masking import MaskingFilter
 from cnnlab.search.space import Param, has_key
 

@@ -4,8 +4,7 @@ import pytest
 
 from cnnlab.errors import RunError
 from cnnlab.run.records import write_failure
-from cnnlab.util.outpaths import write_atomic, write_bytes_atomic
-from cnnlab.run.runinfo import write_json
+from cnnlab.util.outpaths import write_atomic, write_bytes_atomic, write_json
 
 
 def test_text_and_bytes_no_temp_left(tmp_path):

@@ -27,7 +27,7 @@ from cnnlab.engine.metrics import confusion_metrics, precision_recall_f1
 from cnnlab.run.weights import built_parts, load_trained_model
 from cnnlab.run.restore import check_split_unchanged, saved_run_config
 from cnnlab.run.rundir import claim
-from cnnlab.run.runinfo import write_json
+from cnnlab.util.outpaths import write_json
 from cnnlab.config.checks import command_key_problems
 from cnnlab.engine.tta import VIEWS, TTAModel, resolve_resize
 from cnnlab.run.validate import fit_topk, known_classes, validate

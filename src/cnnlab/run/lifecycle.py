@@ -40,7 +40,8 @@ from cnnlab.models import build_model
 from cnnlab.engine.optim import build_optimizer, build_schedule
 from cnnlab.run.restore import carry_best_checkpoint, resume_config
 from cnnlab.run.rundir import claim, startup_disk_message
-from cnnlab.run.runinfo import environment, flat_hparams, write_json
+from cnnlab.run.runinfo import environment, flat_hparams
+from cnnlab.util.outpaths import write_json
 from cnnlab.engine.seeding import seed_everything
 from cnnlab.run.validate import fit_topk, known_classes, validate
 

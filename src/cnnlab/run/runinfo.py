@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import torch
 
 from cnnlab import __version__
 from cnnlab.util.masking import mask, masked_argv
-from cnnlab.util.outpaths import write_bytes_atomic
 from cnnlab.util.source_tree import git_commit
 
 _PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "tensorboard", "numpy", "mlxtend")
@@ -46,10 +43,6 @@ def environment(device: torch.device, dist=None) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cudnn"] = torch.backends.cudnn.version()
     return info
-
-
-def write_json(obj, path: Path) -> None:
-    write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", Path(path))
 
 
 def flat_hparams(config: dict, first=()) -> dict:

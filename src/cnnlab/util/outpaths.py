@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import stat
 import struct
@@ -160,6 +161,11 @@ def write_bytes_atomic(data: bytes | str, path: Path) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json(obj, path: Path) -> None:
+    """`obj` as indented JSON (non-JSON values as str), written with write_bytes_atomic."""
+    write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", Path(path))
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ from typing import Iterable
 import torch
 
 from cnnlab.errors import ConfigError
-from cnnlab.run.runinfo import write_json
+from cnnlab.util.outpaths import write_json
 
 log = logging.getLogger(__name__)
 

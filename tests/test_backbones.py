@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError
-from cnnlab.run.finetune import head_names
+from cnnlab.engine.freezing import head_names
 from cnnlab.models import build_model, model_config_problems
 from cnnlab.run.validate import validate
 

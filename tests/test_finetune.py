@@ -87,3 +87,10 @@ def test_resume_and_finetune_checkpoint_together_are_refused(task_a, make_cfg, t
     overrides = [f"trainer.resume={run_dir}", f"finetune.checkpoint={run_dir}"]
     with pytest.raises(ConfigError, match="trainer.resume=.* and finetune.checkpoint=.* cannot be combined"):
         train(make_cfg(*overrides, run="both"), overrides=overrides)
+
+
+def test_in_modules_matches_a_module_and_what_lies_inside_it():
+    from cnnlab.engine.freezing import in_modules
+
+    assert in_modules("layer1", ["layer1"]) and in_modules("layer1.0.conv1", ["fc", "layer1"])
+    assert not in_modules("layer10", ["layer1"]) and not in_modules("layer", ["layer1"]) and not in_modules("fc", [])

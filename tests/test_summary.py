@@ -278,7 +278,7 @@ def test_summary_of_a_real_model_matches_the_meta_build_and_leaves_it_untouched(
 
 
 def test_frozen_parameters_are_reported_as_frozen():
-    from cnnlab.run.finetune import Freezer
+    from cnnlab.engine.freezing import Freezer
 
     with torch.device("meta"):
         model = build_model(entry_cfg("lenet5"), 1, 10, (28, 28))

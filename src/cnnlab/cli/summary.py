@@ -29,7 +29,7 @@ from cnnlab.cli.common import reports_config_errors
 from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.data.build import data_info, discovered_classes
 from cnnlab.errors import ConfigError
-from cnnlab.run.finetune import Freezer
+from cnnlab.engine.freezing import Freezer
 from cnnlab.models.inspector import summarize
 from cnnlab.models import build_model
 from cnnlab.util.outpaths import check_target, read_text, write_atomic

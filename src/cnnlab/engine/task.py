@@ -28,7 +28,7 @@ from cnnlab.engine.distributed import SINGLE, Dist
 if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
     from cnnlab.engine.averaging import WeightAverage
     from cnnlab.engine.early_stopping import MonitoredMetric
-    from cnnlab.run.finetune import Freezer
+    from cnnlab.engine.freezing import Freezer
     from cnnlab.engine.optim import LRSchedule
 
 

@@ -32,7 +32,8 @@ from cnnlab.engine.top_k import TopK
 from cnnlab.engine.trainer import Trainer, optimizer_steps_per_epoch
 from cnnlab.errors import ConfigError, RunError, disk_full
 from cnnlab.run.records import read_overrides
-from cnnlab.run.finetune import Freezer, load_pretrained
+from cnnlab.engine.freezing import Freezer
+from cnnlab.run.finetune import load_pretrained
 from cnnlab.models.inspector import LayerFailure, summarize, totals_lines
 from cnnlab.engine.losses import run_loss
 from cnnlab.util.masking import masked

@@ -96,3 +96,12 @@ def test_bad_tta_settings_are_refused_before_any_output(trained_run, make_cfg, t
         evaluate(make_cfg(*overrides, config_name="eval", run="eval_bad"), overrides=overrides)
     assert not (tmp_path / "eval_bad").exists()
 
+
+
+def test_side_problem_names_a_side_above_the_limit_and_passes_one_at_it():
+    from cnnlab.config.limits import MAX_SIDE, side_problem
+
+    assert side_problem("data.input_size", [MAX_SIDE, 28], [MAX_SIDE, 28]) is None
+    line = side_problem("tta_resize", MAX_SIDE + 1, [MAX_SIDE + 1, 30])
+    assert line.startswith(f"tta_resize={MAX_SIDE + 1} is larger than cnnlab accepts")
+    assert line.endswith("resize or tile the images")

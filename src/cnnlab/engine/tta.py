@@ -57,7 +57,7 @@ def resolve_resize(tta: str, tta_resize, input_size) -> list[int] | None:
         size = [round(h * scale), round(w * scale)]
     else:
         size = [int(s) for s in tta_resize]
-    from cnnlab.run.validate import side_problem
+    from cnnlab.config.limits import side_problem
 
     problem = side_problem("tta_resize", tta_resize, size)
     if problem:

@@ -18,6 +18,7 @@ from cnnlab.util.dotted import import_parent
 from cnnlab.errors import ConfigError
 from cnnlab.models import model_config_problems
 from cnnlab.config.checks import config_problems
+from cnnlab.config.limits import side_problem
 
 log = logging.getLogger("cnnlab")
 
@@ -96,13 +97,6 @@ def _number(cfg, key):
     return value if _is_number(value) else None
 
 
-# The largest image side cnnlab accepts (data.input_size, a generated set's image_size, tta_resize): 8192 px is
-# beyond any CNN classification input in use (whole-slide and satellite images are tiled far smaller), and one
-# 3 x 8192 x 8192 float image is already 800 MB; a typo such as 100000 would otherwise fail with a MemoryError deep
-# in decoding or resizing.
-MAX_SIDE = 8192
-
-
 def max_workers() -> int:
     """The most data.num_workers cnnlab accepts: 4 per CPU this process may use. Loader workers are processes
     that decode images; beyond one per core they only wait on each other, and a few per core still help when
@@ -118,15 +112,6 @@ def memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def side_problem(key: str, value, sides) -> str | None:
-    """A size whose side is above MAX_SIDE, as the one line naming it (None when it fits)."""
-    if any(isinstance(s, int) and s > MAX_SIDE for s in sides):
-        return (f"{key}={value!r} is larger than cnnlab accepts: each side must be at most {MAX_SIDE} pixels "
-                f"(an image that size is already {3 * MAX_SIDE * MAX_SIDE * 4 / 2**30:.1f} GiB as floats); "
-                f"resize or tile the images")
-    return None
 
 
 def _machine_problems(cfg) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.errors import ConfigError
-from cnnlab.run.rundir import register_resolvers
+from cnnlab.config.resolvers import register_resolvers
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/cnnlab: the wheel puts configs/ there
 

@@ -90,13 +90,6 @@ def startup_disk_message(path, error: OSError) -> str:
             f"same command again")
 
 
-def register_resolvers() -> None:
-    """`${pid:}`: this process's id, which no other process running on this machine has. Cached like Hydra's
-    `${now:...}`, so every job of a sweep resolves the same sweep dir. Pure: resolving it creates nothing
-    (OmegaConf also resolves a value that an override replaces)."""
-    OmegaConf.register_new_resolver("pid", lambda: str(os.getpid()), use_cache=True, replace=True)
-
-
 def results_in(run_dir: Path) -> list[str]:
     """The results of a run found in `run_dir` (relative names)."""
     if not run_dir.is_dir():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.errors import RunError
+from cnnlab.lab.arms import QUIET, arm_overrides
 from cnnlab.lab.lessons import Lesson
 
 log = logging.getLogger("cnnlab.lab")
@@ -37,8 +38,6 @@ def _command(module: str, args: list[str], log_file: Path) -> None:
 
 def _doctor(lesson: Lesson, arm: str, result, overrides: list[str]) -> dict:
     """cnnlab-doctor on the arm's first-seed config; returns its doctor.json."""
-    from cnnlab.lab.runner import QUIET, arm_overrides
-
     run_dir = result.out_dir / "doctor" / arm
     args = [*QUIET, *arm_overrides(lesson, arm, lesson.seeds[0], result.quick, overrides),
             *(DOCTOR_QUICK if result.quick else []), "logger=none", f"hydra.run.dir={run_dir}"]

@@ -21,7 +21,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.run.records import RunRecord, read_curve
 from cnnlab.experiments.tables import mean_std
 from cnnlab.lab.lessons import Lesson, lesson_names
-from cnnlab.lab.runner import LessonResult
+from cnnlab.lab.arms import LessonResult
 from cnnlab.util.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
 from cnnlab.util.source_tree import git_commit
 

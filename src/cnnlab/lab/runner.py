@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError, RunError, TrainingStopped
 from cnnlab.run.records import OVERRIDES_FILE, RunRecord, read_yaml, read_run
 from cnnlab.run.rundir import record_failure
+from cnnlab.lab.arms import QUIET, ArmResult, LessonResult, arm_overrides
 from cnnlab.lab.lessons import Lesson
 from cnnlab.util.outpaths import write_bytes_atomic
 
@@ -29,34 +29,6 @@ log = logging.getLogger("cnnlab.lab")
 
 LAB_FILE = "lab.json"
 LESSON_MARKER = ".cnnlab-lab.json"   # {"lesson": name, "quick": bool}: whose runs a lesson folder holds
-QUIET = ["trainer.progress=none", "trainer.summary=none", "logger.histogram_every_n_epochs=0",
-         "paths.existing_run=clear"]
-
-
-@dataclass
-class ArmResult:
-    name: str
-    overrides: list[str]
-    runs: list[RunRecord] = field(default_factory=list)
-
-
-@dataclass
-class LessonResult:
-    lesson: Lesson
-    out_dir: Path
-    quick: bool
-    arms: list[ArmResult]
-    seconds: float = 0.0
-    extras: dict = field(default_factory=dict)   # what the extra step measured (plots, values)
-    measured: dict = field(default_factory=dict)  # date, machine, commit of the run (lab.json)
-
-
-def arm_overrides(lesson: Lesson, arm: str, seed: int, quick: bool, extra: list[str],
-                  source: Path | None = None) -> list[str]:
-    """The overrides of one run: the lesson's, the arm's, the seed, quick settings, then the user's (last wins);
-    {source} in an arm's override is the lesson's source run dir."""
-    arm_part = [o.replace("{source}", str(source)) for o in lesson.arms[arm]]
-    return [*lesson.common, *arm_part, f"seed={seed}", *(lesson.quick if quick else []), *extra]
 
 
 def lesson_dir(root: Path, lesson: Lesson, quick: bool, existing: bool = False) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
+from cnnlab.engine.early_stopping import MonitoredMetric, resolve_monitor_mode
 from cnnlab.engine.trainer import Trainer
 from cnnlab.run.lifecycle import train
 
@@ -37,10 +37,10 @@ def test_max_mode_and_nan():
 
 
 def test_mode_follows_the_metric_name():
-    assert resolve_mode("val/loss", "auto") == "min"
-    assert resolve_mode("val/acc", "auto") == "max"
-    assert resolve_mode("val/acc_top5", "auto") == "max"
-    assert resolve_mode("val/acc", "min") == "min"
+    assert resolve_monitor_mode("val/loss", "auto") == "min"
+    assert resolve_monitor_mode("val/acc", "auto") == "max"
+    assert resolve_monitor_mode("val/acc_top5", "auto") == "max"
+    assert resolve_monitor_mode("val/acc", "min") == "min"
 
 
 def test_trainer_stops_at_the_right_epoch_and_tests_the_best_weights(make_cfg, monkeypatch, tmp_path):

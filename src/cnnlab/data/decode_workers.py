@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.data.decoding import UnreadableImage, read_pixels
-from cnnlab.engine.progress import resolve_mode
+from cnnlab.engine.progress import resolve_progress_mode
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Progress:
         self.total, self.what, self.done = total, what, 0
         self.start = self.last_log = time.monotonic()
         self.bar = None
-        if sys.stderr is not None and resolve_mode("auto", sys.stderr) == "bar":  # trainer.progress=auto's rule
+        if sys.stderr is not None and resolve_progress_mode("auto", sys.stderr) == "bar":  # as trainer.progress=auto
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="decoding images", unit="img", leave=False, dynamic_ncols=True,

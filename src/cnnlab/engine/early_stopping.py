@@ -6,7 +6,7 @@ import math
 
 
 
-def resolve_mode(monitor: str, mode: str) -> str:
+def resolve_monitor_mode(monitor: str, mode: str) -> str:
     """min for losses, max for accuracies, unless the config says otherwise."""
     if mode in ("min", "max"):
         return mode

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 log = logging.getLogger("cnnlab")
 
-def resolve_mode(mode: str, stream=None) -> str:
+def resolve_progress_mode(mode: str, stream=None) -> str:
     """`trainer.progress` (one of cnnlab.config.schema.Progress) with auto decided by the stream."""
     if mode == "auto":
         stream = stream or sys.stderr
@@ -25,7 +25,7 @@ class Progress:
     REFRESH_S = 0.5
 
     def __init__(self, mode: str, max_epochs: int, log_every_n_steps: int = 0):
-        self.mode = resolve_mode(mode)
+        self.mode = resolve_progress_mode(mode)
         self.max_epochs = max_epochs
         self.log_every = int(log_every_n_steps)
         self.bar = None

@@ -22,7 +22,7 @@ from cnnlab.engine.devices import configure_backends, resolve_channels_last, res
 from cnnlab.engine.averaging import SWA, SWASchedule, build_average
 from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights, training_weights_key
-from cnnlab.engine.early_stopping import MonitoredMetric, resolve_mode
+from cnnlab.engine.early_stopping import MonitoredMetric, resolve_monitor_mode
 from cnnlab.engine.metrics_csv import FILE_NAME as METRICS_CSV, MetricsCSV
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.safety import disk_message
@@ -112,7 +112,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
 
     precision = resolve_precision(tcfg.precision, device)
-    mode = resolve_mode(tcfg.monitor, tcfg.monitor_mode)
+    mode = resolve_monitor_mode(tcfg.monitor, tcfg.monitor_mode)
     progress = Progress(tcfg.progress, int(tcfg.max_epochs), int(tcfg.log_every_n_steps))
     monitored = MonitoredMetric(tcfg.monitor, mode, int(tcfg.early_stopping.patience),
                                 float(tcfg.early_stopping.min_delta))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from cnnlab.engine.early_stopping import resolve_mode
+from cnnlab.engine.early_stopping import resolve_monitor_mode
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.util.outpaths import write_bytes_atomic
 
@@ -107,7 +107,7 @@ def read_run(run_dir: Path) -> RunRecord:
         run_dir=run_dir, overrides=overrides, config=config, metrics=metrics, status=status, error=error,
         wall_time_s=metrics.get("wall_time_s"), best_epoch=best_epoch if isinstance(best_epoch, int) else None,
         monitor=str(monitor) if monitor else None,
-        monitor_mode=resolve_mode(str(monitor), str(mode)) if monitor else None, failure=failure)
+        monitor_mode=resolve_monitor_mode(str(monitor), str(mode)) if monitor else None, failure=failure)
 
 
 def _failure_is_stale(run_dir: Path, failure: dict) -> bool:

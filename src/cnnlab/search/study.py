@@ -12,7 +12,7 @@ import json
 import optuna
 from optuna.distributions import distribution_to_json
 
-from cnnlab.engine.early_stopping import resolve_mode
+from cnnlab.engine.early_stopping import resolve_monitor_mode
 from cnnlab.errors import ConfigError
 from cnnlab.search.space import Param
 
@@ -26,7 +26,7 @@ def objective_direction(metric: str, direction: str) -> str:
     """maximize | minimize; `auto` follows the metric like trainer.monitor_mode=auto (accuracies up, losses down)."""
     if direction != "auto":
         return direction
-    return "maximize" if resolve_mode(metric, "auto") == "max" else "minimize"
+    return "maximize" if resolve_monitor_mode(metric, "auto") == "max" else "minimize"
 
 
 def logged_val_metrics(topk) -> list[str]:

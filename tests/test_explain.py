@@ -16,7 +16,7 @@ from cnnlab.run.weights import load_trained_model
 from cnnlab.run.lifecycle import train
 from cnnlab.visualize.figures import denormalize
 from cnnlab.visualize.gradcam import gradcam_maps
-from cnnlab.visualize.layers import default_gradcam_layer, probe_layers
+from cnnlab.visualize.layer_probe import default_gradcam_layer, probe_layers
 from conftest import compose_cfg
 
 LENET_PICTURES = {"filters_features.0", "feature_maps_features.0", "feature_maps_features.3", "gradcam", "mistakes"}

@@ -38,7 +38,7 @@ from cnnlab.visualize.feature_maps import capture, feature_maps_figure
 from cnnlab.visualize.figures import denormalize, save_png
 from cnnlab.visualize.filters import filters_figure
 from cnnlab.visualize.gradcam import gradcam_figure, gradcam_maps
-from cnnlab.visualize.layers import (conv_layers, default_gradcam_layer, find_conv_layer, find_spatial_layer,
+from cnnlab.visualize.layer_probe import (conv_layers, default_gradcam_layer, find_conv_layer, find_spatial_layer,
                                      probe_layers, spread)
 from cnnlab.visualize.mistakes import ConfidentMistakes, mistakes_figure
 

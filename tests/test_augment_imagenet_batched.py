@@ -214,12 +214,14 @@ def test_imagenet_preset_takes_the_fast_path(make_cfg):
 
 def test_training_with_the_imagenet_preset_on_the_fast_path(make_cfg, monkeypatch):
     from cnnlab.data import build as build_module
+    from cnnlab.data import bundle as bundle_module
     from cnnlab.run.lifecycle import train
 
     def no_dataloader_path(transforms):
         raise AssertionError("augment=imagenet took the per-sample DataLoader path")
 
     monkeypatch.setattr(build_module, "build_v2_pipeline", no_dataloader_path)
+    monkeypatch.setattr(bundle_module, "build_v2_pipeline", no_dataloader_path)  # the pipeline's trial run
     cfg = make_cfg("augment=imagenet", "trainer.max_epochs=1", "trainer.limit_train_batches=3")
     metrics = train(cfg, overrides=[])
     assert math.isfinite(metrics["test/loss"]) and metrics["epochs_completed"] == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.data.build import DataInfo
+from cnnlab.data.bundle import DataInfo
 from cnnlab.data.loaders import Normalize
 from cnnlab.data.sources import mnist_sample
 from cnnlab.engine.checkpoint import find_checkpoint

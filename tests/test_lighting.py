@@ -184,6 +184,6 @@ def test_a_saved_config_may_name_lighting_but_no_other_cnnlab_class(make_cfg):
     own = make_cfg()  # the user's config: augment=mnist, nothing of cnnlab's
     saved = make_cfg(*SHAPES, "augment=alexnet")
     check_trusted_targets(saved, own, "the saved config")  # allowed by trusted_targets: cnnlab.data.transforms.
-    with pytest.raises(ConfigError, match="cnnlab.data.build.DataBundle' in the saved config is not trusted"):
-        crafted = make_cfg(*SHAPES, "augment=alexnet", "augment.transforms.0._target_=cnnlab.data.build.DataBundle")
+    with pytest.raises(ConfigError, match="cnnlab.data.bundle.DataBundle' in the saved config is not trusted"):
+        crafted = make_cfg(*SHAPES, "augment=alexnet", "augment.transforms.0._target_=cnnlab.data.bundle.DataBundle")
         check_trusted_targets(crafted, own, "the saved config")

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from cnnlab import __version__
 from cnnlab.cli.common import reports_config_errors
-from cnnlab.data.build import DataInfo
+from cnnlab.data.bundle import DataInfo
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.run.weights import load_trained_model

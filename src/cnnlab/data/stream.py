@@ -295,7 +295,7 @@ class StreamLoader:
 
 def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: bool, shard: tuple[int, int]):
     """build_data for data=webdataset: the manifest gives classes, sizes and mean/std; the shards stream."""
-    from cnnlab.data import build  # build_data's shared parts; build imports this module only for data=webdataset
+    from cnnlab.data.bundle import DataBundle, augment_parts, check_pipeline, info_from
     from cnnlab.data.augment import build_v2_pipeline
     from cnnlab.data.sources import Pool
     from cnnlab.data.transforms import lighting
@@ -316,12 +316,12 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
                 raise ConfigError(f"data.{key}=null and the manifest {manifest.where} gives no {key} for "
                                   f"{channels}-channel images; set data.mean and data.std")
             found[key] = [float(v) for v in stats[key]]
-    info = build.info_from(cfg, found, subset=None)
+    info = info_from(cfg, found, subset=None)
     rank, world = shard
     workers = int(cfg.num_workers)
     _check_shard_counts(shards["train"], world, workers)
 
-    transforms, mix_cfg = build.augment_parts(augment) if train_augment else ([], None)
+    transforms, mix_cfg = augment_parts(augment) if train_augment else ([], None)
     if any(hasattr(e, "get") and e.get("_target_") == lighting.TARGET and
            (e.get("eigval") is None or e.get("eigvec") is None) for e in transforms):
         raise ConfigError(f"{lighting.TARGET} needs eigval and eigvec with data=webdataset (the stream has no "
@@ -332,7 +332,7 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
                   num_classes=info.num_classes, seed=seed)
     if transforms:  # a bad transform fails now, on the first training sample, not mid-epoch
         first = _first_sample(shards["train"][0], ShardStream(**stream))
-        build.check_pipeline(transforms, "dataloader", Pool(first[1], images=first[0][None]), None, info)
+        check_pipeline(transforms, "dataloader", Pool(first[1], images=first[0][None]), None, info)
     common = dict(mean=info.mean, std=info.std, seed=seed, device=device, num_workers=workers, rank=rank, world=world)
     train = StreamLoader(shards["train"], ShardStream(**stream, transform=pipeline, buffer=int(cfg.shuffle_buffer)),
                          int(cfg.batch_size), train=True, mix=mix, **common)
@@ -348,8 +348,7 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
              len(shards["val"]), len(shards["test"]), manifest.where, workers, device,
              f", each of {world} processes takes {per_process(sizes['train'], world)} training images per epoch"
              if world > 1 else "")
-    return build.DataBundle(info, train, val, test, loader_kind="stream", sizes=sizes, found=found,
-                            class_counts=counts)
+    return DataBundle(info, train, val, test, loader_kind="stream", sizes=sizes, found=found, class_counts=counts)
 
 
 def _check_classes(cfg, manifest) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.data.build import DataInfo, data_info
+from cnnlab.data.build import data_info
+from cnnlab.data.bundle import DataInfo
 from cnnlab.engine.checkpoint import load_checkpoint, load_model_weights, saved_config
 from cnnlab.models import build_model
 from cnnlab.run.restore import check_trusted_code, repo_listed

@@ -33,24 +33,3 @@ def test_multirun_sweeps_into_the_multirun_dir(run_cli, tmp_path):
     assert [m.parent.name for m in metrics] == ["0", "1"]
     configs = [(m.parent / "config_resolved.yaml").read_text() for m in metrics]
     assert "torch.optim.SGD" in configs[0] and "torch.optim.Adam\n" in configs[1]
-
-
-def test_no_module_imports_a_command_module():
-    """The console scripts share code through library modules (cnnlab.run.restore, cnnlab.run.weights, ...), never
-    through one another: each entry point stays thin and can change without breaking the others."""
-    import ast
-    import tomllib
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    scripts = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["scripts"]
-    commands = {target.split(":")[0] for target in scripts.values()}
-    forwarders = {"cnnlab.train", "cnnlab.lab.__main__"}  # `python -m` entry points kept for torchrun and scripts
-    for path in sorted((repo / "src" / "cnnlab").rglob("*.py")):
-        module = ".".join(path.relative_to(repo / "src").with_suffix("").parts).removesuffix(".__init__")
-        if module in forwarders:
-            continue
-        tree = ast.parse(path.read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-        assert not (imported & commands) - {module}, f"{module} imports {sorted((imported & commands) - {module})}"

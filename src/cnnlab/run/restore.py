@@ -1,10 +1,12 @@
 """A saved run coming back: its config with this command line on top, and the checks that it may be used so.
 
 `cnnlab-train trainer.resume=...` continues a run from its checkpoint; `cnnlab-eval` rebuilds a run's data
-and model from the config saved in its checkpoint. Both take that config as data, apply only the keys the
-command line sets, and refuse what would change the checkpoint's meaning (`check_compatible`,
-`check_split_unchanged`), instantiate a class the user never chose (`check_trusted_targets`) or run a hub
-repository's code the user did not trust on this command (`check_trusted_repo`).
+and model from the config saved in its checkpoint, and cnnlab-predict, -export and -explain its model. All of
+them restore that config with `saved_run_config`: read as data, brought to the current keys (config.migrate).
+Resume and eval then apply only the keys the command line sets, and refuse what would change the checkpoint's
+meaning (`check_compatible`, `check_split_unchanged`), instantiate a class the user never chose
+(`check_trusted_targets`) or run a hub repository's code the user did not trust on this command
+(`check_trusted_repo`).
 """
 
 from __future__ import annotations

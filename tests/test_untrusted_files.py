@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cnnlab.config.migrate import CONFIG_VERSION, CONFIG_VERSION_KEY
 from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint, saved_config
 from cnnlab.errors import ConfigError
 from cnnlab.cli.evaluate import evaluate
@@ -115,7 +116,8 @@ def test_classes_named_in_a_saved_config_are_never_imported_unless_trusted(train
 
 def test_a_saved_literal_dollar_brace_round_trips_unchanged(tmp_path):
     """A value that really is the text '${...}' (escaped in the user's YAML) comes back as that text."""
-    ckpt = {"config": {"model": {"name": "mlp"}, "note": "cost ${x} \\${y} \\\\${z}", "items": ["${a}", 3]}}
+    ckpt = {"config": {"model": {"name": "mlp"}, "note": "cost ${x} \\${y} \\\\${z}", "items": ["${a}", 3]},
+            CONFIG_VERSION_KEY: CONFIG_VERSION}  # a current config: the migration adds no key
     cfg = saved_config(ckpt)
     assert OmegaConf.to_container(cfg, resolve=True) == ckpt["config"]
     again = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # as apply_overrides copies it

@@ -24,8 +24,8 @@ from cnnlab.engine.trainer import evaluate_model
 from cnnlab.errors import ConfigError
 from cnnlab.engine.losses import run_loss
 from cnnlab.engine.metrics import confusion_metrics, precision_recall_f1
-from cnnlab.run.weights import built_parts, load_trained_model
-from cnnlab.run.restore import check_split_unchanged, saved_run_config
+from cnnlab.run.weights import load_trained_model
+from cnnlab.run.restore import built_parts, check_split_unchanged, saved_run_config
 from cnnlab.run.rundir import claim
 from cnnlab.util.outpaths import write_json
 from cnnlab.config.checks import command_key_problems

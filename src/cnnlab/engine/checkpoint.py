@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnlab.config.compose import literal
+from cnnlab.config.migrate import checkpoint_config
 from cnnlab.errors import ConfigError
 from cnnlab.util.outpaths import write_bytes_atomic
 
@@ -167,15 +168,16 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def saved_config(ckpt: dict):
-    """The checkpoint's config as a DictConfig whose values are data, never expressions.
+def saved_config(ckpt: dict, source: str = "the checkpoint"):
+    """The checkpoint's config, brought to the current keys (`config.migrate`), as a DictConfig whose values are
+    data, never expressions. `source` names the file in the refusal of a config newer than this cnnlab.
 
     cnnlab stores configs resolved, so a `${...}` in one is either a literal the user escaped or something
     crafted (`${oc.env:...}` would copy the environment into the new run, `${oc.create:...}` would build a
     `_target_` the trust check never saw). Every such string is escaped: it stays the literal text.
     The trust and the downloads the trainer allowed (model.trust_repo, data.download) are turned off.
     """
-    cfg = OmegaConf.create(literal(ckpt["config"]))
+    cfg = OmegaConf.create(literal(checkpoint_config(ckpt, source)))
     if OmegaConf.is_dict(cfg.get("model")) and "trust_repo" in cfg.model:
         cfg.model.trust_repo = False  # model=hub: the trainer's trust; restore.check_trusted_code asks this command's
     if OmegaConf.is_dict(cfg.get("data")) and cfg.data.get("download") is not None:

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from cnnlab import __version__
 from cnnlab.engine.callbacks import NOTHING_KEPT, Callback, ModelCheckpoint, overrides
+from cnnlab.config.migrate import CONFIG_VERSION, CONFIG_VERSION_KEY
 from cnnlab.engine.checkpoint import CKPT_DIR, FORMAT_VERSION, RAW_WEIGHTS, config_hash, unreadable_reason
 from cnnlab.engine.safety import (StopSignals, disk_message, divergence_message, is_out_of_memory,
                                   out_of_memory_message)
@@ -599,6 +600,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "config": self.context.config,
             "config_hash": config_hash(self.context.config),
+            CONFIG_VERSION_KEY: CONFIG_VERSION,
         }
         average = task.average
         if average is not None:

@@ -1,14 +1,17 @@
 """A saved run coming back: its config with this command line on top, and the checks that it may be used so.
 
 `cnnlab-train trainer.resume=...` continues a run from its checkpoint; `cnnlab-eval` rebuilds a run's data
-and model from the config saved in its checkpoint. Both take that config as data, apply only the keys the
-command line sets, and refuse what would change the checkpoint's meaning (`check_compatible`,
-`check_split_unchanged`), instantiate a class the user never chose (`check_trusted_targets`) or run a hub
-repository's code the user did not trust on this command (`check_trusted_repo`).
+and model from the config saved in its checkpoint, and cnnlab-predict, -export and -explain its model. All of
+them restore that config with `saved_run_config`: read as data, brought to the current keys (config.migrate).
+Resume and eval then apply only the keys the command line sets, and refuse what would change the checkpoint's
+meaning (`check_compatible`, `check_split_unchanged`), instantiate a class the user never chose
+(`check_trusted_targets`) or run a hub repository's code the user did not trust on this command
+(`check_trusted_repo`).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import logging
@@ -20,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config.compose import apply_overrides, command_line_keys, flat_differences, targets
 from cnnlab.engine.checkpoint import find_checkpoint, saved_config
 from cnnlab.errors import ConfigError
+from cnnlab.run.validate import validate
 
 log = logging.getLogger("cnnlab")
 
@@ -49,25 +53,59 @@ def resume_config(cfg: DictConfig, overrides: list[str]):
     return merged, ckpt, path
 
 
-def saved_run_config(cfg: DictConfig, ckpt: dict, path, overrides: list[str], *, skip: tuple[str, ...] = (),
-                     fixed: dict | None = None, untrusted_ok: tuple[str, ...] = ()):
-    """A checkpoint's saved config with only the keys this command line sets (`overrides`, less the command's
-    own `skip` keys) taken from `cfg`, and `fixed` values the command itself sets; then the checks that a file
-    cannot choose what runs or where cnnlab writes. Returns (saved, merged, keys: the keys taken from `cfg`).
+def saved_run_config(cfg: DictConfig | None, ckpt: dict, path, overrides: list[str] | None = None, *,
+                     skip: tuple[str, ...] = (), fixed: dict | None = None, untrusted_ok: tuple[str, ...] = (),
+                     trusted_repos: tuple[str, ...] = ()):
+    """A saved run's config as a command uses it: every command that restores one (resume, cnnlab-eval,
+    cnnlab-predict, cnnlab-export, cnnlab-explain) starts here. Returns (saved, merged, keys).
 
-    `untrusted_ok`: _target_ key prefixes the command never instantiates (eval: the optimizer and scheduler).
-    The caller adds its own checks (resume: check_compatible; eval: check_split_unchanged)."""
-    saved = saved_config(ckpt)
-    keys = command_line_keys(overrides, skip=skip + ("experiment",)) + ["paths"]
+    `saved`: the checkpoint's config read as data (`saved_config`: no `${...}` resolved, trust and downloads
+    off) and brought to the current keys (`config.migrate`: a config of an earlier cnnlab gains the keys that
+    appeared since, with the values that keep its behaviour).
+
+    A Hydra command (`cfg` given: resume, eval) takes only the keys its command line sets (`overrides`, less the
+    command's own `skip` keys) from `cfg`, and the `fixed` values the command itself sets; then the checks that a
+    file cannot choose what runs or where cnnlab writes. `keys`: the keys taken from `cfg`. `untrusted_ok`:
+    _target_ key prefixes the command never instantiates (eval: the optimizer and scheduler). The caller adds its
+    own checks (resume: check_compatible; eval: check_split_unchanged).
+
+    A command without a config (`cfg` None: predict, export, explain) uses the saved config alone: a hub model's
+    code runs only for a repository among `trusted_repos` (its --trust-repo values), and the parts it builds
+    (data description and model) are validated; merged is saved, keys is empty."""
+    source = f"the config saved in {path}"
+    saved = saved_config(ckpt, source)
+    if cfg is None:
+        check_trusted_code(saved, source, repo_listed(saved, trusted_repos), "add --trust-repo {repo} to this command")
+        view = built_parts(saved)
+        if OmegaConf.is_dict(view.get("data")) and "num_workers" in view.data:
+            view.data.num_workers = 0  # no data is loaded here: the machine that trained may have had more cores
+        validate(view)
+        return saved, saved, []
+    keys = command_line_keys(overrides or [], skip=skip + ("experiment",)) + ["paths"]
     merged = apply_overrides(saved, cfg, keys)
     for key, value in (fixed or {}).items():
         OmegaConf.update(merged, key, value, force_add=True)
-    source = f"the config saved in {path}"
     check_download(merged, keys, source)
     check_trust_override(saved, merged, cfg, keys, source)
     check_trusted_targets(merged, cfg, source, skip=untrusted_ok)
     check_trusted_repo(merged, cfg, keys, source)
     return saved, merged, keys
+
+
+# What stands in for the sections a model rebuilt from its checkpoint never builds, for validation only.
+_NEVER_BUILT = {"optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+                "scheduler": {"_target_": None, "interval": "epoch", "warmup_epochs": 0},
+                "augment.transforms": []}
+
+
+def built_parts(cfg: DictConfig) -> DictConfig:
+    """The saved config as predict, export and explain use it: its data and model. The optimizer, scheduler and
+    augmentation classes it names are never built by them, so they are not validated either: validating would
+    import the modules they name, and with no config of the user's here no trusted_targets could vouch for them."""
+    view = copy.deepcopy(cfg)  # the escaped ${...} literals stay escaped
+    for key, stand_in in _NEVER_BUILT.items():
+        OmegaConf.update(view, key, stand_in, merge=False, force_add=True)
+    return view
 
 
 def check_compatible(saved: DictConfig, merged: DictConfig, path, mid_epoch: bool = False) -> None:

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 from cnnlab.data import build_data
-from cnnlab.data.augment import ColorJitter, RandomResizedCrop, batched_unsupported
+from cnnlab.data.augment import batched_unsupported
+from cnnlab.data.batch_colour import ColorJitter
+from cnnlab.data.batch_geometry import RandomResizedCrop
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF

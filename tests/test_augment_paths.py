@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
 from cnnlab.data import build_data
-from cnnlab.data.augment import BatchAugment, RandomAffine, RandomErasing, build_v2_pipeline
+from cnnlab.data.augment import BatchAugment, build_v2_pipeline
+from cnnlab.data.batch_geometry import RandomAffine, RandomErasing, box_tries
 from cnnlab.data.mixing import BatchMix
 from cnnlab.errors import ConfigError
 from omegaconf import OmegaConf
@@ -188,3 +190,14 @@ def test_size_changing_pipeline_is_refused(make_cfg):
     cfg = make_cfg("augment=imagenet", "augment.transforms.0.size=[20,20]")
     with pytest.raises(ConfigError, match=r"turn a \(1, 28, 28\) image into \(1, 20, 20\).*data.input_size"):
         build_data(cfg.data, 0, CPU, cfg.augment)
+
+
+def test_box_tries_draws_boxes_of_the_asked_area_and_aspect_ratio():
+    g = torch.Generator().manual_seed(0)
+    log_ratio = (math.log(0.5), math.log(2.0))
+    long_side, short_side = box_tries(64, 20, 30, (0.1, 0.4), log_ratio, g, "cpu")
+    assert long_side.shape == short_side.shape == (64, 10) and long_side.dtype == torch.long
+    area = (long_side * short_side).float() / (20 * 30)
+    ratio = long_side.float() / short_side.float()
+    assert area.min() > 0.05 and area.max() < 0.45  # 0.1-0.4 of the image, give or take the rounding
+    assert ratio.min() > 0.4 and ratio.max() < 2.5

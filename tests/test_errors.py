@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnlab.config.compose import config_dir
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, first_line
 from cnnlab.config.checks import check_override_keys
 from cnnlab.run.lifecycle import train
 
@@ -162,3 +162,8 @@ def test_cli_bad_value_exits_2_with_one_line(run_cli, tmp_path):
     assert done.returncode == 2
     assert "error: optimizer.lr=-1 must be > 0" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_first_line_of_an_error_is_its_message_s_first_line_or_its_type():
+    assert first_line(OSError("disk full\nmore detail")) == "disk full"
+    assert first_line(RuntimeError("  \n")) == "RuntimeError"

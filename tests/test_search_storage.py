@@ -14,8 +14,10 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnlab.errors import ConfigError
-from cnnlab.search.storage import (INTERRUPTED, FAIL_REASON, RETRY_OF, WORKER_STARTED, open_storage,
-                                   recover_interrupted, study_lock, trial_slot)
+from cnnlab.search.locks import study_lock
+from cnnlab.search.recovery import recover_interrupted
+from cnnlab.search.slots import FAIL_REASON, INTERRUPTED, RETRY_OF, WORKER_STARTED, trial_slot
+from cnnlab.search.storage import open_storage
 from conftest import cli_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -27,7 +29,10 @@ WORKER = """
 import sys, time
 from pathlib import Path
 import optuna
-from cnnlab.search.storage import heartbeat, open_storage, recover_interrupted, study_lock, trial_slot
+from cnnlab.search.locks import study_lock
+from cnnlab.search.recovery import recover_interrupted
+from cnnlab.search.slots import heartbeat, trial_slot
+from cnnlab.search.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study_dir, url, n_trials, retry, sleep_s, hang_on = sys.argv[1:]
 storage = open_storage(url or None, Path(study_dir), heartbeat_s=1)

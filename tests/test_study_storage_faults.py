@@ -21,7 +21,9 @@ from optuna.trial import TrialState
 
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import ConfigError, RunError
-from cnnlab.search import storage as stores
+from cnnlab.search import journal as journals
+from cnnlab.search.database import with_driver
+from cnnlab.search.storage import open_storage
 from cnnlab.search.plan import plan_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,7 +76,7 @@ def study(finished_study, tmp_path) -> Path:
 
 
 def trials_of(study_dir: Path) -> list:
-    return optuna.load_study(study_name="s", storage=stores.open_storage(None, study_dir)).trials
+    return optuna.load_study(study_name="s", storage=open_storage(None, study_dir)).trials
 
 
 # --- a journal cut short or damaged ---------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def test_a_journal_cut_short_by_a_full_disk_is_read_up_to_its_last_record_by_tun
 
 def test_a_journal_write_failing_on_a_full_disk_leaves_no_half_record(study, monkeypatch):
     journal = study / "study.journal"
-    storage = stores.open_storage(None, study)
+    storage = open_storage(None, study)
     loaded = optuna.load_study(study_name="s", storage=storage)
     before = journal.read_bytes()
     real_write = os.write
@@ -117,14 +119,14 @@ def test_a_journal_write_failing_on_a_full_disk_leaves_no_half_record(study, mon
         real_write(fd, bytes(data[: len(data) // 2]))  # what fits, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stores.os, "write", full_disk)
+    monkeypatch.setattr(journals.os, "write", full_disk)
     with pytest.raises(RunError, match=r"cannot write the study's journal .*No space left on device.*run the same "
                                        r"command again"):
         loaded.set_user_attr("note", "x" * 100)
     assert journal.read_bytes() == before
-    monkeypatch.setattr(stores.os, "write", real_write)  # space freed
+    monkeypatch.setattr(journals.os, "write", real_write)  # space freed
     loaded.set_user_attr("note", "y")
-    assert optuna.load_study(study_name="s", storage=stores.open_storage(None, study)).user_attrs["note"] == "y"
+    assert optuna.load_study(study_name="s", storage=open_storage(None, study)).user_attrs["note"] == "y"
 
 
 # cnnlab-tune with the disk filling up after a few journal writes (in the first trial)
@@ -258,7 +260,7 @@ def test_compare_reads_a_postgres_study_with_the_driver_tune_used(postgres_study
     assert (tmp_path / "b" / "optimization_history.png").is_file()
     password = postgres_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
-    assert str(stores.with_driver(__import__("sqlalchemy").engine.make_url(postgres_url)).drivername) == \
+    assert str(with_driver(__import__("sqlalchemy").engine.make_url(postgres_url)).drivername) == \
         "postgresql+psycopg2"
 
 
@@ -385,5 +387,5 @@ def test_a_killed_worker_ends_the_command_in_one_line_saying_how_to_continue(tmp
     again = subprocess.run(cmd, cwd=tmp_path, env=dict(cli_env(), OMP_NUM_THREADS="1"), capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, said(again)
-    trials = optuna.load_study(study_name="k", storage=stores.open_storage(None, tmp_path / "search" / "k")).trials
+    trials = optuna.load_study(study_name="k", storage=open_storage(None, tmp_path / "search" / "k")).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4

@@ -16,6 +16,12 @@ def write_failure(error: OSError) -> str:
     return "the disk is full" if disk_full(error) else (error.strerror or str(error))
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ConfigError(ValueError):
     """A config value, override or file the user supplied cannot be used.
 

@@ -27,7 +27,7 @@ from cnnlab.run.records import is_run_dir, read_run
 from cnnlab.cli.launchers import under_torchrun
 from cnnlab.experiments.tables import write_summary
 from cnnlab.util.masking import mask_logs
-from cnnlab.search import storage as stores
+from cnnlab.search.slots import counted
 from cnnlab.search.plan import check_workers, plan_search
 from cnnlab.search.trial import TRIALS_DIR, Interrupted
 from cnnlab.search.worker import WorkerFailed, run_workers
@@ -42,7 +42,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab logs one line per trial itself
     mask_logs()  # tune.log and the console never show a database password given on the command line
     plan, study, continued = plan_search(cfg, hydra_overrides())
-    done = sum(stores.counted(t) for t in study.get_trials(deepcopy=False))
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     log.info("study %s in %s: %s; %d of %d trials %s, objective %s (%s)", plan.study_name, plan.study_dir,
              "continued" if continued else "new", min(done, plan.n_trials), plan.n_trials,
              "done or running", plan.metric, study.direction.name.lower())

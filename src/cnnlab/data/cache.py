@@ -1,16 +1,10 @@
 """The decoded cache: an image folder's split decoded once to a uint8 array (N, C, H, W) on disk, memory-mapped
 by every later run (sweep jobs, search trials, torchrun ranks) instead of decoded again.
 
-An entry is a directory `<cache_dir>/<folder part>-<files part>`: the first hash covers cnnlab's cache format,
-the resolved root, channels, input size and resize mode; the second the sorted file list (relative path,
-size, mtime_ns) and the labels. A folder that gained, lost or changed a file finds its old entry by the first
-part, says what changed, and the old entry is removed once the new one is complete. An entry holds
-images.npy (the pixels, a plain .npy file), labels.npy, files.json (the list it was built from) and
-meta.json, written last. It is built under a temporary name and renamed into place when complete, while the
-builder holds `.<entry>.lock` (fcntl.flock); another process blocks on the lock, then maps what was built; a
-builder that died leaves the lock free and its temporary directory is cleared by the next one. A cache dir
-that cannot be used (or a disk that fills during the build) falls back to decoding into this process's
-memory with one warning. docs/data.md, "The decoded cache".
+An entry is a directory `<cache_dir>/<folder part>-<files part>` holding images.npy, labels.npy, files.json
+and meta.json (written last), built under a temporary name and renamed into place while the builder holds
+`.<entry>.lock` (fcntl.flock). Its key, what is checked on reading and what happens when the cache dir cannot
+be used: docs/data.md, "The decoded cache".
 """
 
 from __future__ import annotations

@@ -5,20 +5,8 @@ The Trainer drives an average at three moments: `after_step` (every optimizer st
 (SWA's phase and learning rate begin) and `after_epoch` (SWA: average the epoch-end weights, then recompute
 the batch-norm statistics with `update_bn`). Once an average holds weights (`active`), it is what validation
 measures, what the final test uses and what a checkpoint's "model" holds; the raw training weights travel
-under "raw_model" for resume only (cnnlab.engine.checkpoint.RAW_WEIGHTS).
-
-EMA, after each optimizer step t (every trainer.ema.every_n_steps steps):
-    ema = decay_t * ema + (1 - decay_t) * weights,   decay_t = min(decay, (1 + t) / (10 + t)) with warm-up
-the warm-up of tf.train.ExponentialMovingAverage(num_updates=t): early averages follow the weights closely
-instead of remembering the random initialisation for ~1 / (1 - decay) steps. (timm's ModelEmaV3 warms up with
-1 - (1 + t / gamma) ** -power instead; the torchvision references reset the average during LR warm-up.)
-Parameters and buffers are averaged (use_buffers=True), batch-norm statistics included, as timm does; integer
-buffers (num_batches_tracked) are copied. The first update copies the weights (AveragedModel's rule).
-
-SWA (Izmailov et al. 2018), from epoch trainer.swa.start_epoch on: the configured schedule stops and SWALR
-anneals the rate to trainer.swa.lr over trainer.swa.anneal_epochs epochs (stepped at each epoch end), the
-average takes the weights at the end of every epoch (an equal-weight running mean), and `update_bn` recomputes
-its batch-norm statistics over that epoch's training batches, so the average can be validated every epoch.
+under "raw_model" for resume only (cnnlab.engine.checkpoint.RAW_WEIGHTS). The EMA's warm-up and what SWA
+averages when: docs/training.md, "Averaged weights".
 """
 
 from __future__ import annotations

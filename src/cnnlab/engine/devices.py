@@ -103,15 +103,8 @@ class ConvProfile:
         return cls(sum(isinstance(m, nn.Conv2d) for m in model.modules()))
 
 
-# Where `auto` turns NHWC on for a model with Conv2d layers. CUDA: cuDNN's NHWC kernels (tensor cores under
-# autocast) are the standard choice. CPU: oneDNN's NHWC convolutions measured faster for every model tried, small
-# and shallow ones included (scripts/bench_channels_last.py, training img/s NHWC/NCHW on 2 cores, median of 8
-# paired ABBA rounds, quartiles; two sessions; docs/benchmarks.md):
-#   LeNet-5 / mnist_sample, batch 64      1.101 (1.090-1.177)   1.089 (1.058-1.159)
-#   ResNet-20 / shapes, batch 128         1.223 (0.948-1.364)   1.303 (1.196-1.375)
-#   convnet / shapes, batch 128           1.160 (1.099-1.351)   1.181 (1.151-1.273)
-# and through Trainer.fit (--engine): LeNet-5 1.064 (1.007-1.143), ResNet-20 1.391, convnet 1.158.
-# MPS: not measured, so it keeps NCHW.
+# Where `auto` turns NHWC on for a model with Conv2d layers; MPS, not measured, keeps NCHW. The measurements:
+# docs/benchmarks.md, "Device defaults".
 NHWC_DEVICES = ("cuda", "cpu")
 
 

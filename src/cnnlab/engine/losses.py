@@ -2,15 +2,7 @@
 
 Class weights (trainer.class_weights) make a class's samples count more or less; every loss reduces to a
 weighted mean, so a batch's loss keeps its scale and one-hot dense targets (an unmixed batch under
-augment/mix) give exactly what their integer labels give:
-
-- cross_entropy: torch's `F.cross_entropy(weight=w)`. Integer labels: sum_i w[y_i] * CE_i / sum_i w[y_i]
-  (with label smoothing, torch's weighted smoothing term, over the same denominator). Dense (mixed) targets
-  t_i: sum_i sum_c w_c t_ic (-log p_ic) / sum_i sum_c w_c t_ic (torch alone would divide by the batch size).
-- bce and mse: each sample's loss (the mean over classes of its element-wise loss) is weighted by its target's
-  class weight s_i = sum_c w_c t_ic (w[y_i] for an integer label): sum_i s_i * L_i / sum_i s_i. Not
-  `pos_weight`: that re-weights the positives of every class column against its negatives (multi-label
-  imbalance); here, as for cross-entropy, a weight says how much an image of that class counts.
+augment/mix) give exactly what their integer labels give. Each loss's formula: docs/data.md, "Class imbalance".
 """
 
 from __future__ import annotations

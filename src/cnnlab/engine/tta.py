@@ -1,15 +1,6 @@
-"""Test-time augmentation for cnnlab-eval: every image is classified as several views, the softmax outputs
-of the views are averaged.
-
-  flip       the image and its mirror image (2 views)
-  five_crop  the image resized to `tta_resize`, then its four corner crops and its centre crop of the input
-             size (5 views)
-  ten_crop   those five and the same five crops of the mirrored resized image (10 views): AlexNet's averaging
-             of ten 224-pixel patches of a 256-pixel image, as torchvision's TenCrop crops them
-
-The views are cut from the batch the loader gives (already normalised; bilinear resizing commutes with the
-per-channel normalisation) on the device, and the model sees one view of the whole batch per forward pass,
-so memory stays that of evaluation without TTA.
+"""Test-time augmentation for cnnlab-eval: every image is classified as several views (flip, five_crop,
+ten_crop), the softmax outputs of the views are averaged; the views and how they are cut: docs/evaluation.md,
+"Test-time augmentation".
 
 `TTAModel` returns log(mean of the views' softmax), so argmax, top-k and the confusion matrix use the
 averaged probabilities, and cross-entropy on its output is the negative log-likelihood of the averaged

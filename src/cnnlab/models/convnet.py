@@ -1,20 +1,5 @@
-"""`convnet`: a network written layer by layer in the config, in the style of a Keras Sequential model.
-
-    layers:
-      - {type: conv, filters: 8, kernel: 3, stride: 1, padding: same, activation: relu}
-      - {type: pool, kind: max, kernel: 2}
-      - {type: flatten}
-      - {type: dense, units: 512, activation: relu}
-
-Shapes are tracked by arithmetic (O = floor((W - K + 2P) / S) + 1), so dense layers need no in_features and a
-layer that would shrink the map below 1x1 is reported with its index. `padding: same` follows TF/Keras:
-output = ceil(W / S) for any stride, the total padding max((ceil(W/S) - 1) * S + K - W, 0) split with the odd
-pixel on the bottom/right (explicit nn.ZeroPad2d where it is asymmetric).
-
-Output layer: if the list ends with a dense layer, that layer is the output and its `units` must equal
-data.num_classes (and it takes no activation: the loss wants logits). Otherwise a dense layer of num_classes
-units is appended (after a flatten if the last output is still a map). A dense layer directly after a
-spatial layer flattens first, as if {type: flatten} preceded it.
+"""`convnet`: a network written layer by layer in the config, in the style of a Keras Sequential model; its
+shape arithmetic, `padding: same` and the output layer's rule: docs/zoo.md, "A network described in YAML".
 """
 
 from __future__ import annotations

@@ -21,7 +21,11 @@ from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError
 from cnnlab.util.masking import masked, masked_argv
 from cnnlab.run.rundir import claim_study
-from cnnlab.search import storage as stores
+from cnnlab.search.database import mask_password
+from cnnlab.search.journal import JOURNAL_NAME
+from cnnlab.search.locks import study_lock
+from cnnlab.search.recovery import recover_interrupted
+from cnnlab.search.storage import open_storage
 from cnnlab.search.space import Param, config_groups, group_options, has_key, key_problems, parse_space
 from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_val_metrics, objective_direction,
                                  open_study)
@@ -62,10 +66,10 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
 
     check_workers(int(search["workers"]))
     study_dir = Path(cfg.paths.output_dir)
-    if search["storage"] is None and not (study_dir / stores.JOURNAL_NAME).exists():
+    if search["storage"] is None and not (study_dir / JOURNAL_NAME).exists():
         check_trial_dirs(None, search["study_name"], study_dir)  # before the journal file is created
     claim_study(study_dir)  # never a run's dir: their files would mix
-    storage = stores.open_storage(search["storage"], study_dir)
+    storage = open_storage(search["storage"], study_dir)
     check_trial_dirs(storage, search["study_name"], study_dir)
     n_trials = int(search["n_trials"])
     if search["sampler"]["name"] == "grid" and grid_size(params) is not None and grid_size(params) < n_trials:
@@ -75,7 +79,7 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
     study, continued = open_study(storage, search["study_name"], params, metric, direction,
                                   build_sampler(search, params), build_pruner(search, max_epochs), base_overrides)
     # a continued study first settles the trials its earlier workers left RUNNING (killed, crashed)
-    stores.recover_interrupted(study, bool(search["retry_interrupted"]), stores.study_lock(study_dir, storage))
+    recover_interrupted(study, bool(search["retry_interrupted"]), study_lock(study_dir, storage))
     _write_study_file(study_dir, search, metric, direction, command_line)
     timeout = search["timeout"]
     plan = WorkerPlan(study_dir, search["study_name"], search["storage"], search, params, tune_overrides,
@@ -115,8 +119,8 @@ def check_trial_dirs(storage, name: str, study_dir: Path) -> None:
     unknown = [n for n in numbered if n >= known]
     if not unknown:
         return
-    where = (f"the storage {stores.mask_password(url)}" if (url := getattr(storage, "url", None)) else
-             f"{study_dir / stores.JOURNAL_NAME}")
+    where = (f"the storage {mask_password(url)}" if (url := getattr(storage, "url", None)) else
+             f"{study_dir / JOURNAL_NAME}")
     shown = ", ".join(f"{n:04d}" for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
     raise ConfigError(
         f"search.study_name={name}: {study_dir / TRIALS_DIR} holds {len(unknown)} trial run dir(s) ({shown}) that "

@@ -1,18 +1,9 @@
 """The search space of `cnnlab-tune`: `search.space` as Optuna distributions and as training overrides.
 
-Each entry of `search.space` names one trial parameter:
-
-    lr:                      # the parameter's name in Optuna (plots, the study's best params)
-      key: optimizer.lr      # the config key it sets, or a config group (model, optimizer) to choose an option
-      type: float            # float | int | categorical
-      low: 1.0e-4
-      high: 0.1
-      log: true              # sample on a log scale (low > 0)
-      step: null             # float/int: a grid of low, low+step, ..., high (needed by the grid sampler)
-      choices: null          # categorical: the values (or the group's options)
-
-The schema (cnnlab.config.schema.SearchParam) checks types; the rules between an entry's keys, and whether its key
-exists, are checked here, every problem at once, before any trial runs.
+Each entry of `search.space` names one trial parameter (`key`, `type`, `low`/`high`, `log`, `step`, `choices`:
+docs/experiments.md, "What a search declares"). The schema (cnnlab.config.schema.SearchParam) checks types; the
+rules between an entry's keys, and whether its key exists, are checked here, every problem at once, before any
+trial runs.
 """
 
 from __future__ import annotations

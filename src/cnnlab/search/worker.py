@@ -1,7 +1,7 @@
 """A search worker: takes trials of the shared study until the budget is used, the time is up, or a signal.
 
 `cnnlab-tune` runs one worker in its own process, or `search.workers` of them as child processes (each a
-fresh interpreter, `spawn`), all on the same study through its storage; `cnnlab.search.storage` makes sure
+fresh interpreter, `spawn`), all on the same study through its storage; `cnnlab.search.slots` makes sure
 that together they start exactly `search.n_trials` trials.
 """
 
@@ -21,7 +21,9 @@ import torch
 from cnnlab.config.compose import compose_config
 from cnnlab.errors import RunError
 from cnnlab.util.masking import mask_logs
-from cnnlab.search import storage as stores
+from cnnlab.search.locks import study_lock
+from cnnlab.search.slots import heartbeat, trial_slot
+from cnnlab.search.storage import open_storage
 from cnnlab.search.space import Param
 from cnnlab.search.study import build_pruner, build_sampler
 from cnnlab.search.trial import Interrupted, TrialSetup, record, run_trial, trial_config, trial_dir
@@ -60,22 +62,22 @@ class TrialComposer:
 
 def work(plan: WorkerPlan, worker: int = 0) -> int:
     """Run trials until none is left; returns how many this worker ran."""
-    storage = stores.open_storage(plan.storage_url, plan.study_dir)
+    storage = open_storage(plan.storage_url, plan.study_dir)
     study = optuna.load_study(study_name=plan.study_name, storage=storage,
                               pruner=build_pruner(plan.search, plan.max_epochs))
     # a fresh single-worker study draws from search.seed itself; a continued one or another worker elsewhere
     study.sampler = build_sampler(plan.search, plan.params, stream=len(study.trials) * 1009 + worker)
-    lock = stores.study_lock(plan.study_dir, storage)
+    lock = study_lock(plan.study_dir, storage)
     setup = TrialSetup(plan.study_dir, plan.params, plan.base_overrides, plan.metric,
                        TrialComposer(plan.tune_overrides), train)
     ran = 0
     while plan.deadline is None or time.time() < plan.deadline:
-        trial = stores.trial_slot(study, plan.n_trials, lock)
+        trial = trial_slot(study, plan.n_trials, lock)
         if trial is None:
             break
         log.info("trial %d: starting in %s", trial.number, trial_dir(plan.study_dir, trial.number))
         try:
-            with stores.heartbeat(study, trial):
+            with heartbeat(study, trial):
                 outcome = run_trial(trial, setup)
         except Interrupted as stop:
             record(study, trial, stop.outcome)

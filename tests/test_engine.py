@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
-from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressDisplay, overrides
+from cnnlab.engine.callbacks import NOTHING_KEPT, Callback, overrides
+from cnnlab.engine.run_callbacks import CheckpointsOfRankZero, EarlyStopping, ModelCheckpoint, ProgressDisplay
 from cnnlab.engine.metrics_csv import MetricsCSV
 from cnnlab.engine.task import TrainLoader
 from cnnlab.engine.metrics import MetricTracker
@@ -140,3 +141,32 @@ def test_no_private_method_of_another_object_is_called():
                 if owner not in ("self", "cls") and not name.startswith("__") and f"{owner}.{name}" != "os._exit":
                     found.append(f"{path.relative_to(SRC)}:{number}: {owner}.{name}(")
     assert not found, found
+
+
+def test_the_other_processes_name_rank_zeros_resume_point_and_write_nothing(tmp_path):
+    for save_last, path in ((True, tmp_path / "last.ckpt"), (False, None)):
+        keeper = CheckpointsOfRankZero(tmp_path, save_last)
+        assert keeper.resume_path == path and keeper.save_resume_point({"epoch": 1}) == path
+        keeper.wait()
+        assert keeper.kept() == NOTHING_KEPT and list(tmp_path.iterdir()) == []
+
+
+def test_no_engine_module_imports_one_that_imports_it_back():
+    """Every import statement counts (under TYPE_CHECKING and inside functions too); the Trainer's modules
+    import the callback base only, never the run's concrete callbacks."""
+    import ast
+
+    engine = SRC / "engine"
+    imports = {}
+    for path in engine.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cnnlab.engine"):
+                names |= {node.module.removeprefix("cnnlab.engine").lstrip(".") or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name.removeprefix("cnnlab.engine.") for a in node.names}
+        imports[path.stem] = names
+    mutual = sorted((a, b) for a in imports for b in imports[a] if a in imports.get(b, ()))
+    assert not mutual, mutual
+    for loop in ("trainer", "stepping", "interruption", "evaluation"):
+        assert "run_callbacks" not in imports[loop]

@@ -20,7 +20,7 @@ from cnnlab.data import build_data
 from cnnlab.engine.devices import resolve_device, resolve_precision
 from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.engine.task import reported_topk
-from cnnlab.engine.trainer import evaluate_model
+from cnnlab.engine.evaluation import evaluate_model
 from cnnlab.errors import ConfigError
 from cnnlab.engine.losses import run_loss
 from cnnlab.engine.metrics import confusion_metrics, precision_recall_f1
@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     # the run's loss, weighted as in training (auto: the same training counts)
     metrics, confusion = evaluate_model(model, data.split(split), run_loss(run_cfg, data.class_counts, announce=False),
                                         split, ks=reported_topk(tcfg.topk), device=device,
-                                        autocast=lambda: precision.autocast(device.type), with_confusion=True)
+                                        precision=precision, with_confusion=True)
     if tta != "none" and str(tcfg.loss) != "cross_entropy":  # the averaged softmax is no input for bce or mse
         metrics.pop(f"{split}/loss", None)
     classes = list(loaded.info.classes)

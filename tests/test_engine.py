@@ -10,9 +10,10 @@ import torch
 
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
 from cnnlab.engine.callbacks import NOTHING_KEPT, Callback, overrides
+from cnnlab.engine.evaluation import evaluate_split
 from cnnlab.engine.run_callbacks import CheckpointsOfRankZero, EarlyStopping, ModelCheckpoint, ProgressDisplay
 from cnnlab.engine.metrics_csv import MetricsCSV
-from cnnlab.engine.task import TrainLoader
+from cnnlab.engine.task import TrainLoader, reported_topk
 from cnnlab.engine.metrics import MetricTracker
 from cnnlab.run.lifecycle import prepare
 
@@ -99,6 +100,24 @@ def test_a_callback_can_end_training(make_cfg, tmp_path):
     run.trainer.teardown()
     assert [m["epoch"] for m in history] == [1, 2] and run.trainer.stopped_early
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_the_trainers_test_pass_reports_what_cnnlab_eval_reports(make_cfg):
+    """One model and loader: Trainer.test and the evaluation cnnlab-eval runs (evaluate_split, called as
+    cli/evaluate.py calls it) give the same metrics, per-class scores and confusion matrix."""
+    run = prepare(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.topk=[3]",
+                           "trainer.test_with=last", "logger=none"), overrides=[])
+    run.trainer.fit(run.data.train, run.data.val)
+    classes = run.data.info.classes
+    tcfg = run.cfg.trainer
+    report = evaluate_split(run.model, run.data.test, run.trainer.task.loss, "test", list(classes),
+                            ks=reported_topk(tcfg.topk), device=run.trainer.device,
+                            precision=run.trainer.context.precision)
+    metrics = run.trainer.test(run.data.test, classes)
+    run.trainer.teardown()
+    assert metrics == {**report.metrics, **report.per_class, "test/confusion_matrix": report.confusion.tolist()}
+    assert {"test/loss", "test/acc", "test/acc_top3", "test/per_class_acc"} <= set(metrics)
+    assert int(report.confusion.sum()) == run.data.sizes["test"]
 
 
 def test_both_loaders_implement_the_train_loader_protocol():

@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
-from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressDisplay, overrides
+from cnnlab.engine.callbacks import NOTHING_KEPT, Callback, overrides
+from cnnlab.engine.evaluation import evaluate_split
+from cnnlab.engine.run_callbacks import CheckpointsOfRankZero, EarlyStopping, ModelCheckpoint, ProgressDisplay
 from cnnlab.engine.metrics_csv import MetricsCSV
-from cnnlab.engine.task import TrainLoader
+from cnnlab.engine.task import TrainLoader, reported_topk
 from cnnlab.engine.metrics import MetricTracker
 from cnnlab.run.lifecycle import prepare
 
@@ -100,6 +102,24 @@ def test_a_callback_can_end_training(make_cfg, tmp_path):
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
+def test_the_trainers_test_pass_reports_what_cnnlab_eval_reports(make_cfg):
+    """One model and loader: Trainer.test and the evaluation cnnlab-eval runs (evaluate_split, called as
+    cli/evaluate.py calls it) give the same metrics, per-class scores and confusion matrix."""
+    run = prepare(make_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.topk=[3]",
+                           "trainer.test_with=last", "logger=none"), overrides=[])
+    run.trainer.fit(run.data.train, run.data.val)
+    classes = run.data.info.classes
+    tcfg = run.cfg.trainer
+    report = evaluate_split(run.model, run.data.test, run.trainer.task.loss, "test", list(classes),
+                            ks=reported_topk(tcfg.topk), device=run.trainer.device,
+                            precision=run.trainer.context.precision)
+    metrics = run.trainer.test(run.data.test, classes)
+    run.trainer.teardown()
+    assert metrics == {**report.metrics, **report.per_class, "test/confusion_matrix": report.confusion.tolist()}
+    assert {"test/loss", "test/acc", "test/acc_top3", "test/per_class_acc"} <= set(metrics)
+    assert int(report.confusion.sum()) == run.data.sizes["test"]
+
+
 def test_both_loaders_implement_the_train_loader_protocol():
     images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
     labels = torch.arange(10) % 3
@@ -140,3 +160,32 @@ def test_no_private_method_of_another_object_is_called():
                 if owner not in ("self", "cls") and not name.startswith("__") and f"{owner}.{name}" != "os._exit":
                     found.append(f"{path.relative_to(SRC)}:{number}: {owner}.{name}(")
     assert not found, found
+
+
+def test_the_other_processes_name_rank_zeros_resume_point_and_write_nothing(tmp_path):
+    for save_last, path in ((True, tmp_path / "last.ckpt"), (False, None)):
+        keeper = CheckpointsOfRankZero(tmp_path, save_last)
+        assert keeper.resume_path == path and keeper.save_resume_point({"epoch": 1}) == path
+        keeper.wait()
+        assert keeper.kept() == NOTHING_KEPT and list(tmp_path.iterdir()) == []
+
+
+def test_no_engine_module_imports_one_that_imports_it_back():
+    """Every import statement counts (under TYPE_CHECKING and inside functions too); the Trainer's modules
+    import the callback base only, never the run's concrete callbacks."""
+    import ast
+
+    engine = SRC / "engine"
+    imports = {}
+    for path in engine.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cnnlab.engine"):
+                names |= {node.module.removeprefix("cnnlab.engine").lstrip(".") or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name.removeprefix("cnnlab.engine.") for a in node.names}
+        imports[path.stem] = names
+    mutual = sorted((a, b) for a in imports for b in imports[a] if a in imports.get(b, ()))
+    assert not mutual, mutual
+    for loop in ("trainer", "stepping", "interruption", "evaluation"):
+        assert "run_callbacks" not in imports[loop]

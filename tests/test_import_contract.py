@@ -37,8 +37,6 @@ FORWARDERS = frozenset({"cnnlab.train", "cnnlab.lab.__main__"})
 PENDING = frozenset({
     # config/checks.py asks the model zoo about a model's options: models is above config.
     ("cnnlab.config.checks", "cnnlab.models"),
-    # engine/callbacks.py names the Trainer (annotations) while engine/trainer.py runs the callbacks: a circle.
-    ("cnnlab.engine.callbacks", "cnnlab.engine.trainer"),
 })
 
 RULE_LAYERS = "layers import only downward"

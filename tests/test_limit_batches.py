@@ -52,7 +52,7 @@ def test_a_limit_that_is_not_a_positive_integer_is_refused(make_cfg, value):
 
 
 def test_evaluate_model_counts_only_the_first_batches():
-    from cnnlab.engine.trainer import evaluate_model
+    from cnnlab.engine.evaluation import evaluate_model
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(6)]

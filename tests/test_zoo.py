@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnlab.engine.trainer import split_outputs
+from cnnlab.engine.stepping import split_outputs
 from cnnlab.errors import ConfigError
 from cnnlab.models import build_model
 

@@ -20,10 +20,10 @@ from cnnlab.data import build_data
 from cnnlab.engine.devices import resolve_device, resolve_precision
 from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.engine.task import reported_topk
-from cnnlab.engine.trainer import evaluate_model
+from cnnlab.engine.evaluation import evaluate_split
 from cnnlab.errors import ConfigError
 from cnnlab.engine.losses import run_loss
-from cnnlab.engine.metrics import confusion_metrics, precision_recall_f1
+from cnnlab.engine.metrics import precision_recall_f1
 from cnnlab.run.weights import load_trained_model
 from cnnlab.run.restore import built_parts, check_split_unchanged, saved_run_config
 from cnnlab.run.rundir import claim
@@ -64,14 +64,13 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
 
     model = loaded.model if tta == "none" else TTAModel(loaded.model, tta, run_cfg.data.input_size, tta_resize)
-    # the run's loss, weighted as in training (auto: the same training counts)
-    metrics, confusion = evaluate_model(model, data.split(split), run_loss(run_cfg, data.class_counts, announce=False),
-                                        split, ks=reported_topk(tcfg.topk), device=device,
-                                        autocast=lambda: precision.autocast(device.type), with_confusion=True)
+    classes = list(loaded.info.classes)
+    # the Trainer's test pass: the run's loss, weighted as in training (auto: the same training counts)
+    report = evaluate_split(model, data.split(split), run_loss(run_cfg, data.class_counts, announce=False), split,
+                            classes, ks=reported_topk(tcfg.topk), device=device, precision=precision)
+    metrics, confusion = report.metrics, report.confusion
     if tta != "none" and str(tcfg.loss) != "cross_entropy":  # the averaged softmax is no input for bce or mse
         metrics.pop(f"{split}/loss", None)
-    classes = list(loaded.info.classes)
-    averages, per_class = confusion_metrics(confusion, classes, split)
     result = {
         "checkpoint": str(path),
         "epoch": loaded.epoch,
@@ -81,8 +80,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "tta_views": VIEWS[tta],
         "tta_resize": tta_resize,
         **metrics,
-        **averages,
-        **per_class,
+        **report.per_class,
         f"{split}/confusion_matrix": {"classes": classes, "matrix": confusion.tolist()},
     }
     write_json(result, out_dir / "eval_metrics.json")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnlab.engine.trainer import split_outputs
+from cnnlab.engine.stepping import split_outputs
 from cnnlab.engine.seeding import rng_state, set_rng_state
 
 # The first steps run at rates that change nothing; their smoothed loss is mostly the EMA settling in.

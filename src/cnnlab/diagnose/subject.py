@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.data import build_data
 from cnnlab.data.loaders import TensorLoader
-from cnnlab.engine.trainer import split_outputs
+from cnnlab.engine.stepping import split_outputs
 from cnnlab.engine.losses import Loss
 from cnnlab.engine.optim import build_optimizer
 

@@ -1,6 +1,6 @@
 """What a Trainer is given, in four groups, and what it needs of a training loader.
 
-    Trainer(task, options, context, callbacks)
+    Trainer(task, options, context, callbacks, checkpoints)
 
 - `Task`: what is trained and what counts as better: model, optimizer, LR schedule, loss, the monitored metric
   (best epoch, patience) and the fine-tuning freezer. Its state is what a checkpoint carries.
@@ -9,7 +9,8 @@
 - `RunContext`: where the run happens and what it records: device, precision, run dir, seed and the resolved
   config that every checkpoint carries.
 - callbacks: what happens around the loop (TensorBoard, checkpoint files, progress, early stopping), see
-  `cnnlab.engine.callbacks`.
+  `cnnlab.engine.callbacks`; `checkpoints`, the one among them that keeps the checkpoint files, seen as a
+  `cnnlab.engine.callbacks.CheckpointKeeper` (resume points on a stop request, what a failed run leaves).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn as nn
 from cnnlab.engine.devices import Precision
 from cnnlab.engine.distributed import SINGLE, Dist
 
-if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
+if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_split) and needs none of them
     from cnnlab.engine.averaging import WeightAverage
     from cnnlab.engine.early_stopping import MonitoredMetric
     from cnnlab.engine.freezing import Freezer

@@ -20,7 +20,8 @@ from cnnlab.data import build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
 from cnnlab.engine.averaging import SWA, SWASchedule, build_average
-from cnnlab.engine.callbacks import EarlyStopping, ModelCheckpoint, ProgressDisplay, TensorBoardCallback
+from cnnlab.engine.run_callbacks import (CheckpointsOfRankZero, EarlyStopping, ModelCheckpoint, ProgressDisplay,
+                                         TensorBoardCallback)
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights, training_weights_key
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_monitor_mode
 from cnnlab.engine.metrics_csv import FILE_NAME as METRICS_CSV, MetricsCSV
@@ -29,7 +30,8 @@ from cnnlab.engine.safety import disk_message
 from cnnlab.engine.task import RunContext, Task, TrainerOptions
 from cnnlab.engine.tensorboard import TensorBoardLogger
 from cnnlab.engine.top_k import TopK
-from cnnlab.engine.trainer import Trainer, optimizer_steps_per_epoch
+from cnnlab.engine.stepping import optimizer_steps_per_epoch
+from cnnlab.engine.trainer import Trainer
 from cnnlab.errors import ConfigError, RunError, disk_full
 from cnnlab.run.records import read_overrides
 from cnnlab.engine.freezing import Freezer
@@ -182,11 +184,14 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
         checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best),
                                       TopK(run_dir / CKPT_DIR, top_k, tcfg.monitor, mode) if top_k else None)
         callbacks += [checkpoints, MetricsCSV(run_dir / METRICS_CSV), ProgressDisplay(progress)]
+    else:  # the resume point rank 0 writes, named in this process's stop message
+        checkpoints = CheckpointsOfRankZero(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last))
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
     trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer, average),
                       TrainerOptions.from_config(tcfg, channels_last),
-                      RunContext(device, precision, run_dir, int(cfg.seed), config, dist), [*callbacks, *extra_callbacks])
+                      RunContext(device, precision, run_dir, int(cfg.seed), config, dist),
+                      [*callbacks, *extra_callbacks], checkpoints)
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
         if dist.is_main:

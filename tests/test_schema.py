@@ -15,7 +15,9 @@ from omegaconf import open_dict
 from cnnlab.config import schema
 from cnnlab.config.compose import compose_config, config_dir
 from cnnlab.errors import ConfigError
-from cnnlab.config.checks import _ctrl_c_deferred, closest, config_problems
+from cnnlab.config.checks import config_problems
+from cnnlab.config.messages import _ctrl_c_deferred, closest
+from cnnlab.models import model_config_problems
 from cnnlab.run.validate import validate
 
 CONFIGS = Path(config_dir())
@@ -96,7 +98,10 @@ def test_precision_given_as_a_number_is_the_choice_32(tmp_path):
 def test_inf_and_nan_are_refused_in_model_and_optimizer_arguments_the_schema_does_not_type(tmp_path):
     cfg = compose_config(["model=mlp", "model.dropout=inf", "+optimizer.foreach=true",
                           "+optimizer.maximize=false"], tmp_path)
-    assert config_problems(cfg) == ["model.dropout=inf is not a finite number: it must be a number"]
+    assert config_problems(cfg) == []  # the model section is the zoo's to check
+    assert model_config_problems(cfg.model) == ["model.dropout=inf is not a finite number: it must be a number"]
+    with pytest.raises(ConfigError, match=r"^model.dropout=inf is not a finite number: it must be a number$"):
+        validate(cfg)
 
 
 def test_closest_key_by_spelling_and_by_abbreviation():

@@ -33,7 +33,7 @@ from cnnlab.run.finetune import Freezer
 from cnnlab.models.inspector import summarize
 from cnnlab.models import build_model
 from cnnlab.util.outpaths import check_target, read_text, write_atomic
-from cnnlab.config.checks import check_override_keys
+from cnnlab.config.overrides import check_override_keys
 from cnnlab.run.validate import validate
 
 

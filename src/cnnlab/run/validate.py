@@ -33,6 +33,9 @@ def _is_number(value) -> bool:
 def validate(cfg: DictConfig, kind: str = "train") -> None:
     """Raise one ConfigError listing every problem of `cfg` (a `kind` of config: train, eval or summary)."""
     problems = config_problems(cfg, kind)
+    model = _get(cfg, "model")
+    if OmegaConf.is_dict(model):
+        problems += model_config_problems(model)
     bad_keys = {p.split("=", 1)[0].split(" ", 1)[0] for p in problems}
     problems += [p for p in _cross_key_problems(cfg) if p.split("=", 1)[0].split(" ", 1)[0] not in bad_keys]
     if problems:
@@ -67,7 +70,6 @@ def _cross_key_problems(cfg) -> list[str]:
     problems += _augment_problems(cfg)
     if _get(cfg, "optimizer.nesterov") and not (_number(cfg, "optimizer.momentum") or 0) > 0:
         problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
-    problems += _model_problems(cfg)
 
     warmup, epochs = _number(cfg, "scheduler.warmup_epochs"), _number(cfg, "trainer.max_epochs")
     if isinstance(warmup, int) and isinstance(epochs, int) and warmup > 0 and warmup >= epochs:
@@ -268,8 +270,3 @@ def _missing_class(target: str) -> str | None:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"it has: {', '.join(known[:40])}"
     return f"{module_name} has no {name!r}; {hint}"
-
-
-def _model_problems(cfg) -> list[str]:
-    model = _get(cfg, "model")
-    return [] if model is None else model_config_problems(model)

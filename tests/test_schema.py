@@ -144,3 +144,33 @@ def test_ctrl_c_while_the_schema_is_checked_waits_for_the_check_then_interrupts(
             reached_the_end.append(True)
     assert reached_the_end == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_model_section_is_checked_once_by_the_zoo_and_build_model_refuses_the_same(tmp_path):
+    """models.model_config_problems is the one check of the model section: name, init, keys, the builder's types,
+    NaN, the entry's rules; the validator reports what it finds, build_model refuses the same lines."""
+    from cnnlab.models import build_model
+
+    cfg = compose_config(["model=mlp", "model.dropout=high", "model.batch_norm=1"], tmp_path)
+    expected = ["model.dropout='high' must be a number", "model.batch_norm=1 must be true or false"]
+    assert model_config_problems(cfg.model) == expected
+    with pytest.raises(ConfigError) as refused:
+        validate(cfg)
+    assert refused.value.problems == expected
+    with pytest.raises(ConfigError, match=r"model.dropout='high' must be a number"):
+        build_model(cfg.model, 1, 10, (28, 28))
+    unknown = compose_config(["model=mlp", "+model.widht=3", "+model.bad=nan"], tmp_path)
+    assert model_config_problems(unknown.model) == [
+        "model 'mlp' has no key(s) model.bad, model.widht; it accepts activation, batch_norm, dropout, hidden",
+        "model.bad=nan must be a finite number"]
+
+
+def test_config_does_not_import_the_zoo():
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "cnnlab" / "config"
+    for path in src.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("cnnlab.models") for n in names), f"{path.name} imports the zoo"

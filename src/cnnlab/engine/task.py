@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from cnnlab.engine.devices import Precision
 from cnnlab.engine.distributed import SINGLE, Dist
+from cnnlab.engine.metrics import accuracy_key
 
 if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_model) and needs none of them
     from cnnlab.engine.averaging import WeightAverage
@@ -54,6 +55,12 @@ class Task:
 def reported_topk(topk) -> tuple[int, ...]:
     """The top-k accuracies a run (and cnnlab-eval) reports for trainer.topk: top-1 always, each k once, ascending."""
     return tuple(sorted({1, *(int(k) for k in topk)}))
+
+
+def validation_metrics(topk) -> list[str]:
+    """The metrics every epoch's validation logs for trainer.topk, sorted: the names trainer.monitor may take
+    (val/loss, val/acc, val/acc_top<k>; with trainer.ema or trainer.swa the average is validated under them)."""
+    return sorted(["val/loss", *(accuracy_key("val", k) for k in reported_topk(topk))])
 
 
 @dataclass(frozen=True)

@@ -119,11 +119,11 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     if caps is not None or cfg.get("sampler", "random") == "balanced":
         log.info("training images per class%s: %s", f" (data.max_per_class={_plain(cfg.max_per_class)})"
                  if caps is not None else "", counts)
-    if cfg.get("mean") is None or cfg.get("std") is None:
+    if cfg.mean is None or cfg.std is None:
         mean, std = measure_mean_std(pools["train"], source, full, seed)
-        if cfg.get("mean") is None:
+        if cfg.mean is None:
             found["mean"] = mean
-        if cfg.get("std") is None:
+        if cfg.std is None:
             found["std"] = std
     info = info_from(cfg, found, subset)
 
@@ -196,7 +196,7 @@ def info_from(cfg, found: dict, subset) -> DataInfo:
     classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(int(cfg.num_classes)))
     if subset is not None:
         classes = tuple(classes[i] for i in subset)
-    mean, std = found.get("mean", cfg.get("mean")), found.get("std", cfg.get("std"))
+    mean, std = found.get("mean", cfg.mean), found.get("std", cfg.std)
     return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=len(classes),
                     input_size=tuple(int(v) for v in cfg.input_size), classes=classes,
                     mean=tuple(float(v) for v in mean) if mean is not None else (),

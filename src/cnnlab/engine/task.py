@@ -86,7 +86,7 @@ class TrainerOptions:
         """From `cfg.trainer`; `channels_last`: the layout chosen for trainer.channels_last=auto."""
         return cls(
             max_epochs=int(cfg.max_epochs),
-            limit_train_batches=int(cfg.limit_train_batches) if cfg.get("limit_train_batches") else None,
+            limit_train_batches=int(cfg.limit_train_batches) if cfg.limit_train_batches else None,
             limit_val_batches=int(cfg.limit_val_batches) if cfg.get("limit_val_batches") else None,
             limit_test_batches=int(cfg.limit_test_batches) if cfg.get("limit_test_batches") else None,
             topk=reported_topk(cfg.topk),
@@ -94,8 +94,8 @@ class TrainerOptions:
             compile=bool(cfg.compile),
             grad_clip=float(cfg.grad_clip or 0.0),
             accumulate_grad_batches=int(cfg.get("accumulate_grad_batches", 1)),
-            nonfinite=str(cfg.get("nonfinite", "stop")),
-            handle_signals=bool(cfg.get("handle_signals", True)),
+            nonfinite=str(cfg.nonfinite),
+            handle_signals=bool(cfg.handle_signals),
             test_with=str(cfg.test_with),
             precision=str(cfg.precision),
         )

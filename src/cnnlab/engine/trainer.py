@@ -455,7 +455,7 @@ class Trainer:
         ckpt = self.checkpoint_callback
         if ckpt is not None:
             return ckpt.resume_path
-        save_last = self.context.config.get("trainer", {}).get("checkpoint", {}).get("save_last", False)
+        save_last = self.context.config["trainer"]["checkpoint"]["save_last"]
         return self.context.run_dir / CKPT_DIR / "last.ckpt" if self.dist.enabled and save_last else None
 
     def _stop_mid_epoch(self, train: TrainLoader, epoch: int, seconds: float, signum: int | None) -> None:

@@ -95,7 +95,7 @@ def _build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modu
         raise ConfigError(problems)
     if int(num_classes) < 1:
         raise ConfigError(f"data.num_classes={num_classes} must be at least 1")
-    name = cfg.get("name")
+    name = cfg["name"]
     builder = MODELS[name]
     kwargs = {k: v for k, v in cfg.items() if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")}
     init = cfg.get("init", "default") or "default"

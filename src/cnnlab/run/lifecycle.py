@@ -164,7 +164,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                                 backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
     exempt_from_gc()
     schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
-                              steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.get("limit_train_batches"),
+                              steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.limit_train_batches,
                                                                         int(tcfg.get("accumulate_grad_batches", 1))),
                               monitor_mode=mode)
     average = build_average(tcfg, model, optimizer)  # trainer.ema / trainer.swa (cnnlab.engine.averaging)

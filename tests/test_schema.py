@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from cnnlab.config import schema
+from cnnlab.config import fields
 from cnnlab.config.compose import compose_config, config_dir
 from cnnlab.errors import ConfigError
 from cnnlab.config.checks import config_problems
@@ -114,11 +114,11 @@ def test_closest_key_by_spelling_and_by_abbreviation():
 def test_choice_lists_are_declared_once_in_the_schema():
     """The modules that act on a choice hold no list of their own (the schema's Literal is the list)."""
     src = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
-    declared = {name: typing.get_args(getattr(schema, name)) for name in
+    declared = {name: typing.get_args(getattr(fields, name)) for name in
                 ("Progress", "MonitorMode", "PrecisionName", "Loss", "NonFinite", "Interval", "ResizeMode",
                  "LoaderKind", "ExistingRun", "SummaryMode")}
     for path in src.rglob("*.py"):
-        if path.name == "schema.py":
+        if path.name == "fields.py":
             continue
         text = path.read_text()
         for name, choices in declared.items():

@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, create_model
 
 from cnnlab.config import schema
+from cnnlab.config.data_schema import DATA_SOURCES
+from cnnlab.config.training_schema import OPTIMIZER_OWN_KEYS, SCHEDULER_OWN_KEYS, Optimizer, Scheduler
 from cnnlab.config.messages import closest, nonfinite, schema_problems
 from cnnlab.util.dotted import import_parent
 
@@ -31,11 +33,11 @@ def config_problems(cfg, kind: str = "train") -> list[str]:
     if isinstance(container.get("data"), dict):
         problems += _data_problems(container["data"])
     if isinstance(container.get("optimizer"), dict):
-        problems += _class_section_problems(container["optimizer"], "optimizer", schema.Optimizer,
-                                            schema.OPTIMIZER_OWN_KEYS, supplied=("params",))
+        problems += _class_section_problems(container["optimizer"], "optimizer", Optimizer,
+                                            OPTIMIZER_OWN_KEYS, supplied=("params",))
     if isinstance(container.get("scheduler"), dict):
-        problems += _class_section_problems(container["scheduler"], "scheduler", schema.Scheduler,
-                                            schema.SCHEDULER_OWN_KEYS, supplied=("optimizer",))
+        problems += _class_section_problems(container["scheduler"], "scheduler", Scheduler,
+                                            SCHEDULER_OWN_KEYS, supplied=("optimizer",))
     augment = container.get("augment")
     if isinstance(augment, dict) and isinstance(augment.get("transforms"), list):
         problems += nonfinite(augment["transforms"], "augment.transforms")
@@ -61,9 +63,9 @@ def _missing_to_none(node):
 
 def _data_problems(data: dict) -> list[str]:
     name = data.get("name")
-    family = schema.DATA_SOURCES.get(name) if isinstance(name, str) else None
+    family = DATA_SOURCES.get(name) if isinstance(name, str) else None
     if family is None:
-        return [f"data.name={name!r} is not a known data source; choose one of {', '.join(sorted(schema.DATA_SOURCES))}"]
+        return [f"data.name={name!r} is not a known data source; choose one of {', '.join(sorted(DATA_SOURCES))}"]
     return schema_problems(family, data, prefix="data.")
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from cnnlab.config import schema
+from cnnlab.config.data_schema import DATA_SOURCES
+from cnnlab.config.training_schema import Optimizer, Scheduler
 from cnnlab.config.messages import closest, fields_by_key, model_in, unwrap
 from cnnlab.errors import ConfigError
 
@@ -72,8 +74,8 @@ def _schema_keys(config_name: str) -> frozenset[str]:
                 walk(inner, f"{prefix}{key}.*." if named else f"{prefix}{key}.")
 
     walk(schema.CONFIGS.get(config_name, schema.TrainConfig), "")
-    for section, model in [("data", m) for m in set(schema.DATA_SOURCES.values())] + [
-            ("optimizer", schema.Optimizer), ("scheduler", schema.Scheduler)]:
+    for section, model in [("data", m) for m in set(DATA_SOURCES.values())] + [
+            ("optimizer", Optimizer), ("scheduler", Scheduler)]:
         walk(model, f"{section}.")
     return frozenset(keys)
 

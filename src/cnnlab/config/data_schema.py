@@ -7,8 +7,8 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
-from cnnlab.config.fields import (Section, PositiveInt, NonNegativeInt, Positive, NonNegative, Fraction, Probability,
-    MixAlpha, ResizeMode, LoaderKind, DataSampler)
+from cnnlab.config.fields import (DataSampler, Fraction, LoaderKind, MixAlpha, NonNegative, NonNegativeInt, Positive,
+                                  PositiveInt, Probability, ResizeMode, Section, Size)
 
 
 # ---- data: one base that every data source's keys extend ----
@@ -23,8 +23,7 @@ class DataBase(Section):
     name: str
     in_channels: PositiveInt
     num_classes: PositiveInt
-    input_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(
-        min_length=2, max_length=2, description="must be [height, width] with positive integers")]
+    input_size: Size
     classes: Annotated[Optional[list[str | int]], Field(description="must be a list of class names, or null")] = None
     class_subset: Annotated[Optional[list[Annotated[int, Field(ge=0)]]], Field(
         min_length=1, description="must be a list of class indices (integers >= 0), e.g. [0, 1, 2], or null")] = None
@@ -52,8 +51,7 @@ class DownloadableData(DataBase):
 
 class FakeData(DataBase):
     num_samples: PositiveInt
-    image_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(
-        min_length=2, max_length=2, description="must be [height, width] with positive integers")]
+    image_size: Size
     generator_seed: int
 
 

@@ -42,6 +42,15 @@ def number(kind: type = float, *, gt=None, ge=None, lt=None, le=None, say: str |
     return Annotated[kind, Field(gt=gt, ge=ge, lt=lt, le=le, description=say or _bounds_phrase(kind, gt, ge, lt, le))]
 
 
+def pair(item, description: str):
+    """Exactly two values ([height, width], [low, high]), each an `item`."""
+    return Annotated[list[item], Field(min_length=2, max_length=2, description=description)]
+
+
+# [height, width] of an image
+Size = pair(Annotated[int, Field(gt=0)], "must be [height, width] with positive integers")
+
+
 def _int_as_text(value):
     """`trainer.precision=32` reaches the config as the int 32; the choice is the text "32"."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value

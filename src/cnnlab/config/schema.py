@@ -28,8 +28,8 @@ from typing import Annotated, Optional
 from pydantic import Field
 
 from cnnlab.config.data_schema import Augment
-from cnnlab.config.fields import (Section, number, PositiveInt, NonNegativeInt, Positive, Seed, Split, TtaMode,
-    SummaryFormat, SamplerName, PrunerName, Direction, ParamType)
+from cnnlab.config.fields import (Direction, NonNegativeInt, ParamType, Positive, PositiveInt, PrunerName, SamplerName,
+                                  Section, Seed, Split, SummaryFormat, TtaMode, number, pair)
 from cnnlab.config.training_schema import Finetune, Logger, Paths, Trainer
 
 
@@ -95,12 +95,14 @@ class GradientCheck(Section):
     saturated_fraction: Fraction01
 
 
+StdRange = pair(Annotated[float, Field(gt=0)], "must be [low, high] with 0 < low < high, e.g. [0.5, 2.0]")
+
+
 class DataCheck(Section):
     max_images: PositiveInt
     imbalance_ratio: Annotated[float, Field(ge=1, description="must be a number >= 1")]
     mean_tolerance: Positive
-    std_range: Annotated[list[Annotated[float, Field(gt=0)]], Field(
-        min_length=2, max_length=2, description="must be [low, high] with 0 < low < high, e.g. [0.5, 2.0]")]
+    std_range: StdRange
     grid_images: PositiveInt
 
 

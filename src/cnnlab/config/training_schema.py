@@ -7,9 +7,9 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
-from cnnlab.config.fields import (Section, OpenSection, PositiveInt, NonNegativeInt, Positive, NonNegative, Fraction,
-    Probability, GradClip, OpenFraction, StartFactor, Progress, MonitorMode, Precision, Loss, NonFinite, TestWith,
-    SummaryMode, Interval, ExistingRun)
+from cnnlab.config.fields import (ExistingRun, Fraction, GradClip, Interval, Loss, MonitorMode, NonFinite,
+                                  NonNegative, NonNegativeInt, OpenFraction, OpenSection, Positive, PositiveInt,
+                                  Precision, Probability, Progress, Section, StartFactor, SummaryMode, TestWith)
 
 
 # ---- optimizer and schedule: cnnlab's keys and the torch arguments worth typing ----

@@ -83,3 +83,42 @@ def test_early_stopping_can_be_disabled(make_cfg, monkeypatch):
                              "trainer.early_stopping.patience=1", "trainer.limit_train_batches=3", "logger=none"),
                     overrides=[])
     assert metrics["epochs_completed"] == 4 and metrics["stopped_early"] is False
+
+
+def test_a_monitor_that_validation_does_not_log_is_refused_before_data_or_model_are_built(make_cfg, monkeypatch):
+    import pytest
+
+    import cnnlab.run.lifecycle as lifecycle
+    from cnnlab.errors import ConfigError
+
+    def never(*args, **kwargs):
+        raise AssertionError("built before trainer.monitor was checked")
+
+    monkeypatch.setattr(lifecycle, "build_data", never)
+    monkeypatch.setattr(lifecycle, "build_model", never)
+    with pytest.raises(ConfigError, match=r"trainer.monitor='val/accuracy' is not a logged metric; choose one of "
+                                          r"val/acc, val/acc_top5, val/loss$"):
+        train(make_cfg("trainer.monitor=val/accuracy"))
+    with pytest.raises(ConfigError, match=r"trainer.monitor='val/acc_top3' is not a logged metric; choose one of "
+                                          r"val/acc, val/loss \(val/acc_top3 is logged when trainer.topk includes 3\)"):
+        train(make_cfg("trainer.monitor=val/acc_top3", "trainer.topk=[1]"))
+
+
+def test_the_monitor_names_are_the_metrics_validation_logs(make_cfg):
+    from omegaconf import OmegaConf
+
+    from cnnlab.engine.task import validation_metrics
+    from cnnlab.run.validate import fit_topk, monitor_problem, validate
+
+    assert validation_metrics([5, 1, 5]) == ["val/acc", "val/acc_top5", "val/loss"]
+    assert validation_metrics([3]) == ["val/acc", "val/acc_top3", "val/loss"]
+    for monitor in ("val/loss", "val/acc", "val/acc_top5"):  # the average (EMA, SWA) is validated under these too
+        validate(make_cfg(f"trainer.monitor={monitor}", "trainer.ema.enabled=true"))
+    assert monitor_problem(make_cfg("trainer.monitor=val/acc_best")) == (
+        "trainer.monitor='val/acc_best' is not a logged metric; choose one of val/acc, val/acc_top5, val/loss")
+    # top-5 of a config file dropped for 3 classes (found once an image folder is read): no longer monitorable
+    cfg = make_cfg("trainer.monitor=val/acc_top5")
+    fit_topk(cfg, 3, given=False)
+    assert OmegaConf.to_container(cfg.trainer.topk) == [1]
+    assert monitor_problem(cfg) == ("trainer.monitor='val/acc_top5' is not a logged metric; choose one of val/acc, "
+                                    "val/loss (val/acc_top5 is logged when trainer.topk includes 5)")

@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError, first_line
-from cnnlab.config.checks import check_override_keys
+from cnnlab.config.overrides import check_override_keys
 from cnnlab.run.lifecycle import train
 
 BAD = [

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from cnnlab.config import schema
+from cnnlab.config import fields
 from cnnlab.config.compose import compose_config, config_dir
 from cnnlab.errors import ConfigError
-from cnnlab.config.checks import _ctrl_c_deferred, closest, config_problems
+from cnnlab.config.checks import config_problems
+from cnnlab.config.messages import _ctrl_c_deferred, closest
+from cnnlab.models import model_config_problems
 from cnnlab.run.validate import validate
 
 CONFIGS = Path(config_dir())
@@ -96,7 +98,10 @@ def test_precision_given_as_a_number_is_the_choice_32(tmp_path):
 def test_inf_and_nan_are_refused_in_model_and_optimizer_arguments_the_schema_does_not_type(tmp_path):
     cfg = compose_config(["model=mlp", "model.dropout=inf", "+optimizer.foreach=true",
                           "+optimizer.maximize=false"], tmp_path)
-    assert config_problems(cfg) == ["model.dropout=inf is not a finite number: it must be a number"]
+    assert config_problems(cfg) == []  # the model section is the zoo's to check
+    assert model_config_problems(cfg.model) == ["model.dropout=inf is not a finite number: it must be a number"]
+    with pytest.raises(ConfigError, match=r"^model.dropout=inf is not a finite number: it must be a number$"):
+        validate(cfg)
 
 
 def test_closest_key_by_spelling_and_by_abbreviation():
@@ -109,11 +114,11 @@ def test_closest_key_by_spelling_and_by_abbreviation():
 def test_choice_lists_are_declared_once_in_the_schema():
     """The modules that act on a choice hold no list of their own (the schema's Literal is the list)."""
     src = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
-    declared = {name: typing.get_args(getattr(schema, name)) for name in
+    declared = {name: typing.get_args(getattr(fields, name)) for name in
                 ("Progress", "MonitorMode", "PrecisionName", "Loss", "NonFinite", "Interval", "ResizeMode",
                  "LoaderKind", "ExistingRun", "SummaryMode")}
     for path in src.rglob("*.py"):
-        if path.name == "schema.py":
+        if path.name == "fields.py":
             continue
         text = path.read_text()
         for name, choices in declared.items():
@@ -139,3 +144,33 @@ def test_ctrl_c_while_the_schema_is_checked_waits_for_the_check_then_interrupts(
             reached_the_end.append(True)
     assert reached_the_end == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_model_section_is_checked_once_by_the_zoo_and_build_model_refuses_the_same(tmp_path):
+    """models.model_config_problems is the one check of the model section: name, init, keys, the builder's types,
+    NaN, the entry's rules; the validator reports what it finds, build_model refuses the same lines."""
+    from cnnlab.models import build_model
+
+    cfg = compose_config(["model=mlp", "model.dropout=high", "model.batch_norm=1"], tmp_path)
+    expected = ["model.dropout='high' must be a number", "model.batch_norm=1 must be true or false"]
+    assert model_config_problems(cfg.model) == expected
+    with pytest.raises(ConfigError) as refused:
+        validate(cfg)
+    assert refused.value.problems == expected
+    with pytest.raises(ConfigError, match=r"model.dropout='high' must be a number"):
+        build_model(cfg.model, 1, 10, (28, 28))
+    unknown = compose_config(["model=mlp", "+model.widht=3", "+model.bad=nan"], tmp_path)
+    assert model_config_problems(unknown.model) == [
+        "model 'mlp' has no key(s) model.bad, model.widht; it accepts activation, batch_norm, dropout, hidden",
+        "model.bad=nan must be a finite number"]
+
+
+def test_config_does_not_import_the_zoo():
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "cnnlab" / "config"
+    for path in src.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("cnnlab.models") for n in names), f"{path.name} imports the zoo"

@@ -236,7 +236,7 @@ def test_postgres_storage_shared_by_two_workers(tmp_path, postgres_url):
 
 
 def test_a_space_key_the_search_file_leaves_out_is_added_with_plus(tmp_path):
-    from cnnlab.config.checks import check_override_keys
+    from cnnlab.config.overrides import check_override_keys
     from cnnlab.config.compose import config_dir
 
     with pytest.raises(ConfigError, match=r"add it with \+search\.space\.lr\.step=0\.1"):

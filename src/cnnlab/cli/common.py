@@ -13,7 +13,7 @@ from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError, RunError, TrainingStopped, disk_full
 from cnnlab.cli.launchers import check_launcher
 from cnnlab.util.outpaths import missing_dirs, remove_empty
-from cnnlab.config.checks import check_override_keys
+from cnnlab.config.overrides import check_override_keys
 
 
 def _other_rank() -> str | None:

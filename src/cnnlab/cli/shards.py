@@ -28,7 +28,7 @@ from cnnlab.data.shardset import FORMAT, MANIFEST, SPLITS, brace_pattern, webdat
 from cnnlab.data.splits import stratified_split
 from cnnlab.errors import ConfigError
 from cnnlab.util.outpaths import check_folder, file_kind, missing_dirs, remove_empty, write_atomic, write_error
-from cnnlab.config.schema import ResizeMode
+from cnnlab.config.fields import ResizeMode
 
 STATS_LIMIT = 2000  # training images the mean/std are measured on (drawn with the seed)
 GRAY = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2 luma, as Pillow converts RGB to grayscale

@@ -33,7 +33,7 @@ from cnnlab.engine.freezing import Freezer
 from cnnlab.models.inspector import summarize
 from cnnlab.models import build_model
 from cnnlab.util.outpaths import check_target, read_text, write_atomic
-from cnnlab.config.checks import check_override_keys
+from cnnlab.config.overrides import check_override_keys
 from cnnlab.run.validate import validate
 
 
@@ -45,12 +45,12 @@ def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
     """((C, H, W), classes) to inspect: the data config's, with the summary's input_size / num_classes on top."""
 
     data = cfg.data
-    found = None if cfg.get("num_classes") is not None else discovered_classes(data)
+    found = None if cfg.num_classes is not None else discovered_classes(data)
     if found is not None:  # an image folder or shard set: its folders or manifest name the classes
         data = OmegaConf.merge(data, {"classes": found})
     info = data_info(data)  # reads the data config only; no images are loaded
     channels, size, classes = info.in_channels, tuple(info.input_size), info.num_classes
-    override = cfg.get("input_size")
+    override = cfg.input_size
     if override is not None:
         values = [override] if not OmegaConf.is_list(override) else list(override)
         if not (len(values) in (1, 2, 3) and all(_positive_int(v) for v in values)):
@@ -60,14 +60,14 @@ def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
             channels, size = values[0], tuple(values[1:])
         else:
             size = (values[0], values[0]) if len(values) == 1 else tuple(values)
-    if cfg.get("num_classes") is not None:  # a positive integer: the schema checked it
+    if cfg.num_classes is not None:  # a positive integer: the schema checked it
         classes = int(cfg.num_classes)
     return (int(channels), int(size[0]), int(size[1])), classes
 
 
 def model_label(cfg: DictConfig) -> str:
     """The name the user picked: the model config (e.g. convnet_exercise), with model.name if it differs."""
-    name = str(cfg.model.get("name"))
+    name = str(cfg.model.name)
     try:
         choice = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
     except ValueError:
@@ -92,11 +92,11 @@ def summary_is_ours(path: Path) -> bool:
 def build_summary(cfg: DictConfig):
     """Build the configured model on the meta device, freeze what finetune.freeze names, and inspect it."""
     validate(cfg, "summary")
-    fmt = cfg.get("format", "table")
-    if cfg.get("output") and Path(str(cfg.output)).expanduser().is_dir():
+    fmt = cfg.format
+    if cfg.output and Path(str(cfg.output)).expanduser().is_dir():
         raise ConfigError(f"output={cfg.output} is a directory; give a file name, e.g. "
                           f"output={Path(str(cfg.output)) / ('summary.json' if fmt == 'json' else 'summary.txt')}")
-    if cfg.get("output"):
+    if cfg.output:
         check_target(Path(str(cfg.output)), f"output={cfg.output}", "cnnlab-summary", summary_is_ours,
                      "it is not a summary cnnlab-summary wrote")
     shape, classes = summary_input(cfg)
@@ -110,7 +110,7 @@ def build_summary(cfg: DictConfig):
         notes.append("model.pretrained=true is not loaded: weights do not change the architecture")
     with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
         model = build_model(model_cfg, shape[0], classes, shape[1:], pretrained=False)
-    freeze = (cfg.get("finetune") or {}).get("freeze", "none")
+    freeze = cfg.finetune.freeze if cfg.finetune is not None else "none"
     if freeze not in (None, "none"):
         Freezer(model, freeze, classes).freeze()
     summary = summarize(model, shape, name=model_label(cfg))
@@ -125,9 +125,9 @@ def render(summary, fmt: str) -> str:
 def run_summary(cfg: DictConfig) -> str:
     """Print the summary (table or JSON) and write it to cfg.output if set; returns the text."""
     summary = build_summary(cfg)
-    text = render(summary, cfg.get("format", "table"))
+    text = render(summary, cfg.format)
     print(text, flush=True)
-    if cfg.get("output"):
+    if cfg.output:
         write_atomic(Path(str(cfg.output)).expanduser(), text + "\n")
     return text
 

@@ -86,11 +86,11 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     if caps is not None or cfg.get("sampler", "random") == "balanced":
         log.info("training images per class%s: %s", f" (data.max_per_class={_plain(cfg.max_per_class)})"
                  if caps is not None else "", counts)
-    if cfg.get("mean") is None or cfg.get("std") is None:
+    if cfg.mean is None or cfg.std is None:
         mean, std = measure_mean_std(pools["train"], source, full, seed)
-        if cfg.get("mean") is None:
+        if cfg.mean is None:
             found["mean"] = mean
-        if cfg.get("std") is None:
+        if cfg.std is None:
             found["std"] = std
     info = info_from(cfg, found, subset)
 

@@ -59,7 +59,7 @@ def info_from(cfg, found: dict, subset) -> DataInfo:
     classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(int(cfg.num_classes)))
     if subset is not None:
         classes = tuple(classes[i] for i in subset)
-    mean, std = found.get("mean", cfg.get("mean")), found.get("std", cfg.get("std"))
+    mean, std = found.get("mean", cfg.mean), found.get("std", cfg.std)
     return DataInfo(name=cfg.name, in_channels=int(cfg.in_channels), num_classes=len(classes),
                     input_size=tuple(int(v) for v in cfg.input_size), classes=classes,
                     mean=tuple(float(v) for v in mean) if mean is not None else (),

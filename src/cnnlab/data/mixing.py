@@ -19,7 +19,7 @@ import torch.nn.functional as F
 class BatchMix:
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5):
-        # alphas >= 0 and probabilities in [0, 1]: checked with the config (cnnlab.config.schema.Mix)
+        # alphas >= 0 and probabilities in [0, 1]: checked with the config (cnnlab.config.data_schema.Mix)
         self.num_classes = int(num_classes)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.prob, self.switch_prob = float(prob), float(switch_prob)

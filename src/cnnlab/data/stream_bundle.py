@@ -34,7 +34,7 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
     channels = int(cfg.in_channels)
     stats = manifest.stats_for(channels) or {}
     for key in ("mean", "std"):
-        if cfg.get(key) is None:
+        if cfg[key] is None:
             if key not in stats:
                 raise ConfigError(f"data.{key}=null and the manifest {manifest.where} gives no {key} for "
                                   f"{channels}-channel images; set data.mean and data.std")

@@ -233,7 +233,7 @@ def build_average(tcfg, model: nn.Module, optimizer: torch.optim.Optimizer) -> W
 
     `model`: on its device and in its memory layout, with the weights training starts (or continues) from."""
     ema, swa = tcfg.get("ema") or {}, tcfg.get("swa") or {}
-    limit = int(tcfg.limit_train_batches) if tcfg.get("limit_train_batches") else None
+    limit = int(tcfg.limit_train_batches) if tcfg.limit_train_batches else None
     if ema.get("enabled"):
         return EMA(model, float(ema.get("decay", 0.9998)), bool(ema.get("warmup", True)),
                    int(ema.get("every_n_steps", 1)))

@@ -88,7 +88,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
             raise ConfigError(f"trainer.precision=fp16 runs on CUDA only here (got {device.type}): on CPU, torch's "
                               "fp16 autocast is many times slower than fp32; use bf16 on CPU, or 32")
         return Precision(torch.float16, True)
-    raise ValueError(f"unknown precision {precision!r}")  # the schema (cnnlab.config.schema.Precision) refuses it first
+    raise ValueError(f"unknown precision {precision!r}")  # the schema (cnnlab.config.fields.Precision) refuses it first
 
 
 # ---- memory layout (trainer.channels_last) ----

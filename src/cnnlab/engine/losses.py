@@ -56,7 +56,7 @@ class Loss:
     """Callable loss(logits, target). Dense 2-D targets (e.g. from mixup) work with every loss."""
 
     def __init__(self, name: str, label_smoothing: float = 0.0, weight: Sequence[float] | None = None):
-        # name is one of cnnlab.config.schema.Loss and 0 <= label_smoothing < 1: the schema checked the config
+        # name is one of cnnlab.config.fields.Loss and 0 <= label_smoothing < 1: the schema checked the config
         self.name = name
         self.smoothing = float(label_smoothing)
         self.weight = None if weight is None else torch.tensor([float(w) for w in weight], dtype=torch.float32)

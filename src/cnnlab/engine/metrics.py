@@ -81,6 +81,11 @@ def confusion_metrics(confusion: torch.Tensor, classes, prefix: str) -> tuple[di
     return averages, {f"{prefix}/per_class_acc": dict(zip(classes, per_class_accuracy(confusion))), **scores}
 
 
+def accuracy_key(prefix: str, k: int) -> str:
+    """The name of a split's top-k accuracy: {prefix}/acc for k = 1, {prefix}/acc_top<k> beyond."""
+    return f"{prefix}/acc" if k == 1 else f"{prefix}/acc_top{k}"
+
+
 class MetricTracker:
     """Running sums for one pass over a split: loss, top-k hits, sample count.
 
@@ -132,5 +137,5 @@ class MetricTracker:
         correct = self.correct.tolist()
         out = {f"{prefix}/loss": float(self.loss_sum) / self.count}
         for k, c in zip(self.ks, correct):
-            out[f"{prefix}/acc" if k == 1 else f"{prefix}/acc_top{k}"] = c / self.count
+            out[accuracy_key(prefix, k)] = c / self.count
         return out

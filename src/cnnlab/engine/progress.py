@@ -12,7 +12,7 @@ from tqdm import tqdm
 log = logging.getLogger("cnnlab")
 
 def resolve_progress_mode(mode: str, stream=None) -> str:
-    """`trainer.progress` (one of cnnlab.config.schema.Progress) with auto decided by the stream."""
+    """`trainer.progress` (one of cnnlab.config.fields.Progress) with auto decided by the stream."""
     if mode == "auto":
         stream = stream or sys.stderr
         return "bar" if hasattr(stream, "isatty") and stream.isatty() else "plain"

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from cnnlab.engine.devices import Precision
 from cnnlab.engine.distributed import SINGLE, Dist
+from cnnlab.engine.metrics import accuracy_key
 
 if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_split) and needs none of them
     from cnnlab.engine.averaging import WeightAverage
@@ -57,6 +58,12 @@ def reported_topk(topk) -> tuple[int, ...]:
     return tuple(sorted({1, *(int(k) for k in topk)}))
 
 
+def validation_metrics(topk) -> list[str]:
+    """The metrics every epoch's validation logs for trainer.topk, sorted: the names trainer.monitor may take
+    (val/loss, val/acc, val/acc_top<k>; with trainer.ema or trainer.swa the average is validated under them)."""
+    return sorted(["val/loss", *(accuracy_key("val", k) for k in reported_topk(topk))])
+
+
 @dataclass(frozen=True)
 class TrainerOptions:
     """The `trainer.*` settings the loop itself reads (configs/trainer/default.yaml documents each)."""
@@ -80,7 +87,7 @@ class TrainerOptions:
         """From `cfg.trainer`; `channels_last`: the layout chosen for trainer.channels_last=auto."""
         return cls(
             max_epochs=int(cfg.max_epochs),
-            limit_train_batches=int(cfg.limit_train_batches) if cfg.get("limit_train_batches") else None,
+            limit_train_batches=int(cfg.limit_train_batches) if cfg.limit_train_batches else None,
             limit_val_batches=int(cfg.limit_val_batches) if cfg.get("limit_val_batches") else None,
             limit_test_batches=int(cfg.limit_test_batches) if cfg.get("limit_test_batches") else None,
             topk=reported_topk(cfg.topk),
@@ -88,8 +95,8 @@ class TrainerOptions:
             compile=bool(cfg.compile),
             grad_clip=float(cfg.grad_clip or 0.0),
             accumulate_grad_batches=int(cfg.get("accumulate_grad_batches", 1)),
-            nonfinite=str(cfg.get("nonfinite", "stop")),
-            handle_signals=bool(cfg.get("handle_signals", True)),
+            nonfinite=str(cfg.nonfinite),
+            handle_signals=bool(cfg.handle_signals),
             test_with=str(cfg.test_with),
             precision=str(cfg.precision),
         )

@@ -67,7 +67,7 @@ class TensorBoardLogger:
         Some models cannot be traced (data-dependent control flow, outputs that are not tensors): that costs
         a one-line warning, never the run. logger.graph=false skips it.
         """
-        if self.writer is None or not self.cfg.get("graph", True):
+        if self.writer is None or not self.cfg.graph:
             return
         modes = {m: m.training for m in model.modules()}
         model.eval()  # no batch-norm statistics change, no dropout, no auxiliary heads

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
-from cnnlab.config.schema import TtaMode
+from cnnlab.config.fields import TtaMode
 
 VIEWS = {"none": 1, "flip": 2, "five_crop": 5, "ten_crop": 10}
 CROPS = ("five_crop", "ten_crop")

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from cnnlab.config.checks import keyword_problems
 from cnnlab.errors import ConfigError
 from cnnlab.models.inspector import builds_and_runs, first_failure, smallest_square_input
 
@@ -29,14 +30,17 @@ def register(name: str):
 
 
 def model_config_problems(cfg) -> list[str]:
-    """What is wrong with a model config (name, init, keys), found from the builder's signature without
-    building anything: the validator reports these before data loads, build_model refuses them."""
+    """What is wrong with a model config, found from the builder's signature without building anything: the name,
+    model.init, keys the builder does not take, the types its signature declares (NaN and infinity refused in the
+    other keys), then the entry's own rules. The one check of the model section: the validator reports these
+    before data loads, build_model refuses them."""
     _import_zoo()
     name = cfg.get("name")
     if name not in MODELS:
-        return [f"model.name={name!r} is not in the zoo; choose one of {', '.join(sorted(MODELS))}"]
+        return [f"model.name={name!r} is not in the zoo; choose one of {', '.join(sorted(MODELS))}"] + \
+            _nonfinite_keys(cfg)
     problems = []
-    init = cfg.get("init", "default") or "default"
+    init = cfg.get("init", "default") or "default"  # an optional key: most entries' files leave it out
     if init not in INITS:
         problems.append(f"model.init={init!r} is not accepted; choose one of {', '.join(INITS)}")
     accepted = set(inspect.signature(MODELS[name]).parameters) - {"in_channels", "num_classes", "input_size"}
@@ -45,12 +49,20 @@ def model_config_problems(cfg) -> list[str]:
     if unknown:
         problems.append(f"model {name!r} has no key(s) {', '.join('model.' + k for k in unknown)}; "
                         f"it accepts {', '.join(sorted(accepted)) or 'none'}")
+    if problems:
+        return problems + _nonfinite_keys(cfg)
+    problems += keyword_problems(MODELS[name], cfg, "model")
     # An entry whose keys need more than a type check (model=torchvision's arch, model=hub's repo) says so here,
     # so that validation reports it before any data is loaded.
     check = getattr(MODELS[name], "config_problems", None)
     if check is not None and not problems:
         problems += check(cfg)
     return problems
+
+
+def _nonfinite_keys(cfg) -> list[str]:
+    """NaN or infinity in a model section whose keys cannot be typed (unknown name or keys)."""
+    return keyword_problems(None, cfg, "model")
 
 
 # False while build_model builds a model whose weights come from elsewhere (a checkpoint being restored or
@@ -83,7 +95,7 @@ def _build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Modu
         raise ConfigError(problems)
     if int(num_classes) < 1:
         raise ConfigError(f"data.num_classes={num_classes} must be at least 1")
-    name = cfg.get("name")
+    name = cfg["name"]
     builder = MODELS[name]
     kwargs = {k: v for k, v in cfg.items() if k not in ("name",) + GENERIC_KEYS and not str(k).startswith("_")}
     init = cfg.get("init", "default") or "default"

@@ -46,7 +46,7 @@ from cnnlab.run.rundir import claim, startup_disk_message
 from cnnlab.run.runinfo import environment, flat_hparams
 from cnnlab.util.outpaths import write_json
 from cnnlab.engine.seeding import seed_everything
-from cnnlab.run.validate import fit_topk, known_classes, validate
+from cnnlab.run.validate import TRAINING_KINDS, fit_topk, known_classes, monitor_problem, validate
 
 log = logging.getLogger("cnnlab")
 
@@ -130,6 +130,9 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                       cache_dirs=cache_dirs)
     info = data.info
     fit_topk(cfg, info.num_classes, topk_given)  # an image folder's classes are known only now
+    problem = monitor_problem(cfg) if kind in TRAINING_KINDS else None  # a top-k accuracy fit_topk dropped
+    if problem:
+        raise ConfigError(problem)
     loss = run_loss(cfg, data.class_counts)
     check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
@@ -164,7 +167,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                                 backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
     exempt_from_gc()
     schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
-                              steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.get("limit_train_batches"),
+                              steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.limit_train_batches,
                                                                         int(tcfg.get("accumulate_grad_batches", 1))),
                               monitor_mode=mode)
     average = build_average(tcfg, model, optimizer)  # trainer.ema / trainer.swa (cnnlab.engine.averaging)

@@ -14,6 +14,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.data.augment import BATCHED, V2_PREFIX
+from cnnlab.engine.task import validation_metrics
 from cnnlab.util.dotted import import_parent
 from cnnlab.errors import ConfigError
 from cnnlab.models import model_config_problems
@@ -34,10 +35,37 @@ def _is_number(value) -> bool:
 def validate(cfg: DictConfig, kind: str = "train") -> None:
     """Raise one ConfigError listing every problem of `cfg` (a `kind` of config: train, eval or summary)."""
     problems = config_problems(cfg, kind)
+    model = _get(cfg, "model")
+    if OmegaConf.is_dict(model):
+        problems += model_config_problems(model)
     bad_keys = {p.split("=", 1)[0].split(" ", 1)[0] for p in problems}
-    problems += [p for p in _cross_key_problems(cfg) if p.split("=", 1)[0].split(" ", 1)[0] not in bad_keys]
+    cross = _cross_key_problems(cfg)
+    if kind in TRAINING_KINDS:
+        cross += [p for p in [monitor_problem(cfg)] if p]
+    problems += [p for p in cross if p.split("=", 1)[0].split(" ", 1)[0] not in bad_keys]
     if problems:
         raise ConfigError(problems)
+
+
+# The configs that train (a search trial is a training config): trainer.monitor must name a metric they log.
+TRAINING_KINDS = ("train", "tune")
+
+
+def monitor_problem(cfg) -> str | None:
+    """trainer.monitor against the metrics each epoch's validation logs for trainer.topk, as the line naming the
+    valid ones (None when it is one, or when either key is the schema's to refuse)."""
+    monitor, topk = _get(cfg, "trainer.monitor"), _get(cfg, "trainer.topk")
+    if not isinstance(monitor, str) or not monitor.startswith("val/") or not OmegaConf.is_list(topk) \
+            or not all(_is_number(k) and isinstance(k, int) and k > 0 for k in topk):
+        return None
+    choices = validation_metrics(topk)
+    if monitor in choices:
+        return None
+    hint = ""
+    if monitor.startswith("val/acc_top"):
+        k = monitor[len("val/acc_top"):]
+        hint = f" ({monitor} is logged when trainer.topk includes {k})"
+    return f"trainer.monitor={monitor!r} is not a logged metric; choose one of {', '.join(choices)}{hint}"
 
 
 def _cross_key_problems(cfg) -> list[str]:
@@ -68,7 +96,6 @@ def _cross_key_problems(cfg) -> list[str]:
     problems += _augment_problems(cfg)
     if _get(cfg, "optimizer.nesterov") and not (_number(cfg, "optimizer.momentum") or 0) > 0:
         problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
-    problems += _model_problems(cfg)
 
     warmup, epochs = _number(cfg, "scheduler.warmup_epochs"), _number(cfg, "trainer.max_epochs")
     if isinstance(warmup, int) and isinstance(epochs, int) and warmup > 0 and warmup >= epochs:
@@ -253,8 +280,3 @@ def _missing_class(target: str) -> str | None:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"it has: {', '.join(known[:40])}"
     return f"{module_name} has no {name!r}; {hint}"
-
-
-def _model_problems(cfg) -> list[str]:
-    model = _get(cfg, "model")
-    return [] if model is None else model_config_problems(model)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-from cnnlab.config.checks import closest
+from cnnlab.config.messages import closest
 
 
 @dataclass(frozen=True)

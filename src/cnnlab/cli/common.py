@@ -13,7 +13,7 @@ from cnnlab.config.compose import config_dir
 from cnnlab.errors import ConfigError, RunError, TrainingStopped, disk_full
 from cnnlab.cli.launchers import check_launcher
 from cnnlab.util.outpaths import missing_dirs, remove_empty
-from cnnlab.config.overrides import check_override_keys
+from cnnlab.config.overrides import check_override_keys, override_key, split_override, without_hydra
 
 
 def _other_rank() -> str | None:
@@ -78,7 +78,7 @@ def check_output_location(args: list[str], default_root: str = "outputs") -> Non
     """
     given = {}
     for arg in args:
-        key, sep, value = arg.lstrip("+~").partition("=")
+        key, value, sep = split_override(arg)
         if sep and key in _OUTPUT_KEYS:
             given[key] = value
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -152,8 +152,8 @@ def check_config(args: list[str], config_name: str, kind: str | None = None):
 
     if any(a in ("-m", "--multirun") for a in args):
         return None
-    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
-    if any(a.lstrip("+~").partition("=")[0] == "trainer.resume" for a in overrides):
+    overrides = without_hydra(args)
+    if any(override_key(a) == "trainer.resume" for a in overrides):
         return None
     try:
         cfg = compose_config(overrides, "unused", config_name)

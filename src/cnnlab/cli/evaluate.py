@@ -31,6 +31,7 @@ from cnnlab.util.outpaths import write_json
 from cnnlab.config.checks import command_key_problems
 from cnnlab.engine.tta import VIEWS, TTAModel, resolve_resize
 from cnnlab.run.validate import fit_topk, known_classes, validate
+from cnnlab.config.overrides import override_key, split_override, without_hydra
 
 log = logging.getLogger("cnnlab")
 
@@ -136,14 +137,14 @@ def check_eval_command_line(args: list[str]) -> None:
 
     if any(a in ("-m", "--multirun") for a in args):
         return  # each job checks its own
-    given = [a.partition("=")[2] for a in args if a.lstrip("+~").partition("=")[0] == "ckpt"]
+    given = [split_override(a)[1] for a in args if override_key(a) == "ckpt"]
     if not given:
         raise ConfigError("ckpt is required: cnnlab-eval ckpt=<a checkpoint file, or a run dir (its best.ckpt, "
                           "else last.ckpt)>")
     if "${" not in given[-1] and file_kind(Path(given[-1]).expanduser()) == "missing":
         raise ConfigError(f"ckpt={given[-1]}: no such file or directory")
     try:
-        cfg = compose_config([a for a in args if not a.lstrip("+~").startswith("hydra.")], "unused", "eval")
+        cfg = compose_config(without_hydra(args), "unused", "eval")
     except ConfigError:
         raise
     except Exception:  # an override Hydra itself refuses: its own message, from Hydra

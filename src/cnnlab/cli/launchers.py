@@ -12,6 +12,7 @@ import os
 import tempfile
 
 from cnnlab.errors import ConfigError
+from cnnlab.config.overrides import override_key, split_override
 
 # hydra/launcher option -> (the modules it needs, the pip extra that installs them). cnnlab's presets
 # (configs/hydra/launcher/) and the plugins' own option names.
@@ -31,7 +32,7 @@ def _installed(module: str) -> bool:
 def check_launcher(args: list[str]) -> None:
     """`hydra/launcher=<option>` on the command line: its plugin is installed, else ConfigError naming the extra."""
     for arg in args:
-        key, sep, option = arg.lstrip("+~").partition("=")
+        key, option, sep = split_override(arg)
         if not sep or key not in ("hydra/launcher", "override hydra/launcher") or option not in NEEDS:
             continue
         modules, extra = NEEDS[option]
@@ -62,5 +63,5 @@ def torchrun_arguments(args: list[str]) -> tuple[list[str], str | None]:
     if int(os.environ["RANK"]) == 0:
         return [], None
     scratch = tempfile.mkdtemp(prefix=f"cnnlab-rank{os.environ['RANK']}-")
-    kept = [a for a in args if a.partition("=")[0].lstrip("+~") != "hydra.run.dir"]
+    kept = [a for a in args if override_key(a) != "hydra.run.dir"]
     return kept + [f"hydra.run.dir={scratch}", "hydra.job_logging.root.handlers=[console]"], scratch

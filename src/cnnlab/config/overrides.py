@@ -22,6 +22,23 @@ _FLAGS_WITH_VALUE = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--c
                      "-p", "--package", "--experimental-rerun")
 
 
+def split_override(arg: str) -> tuple[str, str, bool]:
+    """One command-line override as Hydra reads it: `[+|++|~]key[=value]` -> (key without the prefix, value,
+    whether it had `=`). Every place that looks at the command line's keys before or beside Hydra reads them so."""
+    key, sep, value = str(arg).partition("=")
+    return key.lstrip("+~"), value, bool(sep)
+
+
+def override_key(arg: str) -> str:
+    """The key an override sets: `+a.b=1`, `++a.b=1`, `~a.b` and `a.b=1` all set `a.b`."""
+    return split_override(arg)[0]
+
+
+def without_hydra(args: list[str]) -> list[str]:
+    """The overrides that are not Hydra's own (`hydra.run.dir=...`, `hydra.job.chdir=...`)."""
+    return [a for a in args if not override_key(a).startswith("hydra.")]
+
+
 def check_override_keys(args: list[str], config_dir: Path, config_name: str = "train") -> None:
     """Refuse `key=value` overrides whose key no file of the config tree has, naming the closest key.
 

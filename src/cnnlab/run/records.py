@@ -19,6 +19,7 @@ import yaml
 from cnnlab.engine.early_stopping import resolve_monitor_mode
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.util.outpaths import write_bytes_atomic
+from cnnlab.config.overrides import split_override
 
 FAILURE_FILE = "failure.json"
 METRICS_FILE = "metrics.json"
@@ -139,8 +140,7 @@ def parse_overrides(items: list) -> dict[str, str]:
     """['optimizer.lr=0.01', '+x=1', '~y'] -> {'optimizer.lr': '0.01', 'x': '1', 'y': ''}; hydra.* keys dropped."""
     out = {}
     for item in items:
-        key, _, value = str(item).partition("=")
-        key = key.lstrip("+~")
+        key, value, _ = split_override(item)
         if key and not key.startswith("hydra."):
             out[key] = value
     return out

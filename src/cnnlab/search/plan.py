@@ -32,6 +32,7 @@ from cnnlab.search.study import (build_pruner, build_sampler, grid_size, logged_
 from cnnlab.search.trial import TRIALS_DIR
 from cnnlab.search.worker import TrialComposer, WorkerPlan
 from cnnlab.run.validate import validate
+from cnnlab.config.overrides import override_key, without_hydra
 
 log = logging.getLogger("cnnlab")
 
@@ -54,10 +55,10 @@ def plan_search(cfg: DictConfig, command_line: list[str]) -> tuple[WorkerPlan, o
         raise ConfigError(problems)
     direction = objective_direction(metric, search["objective"]["direction"])
 
-    tune_overrides = [o for o in command_line if not o.lstrip("+~").startswith("hydra.")]
+    tune_overrides = without_hydra(command_line)
     # every trial's overrides: the search's, then the command line's training overrides (which win), then the
     # objective as the monitored metric, so checkpoints, early stopping and plateau schedules follow it too
-    training = [o for o in tune_overrides if not o.lstrip("+~").startswith("search")]
+    training = [o for o in tune_overrides if not override_key(o).startswith("search")]
     base_overrides = last_wins([*search["overrides"], *training, f"trainer.monitor={metric}"])
     compose = TrialComposer(tune_overrides)
     base_cfg, problems = _trial_config_problems(compose, base_overrides, params)
@@ -134,7 +135,7 @@ def last_wins(overrides: list[str]) -> list[str]:
     """The overrides with only the last one of each key kept, in order (a trial's record names each key once)."""
     seen, kept = set(), []
     for o in reversed(overrides):
-        key = o.split("=", 1)[0].lstrip("+~")
+        key = override_key(o)
         if key not in seen:
             seen.add(key)
             kept.append(o)

@@ -15,6 +15,7 @@ from optuna.distributions import distribution_to_json
 from cnnlab.engine.early_stopping import resolve_monitor_mode
 from cnnlab.errors import ConfigError
 from cnnlab.search.space import Param
+from cnnlab.config.overrides import override_key
 
 FINGERPRINT = "cnnlab_search"  # study user attr: {"space": ..., "metric": ..., "direction": ..., "training": ...}
 # Overrides that change how a run is shown or where it is written, not how it trains: a continued study may
@@ -90,7 +91,7 @@ def training_overrides(overrides: list[str]) -> dict[str, str]:
     """The overrides every trial trains with, by key (those of NOT_TRAINING left out)."""
     kept = {}
     for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
+        key = override_key(o)
         if not any(key == n.rstrip(".") or key.startswith(n) for n in NOT_TRAINING):
             kept[key] = o
     return kept

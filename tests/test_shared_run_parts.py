@@ -80,3 +80,16 @@ def test_saved_run_config_takes_only_the_command_lines_keys_and_fixed_values_bef
     assert list(merged.augment.transforms) == []
     with pytest.raises(ConfigError, match="planted.Anything"):  # without the fixed value, the target is checked
         saved_run_config(cfg, ckpt, path, overrides, skip=("ckpt",))
+
+
+def test_seed_statistics_are_one_rule_for_sweep_tables_and_lab_pages():
+    """Sample std over seeds, None for a single seed, nothing for no value: the same numbers in both tables."""
+    from cnnlab.experiments.tables import seed_mean_std
+    from cnnlab.lab.page import summarise
+
+    assert seed_mean_std([]) == (None, None)
+    assert seed_mean_std([0.5]) == (0.5, None)
+    mean, std = seed_mean_std([0.9, 0.8, 0.7])
+    assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)
+    assert summarise([0.9, 0.8, 0.7, float("nan"), None]) == (mean, std, 3)  # the page keeps finite values only
+    assert summarise([]) == (None, None, 0)

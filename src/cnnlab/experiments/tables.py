@@ -151,8 +151,7 @@ def seed_table(records: list[RunRecord]) -> Table:
         row["n"] = len(members)
         for m in metrics:
             found = [v for v in (_metric(r, m) for r in members) if v is not None]
-            row[f"{m} mean"] = statistics.fmean(found) if found else None
-            row[f"{m} std"] = statistics.stdev(found) if len(found) > 1 else None
+            row[f"{m} mean"], row[f"{m} std"] = seed_mean_std(found)
         rows.append(row)
     monitors = _monitors(records)
     note = "completed runs only"
@@ -224,6 +223,11 @@ def markdown_table(table: Table) -> str:
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
     return "\n".join([line(cells[0]), rule, *(line(c) for c in cells[1:])])
+
+
+def seed_mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation of one group's seeds: (None, None) for no value, std None for one."""
+    return (statistics.fmean(values) if values else None), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def mean_std(mean: float, std: float | None, digits: int) -> str:

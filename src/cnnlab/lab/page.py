@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cnnlab.errors import ConfigError
 from cnnlab.run.records import RunRecord, read_curve
-from cnnlab.experiments.tables import mean_std
+from cnnlab.experiments.tables import mean_std, seed_mean_std
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.arms import LessonResult
 from cnnlab.util.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
@@ -71,9 +71,7 @@ def value(record: RunRecord, column: str):
 def summarise(values: list) -> tuple[float | None, float | None, int]:
     """(mean, sample std or None, n) of the finite values."""
     finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not finite:
-        return None, None, 0
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None), len(finite)
+    return (*seed_mean_std(finite), len(finite))
 
 
 def _fmt(column: str, mean, std, n: int, seeds: int) -> str:

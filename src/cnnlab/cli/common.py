@@ -164,3 +164,15 @@ def check_config(args: list[str], config_name: str, kind: str | None = None):
     validate(cfg, kind or config_name)
     return cfg
 
+
+
+def add_device_argument(parser) -> None:
+    """--device of the commands that load a trained model (predict, explain)."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+
+
+def add_trust_repo_argument(parser) -> None:
+    """--trust-repo of the commands that rebuild a model from a checkpoint alone (predict, explain, export)."""
+    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
+                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
+                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")

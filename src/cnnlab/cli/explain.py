@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.cli.common import reports_config_errors
+from cnnlab.cli.common import reports_config_errors, add_device_argument, add_trust_repo_argument
 from cnnlab.data import build_data
 from cnnlab.data.loaders import Normalize
 from cnnlab.engine.devices import resolve_device
@@ -220,10 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, dest="n_images", metavar="N",
                         help=f"how many test images to explain when no IMAGE is given (default {DEFAULT_IMAGES})")
     parser.add_argument("--out", metavar="DIR", help="where the PNG files go (default RUN_DIR/explain)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
-                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
-                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")
+    add_device_argument(parser)
+    add_trust_repo_argument(parser)
     args = parser.parse_args(argv)
     result = explain(args.run_dir, args.image_paths, args.layer, args.gradcam_layer, args.n_images, args.out,
                      args.device, tuple(args.trust_repo))

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab import __version__
-from cnnlab.cli.common import reports_config_errors
+from cnnlab.cli.common import reports_config_errors, add_trust_repo_argument
 from cnnlab.data.bundle import DataInfo
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint
 from cnnlab.errors import ConfigError
@@ -357,9 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", metavar="PATH",
                         help="the model file to write (default RUN_DIR/export/model.onnx | model.torchscript.pt "
                              "| model.pt2); its description goes to PATH.json")
-    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
-                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
-                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")
+    add_trust_repo_argument(parser)
     args = parser.parse_args(argv)
     result = export(args.checkpoint, args.format, args.out, tuple(args.trust_repo))
     diff = result["check_max_abs_diff"]

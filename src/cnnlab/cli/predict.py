@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from cnnlab.cli.common import reports_config_errors
+from cnnlab.cli.common import reports_config_errors, add_device_argument, add_trust_repo_argument
 from cnnlab.data.loaders import Normalize
 from cnnlab.engine.devices import resolve_device
 from cnnlab.engine.checkpoint import find_checkpoint
@@ -57,11 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a .ckpt file or a run dir (uses its best.ckpt, else last.ckpt)")
     parser.add_argument("images", nargs="+", help="image files (png, jpg, ...), or directories: every image in them")
     parser.add_argument("--topk", type=int, default=3, help="how many labels to print per image (default 3)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--trust-repo", action="append", default=[], metavar="REPO",
-                        help="for model=hub checkpoints: a hub repository (as the checkpoint's model.repo names it) "
-                             "whose hubconf.py (Python code) may run to rebuild the model; repeatable")
+    add_trust_repo_argument(parser)
     args = parser.parse_args(argv)
     results = predict(args.checkpoint, args.images, args.topk, args.device, tuple(args.trust_repo))
     if args.json:

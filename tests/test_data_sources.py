@@ -61,7 +61,7 @@ def test_colour_sets_read_their_formats(make_cfg, tmp_path, name, writer, num_cl
 
 
 def test_missing_files_say_where_and_how(make_cfg, tmp_path):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="data.download=true") as err:
         _build(make_cfg, "data=cifar10", f"data.root={tmp_path / 'nowhere'}")
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py" / "data_batch_1") in message

@@ -142,10 +142,10 @@ def test_compare_tables_and_plots_only_what_differs(grid, tmp_path, capsys):
 
 
 def test_compare_refuses_a_path_without_runs(tmp_path, capsys, caplog):
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(SystemExit, match="^2$") as stopped:
         compare_main([str(tmp_path / "missing")])
     assert stopped.value.code == 2
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(SystemExit, match="^2$") as stopped:
         compare_main([str(tmp_path)])
     assert stopped.value.code == 2
     # In a terminal the line goes to stderr; under pytest's logging it is logged (cnnlab.cli.common decides).

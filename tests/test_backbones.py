@@ -108,7 +108,7 @@ def test_missing_weights_offline_name_the_file_and_its_url(hub_dir, monkeypatch)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # what a download would call
     url = tvm.MobileNet_V2_Weights.IMAGENET1K_V2.url
-    with pytest.raises(ConfigError, match="cannot load .* <urlopen error no network>") as info:
+    with pytest.raises(ConfigError, match=r"cannot load .* \(<urlopen error no network>\)") as info:
         build("torchvision", arch="mobilenet_v2", weights="IMAGENET1K_V2")
     text = str(info.value)
     assert f"cannot load {url} (<urlopen error no network>)" in text
@@ -160,6 +160,7 @@ def test_frozen_backbone_and_backbone_lr_know_a_convolutional_head(make_cfg):
     run.tb.close()
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_train_then_eval_and_predict_without_the_weights_file(make_cfg, tmp_path):
     """A run started from a weights file is rebuilt from its saved config alone: the file may be gone."""
     import torchvision.models as tvm
@@ -324,6 +325,7 @@ def test_hub_model_summary_with_a_frozen_backbone(tmp_path):
     assert summary.frozen_params == 1 * 8 * 9 + 8 + 2 * 8  # the 1-channel first conv and its batch norm
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(make_cfg, tmp_path):
     """The saved config's trust_repo=true was the trainer's trust: eval, resume, predict, export and explain of a
     checkpoint (a file from anyone) run the repository's hubconf.py only when their own command line trusts it."""

@@ -106,6 +106,7 @@ def test_fake_data_is_seeded(make_cfg):
     assert a[0].shape[1:] == (3, 32, 32) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_training_runs_end_to_end_on_tiny_mnist(make_cfg, tmp_path, caplog):
     import logging
 

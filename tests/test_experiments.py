@@ -8,13 +8,11 @@ import csv
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 
 import optuna
 import pytest
 import yaml
-from conftest import cli_env
+from commands import run_in_process
 
 from cnnlab.cli.compare import main as compare_main
 from cnnlab.experiments.runs import read_curve, read_run
@@ -24,9 +22,7 @@ TINY = ["model=lenet5", "data=digits", "trainer.limit_train_batches=2", "trainer
 
 
 def _multirun(cwd, sweep_dir, *overrides):
-    return subprocess.run([sys.executable, "-m", "cnnlab.train", "-m", *overrides, *TINY,
-                           f"hydra.sweep.dir={sweep_dir}"], cwd=cwd, env=dict(cli_env(), OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
+    return run_in_process("train", "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
 
 
 def _rows(path):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from commands import run_in_process
 from conftest import cli_env
 from runs import fit
 
@@ -37,8 +38,7 @@ PER_CLASS, MAXCOUNT = 20, 6
 
 
 def shards_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnlab.cli.shards", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=120)
+    return run_in_process("shards", *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

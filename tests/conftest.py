@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["MKL_NUM_THREADS"] = "1"
 
 from cnnlab.config.compose import compose_config  # noqa: E402  (after the thread settings above)
+from commands import run_in_process  # noqa: E402
 from postgres import postgres_url  # noqa: F401  (a real PostgreSQL server for the search storage tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +28,53 @@ FAST = ["trainer.progress=none", "trainer.max_epochs=2"]
 
 def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
     return compose_config(list(overrides), run_dir, config_name)
+
+
+# ---- the `unit` set: `pytest -m unit`, about a minute on 2 cores ------------------------------------------------
+# Every test of the default run is `unit` unless it is `integration`: it starts a process, trains beyond a few
+# steps or runs a whole command. A test is `integration` when marked so (@pytest.mark.integration), when its file
+# is listed below, or when it uses a fixture below; a `unit` test that starts a process fails (_unit_guard).
+INTEGRATION_FIXTURES = {"run_cli", "run_cli_process", "trained_run", "postgres_url"}
+INTEGRATION_FILES = {
+    "test_accumulation.py", "test_averaging.py", "test_bench_gpu.py", "test_bench_imagefolder.py",
+    "test_class_imbalance.py", "test_cli.py", "test_decoded_cache.py", "test_decoded_cache_distributed.py",
+    "test_distributed.py", "test_doctor.py", "test_early_stopping.py", "test_engine.py", "test_eval_predict.py",
+    "test_experiments.py", "test_explain.py", "test_faults.py", "test_file_systems.py", "test_finetune.py",
+    "test_hostile_inputs.py", "test_imagefolder.py", "test_lab.py", "test_launchers.py", "test_limit_batches.py",
+    "test_lr_finder.py", "test_metrics_csv.py", "test_output_paths.py", "test_resume.py", "test_run_dir_ownership.py",
+    "test_run_dirs.py", "test_search_storage.py", "test_shards.py", "test_shards_distributed.py",
+    "test_source_tree.py", "test_study_storage_faults.py", "test_sweep_faults.py", "test_tensorboard.py",
+    "test_top_k.py", "test_training.py", "test_tta.py", "test_tune.py", "test_untrusted_files.py", "test_zoo.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the marks given here
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("integration"):
+            continue
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in INTEGRATION_FILES:
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_guard(request, monkeypatch):
+    """A `unit` test starts no process: subprocess, multiprocessing (DataLoader workers too) and fork fail it."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} started a process, which a `unit` test never does: mark it "
+                    f"@pytest.mark.integration (or list its file in tests/conftest.py INTEGRATION_FILES)",
+                    pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,7 +120,15 @@ def _run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subproce
 
 @pytest.fixture
 def run_cli():
-    """run_cli(module, *args, cwd=...) runs `python -m cnnlab.<module> args...` as a user would."""
+    """run_cli(module, *args, cwd=...) runs `python -m cnnlab.cli.<module> args...` as a user would, by calling
+    the command's main() in this process (tests/commands.py): exit status, stdout and stderr as a process's."""
+    return run_in_process
+
+
+@pytest.fixture
+def run_cli_process():
+    """run_cli_process(module, *args, cwd=...): the command in a process of its own, for what only a process
+    shows (its exit status under a launcher, signals, what a fresh interpreter imports)."""
     return _run_cli
 
 

@@ -95,7 +95,7 @@ class StopAt(Callback):
 def test_a_stop_mid_window_checkpoints_after_the_window_and_resumes_to_the_same_weights(make_cfg, tmp_path,
                                                                                         accumulated):
     stop = StopAt(4)
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM"):
         fitted(make_cfg, "data.batch_size=64", "trainer.accumulate_grad_batches=2", callbacks=(stop,))
     assert stop.seen[-2:] == [(4, False), (5, True)]  # stopped after batch 5, which stepped
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

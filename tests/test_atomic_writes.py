@@ -21,7 +21,8 @@ def test_text_and_bytes_no_temp_left(tmp_path):
 
 def test_raw_writer_raises_oserror_write_atomic_a_run_error(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(OSError):  # write_json's callers (engine/safety) tell a full disk from the OSError itself
+    # write_json's callers (engine/safety) tell a full disk from the OSError itself
+    with pytest.raises(OSError, match="File exists"):
         write_bytes_atomic("x", tmp_path / "file" / "under.json")
     with pytest.raises(RunError, match="cannot write"):
         write_atomic(tmp_path / "file" / "under.json", "x")

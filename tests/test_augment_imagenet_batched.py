@@ -214,6 +214,7 @@ def test_imagenet_preset_takes_the_fast_path(make_cfg):
         assert x.shape[1:] == (bundle.info.in_channels, *bundle.info.input_size) and torch.isfinite(x).all()
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_training_with_the_imagenet_preset_on_the_fast_path(make_cfg, monkeypatch):
     from cnnlab.data import build as build_module
     from cnnlab.data import bundle as bundle_module

@@ -99,7 +99,7 @@ AVERAGES = {
 def test_an_averaged_run_interrupted_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp_path, kind):
     common = [*DIGITS, *NOISY_SGD, *AVERAGES[kind], "trainer.max_epochs=4", "trainer.limit_train_batches=10"]
     full = train(make_cfg(*common, run="full"), overrides=[])
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after epoch 2"):
         train(make_cfg(*common, run="killed"), overrides=[], callbacks=(KillAfter(2),))
     killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")
     assert killed["epoch"] == 2 and killed["average"]["kind"] == kind and RAW_WEIGHTS in killed
@@ -128,7 +128,7 @@ class StopAt(Callback):
 def test_ema_stopped_mid_epoch_resumes_to_the_same_weights(make_cfg, tmp_path):
     common = [*NOISY_SGD, *AVERAGES["ema"], "trainer.max_epochs=3", "trainer.limit_train_batches=10"]
     full = fitted(make_cfg, *common, run="full")
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM"):
         fitted(make_cfg, *common, run="stopped", callbacks=(StopAt(4),))
     state = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.ckpt")
     assert state["partial"]["loader"]["batches"] == 5 and state["global_step"] == 15

@@ -71,7 +71,7 @@ def test_resnet18_by_name_is_the_zoo_entry():
 
 
 def test_unknown_arch_and_bad_keys_are_refused_before_data_loads(tmp_path):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="is not a torchvision classification model") as info:
         validate(compose_config(["model=torchvision", "model.arch=mobilenetv2", "model.adapt_stem=maybe",
                                  "model.kwargs={num_classes: 3}"], tmp_path))
     text = str(info.value)
@@ -108,7 +108,7 @@ def test_missing_weights_offline_name_the_file_and_its_url(hub_dir, monkeypatch)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # what a download would call
     url = tvm.MobileNet_V2_Weights.IMAGENET1K_V2.url
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match=r"cannot load .* \(<urlopen error no network>\)") as info:
         build("torchvision", arch="mobilenet_v2", weights="IMAGENET1K_V2")
     text = str(info.value)
     assert f"cannot load {url} (<urlopen error no network>)" in text
@@ -160,6 +160,7 @@ def test_frozen_backbone_and_backbone_lr_know_a_convolutional_head(make_cfg):
     run.tb.close()
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_train_then_eval_and_predict_without_the_weights_file(make_cfg, tmp_path):
     """A run started from a weights file is rebuilt from its saved config alone: the file may be gone."""
     import torchvision.models as tvm
@@ -220,7 +221,7 @@ def test_timm_pretrained_weights_from_the_local_hugging_face_cache(tmp_path, mon
     from safetensors.torch import save_file
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="is not in the local Hugging Face cache") as info:
         build("timm", 3, 4, (32, 32), arch="test_efficientnet", pretrained=True)
     text = str(info.value)
     assert "Hugging Face Hub repo timm/test_efficientnet.r160_in1k (model.safetensors or pytorch_model.bin)" in text
@@ -295,7 +296,7 @@ def test_hub_repository_from_torch_hubs_cache_offline(hub_dir):
     hub_repo(hub_dir / "someone_nets_main")  # what torch.hub.load('someone/nets', ...) leaves in the cache
     m = build("hub", 3, 4, (32, 32), repo="someone/nets", entry="tiny", trust_repo=True)
     assert m.fc.out_features == 4
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="not in torch.hub's cache") as info:
         build("hub", repo="someone/nets:v2", entry="tiny", trust_repo=True)
     assert f"model.repo=someone/nets:v2: not in torch.hub's cache: expected {hub_dir / 'someone_nets_v2'}" in str(info.value)
 
@@ -324,6 +325,7 @@ def test_hub_model_summary_with_a_frozen_backbone(tmp_path):
     assert summary.frozen_params == 1 * 8 * 9 + 8 + 2 * 8  # the 1-channel first conv and its batch norm
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(make_cfg, tmp_path):
     """The saved config's trust_repo=true was the trainer's trust: eval, resume, predict, export and explain of a
     checkpoint (a file from anyone) run the repository's hubconf.py only when their own command line trusts it."""
@@ -358,7 +360,7 @@ def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(m
                                                                trusted_repos=(str(tmp_path / "elsewhere"),)),
     }
     for command, call in refusals.items():
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ConfigError, match="runs the Python code of") as info:
             call()
         how = f"'trusted_repos=[\"{repo}\"]'" if command in ("eval", "resume") else f"--trust-repo {repo}"
         assert f"model=hub in the config saved in {run_dir / 'checkpoints'}" in str(info.value), (command, info.value)

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, cli_env
+
+pytestmark = pytest.mark.slow  # a benchmark, at its tiny size
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 

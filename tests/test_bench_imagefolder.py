@@ -17,6 +17,8 @@ import torchvision
 
 from conftest import REPO, cli_env
 
+pytestmark = pytest.mark.slow  # a benchmark's parts and real runs of both its sides
+
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their shared helpers from scripts/_bench.py
 

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+
+@pytest.fixture
+def run_cli(run_cli_process):
+    """The console scripts here run in processes of their own, as a user starts them."""
+    return run_cli_process
+
 
 def test_train_cli_writes_a_complete_run_dir(run_cli, tmp_path):
     done = run_cli("train", "trainer.max_epochs=2", "trainer.limit_train_batches=10", cwd=tmp_path)

@@ -61,7 +61,7 @@ def test_colour_sets_read_their_formats(make_cfg, tmp_path, name, writer, num_cl
 
 
 def test_missing_files_say_where_and_how(make_cfg, tmp_path):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="data.download=true") as err:
         _build(make_cfg, "data=cifar10", f"data.root={tmp_path / 'nowhere'}")
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py" / "data_batch_1") in message
@@ -106,6 +106,7 @@ def test_fake_data_is_seeded(make_cfg):
     assert a[0].shape[1:] == (3, 32, 32) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_training_runs_end_to_end_on_tiny_mnist(make_cfg, tmp_path, caplog):
     import logging
 

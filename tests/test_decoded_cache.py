@@ -358,6 +358,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # SIGKILL to a builder process mid-decode
 def test_a_builder_killed_while_its_workers_decode_leaves_the_lock_free_and_the_waiter_builds(tmp_path):
     """SIGKILL to a builder whose worker processes are decoding (slowed down in that process only): its workers
     die with it and do not keep the lock; the waiting process takes over, clears the dead temporary directory

@@ -9,7 +9,7 @@ def test_import_parent_and_both_callers():
     import collections
 
     assert import_parent("collections.OrderedDict") == (collections, "OrderedDict")
-    with pytest.raises(ImportError):
+    with pytest.raises(ImportError, match="no_such_module_xyz"):
         import_parent("no_such_module_xyz.Thing")
     # validate names what is wrong; schema_check gives the class or None
     assert _missing_class("collections.OrderedDict") is None

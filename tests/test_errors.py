@@ -96,7 +96,7 @@ def test_the_catalogue_holds_thirty_distinct_bad_inputs_whose_messages_name_the_
 
 
 def test_all_problems_are_reported_at_once(make_cfg):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="^3 problems in the config") as info:
         train(make_cfg("optimizer.lr=0", "data.batch_size=0", "trainer.loss=l1"), overrides=[])
     text = str(info.value)
     assert text.startswith("3 problems in the config")

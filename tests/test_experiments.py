@@ -8,13 +8,11 @@ import csv
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 
 import optuna
 import pytest
 import yaml
-from conftest import cli_env
+from commands import run_in_process
 
 from cnnlab.cli.compare import main as compare_main
 from cnnlab.run.records import read_curve, read_run
@@ -24,9 +22,7 @@ TINY = ["model=lenet5", "data=digits", "trainer.limit_train_batches=2", "trainer
 
 
 def _multirun(cwd, sweep_dir, *overrides):
-    return subprocess.run([sys.executable, "-m", "cnnlab.train", "-m", *overrides, *TINY,
-                           f"hydra.sweep.dir={sweep_dir}"], cwd=cwd, env=dict(cli_env(), OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
+    return run_in_process("train", "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
 
 
 def _rows(path):
@@ -142,10 +138,10 @@ def test_compare_tables_and_plots_only_what_differs(grid, tmp_path, capsys):
 
 
 def test_compare_refuses_a_path_without_runs(tmp_path, capsys, caplog):
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(SystemExit, match="^2$") as stopped:
         compare_main([str(tmp_path / "missing")])
     assert stopped.value.code == 2
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(SystemExit, match="^2$") as stopped:
         compare_main([str(tmp_path)])
     assert stopped.value.code == 2
     # In a terminal the line goes to stderr; under pytest's logging it is logged (cnnlab.cli.common decides).

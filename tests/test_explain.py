@@ -101,6 +101,7 @@ def shape_regions(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.max_pool2d(shape[:, None], 5, stride=1, padding=2)[:, 0]
 
 
+@pytest.mark.slow  # ten epochs: a model that has learned the shapes is what Grad-CAM is checked on
 def test_gradcam_puts_most_of_its_mass_on_the_shape_that_decides_the_class(tmp_path):
     run_dir = tmp_path / "shapes"
     cfg = compose_cfg(run_dir, "trainer.progress=none", "data=shapes", "data.num_samples=2400",
@@ -126,7 +127,7 @@ def test_gradcam_puts_most_of_its_mass_on_the_shape_that_decides_the_class(tmp_p
 def cli_error(capsys, caplog, *argv: str) -> str:
     """The one error line of `cnnlab-explain argv` (stderr, or the log when an earlier test set up logging)."""
     caplog.clear()
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit, match="^2$") as exit_:
         main(list(argv))
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines() + [r.getMessage() for r in caplog.records]

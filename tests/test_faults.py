@@ -164,6 +164,7 @@ def _kill_resume_loop(tmp_path: Path, kills: int, seed: int, budget_s: float, ba
     return run_dir, landed
 
 
+@pytest.mark.slow  # SIGKILLs at random moments of a CLI run
 def test_sigkill_at_random_moments_then_resume_matches(tmp_path, uninterrupted):
     run_dir, landed = _kill_resume_loop(tmp_path, kills=3, seed=1, budget_s=120)
     assert landed >= 1
@@ -189,6 +190,7 @@ def test_twenty_sigkills_then_resume_matches(tmp_path):
         assert got[key] == want[key], key
 
 
+@pytest.mark.slow  # SIGKILLs at random moments of a writer
 def test_sigkill_during_checkpoint_writes_leaves_a_readable_file(tmp_path):
     """A process that does nothing but rewrite one big checkpoint is killed at random moments: the file on
     disk is always the previous complete checkpoint or the new one."""
@@ -258,7 +260,7 @@ def _nan_at(monkeypatch, calls: set[int]):
 
 def test_nan_loss_stops_with_a_diagnosis_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
     _nan_at(monkeypatch, {40 + 7})  # epoch 2, step 7
-    with pytest.raises(RunError) as err:
+    with pytest.raises(RunError, match="the loss is nan at epoch 2, step 7") as err:
         train(make_cfg(*SHORT), overrides=[])
     message = str(err.value)
     assert "the loss is nan at epoch 2, step 7 (global step 47)" in message
@@ -317,7 +319,7 @@ def test_full_disk_on_a_checkpoint_write_keeps_the_previous_one(make_cfg, tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.os, "fsync", fsync_fails_on_second_epoch)
-    with pytest.raises(RunError) as err:
+    with pytest.raises(RunError, match="the disk is full") as err:
         train(make_cfg(*SHORT, "trainer.checkpoint.save_best=false", "trainer.test_with=last"), overrides=[])
     message = str(err.value)
     assert "last.ckpt: the disk is full" in message and "paths.output_root" in message
@@ -341,7 +343,7 @@ def test_full_disk_on_the_event_file_is_a_clear_error(make_cfg, tmp_path, monkey
         return real_write(self, data)
 
     monkeypatch.setattr(record_writer.RecordWriter, "write", write)
-    with pytest.raises(RunError) as err:
+    with pytest.raises(RunError, match="the disk is full") as err:
         train(make_cfg(*SHORT, "logger.flush_secs=1"), overrides=[])
     assert "the disk is full" in str(err.value) and "events" in str(err.value)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["epoch"] >= 1
@@ -360,7 +362,7 @@ def test_out_of_memory_suggests_what_to_change(make_cfg, tmp_path, monkeypatch):
         return real_forward(self, x)
 
     monkeypatch.setattr(LeNet5, "forward", forward)
-    with pytest.raises(RunError) as err:
+    with pytest.raises(RunError, match="out of memory during training epoch 2") as err:
         train(make_cfg(*SHORT), overrides=[])
     message = str(err.value)
     assert "out of memory during training epoch 2" in message
@@ -389,7 +391,7 @@ def test_resume_passes_over_an_unreadable_checkpoint_and_says_which(make_cfg, tm
 def test_resume_with_a_config_that_changes_the_model_says_what_differs(make_cfg, tmp_path):
     train(make_cfg(*SHORT, "trainer.max_epochs=1"), overrides=[])
     overrides = [f"trainer.resume={tmp_path / 'run'}", "model.activation=tanh", "data.input_size=[32,32]"]
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="model.activation: 'relu' in the checkpoint, 'tanh' now") as err:
         train(make_cfg(*overrides, run="again"), overrides=overrides)
     text = str(err.value)
     assert "model.activation: 'relu' in the checkpoint, 'tanh' now" in text
@@ -452,7 +454,7 @@ def test_a_mid_epoch_checkpoint_refuses_a_new_batch_size(make_cfg, tmp_path, mon
         return result
 
     monkeypatch.setattr(Trainer, "train_step", step)
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM"):
         train(make_cfg(*SHORT), overrides=[])
     monkeypatch.setattr(Trainer, "train_step", real_step)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["partial"]["loader"]["batches"] == 6
@@ -477,7 +479,7 @@ def test_progress_after_a_mid_epoch_resume_counts_on_from_the_true_step(make_cfg
         return result
 
     monkeypatch.setattr(Trainer, "train_step", step)
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM"):
         train(make_cfg(*SHORT), overrides=[])
     monkeypatch.setattr(Trainer, "train_step", real_step)
     caplog.set_level(logging.INFO)

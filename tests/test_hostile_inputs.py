@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -39,7 +40,7 @@ def _craft(trained_run, tmp_path, name: str, edit, weights=None) -> str:
 
 
 def _refused(call, *fragments):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match=re.escape(str(fragments[0]))) as info:
         call()
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
@@ -252,7 +253,7 @@ def test_torchs_weights_only_advice_never_shows(tmp_path):
     from cnnlab.models.backbones import _first_line
 
     torch.save({"x": Planted()}, tmp_path / "bad.pt")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(Exception, match="weights_only") as info:
         torch.load(tmp_path / "bad.pt", weights_only=True)
     assert "weights_only" in str(info.value)
     line = _first_line(info.value)

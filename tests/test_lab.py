@@ -70,7 +70,7 @@ def test_overrides_compose_with_a_lesson_and_a_typo_is_refused(tmp_path):
     saved = yaml.safe_load((tmp_path / "losses-quick" / "runs" / "mse" / "seed0" / "config_resolved.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2 and saved["optimizer"]["lr"] == 0.02  # the user's come last
     assert saved["trainer"]["loss"] == "mse"                                       # the arm's still apply
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit, match="^2$") as stop:
         main(["losses", "--quick", "--out", str(tmp_path / "typo"), "trainer.max_epoch=2"])
     assert stop.value.code == 2
     assert not (tmp_path / "typo").exists()  # refused before anything ran

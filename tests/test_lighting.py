@@ -125,6 +125,7 @@ def test_the_pca_is_computed_once_and_the_cached_file_reused(make_cfg, tmp_path,
         build_data(cfg.data, 7, CPU, cfg.augment, cache_dirs=[run_dir])
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_prepare_caches_the_pca_in_the_run_dir_and_a_resume_reuses_it(make_cfg, tmp_path, monkeypatch, caplog):
     from cnnlab.run.lifecycle import train
 

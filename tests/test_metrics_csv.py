@@ -59,7 +59,7 @@ def test_a_resumed_run_holds_each_epoch_once(make_cfg, tmp_path, in_place):
     are replaced by the resumed run's; in a new dir, the file starts with the checkpoint's epochs 1-2."""
     _, reference = fit(make_cfg(*COMMON, run="full"))
     args = [*COMMON, "trainer.checkpoint.save_top_k=5"]  # every epoch's checkpoint stays
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after epoch 4"):
         train(make_cfg(*args, run="killed"), overrides=[], callbacks=(KillAfter(4),))
     assert len(read(tmp_path / "killed" / "metrics.csv")[1]) == 4
     epoch_2 = next((tmp_path / "killed" / "checkpoints").glob("epoch_002-*.ckpt"))

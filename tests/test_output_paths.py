@@ -236,7 +236,7 @@ def test_summary_output_refuses_a_file_it_did_not_write(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["export", "compare"])
-def test_a_fifo_where_the_output_goes_is_refused_without_waiting_on_it(run_copy, tmp_path, command, run_cli):
+def test_a_fifo_where_the_output_goes_is_refused_without_waiting_on_it(run_copy, tmp_path, command, run_cli_process):
     """The file that vouches for a command's output (export's description, compare.md) is a FIFO: named, and
     never opened to see whether it is the command's own."""
     fifo = tmp_path / ("m.pt.json" if command == "export" else "compare.md")
@@ -244,7 +244,7 @@ def test_a_fifo_where_the_output_goes_is_refused_without_waiting_on_it(run_copy,
     (tmp_path / ("m.pt" if command == "export" else "compare.csv")).write_text("a file it vouches for")
     args = (["export", str(run_copy), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]
             if command == "export" else ["compare", str(run_copy), "--out", str(tmp_path), "--no-plots"])
-    proc = run_cli(*args, cwd=tmp_path, timeout=120)
+    proc = run_cli_process(*args, cwd=tmp_path, timeout=120)
     assert f"{fifo} is a FIFO (named pipe), not a regular file" in one_error_line(proc.stderr, 2, proc.returncode)
 
 
@@ -429,14 +429,14 @@ def test_a_fifo_device_or_directory_named_as_a_file_is_named_as_such(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["predict_checkpoint", "predict_image", "finetune"])
-def test_the_commands_name_a_fifo_and_do_not_wait_on_it(trained_run, tmp_path, command, run_cli):
+def test_the_commands_name_a_fifo_and_do_not_wait_on_it(trained_run, tmp_path, command, run_cli_process):
     run_dir, _ = trained_run
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     args = {"predict_checkpoint": ["predict", str(fifo), str(fifo)],
             "predict_image": ["predict", str(run_dir), str(fifo)],
             "finetune": ["train", f"finetune.checkpoint={fifo}", f"hydra.run.dir={tmp_path / 'run'}"]}[command]
-    proc = run_cli(*args, cwd=tmp_path, timeout=120)
+    proc = run_cli_process(*args, cwd=tmp_path, timeout=120)
     line = one_error_line(proc.stdout + proc.stderr, 2, proc.returncode)
     assert f"{fifo} is a FIFO (named pipe)" in line
 

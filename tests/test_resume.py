@@ -31,7 +31,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(make_cfg, monkeypatch, tm
             raise KeyboardInterrupt("simulated kill after epoch 2")
 
     monkeypatch.setattr(Progress, "end_epoch", die_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after epoch 2"):
         train(make_cfg(*COMMON, run="killed"), overrides=[])
     monkeypatch.setattr(Progress, "end_epoch", real_end_epoch)
     assert torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
@@ -62,6 +62,7 @@ def test_a_run_without_a_scheduler_resumes(make_cfg, tmp_path):
     assert train(make_cfg(*overrides, run="longer"), overrides=overrides)["epochs_completed"] == 2
 
 
+@pytest.mark.slow  # SIGKILL to a CLI run mid-training
 def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, run_cli, make_cfg):
     """The real thing: SIGKILL a CLI run mid-training, resume it from its run dir, compare metrics.json with the
     uninterrupted run's (run in process: the same config gives the same run as the command line)."""

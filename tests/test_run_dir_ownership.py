@@ -196,7 +196,7 @@ def test_two_lessons_sharing_an_out_keep_their_own_runs_and_pages(tmp_path):
 
     other = json.loads((out / "lenet-quick" / "lab.json").read_text())
     (mine / "lab.json").write_text(json.dumps(other))  # a folder whose record is another lesson's
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit, match="^2$") as stop:
         _lab("losses", "--quick", "--out", str(out), "--page-only")
     assert stop.value.code == 2
     assert (mine / "losses.md").read_text() == page
@@ -223,7 +223,7 @@ def test_an_interrupted_lesson_run_again_keeps_finished_arms_and_resumes_the_int
 
     out = tmp_path / "out"
     monkeypatch.setattr(training, "train", train_stopping_mse)
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit, match=f"^{128 + signal.SIGTERM}$") as stop:
         _lab("losses", "--quick", "--out", str(out), "trainer.limit_train_batches=4")
     assert stop.value.code == 128 + signal.SIGTERM
     said = caplog.text
@@ -368,7 +368,7 @@ def test_a_command_stopped_by_a_full_disk_says_so_in_one_line(caplog):
     def writes():
         raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/report.json")
 
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit, match="^1$") as stop:
         writes()
     assert stop.value.code == 1
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [

@@ -192,7 +192,7 @@ def test_an_interrupted_trial_is_retried_once(journal_study):
 
 def test_an_unreachable_server_is_one_error_without_the_password(tmp_path):
     start = time.monotonic()
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ConfigError, match="search.storage") as error:
         open_storage("postgresql://u:secret@127.0.0.1:1/db", tmp_path)
     assert time.monotonic() - start < 20  # the connect timeout, not the OS's minutes
     assert "search.storage" in str(error.value) and "secret" not in str(error.value)

@@ -33,6 +33,7 @@ def test_classes_differ_in_shape_not_in_colour():
     assert float(per_class.max(0).values.sub(per_class.min(0).values).max()) < 12
 
 
+@pytest.mark.integration  # starts processes: a training's data loader workers or a command
 def test_shapes_config_trains_end_to_end(make_cfg):
     metrics = train(make_cfg("data=shapes", "data.num_samples=2400", "data.batch_size=32", "trainer.max_epochs=4",
                              "logger=none"), overrides=[])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from commands import run_in_process
 from conftest import cli_env
 from runs import fit
 
@@ -37,8 +38,7 @@ PER_CLASS, MAXCOUNT = 20, 6
 
 
 def shards_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnlab.cli.shards", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=120)
+    return run_in_process("shards", *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,7 @@ def test_a_run_stopped_mid_epoch_resumes_on_the_samples_it_had_not_trained_on(sh
     monkeypatch.setenv(KEY_LOG, str(tmp_path / "full.txt"))
     full, _ = fit(stream_cfg(make_cfg, out, *common, run="full"))
     monkeypatch.setenv(KEY_LOG, str(tmp_path / "parts.txt"))
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM"):
         fit(stream_cfg(make_cfg, out, *common, run="stopped"), callbacks=(StopAt(10),))  # epoch 2, batch 2 of 8
     state = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["partial"]["loader"]["batches"] == 2

@@ -291,7 +291,7 @@ def test_compare_never_creates_or_connects_to_a_storage_it_was_not_given(study, 
             assert "pw" not in said(shown).replace("pw@", "")  # noqa: the password is never shown
             assert not elsewhere.exists()
             assert snapshot(study) == kept
-            with pytest.raises(socket.timeout):
+            with pytest.raises(socket.timeout, match="timed out"):
                 server.accept()
     # the journal a study dir names is read, never created
     (study / "study.yaml").write_text(yaml.safe_dump(info))

@@ -296,7 +296,7 @@ def test_too_small_input_names_the_layer():
     model = build_model(entry_cfg("alexnet_torchvision"), 1, 10, (64, 64))
     failure = first_failure(model, (1, 28, 28))
     assert failure.startswith("layer 'features.5' (MaxPool2d): ") and "too small" in failure
-    with pytest.raises(LayerFailure) as info:
+    with pytest.raises(LayerFailure, match=r"^layer 'features.5' \(MaxPool2d\): ") as info:
         summarize(model, (1, 28, 28))
     assert info.value.layer == "features.5" and info.value.kind == "MaxPool2d"
     assert smallest_square_input(lambda size: first_failure(model, (1, *size)) is None) == 63

@@ -373,6 +373,7 @@ def server(trained_run, tmp_path_factory):
             proc.wait(timeout=10)
 
 
+@pytest.mark.slow  # a real TensorBoard server
 def test_server_lists_run_and_scalar_tags(server, trained_run):
     run = trained_run[0].name
     assert server.get("/data/runs") == [run]
@@ -381,6 +382,7 @@ def test_server_lists_run_and_scalar_tags(server, trained_run):
     assert set(PER_EPOCH + TEST) <= set(tags[run]), sorted(tags[run])
 
 
+@pytest.mark.slow  # a real TensorBoard server
 def test_server_serves_val_acc_curve(server, trained_run, events):
     run = trained_run[0].name
     points = server.get("/data/plugin/scalars/scalars", run=run, tag="val/acc")
@@ -388,6 +390,7 @@ def test_server_serves_val_acc_curve(server, trained_run, events):
     assert [p[2] for p in points] == pytest.approx([v for _, v in series(events, "val/acc")])
 
 
+@pytest.mark.slow  # a real TensorBoard server
 def test_server_enables_the_dashboards(server, trained_run):
     run = trained_run[0].name
     listing = server.get("/data/plugins_listing")
@@ -397,6 +400,7 @@ def test_server_enables_the_dashboards(server, trained_run):
     assert f"weights/{FIRST_CONV}" in server.get("/data/plugin/histograms/tags")[run]
 
 
+@pytest.mark.slow  # a real TensorBoard server
 def test_server_custom_scalars_tab_draws_train_and_val_together(server, trained_run, events):
     run = trained_run[0].name
     layout = server.get("/data/plugin/custom_scalars/layout")
@@ -408,6 +412,7 @@ def test_server_custom_scalars_tab_draws_train_and_val_together(server, trained_
         assert [p[2] for p in served["tag_to_events"][tag]] == pytest.approx([v for _, v in series(events, tag)])
 
 
+@pytest.mark.slow  # a real TensorBoard server
 def test_server_hparams_tab_shows_the_run(server, trained_run):
     run_dir, metrics = trained_run
     body = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_FAILURE",

@@ -59,7 +59,7 @@ def test_the_set_ranks_by_mode_keeps_the_earlier_of_ties_and_never_takes_nan(tmp
 def test_a_resumed_run_continues_the_set_and_never_deletes_its_source(make_cfg, tmp_path):
     train(make_cfg(*COMMON, run="full"), overrides=[])
     expected = top_k_files(tmp_path / "full" / "checkpoints")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after epoch 3"):
         train(make_cfg(*COMMON, run="killed"), overrides=[], callbacks=(KillAfter(3),))
     killed = tmp_path / "killed" / "checkpoints"
     at_kill = top_k_files(killed)

@@ -4,6 +4,7 @@ and every kind of bad input refused before the first trial."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def test_group_choices_and_conditional_keys(tmp_path):
 ])
 def test_bad_search_input_is_refused_before_any_trial(tmp_path, args, says):
     cfg = compose_config([*TINY, *args], tmp_path / "study", config_name="tune")
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(ConfigError, match=re.escape(says)) as refused:
         plan_search(cfg, [*TINY, *args])
     assert says in str(refused.value)
     assert not (tmp_path / "study" / "trials").exists()

@@ -45,7 +45,7 @@ def test_resume_resolves_no_interpolation_from_a_crafted_checkpoint(trained_run,
     # Nested where the optimizer's instantiation would build it; the trust check sees only a string there.
     path = _craft(trained_run, tmp_path, "crafted.ckpt", lambda c: c["optimizer"].__setitem__("betas", payload))
     overrides = [f"trainer.resume={path}"]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"optimizer\.betas=\"\$\{oc\.(create|decode):.* must be \[beta1, beta2\]"):
         train(make_cfg(*overrides, run="again"), overrides=overrides)
     assert not created.exists()
 
@@ -190,7 +190,7 @@ def test_an_unsafe_pickle_never_suggests_weights_only_false(tmp_path):
 
     bad = tmp_path / "evil.ckpt"
     torch.save({"model": Exploit(), "config": {}}, bad, pickle_module=pickle)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="refused: loading them could run code") as err:
         load_checkpoint(bad)
     assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
     assert "refused: loading them could run code" in str(err.value)

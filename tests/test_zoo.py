@@ -148,7 +148,7 @@ def test_resnet18_through_the_training_entry_point(make_cfg):
     ("alexnet", 3, (32, 32), "Output size is too small", "67x67"),
 ])
 def test_too_small_inputs_name_the_layer_and_the_minimum(name, channels, size, layer, smallest):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="cannot take") as info:
         model(name, channels, 10, size)
     text = str(info.value)
     assert f"model {name!r} cannot take {channels}x{size[0]}x{size[1]} inputs" in text
@@ -212,7 +212,7 @@ def test_pretrained_weights_without_network_say_how_to_supply_the_file(monkeypat
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # what a download would call
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="model.weights=IMAGENET1K_V1: cannot load https://") as info:
         model("resnet18", 3, 5, (224, 224), weights="IMAGENET1K_V1")
     text = str(info.value)
     assert "model.weights=IMAGENET1K_V1: cannot load https://" in text

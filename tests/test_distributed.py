@@ -200,7 +200,8 @@ def test_swa_batch_norm_statistics_are_averaged_over_every_processs_shard(tmp_pa
     assert not torch.allclose(torch.tensor(ranks[0]["mean"]), model[1].running_mean)  # rank 0's shard alone differs
 
 
-# The default suite runs the fast path; the DataLoader path and accumulation under DDP run with -m slow (and in CI).
+# Real torchrun jobs of two processes, each a whole training run: -m slow (and CI) runs every variant.
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [
     ["data.batch_size=32"],                                              # fast path, 2 x 32
     pytest.param(["data.batch_size=32", "data.loader=dataloader", "data.num_workers=0"],  # DataLoader path, 2 x 32
@@ -218,6 +219,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, refer
     assert sum(m["test/confusion_matrix"], []).count(0) < 100 and sum(map(sum, m["test/confusion_matrix"])) == 179
 
 
+@pytest.mark.slow  # real torchrun jobs of two processes, each a whole training run
 def test_only_rank_zero_writes_files(tmp_path, reference):
     """Run dirs are named by time and process id, so without care each rank would make its own: there must be
     one, holding the same files as a single-process run's, with the world size recorded."""
@@ -240,6 +242,7 @@ def test_only_rank_zero_writes_files(tmp_path, reference):
     assert proc.stdout.count("test/loss") == 1  # rank 1 prints warnings only
 
 
+@pytest.mark.slow  # real torchrun jobs of two processes, each a whole training run
 def test_a_ddp_checkpoint_resumes_in_one_process_and_back(tmp_path, reference):
     # 2 processes for 2 epochs, then 1 process to epoch 3: the uninterrupted 1-process 3-epoch run
     ok(torchrun(2, *BASE, "data.batch_size=32", "trainer.max_epochs=2", "hydra.run.dir=ddp", cwd=tmp_path))

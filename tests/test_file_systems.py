@@ -83,6 +83,7 @@ READ_ONLY = {
 }
 
 
+@pytest.mark.slow  # a real mount (read-only, or a full tmpfs) and a command process per case
 @pytest.mark.parametrize("case", list(READ_ONLY))
 def test_a_read_only_destination_is_one_error_line_and_nothing_changes(case, tiny_run, tmp_path):
     _can_mount(tmp_path)
@@ -119,6 +120,7 @@ FULL_CASES = {
 FULL_STATUS = {"train": 2, "tune": 2, "tune output root": 2, "summary": 1, "lab index": 1, "lab page": 2}
 
 
+@pytest.mark.slow  # a real mount (read-only, or a full tmpfs) and a command process per case
 @pytest.mark.parametrize("case", list(FULL_CASES))
 def test_a_real_full_file_system_is_one_error_line_and_nothing_is_lost(case, tmp_path):
     """A tmpfs filled up, with a file of the user's in it."""

@@ -181,6 +181,7 @@ def test_an_unversioned_checkpoint_exports(v0_run, tmp_path):
     assert (tmp_path / "model.torchscript.pt").is_file() and done
 
 
+@pytest.mark.integration  # starts worker processes
 def test_an_unversioned_checkpoint_is_explained(v0_run, digit, tmp_path):
     from cnnlab.cli.explain import explain
 
@@ -188,6 +189,7 @@ def test_an_unversioned_checkpoint_is_explained(v0_run, digit, tmp_path):
     assert any((tmp_path / "explain").iterdir())
 
 
+@pytest.mark.integration  # starts worker processes
 def test_an_unversioned_checkpoint_resumes_one_more_epoch_and_writes_the_current_version(v0_run, make_cfg,
                                                                                         tmp_path):
     from cnnlab.run.lifecycle import train

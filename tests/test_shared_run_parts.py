@@ -23,7 +23,7 @@ def test_reported_topk_always_has_top1_once_and_ascending_for_training_and_eval(
     assert reported_topk([]) == (1,)
     cfg = OmegaConf.create({"max_epochs": 1, "topk": [5, 1], "channels_last": False, "compile": False,
                             "grad_clip": 0.0, "test_with": "best", "precision": "32",
-                            "limit_train_batches": None, "nonfinite": "stop", "handle_signals": True})
+                            "limit_train_batches": None, "accumulate_grad_batches": 1, "nonfinite": "stop", "handle_signals": True})
     assert TrainerOptions.from_config(cfg).topk == reported_topk(cfg.topk) == (1, 5)
 
 

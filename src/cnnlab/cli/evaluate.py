@@ -56,7 +56,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     tta = str(cfg.tta)
     tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
-    claim(out_dir, "eval", existing=str(cfg.paths.get("existing_run", "refuse")), task_cfg=cfg)
+    claim(out_dir, "eval", existing=str(cfg.paths.existing_run), task_cfg=cfg)
 
     tcfg = run_cfg.trainer
     device = resolve_device(tcfg.device)

@@ -83,7 +83,7 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     if caps is not None:  # the training split only, after the split: val and test stay as they were
         pools["train"] = pools["train"].select(capped_indices(pools["train"].labels, caps, seed))
     counts = class_counts(pools["train"].labels, k)
-    if caps is not None or cfg.get("sampler", "random") == "balanced":
+    if caps is not None or cfg.sampler == "balanced":
         log.info("training images per class%s: %s", f" (data.max_per_class={_plain(cfg.max_per_class)})"
                  if caps is not None else "", counts)
     if cfg.mean is None or cfg.std is None:
@@ -105,7 +105,7 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     common = dict(mean=info.mean, std=info.std, seed=seed, device=device, rank=shard[0], world=shard[1])
     bs, eval_bs = int(cfg.batch_size), int(cfg.eval_batch_size)
     workers = int(cfg.num_workers)
-    sampler = str(cfg.get("sampler", "random"))
+    sampler = str(cfg.sampler)
     if kind == "tensor":
         train = TensorLoader(pools["train"].images, pools["train"].labels, bs, shuffle=True, index=pools["train"].index,
                              augment=BatchAugment(transforms), mix=mix, sampler=sampler, **common)

@@ -189,7 +189,7 @@ def imagefolder(cfg) -> SourceData:
                           f"needs at least two: <root>/<class>/<image files>")
     mode = str(cfg.resize_mode)
     channels, size, skip = int(cfg.in_channels), tuple(int(v) for v in cfg.input_size), bool(cfg.skip_unreadable)
-    problem = cfg.get("cache", True) and decoded_cache.cache_dir_problem(cfg)
+    problem = cfg.cache and decoded_cache.cache_dir_problem(cfg)
     if problem:
         raise ConfigError(problem)
     listed = {}
@@ -215,7 +215,7 @@ def imagefolder(cfg) -> SourceData:
                  "decode them per sample (data.in_memory=true holds them anyway: memory-mapped from the decoded "
                  "cache, they count against the page cache)", total,
                  decoded_cache.size_text((total, channels, *size)), channels, *size, cfg.memory_limit_mb)
-    cache_dir = decoded_cache.cache_root(cfg.get("cache_dir")) if in_memory and cfg.get("cache", True) else None
+    cache_dir = decoded_cache.cache_root(cfg.cache_dir) if in_memory and cfg.cache else None
     pools, skipped = {}, 0
     for split, (key, listing) in listed.items():
         labels = torch.as_tensor(listing.labels, dtype=torch.long)

@@ -96,7 +96,7 @@ def is_local_relative(value: str) -> bool:
 def _refuse_unsupported(cfg) -> None:
     for key, bad, why in (("class_subset", cfg.get("class_subset") is not None, "null"),
                           ("max_per_class", cfg.get("max_per_class") is not None, "null"),
-                          ("sampler", cfg.get("sampler", "random") != "random", "random"),
+                          ("sampler", cfg.sampler != "random", "random"),
                           ("loader", str(cfg.loader) not in ("auto", "dataloader"), "auto")):
         if bad:
             raise ConfigError(f"data.{key}={cfg.get(key)} is not available with data=webdataset (a stream is read "

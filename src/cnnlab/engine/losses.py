@@ -103,7 +103,7 @@ def run_loss(cfg, counts: Sequence[int], announce: bool = True) -> Loss:
     if announce and weights is not None:
         log.info("trainer.class_weights=%s: %s (training images per class: %s)", spec if isinstance(spec, str)
                  else "list", [round(w, 4) for w in weights], counts)
-        if spec == "auto" and cfg.data.get("sampler", "random") == "balanced":
+        if spec == "auto" and cfg.data.sampler == "balanced":
             log.warning("data.sampler=balanced already draws every class equally often; with trainer.class_weights"
                         "=auto the rare classes are favoured twice")
     return Loss(tcfg.loss, float(tcfg.label_smoothing), weights)

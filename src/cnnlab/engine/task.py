@@ -94,7 +94,7 @@ class TrainerOptions:
             channels_last=cfg.channels_last is True if channels_last is None else channels_last,
             compile=bool(cfg.compile),
             grad_clip=float(cfg.grad_clip or 0.0),
-            accumulate_grad_batches=int(cfg.get("accumulate_grad_batches", 1)),
+            accumulate_grad_batches=int(cfg.accumulate_grad_batches),
             nonfinite=str(cfg.nonfinite),
             handle_signals=bool(cfg.handle_signals),
             test_with=str(cfg.test_with),

@@ -155,9 +155,9 @@ class TensorBoardLogger:
     @property
     def projector_samples(self) -> int:
         """How many test images go to the Projector tab; 0 when logger.projector is off."""
-        if self.writer is None or not self.cfg.get("projector", False):
+        if self.writer is None or not self.cfg.projector:
             return 0
-        return int(self.cfg.get("projector_max_samples", 1000))
+        return int(self.cfg.projector_max_samples)
 
     @_names_event_file
     def embedding(self, rows: Features, classes, mean, std, step: int) -> None:

@@ -100,7 +100,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     fit_topk(cfg, known_classes(cfg), topk_given)
     tcfg = cfg.trainer
     # Under torchrun (or SLURM tasks) join the process group; each process binds its own GPU.
-    dist, device = distributed.setup(resolve_device(tcfg.device), str(tcfg.get("dist_backend", "auto")))
+    dist, device = distributed.setup(resolve_device(tcfg.device), str(tcfg.dist_backend))
     distributed.quiet_other_ranks(dist)
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(dist.broadcast_object(config["paths"]["output_dir"]))  # rank 0's: one run dir for all
@@ -108,7 +108,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
         config["paths"]["output_dir"] = str(run_dir)
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
-    dist.on_main(claim, run_dir, kind, existing=str(cfg.paths.get("existing_run", "refuse")), resuming=resume_path,
+    dist.on_main(claim, run_dir, kind, existing=str(cfg.paths.existing_run), resuming=resume_path,
                  task_cfg=composed, overrides=own_overrides)
 
     exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
@@ -134,7 +134,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     if problem:
         raise ConfigError(problem)
     loss = run_loss(cfg, data.class_counts)
-    check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.get("accumulate_grad_batches", 1)))
+    check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.accumulate_grad_batches))
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
         with open_dict(cfg):
             for key, value in data.found.items():
@@ -168,7 +168,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     exempt_from_gc()
     schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
                               steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.limit_train_batches,
-                                                                        int(tcfg.get("accumulate_grad_batches", 1))),
+                                                                        int(tcfg.accumulate_grad_batches)),
                               monitor_mode=mode)
     average = build_average(tcfg, model, optimizer)  # trainer.ema / trainer.swa (cnnlab.engine.averaging)
     if isinstance(average, SWA):  # from swa.start_epoch on, SWALR sets the rate instead
@@ -183,7 +183,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     callbacks = [TensorBoardCallback(tb, info.mean, info.std, int(tcfg.log_every_n_steps))] if tb.enabled else []
     # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
     if dist.is_main:  # the other processes write nothing and print only warnings
-        top_k = int(tcfg.checkpoint.get("save_top_k", 0))
+        top_k = int(tcfg.checkpoint.save_top_k)
         checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best),
                                       TopK(run_dir / CKPT_DIR, top_k, tcfg.monitor, mode) if top_k else None)
         callbacks += [checkpoints, MetricsCSV(run_dir / METRICS_CSV), ProgressDisplay(progress)]
@@ -225,7 +225,7 @@ def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path,
                       dist: distributed.Dist = distributed.SINGLE) -> None:
     """The inspector's summary of the model about to train: model_summary.txt / .json in the run dir, and on
     the console (and train.log) the whole table or, with trainer.summary=totals, only its totals."""
-    mode = cfg.trainer.get("summary", "full")
+    mode = cfg.trainer.summary
     if mode == "none":
         return
     try:

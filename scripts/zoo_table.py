@@ -3,7 +3,7 @@
 Parameters are counted on the meta device (no memory, no init) at two standard settings: 1000 classes on
 3x224x224 (ImageNet; 3x299x299 for Inception v3, 3x227x227 for the paper AlexNet) and 10 classes on 3x32x32
 (CIFAR-10). The smallest input is the smallest square 3-channel image the entry accepts, found by the
-inspector's shape trace and search that the zoo's input-size check uses (cnnlab.models.inspector).
+inspector's shape trace and search that the zoo's input-size check uses (cnnlab.models.inspector.tracing).
 
     python scripts/zoo_table.py > /tmp/zoo.md
 """
@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnlab.errors import ConfigError  # noqa: E402
-from cnnlab.models.inspector import builds_and_runs, smallest_square_input  # noqa: E402
+from cnnlab.models.inspector.tracing import builds_and_runs, smallest_square_input  # noqa: E402
 from cnnlab.models import MODELS, _import_zoo  # noqa: E402
 
 SOURCES = {

@@ -15,7 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.errors import ConfigError
-from cnnlab.models.inspector import LayerFailure, first_failure, smallest_square_input, summarize
+from cnnlab.models.inspector.layer_report import LayerFailure
+from cnnlab.models.inspector.summarize import summarize
+from cnnlab.models.inspector.tracing import first_failure, smallest_square_input
 from cnnlab.models import build_model
 
 MODEL_CONFIGS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))

@@ -30,7 +30,7 @@ from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.data.build import data_info, discovered_classes
 from cnnlab.errors import ConfigError
 from cnnlab.engine.freezing import Freezer
-from cnnlab.models.inspector import summarize
+from cnnlab.models.inspector.summarize import summarize
 from cnnlab.models import build_model
 from cnnlab.util.outpaths import check_target, read_text, write_atomic
 from cnnlab.config.overrides import check_override_keys

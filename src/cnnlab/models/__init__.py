@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from cnnlab.config.checks import keyword_problems
 from cnnlab.errors import ConfigError
-from cnnlab.models.inspector import builds_and_runs, first_failure, smallest_square_input
+from cnnlab.models.inspector.tracing import builds_and_runs, first_failure, smallest_square_input
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 

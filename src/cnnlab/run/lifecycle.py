@@ -36,7 +36,8 @@ from cnnlab.errors import ConfigError, RunError, disk_full
 from cnnlab.run.records import read_overrides
 from cnnlab.engine.freezing import Freezer
 from cnnlab.run.finetune import load_pretrained
-from cnnlab.models.inspector import LayerFailure, summarize, totals_lines
+from cnnlab.models.inspector.layer_report import LayerFailure, totals_lines
+from cnnlab.models.inspector.summarize import summarize
 from cnnlab.engine.losses import run_loss
 from cnnlab.util.masking import masked
 from cnnlab.models import build_model

@@ -1,39 +1,18 @@
-"""The architecture inspector: what a network is before any compute is spent on training it.
-
-One sample goes through the model once, on the meta device (shapes only: no memory, no arithmetic, so a
-224-pixel VGG costs what LeNet costs). Forward hooks on the leaf modules give one row per layer in execution
-order; a `__torch_function__` mode sees every tensor operation in between (residual additions,
-concatenations, functional pooling, flattening) and carries each tensor's receptive field along:
-
-    a window op (convolution, pooling)   r_out = r_in + (d*(k - 1)) * j_in,   j_out = j_in * s
-    global/adaptive pooling              a window op whose window is the pooled region of the map
-    a dense layer on a flattened map     a window op whose window is the whole map (an FC layer is a conv
-                                         whose kernel covers the map, as VGG's fc6 is a 7x7 conv)
-    everything else (add, cat, pad,      per axis, the largest r and the largest j of the tensor inputs:
-    activations, norms, dropout, ...)    Inception's branches and ResNet's shortcuts are combined by max
-
-r is the theoretical receptive field of the course formula r = 1 + sum_l (k_l - 1) * prod_{i<l} s_i;
-padding does not reduce it, so it can exceed the image. Multiply-accumulates are those of convolution,
-linear and matrix-product operations (the usual counters' convention); norms, activations, pooling and
-additions cost none here.
-
-`first_failure` and `smallest_square_input` are the zoo's input-size check (cnnlab.models.build_model):
-the same trace that fills the table names the layer where a too-small input breaks the model.
-"""
+"""Tracing one sample through a model on the meta device: a row per leaf layer (shapes, parameters, MACs) and
+every tensor's receptive field carried along (docs/summary.md, "How it is measured"); the zoo's input-size check."""
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import re
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlab.errors import ConfigError
+from cnnlab.models.inspector.layer_report import RF, LayerFailure, axes_text
+
 
 # Positional parameter names of the functional ops the trace reads arguments from.
 _SIGNATURES = {
@@ -56,129 +35,6 @@ _ADAPTIVE = ("adaptive_avg_pool2d", "adaptive_max_pool2d")
 _MATMULS = ("matmul", "mm", "bmm", "__matmul__", "addmm", "baddbmm", "addbmm")
 # Ops after which a map's receptive field is known to be unchanged although its spatial size changes.
 _SIZE_ONLY = ("pad", "__getitem__")
-
-
-@dataclass(frozen=True)
-class RF:
-    """The receptive field of every element of a tensor, per spatial axis (height, width).
-
-    size: r, the side of the input window one element depends on; jump: j, the distance in input pixels
-    between neighbouring elements (the product of the strides so far); grid: the (height, width) the
-    elements lie on; a flattened map keeps its map's grid, so a dense layer after it covers the whole map.
-    """
-
-    size: tuple[int, int]
-    jump: tuple[int, int]
-    grid: tuple[int, int]
-
-    def window(self, kernel, stride, dilation=(1, 1), grid=None) -> RF:
-        size = tuple(r + d * (k - 1) * j for r, k, d, j in zip(self.size, kernel, dilation, self.jump))
-        jump = tuple(j * s for j, s in zip(self.jump, stride))
-        return RF(size, jump, tuple(grid) if grid is not None else self.grid)
-
-
-@dataclass
-class Layer:
-    """One row of the summary: a leaf module call, a functional window op, or parameters not run."""
-
-    name: str
-    type: str
-    kernel: tuple | None = None
-    stride: tuple | None = None
-    padding: tuple | str | None = None
-    output_shape: tuple | None = None       # per sample: (C, H, W) for maps, (F,) for vectors
-    trainable_params: int = 0
-    frozen_params: int = 0
-    macs: int = 0
-    receptive_field: tuple | None = None    # (r_h, r_w) at this layer's output
-    jump: tuple | None = None               # (j_h, j_w); None once the output has no spatial axes
-    executed: bool = True                   # False: never called in the inference pass (training-only heads)
-
-    def to_dict(self) -> dict:
-        def plain(v):
-            return list(v) if isinstance(v, tuple) else v
-
-        return {k: plain(v) for k, v in self.__dict__.items()}
-
-
-@dataclass
-class Summary:
-    model: str
-    input_shape: tuple[int, ...]
-    layers: list[Layer]
-    output_shape: tuple | None
-    params: int
-    trainable_params: int
-    frozen_params: int
-    macs: int
-    activation_bytes: int
-    param_bytes: int
-    buffer_bytes: int
-    receptive_field: tuple | None
-    jump: tuple | None
-    feature_map: dict | None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def model_size_mb(self) -> float:
-        return (self.param_bytes + self.buffer_bytes) / 2**20
-
-    @property
-    def covers_input(self) -> bool:
-        return self.receptive_field is not None and all(
-            r >= n for r, n in zip(self.receptive_field, self.input_shape[-2:]))
-
-    def to_dict(self) -> dict:
-        def plain(v):
-            return list(v) if isinstance(v, tuple) else v
-
-        feature = None if self.feature_map is None else {k: plain(v) for k, v in self.feature_map.items()}
-        return {
-            "model": self.model,
-            "input_shape": list(self.input_shape),
-            "output_shape": plain(self.output_shape),
-            "layers": [layer.to_dict() for layer in self.layers],
-            "totals": {
-                "params": self.params,
-                "trainable_params": self.trainable_params,
-                "frozen_params": self.frozen_params,
-                "macs": self.macs,
-                "activation_bytes": self.activation_bytes,
-                "param_bytes": self.param_bytes,
-                "buffer_bytes": self.buffer_bytes,
-                "model_size_mb": round(self.model_size_mb, 3),
-                "receptive_field": plain(self.receptive_field),
-                "jump": plain(self.jump),
-                "covers_input": self.covers_input,
-                "feature_map": feature,
-            },
-            "notes": list(self.notes),
-        }
-
-    def table(self) -> str:
-        return format_table(self)
-
-    def json(self) -> str:
-        """to_dict() as JSON text: one line per layer, short lists kept on one line."""
-        data = self.to_dict()
-        layers = data.pop("layers")
-        data = {**{k: data[k] for k in ("model", "input_shape", "output_shape")}, "layers": "@LAYERS@",
-                **{k: data[k] for k in ("totals", "notes")}}
-        text = json.dumps(data, indent=2)
-        # Lists of numbers and strings (shapes, kernels, receptive fields) on one line.
-        text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + ", ".join(
-            part.strip() for part in m.group(1).split(",\n")) + "]", text)
-        rows = ",\n".join("    " + json.dumps(layer) for layer in layers)
-        return text.replace('"@LAYERS@"', "[\n" + rows + "\n  ]" if rows else "[]")
-
-
-class LayerFailure(RuntimeError):
-    """The model could not run on the traced input; `layer` is where it broke."""
-
-    def __init__(self, layer: str | None, kind: str, message: str):
-        self.layer, self.kind, self.message = layer, kind, message
-        where = f"layer {layer!r} ({kind})" if layer else "input"
-        super().__init__(f"{where}: {message}")
 
 
 # ---- the trace --------------------------------------------------------------------------------------------
@@ -355,8 +211,8 @@ class _Trace(TorchFunctionMode):
             fits = [_adaptive_window(n_in, n_out) for n_in, n_out in zip(first.shape[-2:], out.shape[-2:])]
             kernel, stride = tuple(f[0] for f in fits), tuple(f[1] for f in fits)
             kinds = {f[2] for f in fits}
-            change = f"{self._where()}: adaptive pooling from {_axes(first.shape[-2:], collapse=False)} to " \
-                     f"{_axes(out.shape[-2:], collapse=False)}"
+            change = f"{self._where()}: adaptive pooling from {axes_text(first.shape[-2:], collapse=False)} to " \
+                     f"{axes_text(out.shape[-2:], collapse=False)}"
             if "enlarges" in kinds:
                 self.notes.append(f"{change} repeats positions; the receptive fields after it are upper bounds")
             elif "uneven" in kinds:
@@ -392,7 +248,7 @@ class _Trace(TorchFunctionMode):
             grid = tuple(out.shape[-2:])
             if name not in _SIZE_ONLY and any(t.dim() == 4 and tuple(t.shape[-2:]) != grid for t, _ in known):
                 self.notes.append(f"{self._where()}: {name} changes the map size from "
-                                  f"{_axes(known[0][0].shape[-2:], collapse=False)} to {_axes(grid, collapse=False)};"
+                                  f"{axes_text(known[0][0].shape[-2:], collapse=False)} to {axes_text(grid, collapse=False)};"
                                   " the inspector does not know how, so the receptive field there is carried over "
                                   "unchanged")
         else:
@@ -536,147 +392,3 @@ def smallest_square_input(accepts, limit: int = 1024) -> int | None:
     return lo
 
 
-# ---- the summary ------------------------------------------------------------------------------------------
-def summarize(model: nn.Module, input_shape, name: str = "") -> Summary:
-    """Shapes, parameters (trainable/frozen by requires_grad), MACs, activation memory and receptive fields
-    of `model` for one sample of input_shape (C, H, W). The model itself is not run and not changed."""
-    input_shape = tuple(int(v) for v in input_shape)
-    traced, output = trace(model, input_shape)
-    modules = dict(model.named_modules())
-    counted: set[int] = set()
-
-    def own_params(module: nn.Module) -> tuple[int, int]:
-        trainable = frozen = 0
-        for p in module.parameters(recurse=False):
-            if id(p) in counted:  # a parameter shared by several layers counts once, at its first use
-                continue
-            counted.add(id(p))
-            if p.requires_grad:
-                trainable += p.numel()
-            else:
-                frozen += p.numel()
-        return trainable, frozen
-
-    layers = []
-    for row in traced.rows:
-        module = modules.get(row["name"]) if not row["type"].startswith("F.") else None
-        trainable, frozen = own_params(module) if module is not None else (0, 0)
-        kind = row["type"] + (f" ({row['type_suffix']})" if row.get("type_suffix") else "")
-        layers.append(Layer(name=row["name"], type=kind, kernel=row.get("kernel"), stride=row.get("stride"),
-                            padding=row.get("padding"), output_shape=row["output_shape"],
-                            trainable_params=trainable, frozen_params=frozen, macs=row["macs"],
-                            receptive_field=row["receptive_field"], jump=row["jump"]))
-    # Parameters of layers the inference pass does not run (auxiliary classifiers), and parameters that
-    # containers hold themselves: listed too, so that the rows add up to the model's parameters.
-    for module_name, module in model.named_modules():
-        trainable, frozen = own_params(module)
-        if trainable or frozen:
-            leaf = next(module.children(), None) is None
-            layers.append(Layer(name=module_name or "(model)", type=type(module).__name__ if leaf else
-                                f"{type(module).__name__} (own parameters)", trainable_params=trainable,
-                                frozen_params=frozen, executed=False))
-    params = list(model.parameters())
-    out = next(_tensors(output), None)
-    out_rf = traced.rf.get(id(out)) if out is not None else None
-    return Summary(
-        model=name or type(model).__name__,
-        input_shape=input_shape,
-        layers=layers,
-        output_shape=tuple(out.shape[1:]) if out is not None else None,
-        params=sum(p.numel() for p in params),
-        trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        frozen_params=sum(p.numel() for p in params if not p.requires_grad),
-        macs=sum(layer.macs for layer in layers),
-        activation_bytes=traced.activation_bytes,
-        param_bytes=sum(p.numel() * p.element_size() for p in params),
-        buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
-        receptive_field=out_rf.size if out_rf is not None else None,
-        jump=out_rf.jump if out_rf is not None and out.dim() == 4 else None,
-        feature_map=traced.feature_map,
-        notes=list(dict.fromkeys(traced.notes)),
-    )
-
-
-# ---- the table ----------------------------------------------------------------------------------------------
-COLUMNS = ("layer", "type", "kernel", "stride", "pad", "output", "trainable", "frozen", "MACs", "RF", "jump")
-_RIGHT = {"kernel", "stride", "pad", "trainable", "frozen", "MACs", "RF", "jump"}
-
-
-def _axes(value, sep: str = "x", collapse: bool = True) -> str:
-    """(3, 3) -> '3' (or '3x3' without collapse), (1, 7) -> '1x7', a pad 4-tuple -> '1,2,1,2', None -> ''."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    value = tuple(value)
-    if len(value) == 4:
-        return ",".join(map(str, value))
-    if collapse and len(set(value)) == 1:
-        return str(value[0])
-    return sep.join(map(str, value))
-
-
-def human(n: float, unit: str = "") -> str:
-    """1_135_906_176 -> '1.14 G'."""
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {prefix}{unit}"
-    return f"{n:g} {unit}".rstrip()
-
-
-def megabytes(n: int) -> str:
-    return f"{n / 2**20:,.2f} MB"
-
-
-def layer_cells(layer: Layer) -> list[str]:
-    shape = "x".join(map(str, layer.output_shape)) if layer.output_shape is not None else (
-        "" if layer.executed else "(not run)")
-    return [layer.name, layer.type, _axes(layer.kernel, collapse=False), _axes(layer.stride), _axes(layer.padding),
-            shape, f"{layer.trainable_params:,}", f"{layer.frozen_params:,}", f"{layer.macs:,}",
-            _axes(layer.receptive_field), _axes(layer.jump)]
-
-
-def format_table(summary: Summary) -> str:
-    """The fixed-width table: one row per layer, then the totals."""
-    shape = "x".join(map(str, summary.input_shape))
-    rows = [list(COLUMNS)] + [layer_cells(layer) for layer in summary.layers]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if COLUMNS[i] in _RIGHT else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [f"{summary.model} on a {shape} input (one sample; shapes are channels x height x width; "
-           "RF = receptive field, jump = effective stride, in input pixels)", "", line(rows[0]),
-           "-" * len(line(rows[0]))]
-    out += [line(row) for row in rows[1:]]
-    out += ["", *totals_lines(summary)]
-    return "\n".join(out)
-
-
-def totals_lines(summary: Summary) -> list[str]:
-    s = summary
-    label = "{:<22}".format
-    out_shape = "x".join(map(str, s.output_shape)) if s.output_shape is not None else "-"
-    lines = [
-        label("input -> output") + f"{'x'.join(map(str, s.input_shape))} -> {out_shape}",
-        label("parameters") + f"{s.params:,} ({human(s.params)}): {s.trainable_params:,} trainable, "
-                              f"{s.frozen_params:,} frozen",
-        label("multiply-accumulates") + f"{s.macs:,} ({human(s.macs)}MAC) per sample, convolution and linear layers",
-        label("activations") + f"{megabytes(s.activation_bytes)} per sample (every tensor the forward pass creates)",
-        label("model size") + f"{megabytes(s.param_bytes + s.buffer_bytes)} (parameters "
-                              f"{megabytes(s.param_bytes)}, buffers {megabytes(s.buffer_bytes)})",
-    ]
-    if s.receptive_field is not None:
-        hw = "x".join(map(str, s.input_shape[-2:]))
-        seen = ("every output sees the whole " + hw + " input" if s.covers_input
-                else f"of a {hw} input" + (f", jump {_axes(s.jump)}" if s.jump else ""))
-        lines.append(label("receptive field") + f"{_axes(s.receptive_field)} at the output: {seen}")
-        if s.feature_map is not None:
-            f = s.feature_map
-            where = "the input" if f["layer"] == "input" else f"layer {f['layer']}"
-            lines.append(label("") + f"{_axes(f['receptive_field'])} at {where}, the last feature map "
-                                     f"({_axes(f['map'], collapse=False)}, jump {_axes(f['jump'])}), before layer "
-                                     f"{f['pooled_by']} mixes all its positions")
-    lines += [f"note: {n}" for n in s.notes]
-    return lines

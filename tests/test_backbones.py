@@ -383,7 +383,7 @@ def test_a_hub_checkpoint_runs_its_repository_only_when_this_command_trusts_it(m
 def test_owner_repo_always_means_the_hub_cache_never_a_folder_of_that_name_here(hub_dir, tmp_path, monkeypatch):
     """A folder planted where a command runs cannot stand in for a repository trusted by name: owner/repo is
     torch.hub's cache; ./owner/repo is the folder."""
-    from cnnlab.models.backbones import hub_repo_dir
+    from cnnlab.models.hub_source import hub_repo_dir
 
     cached = hub_repo(hub_dir / "someone_nets_main")
     monkeypatch.chdir(tmp_path)

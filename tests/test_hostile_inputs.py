@@ -250,7 +250,7 @@ def test_a_timm_checkpoint_path_in_a_config_is_never_opened(make_cfg, tmp_path):
 
 
 def test_torchs_weights_only_advice_never_shows(tmp_path):
-    from cnnlab.models.backbones import _first_line
+    from cnnlab.models.backbones import error_line as _first_line
 
     torch.save({"x": Planted()}, tmp_path / "bad.pt")
     with pytest.raises(Exception, match="weights_only") as info:

@@ -148,7 +148,8 @@ def _input_size_error(name: str, in_channels: int, input_size, failure: str, acc
 
 # Modules whose @register decorators fill MODELS. They import torchvision only inside the builders that
 # need it, so building LeNet-5 never pays torchvision's second of import time.
-ZOO_MODULES = ("lenet", "alexnet", "torchvision_zoo", "mlp", "cifar_resnet", "densenet_bc", "convnet", "backbones")
+ZOO_MODULES = ("lenet", "alexnet", "torchvision_zoo", "mlp", "cifar_resnet", "densenet_bc", "convnet", "torchvision_source",
+               "timm_source", "hub_source")
 
 
 def _import_zoo() -> None:

@@ -219,7 +219,7 @@ def repo_listed(cfg: DictConfig, repos) -> bool:
 def _same_repo(a: str, b: str) -> bool:
     """owner/repo[:ref] compare as written (they always mean torch.hub's cache); directories by where they are
     (~ and relative paths resolved)."""
-    from cnnlab.models.backbones import is_local_repo
+    from cnnlab.models.hub_source import is_local_repo
 
     if a == b:
         return True

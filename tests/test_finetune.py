@@ -94,3 +94,17 @@ def test_in_modules_matches_a_module_and_what_lies_inside_it():
 
     assert in_modules("layer1", ["layer1"]) and in_modules("layer1.0.conv1", ["fc", "layer1"])
     assert not in_modules("layer10", ["layer1"]) and not in_modules("layer", ["layer1"]) and not in_modules("fc", [])
+
+
+def test_fine_tuning_and_model_weights_keep_the_same_tensors():
+    """One rule for both: by name and shape outside the fresh modules; the rest outside them is a misfit."""
+    import torch
+
+    from cnnlab.engine.freezing import fitting_weights
+
+    own = {"conv.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4), "bn.running_mean": torch.zeros(4)}
+    state = {"conv.weight": torch.ones(4, 3, 3, 3), "fc.weight": torch.ones(7, 4), "bn.running_mean": torch.ones(5),
+             "extra.weight": torch.ones(1)}
+    fits, misfits = fitting_weights(state, own, ("fc",))
+    assert list(fits) == ["conv.weight"] and torch.equal(fits["conv.weight"], state["conv.weight"])
+    assert misfits == ["bn.running_mean", "extra.weight"]  # fc is fresh: its other width is no misfit

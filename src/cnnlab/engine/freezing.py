@@ -33,6 +33,15 @@ def in_modules(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def fitting_weights(state: dict, own: dict, fresh) -> tuple[dict, list[str]]:
+    """Weights for a model whose modules `fresh` (its new head, replaced stems) start afresh: the tensors of
+    `state` that fit `own` by name and shape outside them, and the names outside them that do not fit (in one
+    state but not the other, or of another shape), sorted. Fine-tuning and model.weights load through it."""
+    outside = [k for k in sorted(set(state) | set(own)) if not in_modules(k.rsplit(".", 1)[0], fresh)]
+    fits = {k: state[k] for k in outside if k in state and k in own and state[k].shape == own[k].shape}
+    return fits, [k for k in outside if k not in fits]
+
+
 class Freezer:
     """Which parameters finetune.freeze holds fixed, and keeping frozen batch norm in eval mode.
 

@@ -36,6 +36,7 @@ import torch.hub
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.engine.freezing import fitting_weights
 from cnnlab.errors import ConfigError
 from cnnlab.models.torchvision_zoo import SMALL_INPUT
 from cnnlab.models.torchvision_zoo import adapt_stem as zoo_adapt_stem
@@ -237,10 +238,6 @@ def construct(build: Callable[[], nn.Module], cpu_fallback: bool = True) -> nn.M
     return model.to("meta")
 
 
-def _under(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def read_weights_file(text: str) -> dict[str, torch.Tensor]:
     """A state dict from model.weights: a .safetensors file, a torch file holding a state dict (also under
     'state_dict' or 'model'), or a cnnlab checkpoint. Read with weights_only=True: tensors and containers only."""
@@ -294,10 +291,8 @@ def load_weights_file(model: nn.Module, text: str, fresh, input_conv: str | None
     if conv_key in state and conv_key in own and state[conv_key].ndim == 4 \
             and state[conv_key].shape[1] != own[conv_key].shape[1]:
         state[conv_key] = conv_weight_for_channels(state[conv_key], own[conv_key].shape[1])
-    fresh = tuple(fresh)
-    outside = [k for k in sorted(set(state) | set(own)) if not _under(k.rsplit(".", 1)[0], fresh)]
-    fits = {k: state[k] for k in outside if k in state and k in own and state[k].shape == own[k].shape}
-    misfits = [k for k in outside if k not in fits and not k.endswith("num_batches_tracked")]
+    fits, misfits = fitting_weights(state, own, tuple(fresh))
+    misfits = [k for k in misfits if not k.endswith("num_batches_tracked")]
     if misfits:
         def describe(k):
             if k not in own:

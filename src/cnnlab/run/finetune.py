@@ -8,7 +8,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from cnnlab.engine.checkpoint import check_source
-from cnnlab.engine.freezing import head_names, in_modules
+from cnnlab.engine.freezing import fitting_weights, head_names
 from cnnlab.errors import ConfigError
 
 
@@ -26,10 +26,7 @@ def load_pretrained(model: nn.Module, ckpt: dict, path: Path, model_name: str, n
                  "fine-tune with the same architecture (model={saved})", channels_key="finetune.checkpoint")
     own = model.state_dict()
     heads = head_names(model, num_classes)
-    fits = {k: v for k, v in state.items()
-            if k in own and own[k].shape == v.shape and not in_modules(k.rsplit(".", 1)[0], heads)}
-    misfits = sorted((set(state) | set(own)) - set(fits))
-    outside_head = [k for k in misfits if not in_modules(k.rsplit(".", 1)[0], heads)]
+    fits, outside_head = fitting_weights(state, own, heads)
     if outside_head:
         raise ConfigError(f"finetune.checkpoint={path} does not fit the configured {model_name!r} model outside its "
                           f"classifier head (e.g. {', '.join(outside_head[:3])}); was it trained with other model keys?")

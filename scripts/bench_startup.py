@@ -15,6 +15,7 @@ per-round ratios cnnlab/hand.
     python scripts/bench_startup.py --rounds 3 --epochs 5
     python scripts/bench_startup.py logger.enabled=false   # extra arguments are cnnlab overrides
     python scripts/bench_startup.py --hand-gc-freeze       # baseline that also uses gc.freeze()
+    python scripts/bench_startup.py --against-src ../before/src   # cnnlab before/after a change, same ABBA rounds
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ HAND_SCRIPT = Path(__file__).resolve().parent / "hand_lenet.py"
 TARGET = 1.10
 
 
-def run_timed(cmd: list[str], label: str) -> float:
+def run_timed(cmd: list[str], label: str, env: dict | None = None) -> float:
     """Run cmd to completion; returns its wall time in seconds. Exits with its output tails if it fails."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stdout.flush()
@@ -62,6 +63,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs on both sides (default 20 = the default run)")
     parser.add_argument("--hand-gc-freeze", action="store_true",
                         help="give the hand script cnnlab's gc.freeze() start-up trick too (a stricter baseline)")
+    parser.add_argument("--against-src", metavar="DIR",
+                        help="instead of the hand script, the same cnnlab command run from another source tree's "
+                             "src/ (e.g. a git worktree of an earlier commit): before/after a change")
     parser.add_argument("overrides", nargs="*", help="extra cnnlab config overrides, e.g. trainer.progress=none")
     args = parser.parse_args()
 
@@ -72,6 +76,10 @@ def main() -> None:
         hand_cmd = [sys.executable, str(HAND_SCRIPT), "--epochs", str(args.epochs)]
         if args.hand_gc_freeze:
             hand_cmd.append("--gc-freeze")
+        hand_env = None
+        if args.against_src:  # the baseline is cnnlab itself, imported from the other tree (its configs/ beside it)
+            hand_cmd = cnnlab_cmd
+            hand_env = dict(os.environ, PYTHONPATH=str(Path(args.against_src).resolve()))
         print(f"cnnlab: {' '.join(cnnlab_cmd)}")
         print(f"hand:   {' '.join(hand_cmd)}")
         load_before = os.getloadavg()[0]
@@ -84,9 +92,9 @@ def main() -> None:
             cnnlab_first = r % 2 == 0
             if cnnlab_first:
                 c = run_timed(cnnlab_cmd, "cnnlab")
-                h = run_timed(hand_cmd, "hand")
+                h = run_timed(hand_cmd, "hand", hand_env)
             else:
-                h = run_timed(hand_cmd, "hand")
+                h = run_timed(hand_cmd, "hand", hand_env)
                 c = run_timed(cnnlab_cmd, "cnnlab")
             cnnlab_s.append(c)
             hand_s.append(h)
@@ -110,7 +118,8 @@ def main() -> None:
     print("| side | median wall s | Q1 | Q3 |")
     print("|---|---|---|---|")
     print(f"| cnnlab (`python -m cnnlab.train`) | {c_q[1]:.2f} | {c_q[0]:.2f} | {c_q[2]:.2f} |")
-    print(f"| hand (`scripts/hand_lenet.py`) | {h_q[1]:.2f} | {h_q[0]:.2f} | {h_q[2]:.2f} |")
+    baseline = f"baseline (cnnlab from {args.against_src})" if args.against_src else "hand (`scripts/hand_lenet.py`)"
+    print(f"| {baseline} | {h_q[1]:.2f} | {h_q[0]:.2f} | {h_q[2]:.2f} |")
     print(f"| ratio cnnlab/hand (per round) | {r_q[1]:.3f} | {r_q[0]:.3f} | {r_q[2]:.3f} |")
     print(f"| ratio of the medians | {c_q[1] / h_q[1]:.3f} | | |")
     print()

@@ -41,6 +41,11 @@ def engine_round(overrides, epochs, tmp):
     return images / seconds, images / cpu, run
 
 
+def split_images(loader):
+    """A split's own images: the device-resident loaders share one array and index their rows of it."""
+    return loader.images if loader.index is None else loader.images[loader.index]
+
+
 def hand_round(template, epochs):
     """The loop a user would write by hand, fed the exact tensors and modules cnnlab built."""
     from cnnlab.models import build_model
@@ -56,8 +61,8 @@ def hand_round(template, epochs):
     opt = build_optimizer(cfg.optimizer, model)
     sched = build_schedule(cfg.scheduler, opt, max_epochs=epochs, steps_per_epoch=len(data.train),
                            monitor_mode="min").scheduler
-    x_all, y_all = data.train.images, data.train.labels
-    x_val = data.val.normalize(data.val.images.float()).contiguous(memory_format=layout)
+    x_all, y_all = split_images(data.train), data.train.labels
+    x_val = data.val.normalize(split_images(data.val).float()).contiguous(memory_format=layout)
     y_val = data.val.labels
     scale, shift = data.train.normalize.scale, data.train.normalize.shift
     augment, bs, n = data.train.augment, data.train.batch_size, len(y_all)

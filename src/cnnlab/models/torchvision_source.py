@@ -18,19 +18,13 @@ from cnnlab.models.backbones import (TORCHVISION_STEMS, adapt_input, check_weigh
                                     is_weights_file, load_weights_file, out_features, plain_kwargs, replace_module,
                                     set_head)
 from cnnlab.models import loads_pretrained, register
+from cnnlab.models.torchvision_zoo import weights_member
+
 
 # ---- model=torchvision ---------------------------------------------------------------------------------------------
 def _torchvision_weights(arch: str, text: str):
     """The weights enum member that `text` (IMAGENET1K_V1, DEFAULT, ResNet18_Weights.IMAGENET1K_V1) names."""
-    import torchvision.models as tvm  # ~1 s to import: only torchvision-based models pay it
-
-    enum = tvm.get_model_weights(arch)
-    valid = [w.name for w in enum] + ["DEFAULT"]
-    prefix, _, member = str(text).rpartition(".")
-    if (prefix and prefix != enum.__name__) or member not in valid:
-        raise ConfigError(f"model.weights={text!r} does not fit model.arch={arch}; its weights are "
-                          f"{', '.join(f'{enum.__name__}.{v}' for v in valid)}, or give a file path")
-    return enum.DEFAULT if member == "DEFAULT" else enum[member]
+    return weights_member(arch, text, f"model.arch={arch}", ", or give a file path")
 
 
 def _implied_by_weights(family: str, member, kwargs: dict) -> dict:

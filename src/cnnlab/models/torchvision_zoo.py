@@ -89,13 +89,7 @@ def torchvision_model(fn_name: str, weights: str | None, num_classes: int, **kwa
 
     if not weights or not loads_pretrained():
         return getattr(tvm, fn_name)(weights=None, num_classes=num_classes, **kwargs)
-    enum = tvm.get_model_weights(fn_name)
-    valid = [w.name for w in enum] + ["DEFAULT"]
-    prefix, _, member = str(weights).rpartition(".")
-    if (prefix and prefix != enum.__name__) or member not in valid:
-        raise ConfigError(f"model.weights={weights!r} does not fit model {fn_name!r}; its weights are "
-                          f"{', '.join(f'{enum.__name__}.{v}' for v in valid)}")
-    chosen = enum.DEFAULT if member == "DEFAULT" else enum[member]
+    chosen = weights_member(fn_name, weights, f"model {fn_name!r}")
     try:
         model = getattr(tvm, fn_name)(weights=chosen, **kwargs)
     except (OSError, RuntimeError) as bad:  # URLError is an OSError; offline downloads end here
@@ -186,3 +180,18 @@ def inception_v3(in_channels: int, num_classes: int, input_size, aux_logits: boo
                               dropout=dropout, **({} if weights and loads_pretrained() else {"init_weights": True}))
     model.aux_loss_weight = float(aux_weight) if aux_logits else 0.0
     return adapt_stem(model, "inception_v3", in_channels, input_size)
+
+
+def weights_member(arch: str, text, fits: str, alternative: str = "") -> object:
+    """The member of torchvision's weights enum for `arch` that `text` names (IMAGENET1K_V1, DEFAULT, or prefixed by
+    its enum: ResNet18_Weights.IMAGENET1K_V1), else a ConfigError: `text` does not fit `fits`, listing the
+    members (and `alternative`, what else model.weights may be)."""
+    import torchvision.models as tvm  # ~1 s to import: only torchvision-based models pay it
+
+    enum = tvm.get_model_weights(arch)
+    valid = [w.name for w in enum] + ["DEFAULT"]
+    prefix, _, member = str(text).rpartition(".")
+    if (prefix and prefix != enum.__name__) or member not in valid:
+        raise ConfigError(f"model.weights={text!r} does not fit {fits}; its weights are "
+                          f"{', '.join(f'{enum.__name__}.{v}' for v in valid)}{alternative}")
+    return enum.DEFAULT if member == "DEFAULT" else enum[member]

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _bench import abba, images_per_s, loadavg, quartiles  # noqa: E402  (scripts/_bench.py, beside this script)
+from cnnlab.config.typed import data_section
 
 SETS = {  # name -> config overrides building it
     "32x32x3 shapes": ["data=shapes", "data.num_samples=10000"],
@@ -41,7 +42,7 @@ def build(overrides, workers, loader):
 
     cfg = compose_config([*overrides, "augment=imagenet", f"data.loader={loader}", f"data.num_workers={workers}",
                           "data.batch_size=128"], tempfile.mkdtemp())
-    data = build_data(cfg.data, 0, torch.device("cpu"), cfg.augment)
+    data = build_data(data_section(cfg.data), 0, torch.device("cpu"), cfg.augment)
     assert data.loader_kind == loader, (loader, data.loader_kind)
     return data
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cnnlab.config.typed import data_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -35,7 +36,7 @@ def build(model_name: str, data_name: str, steps: int):
     from cnnlab.models import build_model
 
     cfg = compose_config([f"model={model_name}", f"data={data_name}"], tempfile.mkdtemp())
-    data = build_data(cfg.data, int(cfg.seed), torch.device("cpu"), cfg.augment)
+    data = build_data(data_section(cfg.data), int(cfg.seed), torch.device("cpu"), cfg.augment)
     info = data.info
     torch.manual_seed(0)
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size)

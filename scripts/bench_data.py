@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _bench import PerSample, abba, images_per_s  # noqa: E402  (scripts/_bench.py, beside this script)
+from cnnlab.config.typed import data_section
 
 SETS = {  # name -> config overrides building it, and the model for the epoch measurement
     "32x32x3": (["data=shapes", "data.num_samples=10000", "augment=basic"], "convnet"),
@@ -41,7 +42,7 @@ def build(overrides, workers, loader="tensor"):
 
     cfg = compose_config([*overrides, f"data.loader={loader}", f"data.num_workers={workers}", "data.batch_size=128"],
                          tempfile.mkdtemp())
-    return cfg, build_data(cfg.data, 0, torch.device("cpu"), cfg.augment)
+    return cfg, build_data(data_section(cfg.data), 0, torch.device("cpu"), cfg.augment)
 
 
 def baseline_loader(cfg, data, workers):

@@ -11,6 +11,7 @@ from cnnlab.data import build_data
 from cnnlab.data.augment import batched_unsupported
 from cnnlab.data.batch_colour import ColorJitter
 from cnnlab.data.batch_geometry import RandomResizedCrop
+from cnnlab.config.typed import data_section
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -208,7 +209,7 @@ def test_jitter_factors_and_orders_follow_torchvision_distribution():
 def test_imagenet_preset_takes_the_fast_path(make_cfg):
     for data in (["data=shapes", "data.num_samples=400"], []):  # 3 channels; the default 1-channel digits
         cfg = make_cfg("augment=imagenet", *data)
-        bundle = build_data(cfg.data, 0, CPU, cfg.augment)
+        bundle = build_data(data_section(cfg.data), 0, CPU, cfg.augment)
         assert bundle.loader_kind == "tensor"
         x, y = next(iter(bundle.train))
         assert x.shape[1:] == (bundle.info.in_channels, *bundle.info.input_size) and torch.isfinite(x).all()

@@ -12,6 +12,7 @@ from cnnlab.data.augment import BatchAugment, build_v2_pipeline
 from cnnlab.data.batch_geometry import RandomAffine, RandomErasing, box_tries
 from cnnlab.data.mixing import BatchMix
 from cnnlab.errors import ConfigError
+from cnnlab.config.typed import data_section
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -144,7 +145,7 @@ def test_mixed_targets_sum_to_one_and_match_the_images(mix):
 def test_mix_runs_on_both_loader_paths(make_cfg):
     for loader in ("tensor", "dataloader"):
         cfg = make_cfg("augment=basic", "augment/mix=mixup_cutmix", f"data.loader={loader}")
-        data = build_data(cfg.data, 0, CPU, cfg.augment)
+        data = build_data(data_section(cfg.data), 0, CPU, cfg.augment)
         assert data.loader_kind == loader
         x, target = next(iter(data.train))
         assert target.shape == (len(x), 10) and torch.allclose(target.sum(dim=1), torch.ones(len(x)))
@@ -156,8 +157,8 @@ def test_mix_runs_on_both_loader_paths(make_cfg):
 def test_eval_data_is_never_augmented(make_cfg, augment):
     cfg = make_cfg("data=shapes", "data.num_samples=400", f"augment={augment}", "augment/mix=mixup")
     plain_cfg = make_cfg("data=shapes", "data.num_samples=400", "augment=none")
-    data = build_data(cfg.data, 0, CPU, cfg.augment)
-    plain = build_data(plain_cfg.data, 0, CPU, plain_cfg.augment)
+    data = build_data(data_section(cfg.data), 0, CPU, cfg.augment)
+    plain = build_data(data_section(plain_cfg.data), 0, CPU, plain_cfg.augment)
     for split in ("val", "test"):
         for (x, y), (px, py) in zip(data.split(split), plain.split(split)):
             assert torch.equal(x, px) and torch.equal(y, py)
@@ -168,14 +169,14 @@ def test_auto_picks_the_fast_path_when_it_can_and_says_why_not(make_cfg, caplog)
     for augment, kind in (("basic", "tensor"), ("mnist", "tensor"), ("none", "tensor"), ("strong", "dataloader"),
                           ("imagenet", "tensor")):
         cfg = make_cfg(f"augment={augment}")
-        assert build_data(cfg.data, 0, CPU, cfg.augment).loader_kind == kind
+        assert build_data(data_section(cfg.data), 0, CPU, cfg.augment).loader_kind == kind
     assert "TrivialAugmentWide need per-sample transforms: using the DataLoader path" in caplog.text
     assert "tensor loader" in caplog.text and "dataloader loader" in caplog.text
     cfg = make_cfg("augment=basic", "data.loader=dataloader")
-    assert build_data(cfg.data, 0, CPU, cfg.augment).loader_kind == "dataloader"
+    assert build_data(data_section(cfg.data), 0, CPU, cfg.augment).loader_kind == "dataloader"
     cfg = make_cfg("augment=strong", "data.loader=tensor")
     with pytest.raises(ConfigError, match="data.loader=tensor cannot run .*TrivialAugmentWide"):
-        build_data(cfg.data, 0, CPU, cfg.augment)
+        build_data(data_section(cfg.data), 0, CPU, cfg.augment)
 
 
 @pytest.mark.parametrize("loader", ["tensor", "dataloader"])
@@ -183,13 +184,13 @@ def test_crop_larger_than_the_image_fails_before_training(make_cfg, loader):
     cfg = make_cfg(f"data.loader={loader}", "augment=basic", "augment.transforms.0.size=[40,40]",
                    "augment.transforms.0.padding=0")
     with pytest.raises(ConfigError, match="augment"):
-        build_data(cfg.data, 0, CPU, cfg.augment)
+        build_data(data_section(cfg.data), 0, CPU, cfg.augment)
 
 
 def test_size_changing_pipeline_is_refused(make_cfg):
     cfg = make_cfg("augment=imagenet", "augment.transforms.0.size=[20,20]")
     with pytest.raises(ConfigError, match=r"turn a \(1, 28, 28\) image into \(1, 20, 20\).*data.input_size"):
-        build_data(cfg.data, 0, CPU, cfg.augment)
+        build_data(data_section(cfg.data), 0, CPU, cfg.augment)
 
 
 def test_box_tries_draws_boxes_of_the_asked_area_and_aspect_ratio():

@@ -16,6 +16,7 @@ from cnnlab.engine.losses import Loss, resolve_class_weights
 from cnnlab.run.restore import check_compatible
 from cnnlab.run.lifecycle import prepare
 from cnnlab.run.validate import validate
+from cnnlab.config.typed import data_section
 
 CPU = torch.device("cpu")
 # digits: ~144 training images per class; five classes cut to 10 make a 10:1 imbalance
@@ -117,8 +118,8 @@ def _epoch_labels(loader, epoch):
 @pytest.mark.parametrize("loader", ["tensor", "dataloader"])
 def test_balanced_sampler_draws_every_class_equally_often(make_cfg, loader):
     extra = [f"data.loader={loader}", "data.num_workers=0"]
-    balanced = build_data(make_cfg(*IMBALANCED, *extra, "data.sampler=balanced").data, 42, CPU)
-    plain = build_data(make_cfg(*IMBALANCED, *extra).data, 42, CPU)
+    balanced = build_data(data_section(make_cfg(*IMBALANCED, *extra, "data.sampler=balanced").data), 42, CPU)
+    plain = build_data(data_section(make_cfg(*IMBALANCED, *extra).data), 42, CPU)
     assert balanced.loader_kind == loader and balanced.sizes["train"] == 550
     drawn = [_epoch_labels(balanced.train, epoch) for epoch in range(4)]
     assert all(len(y) == 550 for y in drawn)  # an epoch has as many samples as the training set
@@ -187,16 +188,16 @@ def test_balanced_order_is_the_same_on_every_process_before_sharding():
 def test_a_balanced_epoch_resumes_mid_way_with_the_same_batches(make_cfg, loader):
     cfg = make_cfg(*IMBALANCED, f"data.loader={loader}", "data.num_workers=0", "data.sampler=balanced",
                    "data.batch_size=50", "augment=basic")
-    full = build_data(cfg.data, 3, CPU, cfg.augment).train
+    full = build_data(data_section(cfg.data), 3, CPU, cfg.augment).train
     full.set_epoch(1)
     batches = list(full)
-    head = build_data(cfg.data, 3, CPU, cfg.augment).train
+    head = build_data(data_section(cfg.data), 3, CPU, cfg.augment).train
     head.set_epoch(1)
     for i, _ in enumerate(head):
         if i == 3:
             state = head.state_dict()
             break
-    resumed = build_data(cfg.data, 3, CPU, cfg.augment).train
+    resumed = build_data(data_section(cfg.data), 3, CPU, cfg.augment).train
     resumed.resume(state)
     tail = list(resumed)
     assert len(tail) == len(batches) - 4
@@ -205,15 +206,15 @@ def test_a_balanced_epoch_resumes_mid_way_with_the_same_batches(make_cfg, loader
 
 
 def test_max_per_class_caps_the_training_split_only(make_cfg):
-    whole = build_data(make_cfg("data=digits", "augment=none").data, 42, CPU)
-    capped = build_data(make_cfg("data=digits", "augment=none", "data.max_per_class=20").data, 42, CPU)
+    whole = build_data(data_section(make_cfg("data=digits", "augment=none").data), 42, CPU)
+    capped = build_data(data_section(make_cfg("data=digits", "augment=none", "data.max_per_class=20").data), 42, CPU)
     assert max(whole.class_counts) > 20 and capped.class_counts == [20] * 10
     assert capped.sizes["train"] == 200
     for split in ("val", "test"):  # unchanged: the cap applies after the split
         assert capped.sizes[split] == whole.sizes[split]
         assert torch.equal(torch.cat([y for _, y in capped.split(split)]), torch.cat([y for _, y in whole.split(split)]))
-    listed = build_data(make_cfg("data=digits", "augment=none", "data.class_subset=[3,7,9]",
-                                 "data.max_per_class=[5,200,12]").data, 42, CPU)
+    listed = build_data(data_section(make_cfg("data=digits", "augment=none", "data.class_subset=[3,7,9]",
+                                 "data.max_per_class=[5,200,12]").data), 42, CPU)
     assert listed.class_counts[0] == 5 and listed.class_counts[2] == 12
     assert listed.class_counts[1] == whole.class_counts[7]  # a cap above the class's count keeps them all
     with pytest.raises(ConfigError, match=r"^data.max_per_class has 2 values but the data has num_classes=10"):

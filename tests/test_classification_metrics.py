@@ -13,6 +13,7 @@ from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.cli.evaluate import evaluate
 from cnnlab.engine.metrics import classification_metrics, confusion_matrix, precision_recall_f1
 from cnnlab.run.weights import load_trained_model
+from cnnlab.config.typed import data_section
 
 
 def sklearn_scores(y_true, y_pred, average):
@@ -64,7 +65,7 @@ def test_run_metrics_equal_sklearn_on_the_runs_test_predictions(trained_run):
     run_dir, metrics = trained_run
     path, ckpt = find_checkpoint(run_dir, "ckpt")
     loaded = load_trained_model(path, torch.device("cpu"), ckpt=ckpt)
-    data = build_data(loaded.cfg.data, int(loaded.cfg.seed), torch.device("cpu"), train_augment=False)
+    data = build_data(data_section(loaded.cfg.data), int(loaded.cfg.seed), torch.device("cpu"), train_augment=False)
     y_true, y_pred = [], []
     with torch.inference_mode():
         for x, y in data.test:

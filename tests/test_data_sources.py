@@ -9,6 +9,7 @@ import pytest
 import torch
 from cnnlab.data import build_data
 from cnnlab.errors import ConfigError
+from cnnlab.config.typed import data_section
 
 import disk_formats as disk
 
@@ -28,7 +29,7 @@ def _unnormalise(x, info):
 
 def _build(make_cfg, *overrides, augment=None):
     cfg = make_cfg(*overrides)
-    return build_data(cfg.data, int(cfg.seed), CPU, augment)
+    return build_data(data_section(cfg.data), int(cfg.seed), CPU, augment)
 
 
 @pytest.mark.parametrize("name,folder,gz", [("mnist", "MNIST", False), ("fashion_mnist", "FashionMNIST", True),

@@ -23,6 +23,7 @@ from PIL import Image
 
 import disk_formats as disk
 from conftest import cli_env
+from cnnlab.config.typed import data_section
 from cnnlab.data import cache as decoded_cache
 from cnnlab.data.imagefolder import find_classes, images_under, read_image, scan_listing
 from cnnlab.data.sources import load_source
@@ -38,7 +39,7 @@ def logs(caplog):
 
 
 def _source(make_cfg, root: Path, *overrides: str):
-    return load_source(make_cfg(*SMALL, f"data.root={root}", *overrides).data)
+    return load_source(data_section(make_cfg(*SMALL, f"data.root={root}", *overrides).data))
 
 
 def _entries(home: Path) -> list[Path]:
@@ -172,9 +173,10 @@ def test_a_full_disk_during_the_build_leaves_no_partial_entry(tmp_path):
     small.mkdir()
     script = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
               "from conftest import compose_cfg; from cnnlab.data.sources import load_source; "
+              "from cnnlab.config.typed import data_section; "
               f"cfg = compose_cfg({str(tmp_path / 'run')!r}, 'data=imagefolder', 'data.root={tmp_path / 'imgs'}', "
               f"'data.input_size=[64,64]', 'data.cache_dir={small / 'cache'}'); "
-              "pool = load_source(cfg.data).pools['train']; print('rows', len(pool), int(pool.images.sum() > 0))")
+              "pool = load_source(data_section(cfg.data)).pools['train']; print('rows', len(pool), int(pool.images.sum() > 0))")
     env_path = f"PYTHONPATH={Path(__file__).parent}:$PYTHONPATH"
     proc = subprocess.run(["unshare", "-m", "sh", "-c",
                            f"set -e; mount -t tmpfs -o size=256k tmpfs {small}; set +e; "

@@ -17,6 +17,7 @@ from cnnlab.run.lifecycle import train
 from cnnlab.visualize.figures import denormalize
 from cnnlab.visualize.gradcam import gradcam_maps
 from cnnlab.visualize.layer_probe import default_gradcam_layer, probe_layers
+from cnnlab.config.typed import data_section
 from conftest import compose_cfg
 
 LENET_PICTURES = {"filters_features.0", "feature_maps_features.0", "feature_maps_features.3", "gradcam", "mistakes"}
@@ -109,7 +110,7 @@ def test_gradcam_puts_most_of_its_mass_on_the_shape_that_decides_the_class(tmp_p
                       "trainer.max_epochs=10", "optimizer.lr=0.01", "logger=none", "trainer.summary=none")
     train(cfg, overrides=[])
     loaded = load_trained_model(*find_checkpoint(run_dir, "run_dir")[:1], torch.device("cpu"))
-    data = build_data(loaded.cfg.data, int(loaded.cfg.seed), torch.device("cpu"), train_augment=False)
+    data = build_data(data_section(loaded.cfg.data), int(loaded.cfg.seed), torch.device("cpu"), train_augment=False)
     inputs, labels = next(iter(data.test))
     layer = default_gradcam_layer(probe_layers(loaded.model, 3, (32, 32), "cpu"))
     with torch.no_grad():

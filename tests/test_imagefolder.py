@@ -7,6 +7,7 @@ import pytest
 import torch
 from cnnlab.data import build_data
 from cnnlab.errors import ConfigError
+from cnnlab.config.typed import data_section
 
 import disk_formats as disk
 
@@ -16,7 +17,7 @@ SMALL = ["data=imagefolder", "data.input_size=[16,16]", "data.batch_size=8", "da
 
 def _build(make_cfg, *overrides, augment=None):
     cfg = make_cfg(*SMALL, *overrides)
-    return build_data(cfg.data, int(cfg.seed), CPU, augment)
+    return build_data(data_section(cfg.data), int(cfg.seed), CPU, augment)
 
 
 def _all(loader):

@@ -14,6 +14,7 @@ from cnnlab.data.transforms import Lighting
 from cnnlab.data.transforms import lighting
 from cnnlab.errors import ConfigError
 from cnnlab.run.restore import check_trusted_targets
+from cnnlab.config.typed import data_section
 from omegaconf import OmegaConf
 
 CPU = torch.device("cpu")
@@ -105,7 +106,7 @@ def _alexnet(make_cfg, *extra, run="run"):
 def test_the_pca_is_computed_once_and_the_cached_file_reused(make_cfg, tmp_path, monkeypatch):
     cfg = _alexnet(make_cfg)
     run_dir = tmp_path / "run"
-    first = build_data(cfg.data, 42, CPU, cfg.augment, cache_dirs=[run_dir])
+    first = build_data(data_section(cfg.data), 42, CPU, cfg.augment, cache_dirs=[run_dir])
     saved = json.loads((run_dir / lighting.PCA_FILE).read_text())
     assert saved["fingerprint"]["images"] == first.sizes["train"]
     lighting_op = first.train.augment.ops[0]
@@ -115,14 +116,14 @@ def test_the_pca_is_computed_once_and_the_cached_file_reused(make_cfg, tmp_path,
         raise AssertionError("the cached PCA should have been used")
 
     monkeypatch.setattr(lighting, "rgb_pca", no_recompute)
-    again = build_data(cfg.data, 42, CPU, cfg.augment, cache_dirs=[run_dir])
+    again = build_data(data_section(cfg.data), 42, CPU, cfg.augment, cache_dirs=[run_dir])
     assert torch.equal(again.train.augment.ops[0].eigvec, lighting_op.eigvec)
     # a resumed run reads the first run's file (its own dir has none yet) and writes nothing there
     resumed_dir = tmp_path / "resumed"
-    build_data(cfg.data, 42, CPU, cfg.augment, cache_dirs=[resumed_dir, run_dir])
+    build_data(data_section(cfg.data), 42, CPU, cfg.augment, cache_dirs=[resumed_dir, run_dir])
     # another training split (another seed) does not take it
     with pytest.raises(AssertionError, match="cached PCA should have been used"):
-        build_data(cfg.data, 7, CPU, cfg.augment, cache_dirs=[run_dir])
+        build_data(data_section(cfg.data), 7, CPU, cfg.augment, cache_dirs=[run_dir])
 
 
 @pytest.mark.integration  # starts processes: a training's data loader workers or a command
@@ -145,7 +146,7 @@ def test_prepare_caches_the_pca_in_the_run_dir_and_a_resume_reuses_it(make_cfg, 
 def test_the_alexnet_preset_runs_on_both_loader_paths(make_cfg, tmp_path, loader):
     cfg = _alexnet(make_cfg, f"data.loader={loader}", "data.num_workers=0")
     assert batched_unsupported(cfg.augment.transforms) == []  # auto takes the fast path
-    data = build_data(cfg.data, 42, CPU, cfg.augment, cache_dirs=[tmp_path / "run"])
+    data = build_data(data_section(cfg.data), 42, CPU, cfg.augment, cache_dirs=[tmp_path / "run"])
     assert data.loader_kind == loader
     x, _ = next(iter(data.train))
     assert x.shape[1:] == (3, 16, 16) and torch.isfinite(x).all()
@@ -165,7 +166,7 @@ def test_grey_images_are_refused_with_one_clear_line(make_cfg):
     cfg = make_cfg("augment=alexnet")  # mnist_sample: 1 channel
     with pytest.raises(ConfigError, match=r"^augment.transforms\[0\]._target_=cnnlab.data.transforms.Lighting: "
                                           r"AlexNet's PCA lighting needs RGB images, but data.in_channels=1"):
-        build_data(cfg.data, 42, CPU, cfg.augment)
+        build_data(data_section(cfg.data), 42, CPU, cfg.augment)
     with pytest.raises(ConfigError, match="needs RGB images, got 1 channel"):
         Lighting(0.1, EIGVAL, EIGVEC).apply(torch.zeros(1, 4, 4, dtype=torch.uint8), torch.ones(3))
 

@@ -15,6 +15,7 @@ from conftest import cli_env
 
 from cnnlab.engine.progress import Progress
 from cnnlab.run.lifecycle import train
+from cnnlab.config.typed import data_section
 
 COMMON = ["trainer.max_epochs=4", "trainer.limit_train_batches=12", "scheduler=step", "scheduler.step_size=1",
           "scheduler.gamma=0.7", "logger.histogram_every_n_epochs=0"]
@@ -114,7 +115,7 @@ def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(make
         make_cfg("augment=basic", "augment/mix=mixup_cutmix", "data.loader=tensor", "data.batch_size=256")
 
     def fresh():
-        return build_data(cfg.data, 3, torch.device("cpu"), cfg.augment).train
+        return build_data(data_section(cfg.data), 3, torch.device("cpu"), cfg.augment).train
 
     def run_epoch(train, stop_after=None):
         torch.manual_seed(11)

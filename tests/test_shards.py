@@ -30,6 +30,7 @@ from cnnlab.data import build_data
 from cnnlab.data.stream import KEY_LOG
 from cnnlab.engine.callbacks import Callback
 from cnnlab.errors import ConfigError, TrainingStopped
+from cnnlab.config.typed import data_section
 
 CPU = torch.device("cpu")
 CLASSES = ("cat", "dog", "fox")
@@ -169,7 +170,7 @@ def test_ranks_and_workers_split_the_shards_so_that_each_sample_is_trained_once(
     log = tmp_path / "keys.txt"
     monkeypatch.setenv(KEY_LOG, str(log))
     cfg = stream_cfg(make_cfg, out, f"data.num_workers={workers}", "augment=basic")
-    ranks = [build_data(cfg.data, 7, CPU, cfg.augment, shard=(r, 2)) for r in (0, 1)]
+    ranks = [build_data(data_section(cfg.data), 7, CPU, cfg.augment, shard=(r, 2)) for r in (0, 1)]
     val_labels = []
     for data in ranks:
         assert len(data.train) == 4  # 18 samples per rank in batches of 5
@@ -200,7 +201,7 @@ def test_uneven_shards_give_every_process_the_same_share_and_a_warning(shard_dir
     assert sum(p.quota for plan in evaluation for p in plan) == 30  # evaluation: every sample once, no padding
     _, out, _ = shard_dir
     cfg = stream_cfg(make_cfg, out, train=str(out / "train-{000000..000004}.tar"))
-    build_data(cfg.data, 0, CPU, shard=(0, 2))
+    build_data(data_section(cfg.data), 0, CPU, shard=(0, 2))
     assert "the processes' shares differ" in caplog.text
 
 
@@ -211,7 +212,7 @@ def test_each_epoch_reads_the_shards_in_a_new_order_that_the_seed_repeats(shard_
     for seed, epoch in ((1, 0), (1, 1), (1, 0)):
         log = tmp_path / f"keys{len(orders)}.txt"
         monkeypatch.setenv(KEY_LOG, str(log))
-        train = build_data(cfg.data, seed, CPU, cfg.augment).train
+        train = build_data(data_section(cfg.data), seed, CPU, cfg.augment).train
         train.set_epoch(epoch)
         list(train)
         orders.append([k for _, _, k in keys_of(log)])
@@ -226,7 +227,7 @@ def test_a_stream_resumed_mid_epoch_yields_the_rest_of_that_epoch_unchanged(shar
     cfg = stream_cfg(make_cfg, out, "data.num_workers=2", "augment=basic", "augment/mix=mixup_cutmix")
 
     def epoch(stop_after=None, state=None):
-        train = build_data(cfg.data, 5, CPU, cfg.augment).train
+        train = build_data(data_section(cfg.data), 5, CPU, cfg.augment).train
         train.set_epoch(2)
         if state is not None:
             train.resume(state)
@@ -306,7 +307,7 @@ def test_shards_read_over_http_give_the_same_batches_as_on_disk(shard_dir, http_
     _, out, _ = shard_dir
     local = stream_cfg(make_cfg, out, "data.num_workers=2")
     remote = stream_cfg(make_cfg, out, "data.num_workers=2", train=f"{http_root}/{Path(pattern(out, 'train')).name}")
-    same_batches(build_data(local.data, 2, CPU), build_data(remote.data, 2, CPU))  # the manifest comes over HTTP too
+    same_batches(build_data(data_section(local.data), 2, CPU), build_data(data_section(remote.data), 2, CPU))  # the manifest comes over HTTP too
 
 
 def test_shards_read_through_a_pipe_command_give_the_same_batches_as_on_disk(shard_dir, make_cfg):
@@ -316,7 +317,7 @@ def test_shards_read_through_a_pipe_command_give_the_same_batches_as_on_disk(sha
     local = stream_cfg(make_cfg, out)
     piped = stream_cfg(make_cfg, out, f"data.manifest='pipe:cat {out / 'cnnlab-shards.json'}'",
                        train=f"pipe:cat {pattern(out, 'train')}")
-    same_batches(build_data(local.data, 2, CPU), build_data(piped.data, 2, CPU))
+    same_batches(build_data(data_section(local.data), 2, CPU), build_data(data_section(piped.data), 2, CPU))
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -341,10 +342,10 @@ def test_too_few_shards_for_the_processes_and_a_missing_library_are_told_plainly
     _, out, _ = shard_dir
     cfg = stream_cfg(make_cfg, out)
     with pytest.raises(ConfigError, match=r"names 6 shard\(s\) but 8 processes train"):
-        build_data(cfg.data, 0, CPU, shard=(0, 8))
+        build_data(data_section(cfg.data), 0, CPU, shard=(0, 8))
     monkeypatch.setitem(sys.modules, "webdataset", None)  # as if not installed: importing it fails
     with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[shards\]'"):
-        build_data(cfg.data, 0, CPU)
+        build_data(data_section(cfg.data), 0, CPU)
 
 
 def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_naming_it(shard_dir, make_cfg,
@@ -358,7 +359,7 @@ def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_naming_i
     with tarfile.open(out / "val-000000.tar") as old, tarfile.open(shard, "w") as new:
         for member in old.getmembers()[:-4]:  # two samples fewer (an image and a .cls each)
             new.addfile(member, old.extractfile(member))
-    data = build_data(stream_cfg(make_cfg, copy).data, 0, CPU)
+    data = build_data(data_section(stream_cfg(make_cfg, copy).data), 0, CPU)
     with pytest.raises(ConfigError, match=r"val-000000.tar as the manifest describes it: it holds 4 samples, the "
                                           r"manifest says 6"):
         list(data.val)
@@ -373,7 +374,7 @@ def test_a_shard_changed_after_its_manifest_was_written_stops_the_epoch_naming_i
             new.addfile(member, io.BytesIO(data))
     with pytest.raises(ConfigError, match=rf"cannot read image {damaged} in shard .*test-000001.tar: cannot "
                                           rf"identify image file$"):
-        list(build_data(stream_cfg(make_cfg, copy).data, 0, CPU).test)
+        list(build_data(data_section(stream_cfg(make_cfg, copy).data), 0, CPU).test)
 
 
 def test_the_default_run_does_not_import_webdataset():

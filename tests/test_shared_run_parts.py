@@ -7,7 +7,6 @@ import logging
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from cnnlab.engine.devices import Precision
 from cnnlab.engine.checkpoint import load_checkpoint
@@ -16,15 +15,15 @@ from cnnlab.errors import ConfigError
 from cnnlab.engine.losses import resolve_class_weights, run_loss
 from cnnlab.engine.metrics import classification_metrics, confusion_metrics, per_class_accuracy
 from cnnlab.run.restore import saved_run_config
+from cnnlab.config.typed import typed_config
+from conftest import compose_cfg
 
 
-def test_reported_topk_always_has_top1_once_and_ascending_for_training_and_eval():
+def test_reported_topk_always_has_top1_once_and_ascending_for_training_and_eval(tmp_path):
     assert reported_topk([5, 3, 5]) == (1, 3, 5)
     assert reported_topk([]) == (1,)
-    cfg = OmegaConf.create({"max_epochs": 1, "topk": [5, 1], "channels_last": False, "compile": False,
-                            "grad_clip": 0.0, "test_with": "best", "precision": "32",
-                            "limit_train_batches": None, "accumulate_grad_batches": 1, "nonfinite": "stop", "handle_signals": True})
-    assert TrainerOptions.from_config(cfg).topk == reported_topk(cfg.topk) == (1, 5)
+    trainer = typed_config(compose_cfg(tmp_path, "trainer.topk=[5,1]")).trainer
+    assert TrainerOptions.from_config(trainer).topk == reported_topk(trainer.topk) == (1, 5)
 
 
 def test_precision_autocast_full_precision_is_one_reusable_no_op_and_bf16_autocasts():
@@ -36,22 +35,20 @@ def test_precision_autocast_full_precision_is_one_reusable_no_op_and_bf16_autoca
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def test_run_loss_weights_as_training_does_and_says_so_only_when_asked(caplog):
-    cfg = OmegaConf.create({"trainer": {"loss": "cross_entropy", "label_smoothing": 0.1, "class_weights": "auto"},
-                            "data": {"sampler": "balanced"}})
+def test_run_loss_weights_as_training_does_and_says_so_only_when_asked(caplog, tmp_path):
+    trainer = typed_config(compose_cfg(tmp_path, "trainer.label_smoothing=0.1", "trainer.class_weights=auto")).trainer
     counts = [30, 10, 20]
     with caplog.at_level(logging.INFO, logger="cnnlab"):
-        quiet = run_loss(cfg, counts, announce=False)
+        quiet = run_loss(trainer, "balanced", counts, announce=False)
     assert not caplog.records
     with caplog.at_level(logging.INFO, logger="cnnlab"):
-        loss = run_loss(cfg, counts)
+        loss = run_loss(trainer, "balanced", counts)
     assert "trainer.class_weights=auto" in caplog.records[0].getMessage()
     assert "favoured twice" in caplog.records[1].getMessage()
     for each in (quiet, loss):
         assert each.name == "cross_entropy" and each.smoothing == pytest.approx(0.1)
         assert each.weight.tolist() == pytest.approx(resolve_class_weights("auto", counts))
-    cfg.trainer.class_weights = None
-    assert run_loss(cfg, counts).weight is None
+    assert run_loss(trainer.model_copy(update={"class_weights": None}), "balanced", counts).weight is None
 
 
 def test_confusion_metrics_are_the_averages_then_per_class_accuracy_and_scores():

@@ -8,6 +8,7 @@ import torch
 from cnnlab.data import build_data
 from cnnlab.data.loaders import DataLoaderAdapter, TensorLoader, TransformDataset
 from cnnlab.data.sources import Pool
+from cnnlab.config.typed import data_section
 
 
 def numbered(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +45,7 @@ def test_loaders_over_a_view_yield_the_views_rows_in_every_path():
 def test_the_splits_of_a_built_set_share_one_array(make_cfg):
     cfg = make_cfg("data=digits", "data.input_size=[8,8]", "augment=none", "data.class_subset=[0,1,2,3,4,5]",
                    "data.max_per_class=40")
-    data = build_data(cfg.data, 0, torch.device("cpu"))
+    data = build_data(data_section(cfg.data), 0, torch.device("cpu"))
     storage = {loader.images.untyped_storage().data_ptr() for loader in (data.train, data.val, data.test)}
     assert len(storage) == 1
     sizes = [len(loader.index) for loader in (data.train, data.val, data.test)]

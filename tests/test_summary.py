@@ -325,8 +325,9 @@ def compose_summary(tmp_path, *overrides):
                                             ("[3,227,227]", ((3, 227, 227), 10))])
 def test_input_size_override(tmp_path, value, expected):
     from cnnlab.cli.summary import summary_input
+    from cnnlab.run.validate import validate
 
-    assert summary_input(compose_summary(tmp_path, f"input_size={value}")) == expected
+    assert summary_input(validate(compose_summary(tmp_path, f"input_size={value}"), "summary")) == expected
 
 
 @pytest.mark.parametrize("override,message", [

@@ -238,12 +238,11 @@ class NotTraceable(torch.nn.Module):
 
 @pytest.mark.parametrize("graph", [True, False])
 def test_graph_that_cannot_be_traced_or_is_off_leaves_the_run_going(tmp_path, caplog, graph):
-    from omegaconf import OmegaConf
-
+    from cnnlab.config.training_schema import Logger
     from cnnlab.engine.tensorboard import TensorBoardLogger
 
-    cfg = OmegaConf.create({"enabled": True, "flush_secs": 30, "graph": graph})
-    tb = TensorBoardLogger(cfg, tmp_path)
+    section = Logger(enabled=True, histogram_every_n_epochs=0, images=False, hparams=False, graph=graph, flush_secs=30)
+    tb = TensorBoardLogger(section, tmp_path)
     model = NotTraceable().train()
     with caplog.at_level("WARNING"):
         tb.graph(model, torch.zeros(1, 1, 4, 4))

@@ -16,6 +16,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.cli.evaluate import evaluate
 from cnnlab.run.weights import load_trained_model
 from cnnlab.engine.tta import TTAModel, default_resize, resolve_resize
+from cnnlab.config.typed import data_section
 
 
 def hand_average(model, crops) -> torch.Tensor:
@@ -29,7 +30,7 @@ def trained(trained_run):
     run_dir, _ = trained_run
     path, ckpt = find_checkpoint(run_dir, "ckpt")
     loaded = load_trained_model(path, torch.device("cpu"), ckpt=ckpt)
-    data = build_data(loaded.cfg.data, int(loaded.cfg.seed), torch.device("cpu"), train_augment=False)
+    data = build_data(data_section(loaded.cfg.data), int(loaded.cfg.seed), torch.device("cpu"), train_augment=False)
     return run_dir, loaded.model, data
 
 

@@ -51,26 +51,27 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     _, run_cfg, keys = saved_run_config(cfg, ckpt, path, overrides, skip=EVAL_KEYS, fixed={"augment.transforms": []},
                                         untrusted_ok=("optimizer.", "scheduler."))
     check_split_unchanged(keys, cfg)
-    validate(built_parts(run_cfg))
-    fit_topk(run_cfg, known_classes(run_cfg), "trainer.topk" in keys)
+    typed = validate(built_parts(run_cfg))
+    topk = fit_topk(run_cfg, known_classes(run_cfg), "trainer.topk" in keys)
+    tcfg = typed.trainer.model_copy(update={"topk": topk})
     tta = str(cfg.tta)
-    tta_resize = resolve_resize(tta, cfg.get("tta_resize"), run_cfg.data.input_size)
+    tta_resize = resolve_resize(tta, cfg.tta_resize, typed.data.input_size)
     out_dir = Path(OmegaConf.to_container(cfg.paths, resolve=True)["output_dir"])
     claim(out_dir, "eval", existing=str(cfg.paths.existing_run), task_cfg=cfg)
 
-    tcfg = run_cfg.trainer
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)
     loaded = load_trained_model(path, device, run_cfg, ckpt)
-    data = build_data(run_cfg.data, int(run_cfg.seed), device, train_augment=False)
+    data = build_data(typed.data, typed.seed, device, train_augment=False)
 
-    model = loaded.model if tta == "none" else TTAModel(loaded.model, tta, run_cfg.data.input_size, tta_resize)
+    model = loaded.model if tta == "none" else TTAModel(loaded.model, tta, typed.data.input_size, tta_resize)
     classes = list(loaded.info.classes)
     # the Trainer's test pass: the run's loss, weighted as in training (auto: the same training counts)
-    report = evaluate_split(model, data.split(split), run_loss(run_cfg, data.class_counts, announce=False), split,
-                            classes, ks=reported_topk(tcfg.topk), device=device, precision=precision)
+    loss = run_loss(tcfg, typed.data.sampler, data.class_counts, announce=False)
+    report = evaluate_split(model, data.split(split), loss, split, classes, ks=reported_topk(tcfg.topk), device=device,
+                            precision=precision)
     metrics, confusion = report.metrics, report.confusion
-    if tta != "none" and str(tcfg.loss) != "cross_entropy":  # the averaged softmax is no input for bce or mse
+    if tta != "none" and tcfg.loss != "cross_entropy":  # the averaged softmax is no input for bce or mse
         metrics.pop(f"{split}/loss", None)
     result = {
         "checkpoint": str(path),

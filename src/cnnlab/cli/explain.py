@@ -101,10 +101,10 @@ def explain(run_dir: str, images: list[str] | None = None, layers: list[str] | N
         check_target(out_dir / name, out_key, "cnnlab-explain", lambda p: _own_picture(p, out is None),
                      "it is not a picture cnnlab wrote")
     normalize = Normalize(info.mean, info.std, target)
-    mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
+    mode = loaded.data.image_resize_mode()
     user = [load_image(p, info.in_channels, info.input_size, mode) for p in files]
 
-    data = build_data(loaded.cfg.data, int(loaded.cfg.seed), target, train_augment=False)
+    data = build_data(loaded.data, int(loaded.cfg.seed), target, train_augment=False)
     mistakes, samples, total = _scan_test_split(model, data.test, MISTAKES, n_images, info.classes)
     if user:
         chosen = ImagesToExplain(normalize(torch.stack(user).to(target).float()), [p.name for p in files],

@@ -87,7 +87,7 @@ def export(checkpoint: str, fmt: str, out: str | None = None, trusted_repos: tup
     check_export_target(target, f"--out={out}" if out else f"the default --out ({target})")
     loaded = load_trained_model(path, torch.device("cpu"), ckpt=ckpt, trusted_repos=trusted_repos)
     meta = {"checkpoint": str(path), "epoch": loaded.epoch, "model": str(loaded.cfg.model.name),
-            "resize_mode": str(loaded.cfg.data.get("resize_mode", "stretch"))}
+            "resize_mode": loaded.data.image_resize_mode()}
     return export_model(loaded.model, loaded.info, fmt, target, meta)
 
 

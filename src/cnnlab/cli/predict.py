@@ -33,7 +33,7 @@ def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto",
     path, saved = find_checkpoint(ckpt, "checkpoint")
     loaded = load_trained_model(path, target, ckpt=saved, trusted_repos=trusted_repos)
     info = loaded.info
-    mode = str(loaded.cfg.data.get("resize_mode", "stretch"))
+    mode = loaded.data.image_resize_mode()
     normalize = Normalize(info.mean, info.std, target)
     chunks = []
     for start in range(0, len(images), PREDICT_BATCH):  # a whole directory need not fit in memory at once

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli.common import reports_config_errors
 from cnnlab.config.compose import CONFIG_DIR
+from cnnlab.config.schema import SummaryConfig
 from cnnlab.data.build import data_info, discovered_classes
 from cnnlab.errors import ConfigError
 from cnnlab.engine.freezing import Freezer
@@ -41,20 +42,21 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def summary_input(cfg: DictConfig) -> tuple[tuple[int, int, int], int]:
-    """((C, H, W), classes) to inspect: the data config's, with the summary's input_size / num_classes on top."""
+def summary_input(cfg: SummaryConfig) -> tuple[tuple[int, int, int], int]:
+    """((C, H, W), classes) to inspect: the data section's, with the summary's input_size / num_classes on top.
+    `cfg`: the validated summary config (cnnlab.run.validate.validate(cfg, "summary"))."""
 
     data = cfg.data
     found = None if cfg.num_classes is not None else discovered_classes(data)
     if found is not None:  # an image folder or shard set: its folders or manifest name the classes
-        data = OmegaConf.merge(data, {"classes": found})
+        data = data.model_copy(update={"classes": found})
     info = data_info(data)  # reads the data config only; no images are loaded
     channels, size, classes = info.in_channels, tuple(info.input_size), info.num_classes
     override = cfg.input_size
     if override is not None:
-        values = [override] if not OmegaConf.is_list(override) else list(override)
+        values = list(override) if isinstance(override, list) else [override]
         if not (len(values) in (1, 2, 3) and all(_positive_int(v) for v in values)):
-            raise ConfigError(f"input_size={OmegaConf.to_container(override) if OmegaConf.is_list(override) else override!r}"
+            raise ConfigError(f"input_size={override!r}"
                               " must be N (a square N x N input), [H, W] or [C, H, W] with positive integers")
         if len(values) == 3:
             channels, size = values[0], tuple(values[1:])
@@ -91,15 +93,15 @@ def summary_is_ours(path: Path) -> bool:
 
 def build_summary(cfg: DictConfig):
     """Build the configured model on the meta device, freeze what finetune.freeze names, and inspect it."""
-    validate(cfg, "summary")
-    fmt = cfg.format
+    typed = validate(cfg, "summary")
+    fmt = typed.format
     if cfg.output and Path(str(cfg.output)).expanduser().is_dir():
         raise ConfigError(f"output={cfg.output} is a directory; give a file name, e.g. "
                           f"output={Path(str(cfg.output)) / ('summary.json' if fmt == 'json' else 'summary.txt')}")
     if cfg.output:
         check_target(Path(str(cfg.output)), f"output={cfg.output}", "cnnlab-summary", summary_is_ours,
                      "it is not a summary cnnlab-summary wrote")
-    shape, classes = summary_input(cfg)
+    shape, classes = summary_input(typed)
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     notes = []
     # Pretrained weights change no shape; loading them would need the file (or the network) for nothing, so the
@@ -110,7 +112,7 @@ def build_summary(cfg: DictConfig):
         notes.append("model.pretrained=true is not loaded: weights do not change the architecture")
     with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
         model = build_model(model_cfg, shape[0], classes, shape[1:], pretrained=False)
-    freeze = cfg.finetune.freeze if cfg.finetune is not None else "none"
+    freeze = typed.finetune.freeze if typed.finetune is not None else "none"
     if freeze not in (None, "none"):
         Freezer(model, freeze, classes).freeze()
     summary = summarize(model, shape, name=model_label(cfg))

@@ -28,7 +28,7 @@ def config_problems(cfg, kind: str = "train") -> list[str]:
         container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     except Exception as bad:  # an interpolation that cannot be resolved
         return [f"the config cannot be resolved: {str(bad).splitlines()[0]}"]
-    container = _missing_to_none(container)
+    container = missing_to_none(container)
     problems = schema_problems(schema.CONFIGS[kind], container)
     if isinstance(container.get("data"), dict):
         problems += _data_problems(container["data"])
@@ -48,16 +48,16 @@ def command_key_problems(cfg, kind: str) -> list[str]:
     """Problems of the keys a command adds to the training config (cnnlab-eval's ckpt and split) only: the
     rest of its config stands for the checkpoint's saved config, which is checked once the two are merged."""
     own = set(schema.CONFIGS[kind].model_fields) - set(schema.TrainConfig.model_fields)
-    container = _missing_to_none(OmegaConf.to_container(cfg, resolve=True))
+    container = missing_to_none(OmegaConf.to_container(cfg, resolve=True))
     return [p for p in schema_problems(schema.CONFIGS[kind], container) if p.split("=")[0].split(" ")[0] in own]
 
 
-def _missing_to_none(node):
+def missing_to_none(node):
     """Mandatory values not given (`???`) count as null here; the rule that needs them names them."""
     if isinstance(node, dict):
-        return {k: _missing_to_none(v) for k, v in node.items()}
+        return {k: missing_to_none(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_missing_to_none(v) for v in node]
+        return [missing_to_none(v) for v in node]
     return None if node == "???" else node
 
 
@@ -115,7 +115,7 @@ def keyword_problems(builder, section, key: str) -> list[str]:
         values = OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
     except Exception:  # an interpolation that cannot be resolved: config_problems names it
         return []
-    values = _missing_to_none(values)
+    values = missing_to_none(values)
     if builder is None:
         return nonfinite(values, key)
     typed = _builder_schema(builder)

@@ -3,7 +3,7 @@ source a `data.name` is (DATA_SOURCES)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -41,12 +41,27 @@ class DataBase(Section):
     max_per_class: Annotated[Optional[Annotated[int, Field(gt=0)] | list[Annotated[int, Field(gt=0)]]], Field(
         description="must be a positive integer, a list of one positive integer per class, or null")] = None
 
+    # The keys of a source that name files, folders or URLs: saved absolute for a run's later commands, and
+    # never written into. A source without such keys (generated or bundled data) has none.
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def paths(self) -> dict[str, str]:
+        """This source's file, folder and URL keys that are set, with their values."""
+        return {key: str(getattr(self, key)) for key in self.PATH_KEYS if getattr(self, key)}
+
+    def image_resize_mode(self) -> str:
+        """How an image of another size is brought to input_size (predict, explain, export): the source's
+        data.resize_mode; stretch for a source without the key, whose images all have one size."""
+        return getattr(self, "resize_mode", "stretch")
+
 
 class DownloadableData(DataBase):
     """torchvision's data sets, read from their files under `root`."""
 
     root: str
     download: bool
+
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("root",)
 
 
 class FakeData(DataBase):
@@ -76,6 +91,8 @@ class ImageFolderData(DataBase):
     cache: bool = True
     cache_dir: Annotated[Optional[str], Field(description="must be a folder path, or null for the default")] = None
 
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("root", "train_root", "val_root", "test_root")
+
 
 class WebDatasetData(DataBase):
     """Tar shards streamed (cnnlab.data.stream): URLs or brace patterns, and the manifest cnnlab-shards wrote."""
@@ -88,6 +105,8 @@ class WebDatasetData(DataBase):
     manifest: Optional[str] = None
     resize_mode: ResizeMode
     shuffle_buffer: NonNegativeInt
+
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("train_shards", "val_shards", "test_shards", "manifest")
 
 
 DOWNLOADABLE = ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn", "stl10")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from cnnlab.config.data_schema import DataBase
 from cnnlab.data.augment import BatchAugment, batched_unsupported, build_v2_pipeline
 from cnnlab.data.balance import capped_indices, class_counts, per_class_caps
 from cnnlab.data.bundle import DataBundle, DataInfo, augment_parts, check_pipeline, info_from
@@ -31,11 +32,11 @@ def data_info(cfg) -> DataInfo:
 def discovered_classes(cfg) -> list[str] | None:
     """The class names only the files know, read without loading an image: an image folder's class folders, a
     shard set's manifest. None for a data set whose config states its classes."""
-    if cfg.get("classes") is not None or cfg.get("num_classes") is not None:
+    if cfg.classes is not None or cfg.num_classes is not None:
         return None
     if cfg.name == "imagefolder":
-        key = "data.train_root" if cfg.get("train_root") else "data.root"
-        return find_classes(Path(str(cfg.get("train_root") or cfg.root)).expanduser(), key)
+        key = "data.train_root" if cfg.train_root else "data.root"
+        return find_classes(Path(str(cfg.train_root or cfg.root)).expanduser(), key)
     if cfg.name == "webdataset":
         from cnnlab.data.stream_bundle import manifest_of  # webdataset is imported only where shards are read
 
@@ -45,7 +46,7 @@ def discovered_classes(cfg) -> list[str] | None:
 
 def class_subset(cfg, num_classes: int | None = None) -> list[int] | None:
     """data.class_subset: the original class indices to keep, in the order of their new labels 0..k-1."""
-    subset = cfg.get("class_subset")
+    subset = cfg.class_subset
     if subset is None:
         return None
     subset = [int(c) for c in subset]
@@ -55,11 +56,12 @@ def class_subset(cfg, num_classes: int | None = None) -> list[int] | None:
     return subset
 
 
-def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment: bool = True,
+def build_data(cfg: DataBase, seed: int, device: torch.device, augment=None, train_augment: bool = True,
                shard: tuple[int, int] = (0, 1), cache_dirs=()) -> DataBundle:
     """Loaders for train (augmented, shuffled), val and test (never augmented) on `device`.
 
-    `augment` is the augment config (transforms + mix) or a bare list of transforms. `shard`: (rank, world
+    `cfg`: the validated data section (cnnlab.config.typed: the data source's own model). `augment` is the
+    augment section (transforms + mix) or a bare list of transforms. `shard`: (rank, world
     size) under distributed training: every loader yields only this process's share of each split
     (cnnlab.data.loaders.shard); `data.batch_size` is per process. `cache_dirs`: where values computed from
     the training split are looked for (Lighting's PCA, lighting_pca.json); the first is the run dir, where
@@ -79,7 +81,7 @@ def build_data(cfg, seed: int, device: torch.device, augment=None, train_augment
     pools = {name: _resized(pool, full.input_size) for name, pool in pools.items()}
     pools = _split(pools, cfg, seed)
     k = len(subset) if subset is not None else full.num_classes
-    caps = per_class_caps(cfg.get("max_per_class"), k)
+    caps = per_class_caps(cfg.max_per_class, k)
     if caps is not None:  # the training split only, after the split: val and test stay as they were
         pools["train"] = pools["train"].select(capped_indices(pools["train"].labels, caps, seed))
     counts = class_counts(pools["train"].labels, k)
@@ -132,16 +134,15 @@ def _plain(value):
 def _found_values(cfg, source: SourceData) -> dict:
     """Values the files decide (an image folder's classes): checked against any the config states."""
     found = dict(source.found)
-    for key in ("root", "train_root", "val_root", "test_root"):  # saved absolute: eval may run elsewhere
-        value = cfg.get(key)
-        if value and not Path(str(value)).expanduser().is_absolute():
-            found[key] = str(Path(str(value)).expanduser().resolve())
+    for key, value in cfg.paths().items():  # saved absolute: eval may run elsewhere
+        if not Path(value).expanduser().is_absolute():
+            found[key] = str(Path(value).expanduser().resolve())
     classes = found.get("classes")
     if classes is not None:
-        if cfg.get("classes") is not None and [str(c) for c in cfg.classes] != list(classes):
+        if cfg.classes is not None and [str(c) for c in cfg.classes] != list(classes):
             raise ConfigError(f"data.classes={list(cfg.classes)} but the class folders are {list(classes)}; "
                               f"set data.classes=null to take the folder names")
-        if cfg.get("num_classes") is not None and int(cfg.num_classes) != len(classes):
+        if cfg.num_classes is not None and int(cfg.num_classes) != len(classes):
             raise ConfigError(f"data.num_classes={cfg.num_classes} but {len(classes)} class folders were found "
                               f"({', '.join(classes)}); set data.num_classes=null to take the folder count")
         found["num_classes"] = len(classes)
@@ -173,7 +174,7 @@ def _split(pools: dict[str, Pool], cfg, seed: int) -> dict[str, Pool]:
     want_val = "val" not in pools
     want_test = "test" not in pools
     val_frac = float(cfg.split.val) if want_val else 0.0
-    test_frac = float(cfg.split.get("test") or 0.0) if want_test else 0.0
+    test_frac = float(cfg.split.test or 0.0) if want_test else 0.0
     if want_test and "all" not in pools and test_frac == 0:
         raise ConfigError(f"data.name={cfg.name} has no test split of its own: set data.split.test to the fraction "
                           f"of the training images to hold out")

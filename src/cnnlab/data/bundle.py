@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cnnlab.config.data_schema import Augment
 from cnnlab.data.augment import BatchAugment, build_v2_pipeline
 from cnnlab.data.imagefolder import UnreadableImage, read_image
 from cnnlab.data.sources import Pool, SourceData
@@ -45,9 +46,12 @@ class DataBundle:
 
 
 def augment_parts(augment):
-    """(transforms, mix config) from the augment config, or from a bare list of transforms."""
+    """(transforms, mix config) from the augment section (typed, or a config mapping), or from a bare list of
+    transforms."""
     if augment is None:
         return [], None
+    if isinstance(augment, Augment):
+        return list(augment.transforms), augment.mix
     if hasattr(augment, "get") and not isinstance(augment, (list, tuple)) and "transforms" in augment:
         return list(augment.get("transforms") or []), augment.get("mix")
     return list(augment), None
@@ -55,7 +59,7 @@ def augment_parts(augment):
 
 def info_from(cfg, found: dict, subset) -> DataInfo:
     """DataInfo from the data config and the values the files gave (`found`), for a class subset or all."""
-    names = found.get("classes") or cfg.get("classes")
+    names = found.get("classes") or cfg.classes
     classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(int(cfg.num_classes)))
     if subset is not None:
         classes = tuple(classes[i] for i in subset)

@@ -49,19 +49,12 @@ def cache_root(value) -> Path:
     return Path(base).expanduser() / "cnnlab" / "decoded"
 
 
-def cache_dir_problem(data_cfg) -> str | None:
-    """The one line refusing a data.cache_dir (or its default) inside one of the image trees, None when it lies
-    outside them: cnnlab never writes into the data."""
-    def get(key):
-        try:
-            return data_cfg.get(key)
-        except Exception:  # a missing mandatory value (???) is the schema check's to report
-            return None
-
-    value = get("cache_dir")
+def cache_dir_problem(value: str | None, roots: dict) -> str | None:
+    """The one line refusing a data.cache_dir `value` (or its default, for None) inside one of the image trees
+    `roots` ({"root": path, "train_root": ...}, unset ones None or left out), None when it lies outside them:
+    cnnlab never writes into the data."""
     where = cache_root(value).resolve()
-    for key in ("root", "train_root", "val_root", "test_root"):
-        root = get(key)
+    for key, root in roots.items():
         if not root:
             continue
         root = Path(str(root)).expanduser().resolve()

@@ -177,19 +177,17 @@ for _name in ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn",
 @register("imagefolder")
 def imagefolder(cfg) -> SourceData:
     """root/<class>/<images>, or separate train_root / val_root / test_root trees with the same class folders."""
-    roots = {split: cfg.get(f"{split}_root") for split in ("train", "val", "test")}
-    if not roots["train"]:
-        roots["train"] = cfg.get("root")
+    roots = {"train": cfg.train_root or cfg.root, "val": cfg.val_root, "test": cfg.test_root}
     if not roots["train"]:
         raise ConfigError("data.root (or data.train_root) must name the image folder: <root>/<class>/<image files>")
-    train_key = "data.train_root" if cfg.get("train_root") else "data.root"
+    train_key = "data.train_root" if cfg.train_root else "data.root"
     classes = folder.find_classes(Path(str(roots["train"])).expanduser(), train_key)
     if len(classes) < 2:
         raise ConfigError(f"{train_key}={roots['train']} has a single class folder ({classes[0]}); a classifier "
                           f"needs at least two: <root>/<class>/<image files>")
     mode = str(cfg.resize_mode)
     channels, size, skip = int(cfg.in_channels), tuple(int(v) for v in cfg.input_size), bool(cfg.skip_unreadable)
-    problem = cfg.cache and decoded_cache.cache_dir_problem(cfg)
+    problem = cfg.cache and decoded_cache.cache_dir_problem(cfg.cache_dir, cfg.paths())
     if problem:
         raise ConfigError(problem)
     listed = {}

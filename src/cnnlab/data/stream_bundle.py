@@ -27,14 +27,13 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
     manifest, shards = _shard_sets(cfg)
     found = {"classes": list(manifest.classes), "num_classes": len(manifest.classes)}
     _check_classes(cfg, manifest)
-    for key in ("train_shards", "val_shards", "test_shards", "manifest"):  # saved absolute: eval may run elsewhere
-        value = cfg.get(key)
-        if value and is_local_relative(str(value)):
-            found[key] = os.path.abspath(os.path.expanduser(str(value)))
+    for key, value in cfg.paths().items():  # saved absolute: eval may run elsewhere
+        if is_local_relative(value):
+            found[key] = os.path.abspath(os.path.expanduser(value))
     channels = int(cfg.in_channels)
     stats = manifest.stats_for(channels) or {}
-    for key in ("mean", "std"):
-        if cfg[key] is None:
+    for key, value in (("mean", cfg.mean), ("std", cfg.std)):
+        if value is None:
             if key not in stats:
                 raise ConfigError(f"data.{key}=null and the manifest {manifest.where} gives no {key} for "
                                   f"{channels}-channel images; set data.mean and data.std")
@@ -78,10 +77,10 @@ def build_stream(cfg, seed: int, device: torch.device, augment, train_augment: b
 def _check_classes(cfg, manifest) -> None:
     """data.classes / data.num_classes, when given, must be the manifest's."""
     classes = list(manifest.classes)
-    if cfg.get("classes") is not None and [str(c) for c in cfg.classes] != classes:
+    if cfg.classes is not None and [str(c) for c in cfg.classes] != classes:
         raise ConfigError(f"data.classes={list(cfg.classes)} but the manifest {manifest.where} lists the classes "
                           f"{classes}; set data.classes=null to take the manifest's")
-    if cfg.get("num_classes") is not None and int(cfg.num_classes) != len(classes):
+    if cfg.num_classes is not None and int(cfg.num_classes) != len(classes):
         raise ConfigError(f"data.num_classes={cfg.num_classes} but the manifest {manifest.where} lists "
                           f"{len(classes)} classes ({', '.join(classes)}); set data.num_classes=null to take the "
                           f"manifest's count")
@@ -94,12 +93,12 @@ def is_local_relative(value: str) -> bool:
 
 
 def _refuse_unsupported(cfg) -> None:
-    for key, bad, why in (("class_subset", cfg.get("class_subset") is not None, "null"),
-                          ("max_per_class", cfg.get("max_per_class") is not None, "null"),
+    for key, bad, why in (("class_subset", cfg.class_subset is not None, "null"),
+                          ("max_per_class", cfg.max_per_class is not None, "null"),
                           ("sampler", cfg.sampler != "random", "random"),
                           ("loader", str(cfg.loader) not in ("auto", "dataloader"), "auto")):
         if bad:
-            raise ConfigError(f"data.{key}={cfg.get(key)} is not available with data=webdataset (a stream is read "
+            raise ConfigError(f"data.{key}={getattr(cfg, key)} is not available with data=webdataset (a stream is read "
                               f"shard by shard, never indexed); use data.{key}={why}, or write the shards you "
                               f"want with cnnlab-shards")
 
@@ -108,7 +107,7 @@ def manifest_of(cfg):
     """(the manifest, where it was read) of data.manifest, or the one beside the first training shard."""
     from cnnlab.data.shardset import default_manifest, expand, load_manifest
 
-    manifest_url = cfg.get("manifest")
+    manifest_url = cfg.manifest
     if not manifest_url:
         manifest_url = default_manifest(expand(str(cfg.train_shards), "data.train_shards")[0])
         if manifest_url is None:
@@ -126,7 +125,7 @@ def _shard_sets(cfg):
     manifest, manifest_url = manifest_of(cfg)
     shards = {"train": shard_list(train_pattern, manifest, "data.train_shards")}
     for split in ("val", "test"):
-        key, pattern = f"data.{split}_shards", cfg.get(f"{split}_shards")
+        key, pattern = f"data.{split}_shards", getattr(cfg, f"{split}_shards")
         if not pattern:
             pattern = sibling_pattern(str(manifest_url), split, manifest)
             if pattern is None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config.data_schema import DataBase
+from cnnlab.config.schema import Doctor
 from cnnlab.data import build_data
 from cnnlab.data.loaders import TensorLoader
 from cnnlab.engine.stepping import split_outputs
@@ -32,7 +34,7 @@ class Subject:
     test: object
     device: torch.device
     optimizer_cfg: DictConfig
-    settings: DictConfig    # the doctor section
+    settings: Doctor        # the doctor section
     seed: int = 0           # every check starts from the global RNG seeded with it: same report every time
     head: tuple = ()        # finetune: the classifier head's module names, for backbone_lr_scale
     backbone_lr_scale: float = 1.0
@@ -40,13 +42,13 @@ class Subject:
     @classmethod
     def from_run(cls, run) -> "Subject":
         """The Subject of a run built by cnnlab.run.lifecycle.prepare(..., kind="doctor")."""
-        cfg, task = run.cfg, run.trainer.task
-        ft = cfg.get("finetune") or {}
+        sections, task = run.sections, run.trainer.task
+        scale = sections.finetune.backbone_lr_scale if sections.finetune is not None else 1.0
         return cls(model=task.model, loss=task.loss, info=run.data.info, train=run.data.train,
-                   plain=plain_loader(run.data, cfg, run.trainer.device), val=run.data.val, test=run.data.test,
-                   device=run.trainer.device, optimizer_cfg=cfg.optimizer, settings=cfg.doctor, seed=int(cfg.seed),
-                   head=tuple(task.freezer.heads) if task.freezer else (),
-                   backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
+                   plain=plain_loader(run.data, sections.data, sections.seed, run.trainer.device), val=run.data.val,
+                   test=run.data.test, device=run.trainer.device, optimizer_cfg=run.cfg.optimizer,
+                   settings=sections.doctor, seed=sections.seed,
+                   head=tuple(task.freezer.heads) if task.freezer else (), backbone_lr_scale=scale)
 
     @property
     def lr(self) -> float:
@@ -74,7 +76,7 @@ class Subject:
         return split_outputs(model(x))[0]
 
 
-def plain_loader(data, cfg, device):
+def plain_loader(data, section: DataBase, seed: int, device):
     """The training split without augmentation, shuffled once by the seed (the first batches mix the classes).
 
     The resident path shares the images (no copy); the DataLoader path builds the split again without transforms.
@@ -84,4 +86,4 @@ def plain_loader(data, cfg, device):
         return TensorLoader(train.images, train.labels, train.batch_size, index=train.index, mean=data.info.mean,
                             std=data.info.std,
                             shuffle=True, seed=train.seed, device=train.device)
-    return build_data(cfg.data, int(cfg.seed), device, train_augment=False).train
+    return build_data(section, seed, device, train_augment=False).train

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,11 @@ from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, up
 
 from cnnlab.engine.distributed import SINGLE, Dist
 
+if TYPE_CHECKING:  # annotations only
+    from cnnlab.config.training_schema import Trainer as TrainerSection
+
 log = logging.getLogger("cnnlab")
+
 
 class WeightAverage:
     """An AveragedModel of the task's model and the moments at which the trainer updates it."""
@@ -228,17 +233,15 @@ class SWASchedule:
         return getattr(self.schedule, name)  # scheduler, interval, ... of the configured schedule
 
 
-def build_average(tcfg, model: nn.Module, optimizer: torch.optim.Optimizer) -> WeightAverage | None:
+def build_average(trainer: TrainerSection, model: nn.Module, optimizer: torch.optim.Optimizer) -> WeightAverage | None:
     """The average trainer.ema / trainer.swa ask for (the schema and validate refuse both at once), or None.
 
-    `model`: on its device and in its memory layout, with the weights training starts (or continues) from."""
-    ema, swa = tcfg.get("ema") or {}, tcfg.get("swa") or {}
-    limit = int(tcfg.limit_train_batches) if tcfg.limit_train_batches else None
-    if ema.get("enabled"):
-        return EMA(model, float(ema.get("decay", 0.9998)), bool(ema.get("warmup", True)),
-                   int(ema.get("every_n_steps", 1)))
-    if swa.get("enabled"):
-        lr = swa.get("lr")
-        return SWA(model, optimizer, int(swa.get("start_epoch", 1)), float(lr) if lr is not None else None,
-                   int(swa.get("anneal_epochs", 5)), str(swa.get("anneal_strategy", "cos")), limit)
+    `trainer`: the validated trainer section. `model`: on its device and in its memory layout, with the weights
+    training starts (or continues) from."""
+    ema, swa = trainer.ema, trainer.swa
+    if ema.enabled:
+        return EMA(model, ema.decay, ema.warmup, ema.every_n_steps)
+    if swa.enabled:
+        return SWA(model, optimizer, swa.start_epoch, swa.lr, swa.anneal_epochs, swa.anneal_strategy,
+                   trainer.limit_train_batches)
     return None

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only
+    from cnnlab.config.training_schema import Trainer as TrainerSection
 
 log = logging.getLogger("cnnlab")
 
@@ -93,17 +97,16 @@ class Loss:
         return (elementwise.mean(dim=1) * sample_weight).sum() / sample_weight.sum()
 
 
-def run_loss(cfg, counts: Sequence[int], announce: bool = True) -> Loss:
-    """A run's loss from its config (trainer.loss, trainer.label_smoothing, trainer.class_weights resolved against
-    the training split's class counts): training's, and cnnlab-eval's for the same run. announce: say the class
-    weights in the log (training)."""
-    tcfg = cfg.trainer
-    spec = tcfg.get("class_weights")
-    weights = resolve_class_weights(spec if spec is None or isinstance(spec, str) else list(spec), counts)
+def run_loss(trainer: TrainerSection, sampler: str, counts: Sequence[int], announce: bool = True) -> Loss:
+    """A run's loss from its validated trainer section (trainer.loss, trainer.label_smoothing,
+    trainer.class_weights resolved against the training split's class counts): training's, and cnnlab-eval's for
+    the same run. `sampler`: data.sampler. announce: say the class weights in the log (training)."""
+    spec = trainer.class_weights
+    weights = resolve_class_weights(spec, counts)
     if announce and weights is not None:
         log.info("trainer.class_weights=%s: %s (training images per class: %s)", spec if isinstance(spec, str)
                  else "list", [round(w, 4) for w in weights], counts)
-        if spec == "auto" and cfg.data.sampler == "balanced":
+        if spec == "auto" and sampler == "balanced":
             log.warning("data.sampler=balanced already draws every class equally often; with trainer.class_weights"
                         "=auto the rare classes are favoured twice")
-    return Loss(tcfg.loss, float(tcfg.label_smoothing), weights)
+    return Loss(trainer.loss, trainer.label_smoothing, weights)

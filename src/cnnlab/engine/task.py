@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # annotations only: cnnlab-eval imports the engine (evaluate_
     from cnnlab.engine.averaging import WeightAverage
     from cnnlab.engine.early_stopping import MonitoredMetric
     from cnnlab.engine.freezing import Freezer
+    from cnnlab.config.training_schema import Trainer as TrainerSection
     from cnnlab.engine.optim import LRSchedule
 
 
@@ -83,22 +84,22 @@ class TrainerOptions:
     precision: str = "32"             # the configured name, for messages
 
     @classmethod
-    def from_config(cls, cfg, channels_last: bool | None = None) -> TrainerOptions:
-        """From `cfg.trainer`; `channels_last`: the layout chosen for trainer.channels_last=auto."""
+    def from_config(cls, trainer: TrainerSection, channels_last: bool | None = None) -> TrainerOptions:
+        """From the validated `trainer` section; `channels_last`: the layout chosen for trainer.channels_last=auto."""
         return cls(
-            max_epochs=int(cfg.max_epochs),
-            limit_train_batches=int(cfg.limit_train_batches) if cfg.limit_train_batches else None,
-            limit_val_batches=int(cfg.limit_val_batches) if cfg.get("limit_val_batches") else None,
-            limit_test_batches=int(cfg.limit_test_batches) if cfg.get("limit_test_batches") else None,
-            topk=reported_topk(cfg.topk),
-            channels_last=cfg.channels_last is True if channels_last is None else channels_last,
-            compile=bool(cfg.compile),
-            grad_clip=float(cfg.grad_clip or 0.0),
-            accumulate_grad_batches=int(cfg.accumulate_grad_batches),
-            nonfinite=str(cfg.nonfinite),
-            handle_signals=bool(cfg.handle_signals),
-            test_with=str(cfg.test_with),
-            precision=str(cfg.precision),
+            max_epochs=trainer.max_epochs,
+            limit_train_batches=trainer.limit_train_batches,
+            limit_val_batches=trainer.limit_val_batches,
+            limit_test_batches=trainer.limit_test_batches,
+            topk=reported_topk(trainer.topk),
+            channels_last=trainer.channels_last is True if channels_last is None else channels_last,
+            compile=trainer.compile,
+            grad_clip=float(trainer.grad_clip),
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            nonfinite=trainer.nonfinite,
+            handle_signals=trainer.handle_signals,
+            test_with=trainer.test_with,
+            precision=trainer.precision,
         )
 
 

@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.config.compose import command_line_keys, hydra_overrides
+from cnnlab.config.schema import TrainConfig
+from cnnlab.config.training_schema import Finetune
 from cnnlab.data import build_data
 from cnnlab.engine import distributed
 from cnnlab.engine.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
@@ -57,6 +59,7 @@ class Run:
     """Everything built for one training run, ready for trainer.fit."""
 
     cfg: DictConfig
+    sections: TrainConfig  # cfg's typed sections (cnnlab.config.typed), as the builders took them
     config: dict
     run_dir: Path
     data: object
@@ -90,16 +93,15 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     overrides = hydra_overrides() if overrides is None else overrides
     composed = cfg
     resume_ckpt = resume_path = None
-    if cfg.trainer.get("resume"):
-        if (cfg.get("finetune") or {}).get("checkpoint"):
+    if OmegaConf.select(cfg, "trainer.resume", default=None):
+        if OmegaConf.select(cfg, "finetune.checkpoint", default=None):
             raise ConfigError(f"trainer.resume={cfg.trainer.resume} and finetune.checkpoint="
                               f"{cfg.finetune.checkpoint} cannot be combined: resume continues a run with its own "
                               f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
-    validate(cfg, kind)
+    typed = validate(cfg, kind)
     topk_given = "trainer.topk" in command_line_keys(overrides)
-    fit_topk(cfg, known_classes(cfg), topk_given)
-    tcfg = cfg.trainer
+    tcfg = typed.trainer.model_copy(update={"topk": fit_topk(cfg, known_classes(cfg), topk_given)})
     # Under torchrun (or SLURM tasks) join the process group; each process binds its own GPU.
     dist, device = distributed.setup(resolve_device(tcfg.device), str(tcfg.dist_backend))
     distributed.quiet_other_ranks(dist)
@@ -109,67 +111,68 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
         config["paths"]["output_dir"] = str(run_dir)
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
-    dist.on_main(claim, run_dir, kind, existing=str(cfg.paths.existing_run), resuming=resume_path,
+    dist.on_main(claim, run_dir, kind, existing=typed.paths.existing_run, resuming=resume_path,
                  task_cfg=composed, overrides=own_overrides)
 
     exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
 
     precision = resolve_precision(tcfg.precision, device)
     mode = resolve_monitor_mode(tcfg.monitor, tcfg.monitor_mode)
-    progress = Progress(tcfg.progress, int(tcfg.max_epochs), int(tcfg.log_every_n_steps))
-    monitored = MonitoredMetric(tcfg.monitor, mode, int(tcfg.early_stopping.patience),
-                                float(tcfg.early_stopping.min_delta))
-    seed_everything(int(cfg.seed), bool(tcfg.deterministic))
-    configure_backends(device, deterministic=bool(tcfg.deterministic), tf32=bool(tcfg.get("tf32", True)))
+    progress = Progress(tcfg.progress, tcfg.max_epochs, tcfg.log_every_n_steps)
+    monitored = MonitoredMetric(tcfg.monitor, mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta)
+    seed_everything(typed.seed, tcfg.deterministic)
+    configure_backends(device, deterministic=tcfg.deterministic, tf32=tcfg.tf32)
 
     # values computed from the training split (Lighting's PCA) are cached in the run dir; a resumed run's dir too
     cache_dirs = [run_dir]
     if resume_path is not None:  # run/checkpoints/last.ckpt (or run/x.ckpt) -> run
         folder = Path(resume_path).resolve().parent
         cache_dirs.append(folder.parent if folder.name == "checkpoints" else folder)
-    data = build_data(cfg.data, int(cfg.seed), device, cfg.augment, shard=(dist.rank, dist.world_size),
+    data = build_data(typed.data, typed.seed, device, typed.augment, shard=(dist.rank, dist.world_size),
                       cache_dirs=cache_dirs)
     info = data.info
-    fit_topk(cfg, info.num_classes, topk_given)  # an image folder's classes are known only now
+    # an image folder's classes are known only now
+    tcfg = tcfg.model_copy(update={"topk": fit_topk(cfg, info.num_classes, topk_given)})
     problem = monitor_problem(cfg) if kind in TRAINING_KINDS else None  # a top-k accuracy fit_topk dropped
     if problem:
         raise ConfigError(problem)
-    loss = run_loss(cfg, data.class_counts)
-    check_world_size(dist, data, int(cfg.data.batch_size), int(tcfg.accumulate_grad_batches))
+    loss = run_loss(tcfg, typed.data.sampler, data.class_counts)
+    check_world_size(dist, data, typed.data.batch_size, tcfg.accumulate_grad_batches)
     if data.found:  # e.g. an image folder's classes, a measured mean/std: saved so eval/predict rebuild the same
         with open_dict(cfg):
             for key, value in data.found.items():
                 cfg.data[key] = value
         config["data"].update(data.found)
-    ft = cfg.get("finetune") or {}
+    ft = typed.finetune or Finetune()  # a config without the section fine-tunes nothing
     # Pretrained weights (model.weights, model.pretrained) only for a model whose weights no checkpoint replaces.
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size,
-                        pretrained=resume_ckpt is None and not ft.get("checkpoint"))
+                        pretrained=resume_ckpt is None and not ft.checkpoint)
     if resume_ckpt is not None:
         # the training weights (a checkpoint with averaged weights keeps them beside its "model")
         load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels,
                            key=training_weights_key(resume_ckpt))
-    elif ft.get("checkpoint"):
+    elif ft.checkpoint:
         source, saved = find_checkpoint(ft.checkpoint, "finetune.checkpoint")
         fresh = load_pretrained(model, saved, source, cfg.model.name, info.num_classes, info.in_channels)
         log.info("fine-tuning from %s; freshly initialised: %s", source, ", ".join(fresh) or "nothing")
-    if tcfg.get("sync_batchnorm"):  # before the freezer, which holds the batch-norm layers it keeps frozen
+    if tcfg.sync_batchnorm:  # before the freezer, which holds the batch-norm layers it keeps frozen
         model = distributed.convert_sync_batchnorm(model, device, convert=dist.enabled)
-    freezer = Freezer(model, ft.get("freeze", "none"), info.num_classes, ft.get("unfreeze_after_epochs"))
+    freezer = Freezer(model, ft.freeze, info.num_classes, ft.unfreeze_after_epochs)
     freezer.freeze()
     if dist.is_main:  # rank 0 writes the run's files
-        log_model_summary(model, cfg, (info.in_channels, *info.input_size), run_dir, dist)
+        log_model_summary(model, tcfg.summary, str(cfg.model.name), (info.in_channels, *info.input_size), run_dir,
+                          dist)
     model = model.to(device)
     channels_last = resolve_channels_last(tcfg.channels_last, model, device)
     if channels_last:  # the trainer hands it NHWC batches too
         model = model.to(memory_format=torch.channels_last)
     # The first optimizer imports torch._dynamo.
     optimizer = build_optimizer(cfg.optimizer, model, head=tuple(freezer.heads),
-                                backbone_lr_scale=float(ft.get("backbone_lr_scale", 1.0)))
+                                backbone_lr_scale=ft.backbone_lr_scale)
     exempt_from_gc()
-    schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=int(tcfg.max_epochs),
+    schedule = build_schedule(cfg.scheduler, optimizer, max_epochs=tcfg.max_epochs,
                               steps_per_epoch=optimizer_steps_per_epoch(len(data.train), tcfg.limit_train_batches,
-                                                                        int(tcfg.accumulate_grad_batches)),
+                                                                        tcfg.accumulate_grad_batches),
                               monitor_mode=mode)
     average = build_average(tcfg, model, optimizer)  # trainer.ema / trainer.swa (cnnlab.engine.averaging)
     if isinstance(average, SWA):  # from swa.start_epoch on, SWALR sets the rate instead
@@ -179,22 +182,23 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
 
-    tb = TensorBoardLogger(cfg.logger if dist.is_main else OmegaConf.create({"enabled": False}), run_dir)
+    tb = TensorBoardLogger(typed.logger if dist.is_main else typed.logger.model_copy(update={"enabled": False}),
+                           run_dir)
     tb.graph(model, torch.zeros(1, info.in_channels, *info.input_size, device=device))
-    callbacks = [TensorBoardCallback(tb, info.mean, info.std, int(tcfg.log_every_n_steps))] if tb.enabled else []
+    callbacks = [TensorBoardCallback(tb, info.mean, info.std, tcfg.log_every_n_steps)] if tb.enabled else []
     # The checkpoint is submitted before the progress line reports the epoch, and early stopping decides last.
     if dist.is_main:  # the other processes write nothing and print only warnings
-        top_k = int(tcfg.checkpoint.save_top_k)
-        checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last), bool(tcfg.checkpoint.save_best),
+        top_k = tcfg.checkpoint.save_top_k
+        checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, tcfg.checkpoint.save_last, tcfg.checkpoint.save_best,
                                       TopK(run_dir / CKPT_DIR, top_k, tcfg.monitor, mode) if top_k else None)
         callbacks += [checkpoints, MetricsCSV(run_dir / METRICS_CSV), ProgressDisplay(progress)]
     else:  # the resume point rank 0 writes, named in this process's stop message
-        checkpoints = CheckpointsOfRankZero(run_dir / CKPT_DIR, bool(tcfg.checkpoint.save_last))
+        checkpoints = CheckpointsOfRankZero(run_dir / CKPT_DIR, tcfg.checkpoint.save_last)
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
     trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer, average),
                       TrainerOptions.from_config(tcfg, channels_last),
-                      RunContext(device, precision, run_dir, int(cfg.seed), config, dist),
+                      RunContext(device, precision, run_dir, typed.seed, config, dist),
                       [*callbacks, *extra_callbacks], checkpoints)
     if resume_ckpt is not None:
         trainer.load_state_dict(resume_ckpt)
@@ -203,7 +207,8 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
             if checkpoints.top_k is not None:
                 checkpoints.top_k.continue_from(resume_ckpt.get("top_k"), resume_path, trainer.epoch)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
-    return Run(cfg, config, run_dir, data, model, trainer, tb, n_params, dist)
+    return Run(cfg, typed.model_copy(update={"trainer": tcfg}), config, run_dir, data, model, trainer, tb, n_params,
+               dist)
 
 
 def check_world_size(dist: distributed.Dist, data, batch_size: int, accumulate: int) -> None:
@@ -222,15 +227,14 @@ def check_world_size(dist: distributed.Dist, data, batch_size: int, accumulate: 
              f" x {accumulate} accumulated batches" if accumulate > 1 else "")
 
 
-def log_model_summary(model, cfg: DictConfig, input_shape, run_dir: Path,
+def log_model_summary(model, mode: str, name: str, input_shape, run_dir: Path,
                       dist: distributed.Dist = distributed.SINGLE) -> None:
-    """The inspector's summary of the model about to train: model_summary.txt / .json in the run dir, and on
-    the console (and train.log) the whole table or, with trainer.summary=totals, only its totals."""
-    mode = cfg.trainer.summary
+    """The inspector's summary of the model `name` about to train: model_summary.txt / .json in the run dir, and
+    on the console (and train.log) the whole table or, with `mode` (trainer.summary) totals, only its totals."""
     if mode == "none":
         return
     try:
-        summary = summarize(model, input_shape, name=str(cfg.model.name))
+        summary = summarize(model, input_shape, name=name)
     except LayerFailure as bad:  # build_model's dry run passed, so this is not expected; never fatal
         log.warning("no model summary: %s", bad)
         return

@@ -20,6 +20,9 @@ from cnnlab.errors import ConfigError
 from cnnlab.models import model_config_problems
 from cnnlab.config.checks import config_problems
 from cnnlab.config.limits import side_problem
+from cnnlab.config.data_schema import ImageFolderData
+from cnnlab.config.schema import TrainConfig
+from cnnlab.config.typed import typed_config
 
 log = logging.getLogger("cnnlab")
 
@@ -32,8 +35,9 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def validate(cfg: DictConfig, kind: str = "train") -> None:
-    """Raise one ConfigError listing every problem of `cfg` (a `kind` of config: train, eval or summary)."""
+def validate(cfg: DictConfig, kind: str = "train") -> TrainConfig:
+    """Raise one ConfigError listing every problem of `cfg` (a `kind` of config: train, eval or summary); return
+    it as its typed sections (cnnlab.config.typed), which the builders take."""
     problems = config_problems(cfg, kind)
     model = _get(cfg, "model")
     if OmegaConf.is_dict(model):
@@ -45,6 +49,7 @@ def validate(cfg: DictConfig, kind: str = "train") -> None:
     problems += [p for p in cross if p.split("=", 1)[0].split(" ", 1)[0] not in bad_keys]
     if problems:
         raise ConfigError(problems)
+    return typed_config(cfg, kind)
 
 
 # The configs that train (a search trial is a training config): trainer.monitor must name a metric they log.
@@ -89,7 +94,8 @@ def _cross_key_problems(cfg) -> list[str]:
     if _get(cfg, "data.name") == "imagefolder" and _get(cfg, "data.cache") is not False:
         from cnnlab.data.cache import cache_dir_problem
 
-        problem = cache_dir_problem(cfg.data)
+        problem = cache_dir_problem(_get(cfg, "data.cache_dir"), {key: _get(cfg, f"data.{key}") for key in
+                                                                   ImageFolderData.PATH_KEYS})
         if problem:
             problems.append(problem)
 
@@ -212,23 +218,25 @@ def known_classes(cfg) -> int | None:
     return k or None
 
 
-def fit_topk(cfg, num_classes: int | None, given: bool) -> None:
+def fit_topk(cfg, num_classes: int | None, given: bool) -> list[int]:
     """trainer.topk against the number of classes (None: not known yet, nothing to do). A k above it was asked
     for on this command line (`given`): refused. From a config file (the preset's [1, 5] on a 3-class folder):
-    dropped with one line, since top-5 of 3 classes is always 1.0 and would only be reported as such."""
+    dropped with one line, since top-5 of 3 classes is always 1.0 and would only be reported as such.
+    Returns trainer.topk as it stands after (cfg's is updated: it is saved with the run)."""
     topk = _get(cfg, "trainer.topk")
     if num_classes is None or not (OmegaConf.is_list(topk) or isinstance(topk, list)):
-        return
+        return [int(k) for k in topk]
     subset = OmegaConf.is_list(_get(cfg, "data.class_subset"))
     problem = topk_problem(topk, int(num_classes), " (after data.class_subset)" if subset else "")
     if problem is None:
-        return
+        return [int(k) for k in topk]
     if given:
         raise ConfigError(problem)
     kept = [int(k) for k in topk if int(k) <= int(num_classes)] or [1]
     log.info("trainer.topk=%s: reporting %s only, the data has %d classes (a larger k is always 1.0)",
              [int(k) for k in topk], kept, int(num_classes))
     OmegaConf.update(cfg, "trainer.topk", kept, merge=False)
+    return kept
 
 
 def _per_class_problems(cfg) -> list[str]:

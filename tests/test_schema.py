@@ -10,13 +10,14 @@ import typing
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from cnnlab.config import fields
 from cnnlab.config.compose import compose_config, config_dir
 from cnnlab.errors import ConfigError
 from cnnlab.config.checks import config_problems
 from cnnlab.config.messages import _ctrl_c_deferred, closest
+from cnnlab.config.migrate import V1_ADDITIONS, migrate
 from cnnlab.models import model_config_problems
 from cnnlab.run.validate import validate
 
@@ -72,13 +73,22 @@ def test_every_problem_is_reported_at_once_each_naming_its_key(tmp_path):
         "data.loader", "optimizer.lr", "seed", "trainer.grad_clip", "trainer.max_epoch"]
 
 
-def test_a_config_saved_before_newer_keys_existed_still_validates(tmp_path):
-    """Checkpoints written before trainer.summary and paths.existing_run existed hold no such keys."""
-    cfg = compose_config([], tmp_path)
-    with open_dict(cfg):
-        del cfg.trainer["summary"]
-        del cfg.paths["existing_run"]
-    assert config_problems(cfg) == []
+def test_a_config_saved_before_newer_keys_existed_validates_once_migrated(tmp_path):
+    """A version-0 config without the keys that appeared since (trainer.summary, paths.existing_run, the averages,
+    the decoded cache, ...) is refused as it is and validates once migrate() has added them: the schema requires
+    every key, and the migration is where an old file gains them."""
+    cfg = OmegaConf.to_container(compose_config(["data=imagefolder", "data.root=/data/photos"], tmp_path))
+    for _commit, _what, keys, _sources in V1_ADDITIONS:
+        for key in keys:
+            *parents, last = key.split(".")
+            node = cfg
+            for part in parents:
+                node = node[part]
+            del node[last]
+    assert "trainer.summary is missing" in config_problems(cfg)
+    assert "paths.existing_run is missing" in config_problems(cfg)
+    assert "data.cache is missing" in config_problems(cfg)
+    assert config_problems(migrate(cfg, 0)) == []
 
 
 def test_a_missing_key_is_named(tmp_path):

@@ -90,3 +90,23 @@ def test_seed_statistics_are_one_rule_for_sweep_tables_and_lab_pages():
     assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)
     assert summarise([0.9, 0.8, 0.7, float("nan"), None]) == (mean, std, 3)  # the page keeps finite values only
     assert summarise([]) == (None, None, 0)
+
+
+def test_a_run_checks_its_model_section_once(tmp_path, monkeypatch):
+    """Validation checks the model section; building the model trusts it (a model=hub entry would otherwise list its
+    repository twice, model=torchvision resolve its weights twice)."""
+    import cnnlab.models as models
+    import cnnlab.run.validate as validation
+    from cnnlab.run.lifecycle import prepare
+
+    checked, real = [], models.model_config_problems
+
+    def counting(section):
+        checked.append(section.name)
+        return real(section)
+
+    monkeypatch.setattr(models, "model_config_problems", counting)
+    monkeypatch.setattr(validation, "model_config_problems", counting)
+    run = prepare(compose_cfg(tmp_path, "trainer.max_epochs=1", "trainer.progress=none", "logger=none"), overrides=[])
+    run.trainer.teardown()
+    assert checked == ["lenet5"]

@@ -241,7 +241,8 @@ def test_graph_that_cannot_be_traced_or_is_off_leaves_the_run_going(tmp_path, ca
     from cnnlab.config.training_schema import Logger
     from cnnlab.engine.tensorboard import TensorBoardLogger
 
-    section = Logger(enabled=True, histogram_every_n_epochs=0, images=False, hparams=False, graph=graph, flush_secs=30)
+    section = Logger(enabled=True, histogram_every_n_epochs=0, images=False, hparams=False, graph=graph, flush_secs=30,
+                     projector=False, projector_max_samples=1)
     tb = TensorBoardLogger(section, tmp_path)
     model = NotTraceable().train()
     with caplog.at_level("WARNING"):

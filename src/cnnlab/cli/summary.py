@@ -111,7 +111,7 @@ def build_summary(cfg: DictConfig):
     if model_cfg.get("pretrained") is True:
         notes.append("model.pretrained=true is not loaded: weights do not change the architecture")
     with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
-        model = build_model(model_cfg, shape[0], classes, shape[1:], pretrained=False)
+        model = build_model(model_cfg, shape[0], classes, shape[1:], pretrained=False, checked=True)
     freeze = typed.finetune.freeze if typed.finetune is not None else "none"
     if freeze not in (None, "none"):
         Freezer(model, freeze, classes).freeze()

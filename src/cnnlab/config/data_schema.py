@@ -36,10 +36,9 @@ class DataBase(Section):
     eval_batch_size: PositiveInt
     loader: LoaderKind
     num_workers: NonNegativeInt
-    # configs saved before these keys existed have none
-    sampler: DataSampler = "random"
+    sampler: DataSampler
     max_per_class: Annotated[Optional[Annotated[int, Field(gt=0)] | list[Annotated[int, Field(gt=0)]]], Field(
-        description="must be a positive integer, a list of one positive integer per class, or null")] = None
+        description="must be a positive integer, a list of one positive integer per class, or null")]
 
     # The keys of a source that name files, folders or URLs: saved absolute for a run's later commands, and
     # never written into. A source without such keys (generated or bundled data) has none.
@@ -87,9 +86,8 @@ class ImageFolderData(DataBase):
     in_memory: Annotated[Literal["auto"] | bool, Field(description="is not accepted; choose one of auto, true, false")]
     memory_limit_mb: Positive
     skip_unreadable: bool
-    # configs saved before the decoded cache existed have neither
-    cache: bool = True
-    cache_dir: Annotated[Optional[str], Field(description="must be a folder path, or null for the default")] = None
+    cache: bool
+    cache_dir: Annotated[Optional[str], Field(description="must be a folder path, or null for the default")]
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("root", "train_root", "val_root", "test_root")
 

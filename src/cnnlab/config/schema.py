@@ -38,7 +38,7 @@ class TrainConfig(Section):
     task_name: str
     seed: Seed
     trusted_targets: list[str]
-    trusted_repos: list[str] = []
+    trusted_repos: list[str]
     finetune: Optional[Finetune] = None
     data: dict        # checked against DATA_SOURCES[data.name]
     model: dict       # checked against the zoo entry's builder

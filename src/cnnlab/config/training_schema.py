@@ -73,7 +73,7 @@ class Checkpointing(Section):
     save_last: bool
     save_best: bool
     save_top_k: Annotated[int, Field(ge=0, description=(
-        "must be an integer >= 0 (0 = off; k keeps the k best epochs' checkpoints)"))] = 0
+        "must be an integer >= 0 (0 = off; k keeps the k best epochs' checkpoints)"))]
 
 
 AnnealStrategy = Literal["cos", "linear"]  # torch.optim.swa_utils.SWALR's anneal_strategy
@@ -98,19 +98,19 @@ class Swa(Section):
 class Trainer(Section):
     max_epochs: PositiveInt
     limit_train_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")]
-    limit_val_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")] = None
-    limit_test_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")] = None
+    limit_val_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")]
+    limit_test_batches: Annotated[Optional[int], Field(gt=0, description="must be a positive integer, or null")]
     device: str
     precision: Precision
     channels_last: Annotated[Literal["auto"] | bool, Field(description="is not accepted; choose one of auto, true, false")]
     compile: bool
     grad_clip: GradClip
     accumulate_grad_batches: Annotated[int, Field(ge=1, description=(
-        "must be a positive integer (1 = no accumulation: a step per batch)"))] = 1
-    tf32: bool = True  # configs saved before these keys existed have none
-    sync_batchnorm: bool = False
+        "must be a positive integer (1 = no accumulation: a step per batch)"))]
+    tf32: bool
+    sync_batchnorm: bool
     dist_backend: Annotated[Literal["auto", "gloo", "nccl"], Field(
-        description="is not accepted; choose one of auto, gloo, nccl")] = "auto"
+        description="is not accepted; choose one of auto, gloo, nccl")]
     loss: Loss
     label_smoothing: Fraction
     topk: Annotated[list[Annotated[int, Field(gt=0)]], Field(
@@ -120,17 +120,17 @@ class Trainer(Section):
     monitor_mode: MonitorMode
     early_stopping: EarlyStopping
     checkpoint: Checkpointing
-    ema: Ema = Ema()  # configs saved before these keys existed have none
-    swa: Swa = Swa()
+    ema: Ema
+    swa: Swa
     test_with: TestWith
     resume: Optional[str] = None
     progress: Progress
     log_every_n_steps: NonNegativeInt
     nonfinite: NonFinite
     handle_signals: bool
-    summary: SummaryMode = "full"  # configs saved before the key existed have none
+    summary: SummaryMode
     class_weights: Annotated[Optional[Literal["auto"] | list[Annotated[float, Field(ge=0)]]], Field(
-        description="must be null, auto, or a list of one weight >= 0 per class")] = None
+        description="must be null, auto, or a list of one weight >= 0 per class")]
 
 
 class Logger(Section):
@@ -140,16 +140,15 @@ class Logger(Section):
     hparams: bool
     graph: bool
     flush_secs: PositiveInt
-    # configs saved before these keys existed have none
-    projector: bool = False
-    projector_max_samples: Annotated[int, Field(ge=1, le=10000, description="must be in [1, 10000]")] = 1000
+    projector: bool
+    projector_max_samples: Annotated[int, Field(ge=1, le=10000, description="must be in [1, 10000]")]
 
 
 class Paths(Section):
     output_root: str
     data_root: str
     output_dir: str
-    existing_run: ExistingRun = "refuse"  # configs saved before the key existed have none
+    existing_run: ExistingRun
 
 
 class Finetune(Section):

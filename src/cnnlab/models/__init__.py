@@ -76,21 +76,25 @@ def loads_pretrained() -> bool:
     return _LOAD_PRETRAINED.get()
 
 
-def build_model(cfg, in_channels: int, num_classes: int, input_size, pretrained: bool = True) -> nn.Module:
+def build_model(cfg, in_channels: int, num_classes: int, input_size, pretrained: bool = True,
+                checked: bool = False) -> nn.Module:
     """Build the zoo entry named by cfg.name, sized for the data; unknown names and keys list what is valid.
 
     pretrained=False: the weights named by the entry's keys (model.weights, model.pretrained) are not loaded,
-    for a model about to receive a checkpoint's weights; the architecture is the same.
+    for a model about to receive a checkpoint's weights; the architecture is the same. checked=True: `cfg` is
+    the model section of a config validation passed (cnnlab.run.validate, which runs model_config_problems),
+    so the check is not run again (a model=hub entry would list its repository again, model=torchvision
+    resolve its weights again).
     """
     token = _LOAD_PRETRAINED.set(bool(pretrained))
     try:
-        return _build_model(cfg, in_channels, num_classes, input_size)
+        return _build_model(cfg, in_channels, num_classes, input_size, checked)
     finally:
         _LOAD_PRETRAINED.reset(token)
 
 
-def _build_model(cfg, in_channels: int, num_classes: int, input_size) -> nn.Module:
-    problems = model_config_problems(cfg)
+def _build_model(cfg, in_channels: int, num_classes: int, input_size, checked: bool) -> nn.Module:
+    problems = [] if checked else model_config_problems(cfg)
     if problems:
         raise ConfigError(problems)
     if int(num_classes) < 1:

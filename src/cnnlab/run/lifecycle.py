@@ -146,7 +146,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     ft = typed.finetune or Finetune()  # a config without the section fine-tunes nothing
     # Pretrained weights (model.weights, model.pretrained) only for a model whose weights no checkpoint replaces.
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size,
-                        pretrained=resume_ckpt is None and not ft.checkpoint)
+                        pretrained=resume_ckpt is None and not ft.checkpoint, checked=True)
     if resume_ckpt is not None:
         # the training weights (a checkpoint with averaged weights keeps them beside its "model")
         load_model_weights(model, resume_ckpt, resume_path, cfg.model.name, info.in_channels,

@@ -42,7 +42,8 @@ def load_trained_model(path: Path, device: torch.device, cfg: DictConfig | None 
     data = data_section(cfg.data)
     info = data_info(data)
     # the saved weights replace any pretrained ones: no weights file or network is needed to rebuild the model
-    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size, pretrained=False)
+    model = build_model(cfg.model, info.in_channels, info.num_classes, info.input_size, pretrained=False,
+                        checked=True)
     load_model_weights(model, ckpt, path, cfg.model.name, info.in_channels)
     model.to(device).eval()
     return LoadedModel(model, info, cfg, path, int(ckpt.get("epoch", 0)), data)

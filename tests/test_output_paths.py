@@ -323,7 +323,10 @@ def test_explain_on_a_read_only_run_dir(run_copy, tmp_path):
 FULL = "mount -t tmpfs -o size=1m tmpfs {d} && cp -a {seed}/. {d}/ && (dd if=/dev/zero of={d}/.filler bs=4k || true)"
 
 
-@pytest.mark.parametrize("command", ["export", "explain", "compare", "lab"])
+# export and explain import torch and load the model in their process (several seconds on 2 cores): slow tests
+# (test_a_full_disk_at_the_export_destination_in_process is export's in the default run)
+@pytest.mark.parametrize("command", [pytest.param("export", marks=pytest.mark.slow),
+                                     pytest.param("explain", marks=pytest.mark.slow), "compare", "lab"])
 def test_a_full_disk_at_the_destination_is_one_line_and_leaves_nothing_partial(run_copy, tmp_path, command):
     """A real full file system (a tmpfs filled up) at the destination; an earlier output of the command is there."""
     full = tmp_path / "full"

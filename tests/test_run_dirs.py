@@ -18,8 +18,7 @@ from cnnlab.run.lifecycle import train
 
 from conftest import cli_env
 
-QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "trainer.progress=none", "trainer.summary=none",
+QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.progress=none", "trainer.summary=none",
          "logger.histogram_every_n_epochs=0"]
 
 

@@ -314,7 +314,8 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_its_number_of_processes(tmp_pa
     (2, ["trainer.device=cpu", "trainer.dist_backend=nccl"], "trainer.dist_backend=nccl needs CUDA"),
     pytest.param(3, ["data.batch_size=1000"], "3 processes but the 1439 training images make only 2 batch(es)",
                  marks=pytest.mark.slow),
-    (2, ["-m", "optimizer.lr=0.1,0.2"], "a sweep (-m) cannot run under torchrun"),
+    # torchrun and its two processes for each case: the default run keeps nccl-on-cpu, the slow tests the others
+    pytest.param(2, ["-m", "optimizer.lr=0.1,0.2"], "a sweep (-m) cannot run under torchrun", marks=pytest.mark.slow),
 ], ids=["nccl-on-cpu", "more-processes-than-batches", "sweep"])
 def test_bad_distributed_input_is_one_error_before_training(tmp_path, n, args, message):
     proc = torchrun(n, *BASE, *args, "trainer.max_epochs=1", cwd=tmp_path)

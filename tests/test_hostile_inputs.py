@@ -7,12 +7,9 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import cli_env
 from omegaconf import OmegaConf
 
 from cnnlab.engine.checkpoint import config_hash, load_checkpoint
@@ -343,10 +340,9 @@ def test_a_weights_file_named_in_a_saved_config_is_never_opened(make_cfg, tmp_pa
     (["ckpt=nowhere/run"], "ckpt=nowhere/run: no such file or directory"),
     (["ckpt=.", "split=training"], "split="),
 ])
-def test_eval_refuses_a_bad_command_line_before_writing_anything(tmp_path, args, said):
+def test_eval_refuses_a_bad_command_line_before_writing_anything(tmp_path, args, said, run_cli):
     """cnnlab-eval validates what it can before Hydra creates its run dir and log: nothing is written."""
-    done = subprocess.run([sys.executable, "-m", "cnnlab.cli.evaluate", *args, f"paths.output_root={tmp_path / 'out'}"],
-                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    done = run_cli("evaluate", *args, f"paths.output_root={tmp_path / 'out'}", cwd=tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 2, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]

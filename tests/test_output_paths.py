@@ -4,6 +4,7 @@ work, writes atomically (a full disk leaves nothing partial), and names a FIFO o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -12,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -323,7 +325,10 @@ def test_explain_on_a_read_only_run_dir(run_copy, tmp_path):
 FULL = "mount -t tmpfs -o size=1m tmpfs {d} && cp -a {seed}/. {d}/ && (dd if=/dev/zero of={d}/.filler bs=4k || true)"
 
 
-@pytest.mark.parametrize("command", ["export", "explain", "compare", "lab"])
+# export and explain import torch and load the model in their process (several seconds on 2 cores): slow tests
+# (test_a_full_disk_at_the_export_destination_in_process is export's in the default run)
+@pytest.mark.parametrize("command", [pytest.param("export", marks=pytest.mark.slow),
+                                     pytest.param("explain", marks=pytest.mark.slow), "compare", "lab"])
 def test_a_full_disk_at_the_destination_is_one_line_and_leaves_nothing_partial(run_copy, tmp_path, command):
     """A real full file system (a tmpfs filled up) at the destination; an earlier output of the command is there."""
     full = tmp_path / "full"
@@ -428,15 +433,34 @@ def test_a_fifo_device_or_directory_named_as_a_file_is_named_as_such(tmp_path):
     assert not any("no such file" in message for message in said.values())
 
 
+@contextlib.contextmanager
+def released_after(fifo: Path, seconds: float):
+    """A command run in this process that opened `fifo` to read would wait for a writer for ever: after `seconds`
+    a writer opens it and closes it again (the reader sees an empty file), so that such a test fails, not hangs."""
+    def release():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader: nothing waits
+            pass
+
+    timer = threading.Timer(seconds, release)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 @pytest.mark.parametrize("command", ["predict_checkpoint", "predict_image", "finetune"])
-def test_the_commands_name_a_fifo_and_do_not_wait_on_it(trained_run, tmp_path, command, run_cli_process):
+def test_the_commands_name_a_fifo_and_do_not_wait_on_it(trained_run, tmp_path, command, run_cli):
     run_dir, _ = trained_run
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     args = {"predict_checkpoint": ["predict", str(fifo), str(fifo)],
             "predict_image": ["predict", str(run_dir), str(fifo)],
             "finetune": ["train", f"finetune.checkpoint={fifo}", f"hydra.run.dir={tmp_path / 'run'}"]}[command]
-    proc = run_cli_process(*args, cwd=tmp_path, timeout=120)
+    with released_after(fifo, 60):
+        proc = run_cli(*args, cwd=tmp_path)
     line = one_error_line(proc.stdout + proc.stderr, 2, proc.returncode)
     assert f"{fifo} is a FIFO (named pipe)" in line
 

@@ -62,9 +62,9 @@ def test_a_sweep_run_again_into_its_own_dir_leaves_the_completed_runs_as_they_we
     assert [r["status"] for r in _rows(tmp_path / "cmp" / "compare.csv")] == ["completed", "completed"]
 
 
-def test_jobs_sharing_one_subdir_leave_the_first_jobs_run_alone(tmp_path):
+def test_jobs_sharing_one_subdir_leave_the_first_jobs_run_alone(tmp_path, run_cli):
     sweep = tmp_path / "sweep"
-    done = _cli("train", "-m", "optimizer.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}",
+    done = run_cli("train", "-m", "optimizer.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}",
                 "hydra.sweep.subdir=same", cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert not (sweep / "same" / "failure.json").exists()
@@ -73,9 +73,9 @@ def test_jobs_sharing_one_subdir_leave_the_first_jobs_run_alone(tmp_path):
     assert "1 job(s) did not run" in done.stderr
 
 
-def test_a_job_that_fails_before_its_claim_still_records_why_in_its_own_new_dir(tmp_path):
+def test_a_job_that_fails_before_its_claim_still_records_why_in_its_own_new_dir(tmp_path, run_cli):
     sweep = tmp_path / "sweep"
-    done = _cli("train", "-m", "trainer.max_epochs=1,0", *TINY[:1], *TINY[3:], "data=digits",
+    done = run_cli("train", "-m", "trainer.max_epochs=1,0", *TINY[:1], *TINY[3:], "data=digits",
                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert done.returncode == 1
     failure = json.loads((sweep / "1" / "failure.json").read_text())
@@ -118,7 +118,7 @@ def test_clear_on_a_dir_without_a_marker_deletes_nothing(tmp_path, make_cfg):
     assert _snapshot(mine) == before
 
 
-def test_a_study_dir_is_not_a_run_dir_and_a_run_dir_is_not_a_study_dir(tmp_path, make_cfg):
+def test_a_study_dir_is_not_a_run_dir_and_a_run_dir_is_not_a_study_dir(tmp_path, make_cfg, run_cli):
     study_dir = tmp_path / "run"
     claim_study(study_dir)
     (study_dir / "study.yaml").write_text("study_name: s\n")
@@ -130,7 +130,7 @@ def test_a_study_dir_is_not_a_run_dir_and_a_run_dir_is_not_a_study_dir(tmp_path,
     run_dir = tmp_path / "trained"
     train(make_cfg(*TINY, run="trained"), overrides=[])
     before = _snapshot(run_dir)
-    done = _cli("tune", "search=lenet_lr_wd_bs", "search.n_trials=1", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = run_cli("tune", "search=lenet_lr_wd_bs", "search.n_trials=1", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "directory of a cnnlab-train run" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr

@@ -45,13 +45,13 @@ def test_two_runs_started_together_get_their_own_run_dirs(tmp_path):
     assert lrs == {"0.001", "0.002"}
 
 
-def test_a_reused_run_dir_holding_another_run_is_refused_and_kept_intact(tmp_path):
+def test_a_reused_run_dir_holding_another_run_is_refused_and_kept_intact(tmp_path, run_cli):
     run_dir = tmp_path / "shared"
-    first = _cli([*QUICK, "model=mlp", f"hydra.run.dir={run_dir}"], tmp_path)
-    assert first.wait(timeout=300) == 0
+    first = run_cli("train", *QUICK, "model=mlp", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
-    second = _cli([*QUICK, "model=lenet5", f"hydra.run.dir={run_dir}"], tmp_path)
-    out, _ = second.communicate(timeout=300)
+    second = run_cli("train", *QUICK, "model=lenet5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    out = second.stdout + second.stderr
     assert second.returncode == 2, out
     assert f"error: {run_dir} already holds another run (checkpoints/best.ckpt" in out and "Traceback" not in out
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
@@ -134,12 +134,12 @@ def test_of_two_claims_on_one_dir_exactly_one_wins(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "a_file"])
-def test_a_run_dir_that_cannot_be_created_is_one_error_line(tmp_path, where):
+def test_a_run_dir_that_cannot_be_created_is_one_error_line(tmp_path, where, run_cli):
     blocker = tmp_path / "blocker"
     blocker.write_text("a regular file")
     run_dir = blocker / "run" if where == "under_a_file" else blocker
-    proc = _cli([*QUICK, f"hydra.run.dir={run_dir}"], tmp_path)
-    out, _ = proc.communicate(timeout=120)
+    proc = run_cli("train", *QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert out.startswith(f"error: hydra.run.dir={run_dir}: cannot create or write the run directory there")
     assert "Traceback" not in out and blocker.read_text() == "a regular file"

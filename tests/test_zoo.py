@@ -75,8 +75,18 @@ SMALL = ["alexnet_small", "resnet18", "resnet34", "resnet50", "vgg11", "vgg11_bn
 HEAVY = ["resnet101", "resnet152", "vgg13", "vgg13_bn", "vgg16", "vgg19", "vgg19_bn", "densenet169", "densenet201"]
 
 
-@pytest.mark.parametrize("shape", [(1, (28, 28)), (3, (32, 32))], ids=["1x28x28", "3x32x32"])
-@pytest.mark.parametrize("name", SMALL)
+# Each entry trains in the default run on one of the two shapes (the cheaper one for it; both shapes are among
+# them); the other shape of each entry runs with the slow tests.
+DEFAULT_SHAPE = {"alexnet_small": "3x32x32", "resnet18": "3x32x32", "resnet34": "1x28x28", "resnet50": "1x28x28",
+                 "vgg11": "1x28x28", "vgg11_bn": "3x32x32", "vgg16_bn": "3x32x32", "densenet121": "1x28x28",
+                 "googlenet": "1x28x28"}
+SHAPES = {"1x28x28": (1, (28, 28)), "3x32x32": (3, (32, 32))}
+
+
+@pytest.mark.parametrize("name,shape", [
+    pytest.param(name, SHAPES[key], id=f"{name}-{key}",
+                 marks=() if DEFAULT_SHAPE[name] == key else pytest.mark.slow)
+    for name in SMALL for key in SHAPES])
 def test_small_image_entries_train(name, shape):
     in_channels, size = shape
     first, final = loss_goes_down(model(name, in_channels, 10, size, **no_dropout(name)), in_channels, size)
@@ -92,7 +102,9 @@ def test_heavy_entries_train(name, shape):
     assert final < first
 
 
-@pytest.mark.parametrize("name,size", [("alexnet", (227, 227)), ("alexnet_torchvision", (224, 224)),
+# The two AlexNets (61-62M parameters, most in their 4096-unit classifier) take the longest: slow tests.
+@pytest.mark.parametrize("name,size", [pytest.param("alexnet", (227, 227), marks=pytest.mark.slow),
+                                       pytest.param("alexnet_torchvision", (224, 224), marks=pytest.mark.slow),
                                        ("resnet18", (224, 224)), ("inception_v3", (75, 75))])
 def test_large_input_entries_train(name, size):
     keys = {**no_dropout(name), **({"aux_logits": False} if name == "inception_v3" else {})}

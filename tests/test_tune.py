@@ -82,6 +82,7 @@ def test_a_log_scale_search_with_hyperband_prunes_and_keeps_every_trial_as_a_run
     assert f"best: trial {study.best_trial.number}," in done.stdout
 
 
+@pytest.mark.slow  # a killed command, then the study again; tests/test_search_storage.py recovers killed workers fast
 def test_a_study_killed_mid_trial_continues_with_only_the_remaining_trials(tmp_path):
     args = ["search.study_name=kill", "search.n_trials=3", "search.pruner.name=none", "trainer.max_epochs=2",
             "trainer.limit_train_batches=10", *LR_ONLY]

@@ -204,7 +204,7 @@ def test_bad_search_input_is_refused_before_any_trial(tmp_path, args, says):
 
 
 def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path):
-    done = tune(tmp_path, "search.storage=postgresql://u:secret@127.0.0.1:1/db")
+    done = tune(tmp_path, *LR_ONLY, "search.storage=postgresql://u:secret@127.0.0.1:1/db")
     said = done.stdout + done.stderr
     assert done.returncode == 2 and said.count("error:") == 1 and "search.storage" in said, said
     assert "secret" not in said

@@ -191,16 +191,18 @@ def test_a_full_disk_during_the_build_leaves_no_partial_entry(tmp_path):
     assert all(name.endswith(".lock") for name in left), left  # no temporary directory, no entry
 
 
-def test_an_entry_in_a_read_only_cache_dir_is_still_mapped(tmp_path):
+def test_an_entry_in_a_read_only_cache_dir_is_still_mapped(tmp_path, logs):
     """A cache dir shared read-only (a read-only bind mount: root ignores permission bits) serves the entries it
     holds, without the lock (which would need a write) and without a warning."""
     from test_file_systems import _can_mount
 
     _can_mount(tmp_path)
     disk.write_image_folder(tmp_path / "imgs", per_class=4)
-    done = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path / "imgs"), str(tmp_path / "first.npy")],
-                          env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "decoding 12 images" in done.stdout, done.stdout + done.stderr
+    root = tmp_path / "imgs"  # the entry built here, as BUILD does in the process below
+    listing = scan_listing(root, find_classes(root, "data.root"), "data.root", True)
+    built = decoded_cache.load(listing, 3, (16, 16), "center_crop", decoded_cache.cache_root(None), "test")
+    np.save(tmp_path / "first.npy", np.asarray(built.images))
+    assert "decoding 12 images" in _messages(logs)
     where = decoded_cache.cache_root(None)
     for lock in where.glob(".*.lock"):
         lock.unlink()  # as if the entries had been copied here: nothing in the dir may need creating

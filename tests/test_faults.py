@@ -69,7 +69,8 @@ def _signal_mid_epoch(run_dir: Path, cwd: Path, signals: list[int], epoch: int =
     return proc.returncode, "".join(lines) + (rest or "")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGTERM (slow): two commands, the stopped one and its resume on the command line; SIGINT resumes in process.
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGINT])
 def test_signal_stops_after_the_step_and_resume_continues_mid_epoch(tmp_path, uninterrupted, sig, make_cfg, caplog):
     stopped = tmp_path / "stopped"
     code, output = _signal_mid_epoch(stopped, tmp_path, [sig])

@@ -18,6 +18,9 @@ LESSONS = lesson_names()
 # filters and learning_rate start cnnlab-explain / cnnlab-doctor as commands (10-35 s).
 HEAVY = {"activations", "alexnet_ablation", "densenet_vs_resnet", "depth", "googlenet_aux", "search", "transfer",
          "filters", "learning_rate"}
+# The other lessons are alike (a few arms of small models on mnist_sample, a page with a table and curves): the
+# default run keeps losses, lenet and early_stopping (two epochs, monitoring val/loss); these run with -m slow.
+ALIKE = {"optimizers", "regularization", "pooling", "vgg_kernels"}
 
 
 def test_the_lab_has_the_course_lessons():
@@ -30,7 +33,8 @@ def test_the_lab_has_the_course_lessons():
         assert not compares or len(lesson.seeds) >= 3, f"{name}: a comparison needs at least 3 seeds"
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in LESSONS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY | ALIKE else n
+                                  for n in LESSONS])
 def test_each_lesson_runs_quick_and_writes_its_page(tmp_path, name):
     lesson = load_lesson(name)
     from matplotlib.figure import Figure

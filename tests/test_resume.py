@@ -17,8 +17,9 @@ from cnnlab.engine.progress import Progress
 from cnnlab.run.lifecycle import train
 from cnnlab.config.typed import data_section
 
-COMMON = ["trainer.max_epochs=4", "trainer.limit_train_batches=12", "scheduler=step", "scheduler.step_size=1",
-          "scheduler.gamma=0.7", "logger.histogram_every_n_epochs=0"]
+# The bundled digits: small val and test splits to evaluate after each epoch and at the end.
+COMMON = ["data=digits", "trainer.max_epochs=4", "trainer.limit_train_batches=12", "scheduler=step",
+          "scheduler.step_size=1", "scheduler.gamma=0.7", "logger.histogram_every_n_epochs=0"]
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(make_cfg, monkeypatch, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from commands import run_in_process
 from conftest import cli_env
 from optuna.trial import TrialState
 
@@ -28,13 +29,17 @@ from cnnlab.search.plan import plan_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-TINY = ["data=digits", "trainer.limit_train_batches=2", "logger.histogram_every_n_epochs=0", "logger.images=false",
+# One searched parameter (lr): the checks before the first trial compose a trial config per end of each range.
+TINY = ["~search.space.weight_decay", "~search.space.batch_size", "data=digits", "trainer.limit_train_batches=2", "logger.histogram_every_n_epochs=0", "logger.images=false",
         "logger.graph=false", "trainer.max_epochs=1", "search.pruner.name=none", "search.sampler.name=random"]
 
 
 def command(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", f"cnnlab.cli.{module}", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(cli_env(), OMP_NUM_THREADS="1", **(env or {})))
+    """The command run in this process (tests/commands.py), with `env` added to the environment while it runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        return run_in_process(module, *args, cwd=cwd, timeout=timeout)
 
 
 def tune(root: Path, *args: str, **kwargs):

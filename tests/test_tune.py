@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from commands import run_in_process
 from conftest import cli_env
 from optuna.trial import TrialState
 
@@ -29,13 +30,18 @@ TINY = ["data=digits", "trainer.limit_train_batches=3", "logger.histogram_every_
         "logger.graph=false"]
 
 
+# A search of lr alone: the checks before the first trial compose a trial config for each end of every range.
+LR_ONLY = ["~search.space.weight_decay", "~search.space.batch_size"]
+
+
 def tune(tmp_path: Path, *args: str, timeout: int = 240, wait: bool = True):
-    cmd = [sys.executable, "-m", "cnnlab.cli.tune", *TINY, f"paths.output_root={tmp_path}", *args]
-    env = dict(cli_env(), OMP_NUM_THREADS="1")
-    if not wait:
-        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    """cnnlab-tune run in this process (wait) or started as a process of its own to be killed (not wait)."""
+    args = [*TINY, f"paths.output_root={tmp_path}", *args]
+    if wait:
+        return run_in_process("tune", *args, cwd=tmp_path, timeout=timeout)
+    return subprocess.Popen([sys.executable, "-m", "cnnlab.cli.tune", *args], cwd=tmp_path,
+                            env=dict(cli_env(), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def run_study(tmp_path: Path, *args: str, study_dir: Path | None = None) -> Path:
@@ -54,8 +60,7 @@ def load(study_dir: Path, storage: str | None = None) -> optuna.Study:
 
 def test_a_log_scale_search_with_hyperband_prunes_and_keeps_every_trial_as_a_run(tmp_path):
     done = tune(tmp_path, "search.study_name=hb", "search.n_trials=6", "search.sampler.name=random",
-                "search.pruner.min_resource=1", "trainer.max_epochs=4", "~search.space.batch_size",
-                "~search.space.weight_decay", "search.space.lr.low=1.0e-5", "search.space.lr.high=0.3")
+                "search.pruner.min_resource=1", "trainer.max_epochs=4", *LR_ONLY, "search.space.lr.low=1.0e-5", "search.space.lr.high=0.3")
     assert done.returncode == 0, done.stdout + done.stderr
     study_dir = tmp_path / "search" / "hb"
     study = load(study_dir)
@@ -77,9 +82,10 @@ def test_a_log_scale_search_with_hyperband_prunes_and_keeps_every_trial_as_a_run
     assert f"best: trial {study.best_trial.number}," in done.stdout
 
 
+@pytest.mark.slow  # a killed command, then the study again; tests/test_search_storage.py recovers killed workers fast
 def test_a_study_killed_mid_trial_continues_with_only_the_remaining_trials(tmp_path):
     args = ["search.study_name=kill", "search.n_trials=3", "search.pruner.name=none", "trainer.max_epochs=2",
-            "trainer.limit_train_batches=10"]
+            "trainer.limit_train_batches=10", *LR_ONLY]
     proc = tune(tmp_path, *args, wait=False)
     second = tmp_path / "search" / "kill" / "trials" / "0001" / "train.log"
     deadline = time.monotonic() + 120
@@ -115,7 +121,7 @@ def _interrupt_first_trial(tmp_path: Path, args: list[str]) -> subprocess.Popen:
 
 
 CTRL_C = ["search.study_name=intr", "search.n_trials=1", "search.pruner.name=none", "trainer.max_epochs=2",
-          "trainer.limit_train_batches=30"]
+          "trainer.limit_train_batches=30", *LR_ONLY]
 
 
 def test_ctrl_c_stops_the_study_with_the_trial_recorded_as_interrupted(tmp_path):
@@ -178,14 +184,14 @@ def test_group_choices_and_conditional_keys(tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["search.space.lr.key=optimizer.learning_rate"], "did you mean optimizer.lr?"),
+    (["search.space.lr.key=optimizer.learning_rate", *LR_ONLY], "did you mean optimizer.lr?"),
     (["search.space.lr.low=0.5"], "low=0.5 must be below high=0.1"),
     (["search.space.lr.low=0"], "log=true needs low > 0"),
-    (["search.space.lr.log=false", "search.space.lr.low=-1.0"], "with optimizer.lr=-1.0, optimizer.lr=-1.0 must be > 0"),
+    (["search.space.lr.log=false", "search.space.lr.low=-1.0", *LR_ONLY], "with optimizer.lr=-1.0, optimizer.lr=-1.0 must be > 0"),
     (["search.sampler.name=bayes"], "search.sampler.name='bayes' is not accepted"),
     (["search.pruner.name=asha"], "search.pruner.name='asha' is not accepted"),
     (["search.objective.metric=val/f1"], "search.objective.metric=val/f1 is not a metric a run logs"),
-    (["search.sampler.name=grid"], "search.sampler.name=grid needs every parameter to have finitely many values"),
+    (["search.sampler.name=grid", *LR_ONLY], "search.sampler.name=grid needs every parameter to have finitely many values"),
     (["search=optimizer_choice", "search.space.optimizer.choices=[sgd,lamb]"], "lamb is not an option of the config group optimizer"),
     (["+search.space.x={key: trainer.max_epochs, type: int, low: 1, high: 3, choices: [1]}"], "choices is for type=categorical"),
 ])
@@ -198,7 +204,7 @@ def test_bad_search_input_is_refused_before_any_trial(tmp_path, args, says):
 
 
 def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path):
-    done = tune(tmp_path, "search.storage=postgresql://u:secret@127.0.0.1:1/db")
+    done = tune(tmp_path, *LR_ONLY, "search.storage=postgresql://u:secret@127.0.0.1:1/db")
     said = done.stdout + done.stderr
     assert done.returncode == 2 and said.count("error:") == 1 and "search.storage" in said, said
     assert "secret" not in said
@@ -207,13 +213,13 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path):
 
 def test_a_study_name_holding_another_space_or_direction_is_refused(tmp_path):
     study_dir = tmp_path / "study"
-    first = compose_config([*TINY, "search.n_trials=1"], study_dir, config_name="tune")
-    plan_search(first, [*TINY])
+    first = compose_config([*TINY, *LR_ONLY, "search.n_trials=1"], study_dir, config_name="tune")
+    plan_search(first, [*TINY, *LR_ONLY])
     for change, says in (("search.space.lr.high=0.5", "another search space (parameters that differ: lr)"),
                          ("search.objective.metric=val/loss", "objective val/acc (maximize), not val/loss (minimize)")):
-        cfg = compose_config([*TINY, change], study_dir, config_name="tune")
+        cfg = compose_config([*TINY, *LR_ONLY, change], study_dir, config_name="tune")
         with pytest.raises(ConfigError, match=r"search\.study_name=lenet_lr_wd_bs: this study exists with") as refused:
-            plan_search(cfg, [*TINY, change])
+            plan_search(cfg, [*TINY, *LR_ONLY, change])
         assert says in str(refused.value)
 
 

@@ -131,6 +131,26 @@ def test_a_sweep_is_one_parent_run_with_a_child_per_job_and_checkpoints_on_reque
     assert "checkpoints/last.ckpt" in ckpts
 
 
+def test_a_studys_trials_are_children_of_its_run(tmp_path):
+    from cnnlab.config.compose import compose_config
+    from cnnlab.search.plan import plan_search
+    from cnnlab.search.worker import run_workers
+
+    overrides = ["data=digits", *TINY, "trainer.max_epochs=1", "logger=mlflow", f"paths.output_root={tmp_path}",
+                 "search.study_name=tracked", "search.n_trials=2", "search.sampler.name=random",
+                 "search.pruner.name=none"]
+    plan, _, _ = plan_search(compose_config(overrides, tmp_path / "search" / "tracked", config_name="tune"),
+                             overrides)
+    run_workers(plan, 1)
+    runs = _runs(MlflowClient(local_store(tmp_path)[0]), "cnnlab")
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.run_name == "tracked" and len(children) == 2 == len(runs) - 1
+    assert sorted(r.info.run_name for r in children) == ["0000", "0001"]
+    assert {r.data.tags["cnnlab.run_dir"] for r in children} == {str(plan.study_dir / "trials" / n)
+                                                               for n in ("0000", "0001")}
+
+
 # ---- no server: the local store, a server that is down ----
 def test_the_default_is_a_local_store_under_the_output_root(tmp_path):
     _train(tmp_path, "logger=mlflow")

@@ -94,9 +94,9 @@ def _reason(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _http_limits(timeout_s: float):
-    """MLflow's HTTP requests bounded for the calls inside: `timeout_s` each and one retry a second later (its
-    defaults wait minutes for a server that is down); variables the user set are left as they are. urllib3's
-    line per retry is held back: the one warning of a failure is cnnlab's."""
+    """MLflow's HTTP requests bounded for the calls inside: `timeout_s` each and one retry (its defaults wait
+    minutes for a server that is down); variables the user set are left as they are. urllib3's line per retry
+    is held back: the one warning of a failure is cnnlab's."""
     limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}

@@ -167,6 +167,31 @@ def test_the_default_is_a_local_store_under_the_output_root(tmp_path):
     assert not list((tmp_path / "run").glob("events.out.tfevents.*")), "logger=mlflow alone: no TensorBoard"
 
 
+_START = """
+import sys
+from pathlib import Path
+from cnnlab.engine.mlflow_tracking import MlflowSpec, MlflowTracker, local_store
+uri, artifacts = local_store(sys.argv[1])
+tracker = MlflowTracker(MlflowSpec(uri, "cnnlab", sys.argv[2], Path(sys.argv[1]), {"a": 1}, artifact_location=artifacts))
+tracker.start()
+print(tracker.run_id)
+"""
+
+
+@pytest.mark.slow  # three processes importing torch and mlflow at once: 10-30 s
+def test_jobs_that_start_at_once_on_a_fresh_local_store_all_get_their_run(tmp_path):
+    """A parallel sweep's first jobs: one creates the database, the others wait for it (without the lock each
+    runs MLflow's migrations on it and all fail)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    jobs = [subprocess.Popen([sys.executable, "-c", _START, str(tmp_path), f"job{i}"], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(3)]
+    outs = [job.communicate(timeout=180) for job in jobs]
+    ids = [out.strip() for out, _ in outs]
+    assert all(len(i) == 32 for i in ids), [err[-2000:] for _, err in outs]
+    assert {r.info.run_name for r in _runs(MlflowClient(local_store(tmp_path)[0]), "cnnlab")} == {"job0", "job1",
+                                                                                                 "job2"}
+
+
 def test_a_server_that_is_down_costs_nothing_but_one_warning(tmp_path):
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     done = _train(tmp_path, "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={down}")

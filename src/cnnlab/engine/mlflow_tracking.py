@@ -17,6 +17,7 @@ mlflow is imported only when a run starts, so `import cnnlab` and runs without M
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import torch
 
@@ -93,6 +95,21 @@ def _reason(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
+def _store_lock(uri: str):
+    """For an SQLite store: an exclusive flock beside the database file while held. The first run creates the
+    database's tables (MLflow's migrations); runs that start at once (a parallel sweep's jobs) would otherwise
+    each migrate it and all fail. Other stores: nothing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(unquote(uri[len("sqlite:///"):]))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes (or its holder dies)
+        yield
+
+
+@contextlib.contextmanager
 def _http_limits(timeout_s: float):
     """MLflow's HTTP requests bounded for the calls inside: `timeout_s` each and one retry (its defaults wait
     minutes for a server that is down); variables the user set are left as they are. urllib3's line per retry
@@ -151,15 +168,10 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         spec = self.spec
-        client = MlflowClient(tracking_uri=spec.tracking_uri)
-        experiment = client.get_experiment_by_name(spec.experiment)
-        if experiment is None:
-            experiment_id = client.create_experiment(spec.experiment, artifact_location=spec.artifact_location)
-        else:
-            experiment_id = experiment.experiment_id
-            if experiment.lifecycle_stage == "deleted":
-                client.restore_experiment(experiment_id)
-        parent = os.environ.get(PARENT_ENV) or self._group_parent(client, experiment_id)
+        with _store_lock(spec.tracking_uri):
+            client = MlflowClient(tracking_uri=spec.tracking_uri)
+            experiment_id = self._experiment(client)
+            parent = os.environ.get(PARENT_ENV) or self._group_parent(client, experiment_id)
         tags = {k: mask(str(v)) for k, v in spec.tags.items()}
         if parent:
             tags["mlflow.parentRunId"] = parent
@@ -169,6 +181,22 @@ class MlflowTracker:
         for i in range(0, len(params), PARAMS_PER_CALL):
             client.log_batch(self.run_id, params=params[i:i + PARAMS_PER_CALL])
         log.info("MLflow: run %s in experiment %r at %s", self.run_id, spec.experiment, self.where)
+
+    def _experiment(self, client) -> str:
+        """The id of the experiment named logger.mlflow.experiment: created when missing (another run creating it
+        at the same moment is fine), restored when deleted."""
+        name = self.spec.experiment
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=self.spec.artifact_location)
+            except Exception:
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
 
     def _group_parent(self, client, experiment_id: str) -> str | None:
         """The parent run of the group's runs: the one its dir names, else a new one, named there. Two jobs that

@@ -47,7 +47,6 @@ from cnnlab.engine.optim import build_optimizer, build_schedule
 from cnnlab.run.restore import carry_best_checkpoint, resume_config
 from cnnlab.run.rundir import claim, startup_disk_message
 from cnnlab.run.runinfo import environment, flat_hparams
-from cnnlab.run.tracking import check_mlflow_installed, mlflow_callback
 from cnnlab.util.outpaths import write_json
 from cnnlab.engine.seeding import seed_everything
 from cnnlab.run.validate import TRAINING_KINDS, fit_topk, known_classes, monitor_problem, validate
@@ -105,7 +104,8 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
     typed = validate(cfg, kind)
     mlflow = typed.logger.mlflow.enabled and kind in TRAINING_KINDS  # the doctor's runs are not tracked
-    if mlflow:
+    if mlflow:  # loaded only for a run that uses it, like mlflow itself
+        from cnnlab.run.tracking import check_mlflow_installed, mlflow_callback
         check_mlflow_installed()
     topk_given = "trainer.topk" in command_line_keys(overrides)
     tcfg = typed.trainer.model_copy(update={"topk": fit_topk(cfg, known_classes(cfg), topk_given)})

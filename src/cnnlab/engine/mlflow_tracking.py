@@ -177,7 +177,8 @@ class MlflowTracker:
             tags["mlflow.parentRunId"] = parent
         run = client.create_run(experiment_id, run_name=spec.run_name, tags=tags)
         self.client, self.run_id, self.parent_id = client, run.info.run_id, parent
-        params = [Param(_key(k), str(v)[:PARAM_VALUE_MAX]) for k, v in spec.params.items()]
+        values = {_key(k): str(v)[:PARAM_VALUE_MAX] for k, v in spec.params.items()}  # one value per key
+        params = [Param(k, v) for k, v in values.items()]
         for i in range(0, len(params), PARAMS_PER_CALL):
             client.log_batch(self.run_id, params=params[i:i + PARAMS_PER_CALL])
         log.info("MLflow: run %s in experiment %r at %s", self.run_id, spec.experiment, self.where)

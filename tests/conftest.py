@@ -45,6 +45,7 @@ INTEGRATION_FILES = {
     "test_run_dirs.py", "test_search_storage.py", "test_shards.py", "test_shards_distributed.py",
     "test_source_tree.py", "test_study_storage_faults.py", "test_sweep_faults.py", "test_tensorboard.py",
     "test_top_k.py", "test_training.py", "test_tta.py", "test_tune.py", "test_untrusted_files.py", "test_zoo.py",
+    "test_mlflow.py",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.config.migrate import (CONFIG_VERSION, CONFIG_VERSION_KEY, STEPS, V1_ADDITIONS, add_missing,
+from cnnlab.config.migrate import (CONFIG_VERSION, CONFIG_VERSION_KEY, STEPS, V1_ADDITIONS, V2_ADDITIONS, add_missing,
                                    checkpoint_config, migrate)
 from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint
 from cnnlab.errors import ConfigError
@@ -87,7 +87,24 @@ def test_the_data_cache_keys_are_added_for_image_folders_only():
 
 def test_an_old_config_migrates_to_what_the_release_before_versions_wrote():
     current = _v0_config()
-    assert migrate(_older(current), 0) == current
+    assert migrate(_older(current), 0) == migrate(current, 0)
+    v1 = migrate(current, 0)
+    del v1["logger"]["mlflow"]
+    assert v1 == current  # the fixture is what version 1 wrote: version 2 adds only logger.mlflow
+
+
+def test_a_version_1_config_gains_mlflow_off_and_keeps_its_tensorboard_keys():
+    v1 = _v0_config()
+    assert "mlflow" not in v1["logger"]
+    migrated = migrate(v1, 1)
+    assert migrated["logger"]["mlflow"] == V2_ADDITIONS["logger.mlflow"]
+    assert migrated["logger"]["mlflow"]["enabled"] is False
+    assert {k: v for k, v in migrated["logger"].items() if k != "mlflow"} == v1["logger"]
+    partly = copy.deepcopy(v1)  # a section with some of its keys keeps them and gains the others
+    partly["logger"]["mlflow"] = {"enabled": True, "experiment": "mine"}
+    section = migrate(partly, 1)["logger"]["mlflow"]
+    assert section == {**V2_ADDITIONS["logger.mlflow"], "enabled": True, "experiment": "mine"}
+    assert migrate(migrated, 1) == migrated
 
 
 def test_migrate_is_idempotent_and_leaves_its_input_alone():

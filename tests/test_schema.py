@@ -91,6 +91,25 @@ def test_a_config_saved_before_newer_keys_existed_validates_once_migrated(tmp_pa
     assert config_problems(migrate(cfg, 0)) == []
 
 
+def test_a_version_1_config_without_mlflow_validates_once_migrated(tmp_path):
+    cfg = OmegaConf.to_container(compose_config([], tmp_path))
+    del cfg["logger"]["mlflow"]
+    assert config_problems(cfg) == ["logger.mlflow is missing"]
+    assert config_problems(migrate(cfg, 1)) == []
+
+
+@pytest.mark.parametrize("option,tensorboard,mlflow", [
+    ("tensorboard", True, False), ("mlflow", False, True), ("[tensorboard,mlflow]", True, True),
+    ("[mlflow,tensorboard]", True, True), ("none", False, False), ("[]", False, False)])
+def test_logger_options_merge_as_a_list(tmp_path, option, tensorboard, mlflow):
+    """logger= picks any of the options: each turns its own part on over configs/base/logger.yaml (all off),
+    whatever the order; TensorBoard's keys keep their options' values."""
+    cfg = compose_config([f"logger={option}"], tmp_path)
+    assert config_problems(cfg) == []
+    assert cfg.logger.enabled is tensorboard and cfg.logger.mlflow.enabled is mlflow
+    assert cfg.logger.histogram_every_n_epochs == (10 if tensorboard else 0)
+
+
 def test_a_missing_key_is_named(tmp_path):
     cfg = compose_config([], tmp_path)
     with open_dict(cfg):

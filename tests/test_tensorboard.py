@@ -6,11 +6,8 @@ import io
 import json
 import math
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -22,6 +19,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from servers import free_port, serving, tail
 
 EPOCHS = 3  # the shared `trained_run` fixture trains for 3 epochs with histograms every epoch
 PER_EPOCH = ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/acc_best", "lr",
@@ -238,11 +237,12 @@ class NotTraceable(torch.nn.Module):
 
 @pytest.mark.parametrize("graph", [True, False])
 def test_graph_that_cannot_be_traced_or_is_off_leaves_the_run_going(tmp_path, caplog, graph):
-    from cnnlab.config.training_schema import Logger
+    from cnnlab.config.migrate import V2_ADDITIONS
+    from cnnlab.config.training_schema import Logger, Mlflow
     from cnnlab.engine.tensorboard import TensorBoardLogger
 
     section = Logger(enabled=True, histogram_every_n_epochs=0, images=False, hparams=False, graph=graph, flush_secs=30,
-                     projector=False, projector_max_samples=1)
+                     projector=False, projector_max_samples=1, mlflow=Mlflow(**V2_ADDITIONS["logger.mlflow"]))
     tb = TensorBoardLogger(section, tmp_path)
     model = NotTraceable().train()
     with caplog.at_level("WARNING"):
@@ -309,12 +309,6 @@ def test_hparams_in_the_same_event_file(events, trained_run):
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, never via a proxy
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, proc, port, log_path):
         self.proc, self.port, self.log_path = proc, port, log_path
@@ -334,7 +328,7 @@ class Server:
             return json.loads(r.read())
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return tail(self.log_path)
 
 
 @pytest.fixture(scope="module")
@@ -342,35 +336,14 @@ def server(trained_run, tmp_path_factory):
     run_dir, _ = trained_run
     log_path = tmp_path_factory.mktemp("tensorboard") / "server.log"
     port = free_port()
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir.parent), "--host", "127.0.0.1",
-             "--port", str(port), "--load_fast=false", "--reload_interval", "0"],
-            stdout=log_file, stderr=subprocess.STDOUT)
-    srv = Server(proc, port, log_path)
-    try:
-        deadline = time.monotonic() + SERVER_DEADLINE_S
-        last_error = None
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tensorboard exited with {proc.returncode}:\n{srv.log()}")
-            try:
-                # test/acc is the last scalar written: once it is visible the whole run has been loaded.
-                if "test/acc" in srv.get("/data/plugin/scalars/tags").get(run_dir.name, {}):
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
-                last_error = exc
-            if time.monotonic() > deadline:
-                pytest.fail(f"tensorboard not ready after {SERVER_DEADLINE_S}s ({last_error!r}):\n{srv.log()}")
-            time.sleep(0.2)
+    srv = Server(None, port, log_path)
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir.parent), "--host", "127.0.0.1",
+               "--port", str(port), "--load_fast=false", "--reload_interval", "0"]
+    # test/acc is the last scalar written: once it is visible the whole run has been loaded.
+    with serving(command, log_path, lambda: "test/acc" in srv.get("/data/plugin/scalars/tags").get(run_dir.name, {}),
+                 SERVER_DEADLINE_S, "tensorboard") as proc:
+        srv.proc = proc
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.mark.slow  # a real TensorBoard server

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 from cnnlab.errors import ConfigError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 CONFIG_VERSION_KEY = "config_version"
 
 # Version 0 -> 1: the keys that appeared up to the first versioned release, oldest first: (commit, what it added,
@@ -78,8 +78,25 @@ def _to_v1(config: dict) -> None:
             add_missing(config, key, value)
 
 
+# Version 1 -> 2: MLflow beside TensorBoard (logger=[tensorboard,mlflow], the release after 424c76e). The
+# TensorBoard keys keep their place at the top of `logger`; MLflow's are a new section under it, off.
+V2_ADDITIONS: dict[str, object] = {
+    "logger.mlflow": {"enabled": False, "tracking_uri": None, "experiment": "cnnlab", "run_name": None,
+                      "log_checkpoints": False, "timeout_s": 10},
+}
+
+
+def _to_v2(config: dict) -> None:
+    """Version 1 -> 2: the logger.mlflow section, off (no run of an earlier version logged to MLflow); a section
+    that is there keeps its keys and gains the missing ones."""
+    for key, value in V2_ADDITIONS.items():
+        add_missing(config, key, value)
+        for sub, default in value.items():
+            add_missing(config, f"{key}.{sub}", default)
+
+
 # STEPS[n] turns a version n-1 config into a version n one.
-STEPS: dict[int, Callable[[dict], None]] = {1: _to_v1}
+STEPS: dict[int, Callable[[dict], None]] = {1: _to_v1, 2: _to_v2}
 
 
 def check_version(version, source: str = "the saved config") -> int:

@@ -1,5 +1,6 @@
 """The training sections of the schema: optimizer and scheduler (cnnlab's keys and the torch arguments worth
-typing), the trainer loop with its early stopping, checkpoints and weight averages, logger, paths and finetune."""
+typing), the trainer loop with its early stopping, checkpoints and weight averages, logger (TensorBoard and
+MLflow), paths and finetune."""
 
 from __future__ import annotations
 
@@ -133,6 +134,16 @@ class Trainer(Section):
         description="must be null, auto, or a list of one weight >= 0 per class")]
 
 
+class Mlflow(Section):
+    enabled: bool
+    tracking_uri: Annotated[Optional[str], Field(min_length=1, description=(
+        "must be a tracking URI (http://host:5000, sqlite:///path.db, a folder), or null for the local store"))]
+    experiment: Annotated[str, Field(min_length=1, description="must be an experiment name")]
+    run_name: Optional[str]
+    log_checkpoints: bool
+    timeout_s: Positive
+
+
 class Logger(Section):
     enabled: bool
     histogram_every_n_epochs: NonNegativeInt
@@ -142,6 +153,7 @@ class Logger(Section):
     flush_secs: PositiveInt
     projector: bool
     projector_max_samples: Annotated[int, Field(ge=1, le=10000, description="must be in [1, 10000]")]
+    mlflow: Mlflow
 
 
 class Paths(Section):

@@ -25,8 +25,9 @@ share of a small model's step. The trainer therefore calls it only on callbacks 
 with per-step work keeps it to counters and comparisons and does anything costly every N steps.
 
 The callbacks of a training run (cnnlab.engine.run_callbacks, built by cnnlab.run.lifecycle.prepare, in this
-order): TensorBoardCallback, ModelCheckpoint, MetricsCSV (cnnlab.engine.metrics_csv), ProgressDisplay, and
-EarlyStopping when trainer.early_stopping.enabled. A new one is a subclass there (or next to what it reports
+order): TensorBoardCallback, ModelCheckpoint, MetricsCSV (cnnlab.engine.metrics_csv), ProgressDisplay,
+MlflowCallback (cnnlab.engine.mlflow_tracking) when logger.mlflow.enabled, and EarlyStopping when
+trainer.early_stopping.enabled. A new one is a subclass there (or next to what it reports
 to), added to that list; under distributed training, callbacks that write files would be added on rank 0 only.
 
 The Trainer knows no concrete callback. The one that keeps the checkpoint files is also handed to it as a

@@ -71,16 +71,18 @@ class Run:
 
 
 def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = (),
-            kind: str = "train") -> Run:
+            kind: str = "train", tracking_group: Path | None = None) -> Run:
     """Validate the config, then build data -> model -> optimizer/schedule -> trainer (restored if resuming).
 
     Every check on user input runs here, before the first training step. `extra_callbacks` are added after the
     run's own (a search trial's pruning report, for example). `kind`: the config's schema (cnnlab.config.schema.CONFIGS)
     and what the run dir's marker records; cnnlab-doctor builds the same run as "doctor". A full disk while the
     run's first files are written (.hydra/, the model summary, the event file) is a RunError naming the file.
+    `tracking_group`: the dir whose runs are children of one MLflow parent run (logger.mlflow; a study's dir),
+    by default a multirun job's sweep dir.
     """
     try:
-        return _prepare(cfg, overrides, extra_callbacks, kind)
+        return _prepare(cfg, overrides, extra_callbacks, kind, tracking_group)
     except OSError as bad:
         if not disk_full(bad):
             raise
@@ -88,7 +90,8 @@ def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks
         raise RunError(startup_disk_message(where, bad)) from bad
 
 
-def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tuple, kind: str) -> Run:
+def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tuple, kind: str,
+             tracking_group: Path | None) -> Run:
     own_overrides = overrides  # given by a caller that composed the config itself (a search trial)
     overrides = hydra_overrides() if overrides is None else overrides
     composed = cfg
@@ -100,6 +103,10 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
                               f"weights and state; finetune.checkpoint starts a new run from other weights")
         cfg, resume_ckpt, resume_path = resume_config(cfg, overrides)
     typed = validate(cfg, kind)
+    mlflow = typed.logger.mlflow.enabled and kind in TRAINING_KINDS  # the doctor's runs are not tracked
+    if mlflow:  # loaded only for a run that uses it, like mlflow itself
+        from cnnlab.run.tracking import check_mlflow_installed, mlflow_callback
+        check_mlflow_installed()
     topk_given = "trainer.topk" in command_line_keys(overrides)
     tcfg = typed.trainer.model_copy(update={"topk": fit_topk(cfg, known_classes(cfg), topk_given)})
     # Under torchrun (or SLURM tasks) join the process group; each process binds its own GPU.
@@ -192,6 +199,8 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
         checkpoints = ModelCheckpoint(run_dir / CKPT_DIR, tcfg.checkpoint.save_last, tcfg.checkpoint.save_best,
                                       TopK(run_dir / CKPT_DIR, top_k, tcfg.monitor, mode) if top_k else None)
         callbacks += [checkpoints, MetricsCSV(run_dir / METRICS_CSV), ProgressDisplay(progress)]
+        if mlflow:  # after the files it uploads at the end are closed (teardown runs in this order)
+            callbacks.append(mlflow_callback(config, typed.logger.mlflow, run_dir, tracking_group))
     else:  # the resume point rank 0 writes, named in this process's stop message
         checkpoints = CheckpointsOfRankZero(run_dir / CKPT_DIR, tcfg.checkpoint.save_last)
     if tcfg.early_stopping.enabled:
@@ -246,14 +255,15 @@ def log_model_summary(model, mode: str, name: str, input_shape, run_dir: Path,
     log.info("%s", table if mode == "full" else "\n".join(totals_lines(summary)))
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple = ()) -> dict:
+def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple = (),
+          tracking_group: Path | None = None) -> dict:
     """Train one model as the config says; returns the final metrics (also written to metrics.json).
 
-    callbacks: extra engine callbacks, called after the run's own at each moment.
+    callbacks: extra engine callbacks, called after the run's own at each moment. tracking_group: see prepare.
     """
     started = time.perf_counter()
     try:
-        run = prepare(cfg, overrides, callbacks)
+        run = prepare(cfg, overrides, callbacks, tracking_group=tracking_group)
         try:
             return _fit_test_record(run, started)
         except OSError as bad:

@@ -7,6 +7,7 @@ that together they start exactly `search.n_trials` trials.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -69,7 +70,8 @@ def work(plan: WorkerPlan, worker: int = 0) -> int:
     study.sampler = build_sampler(plan.search, plan.params, stream=len(study.trials) * 1009 + worker)
     lock = study_lock(plan.study_dir, storage)
     setup = TrialSetup(plan.study_dir, plan.params, plan.base_overrides, plan.metric,
-                       TrialComposer(plan.tune_overrides), train)
+                       TrialComposer(plan.tune_overrides),
+                       functools.partial(train, tracking_group=plan.study_dir))  # MLflow: the study's children
     ran = 0
     while plan.deadline is None or time.time() < plan.deadline:
         trial = trial_slot(study, plan.n_trials, lock)

@@ -1,0 +1,16 @@
+"""The Python API: training and inspecting runs from a script or a notebook cell, by the commands' code paths.
+
+    import cnnlab
+    run = cnnlab.train("model=resnet20", "data=cifar10", max_epochs=2)
+    run.history; run.plot(); run.evaluate(tta="flip"); run.predict("cat.png"); run.export("onnx")
+    run = cnnlab.load("outputs/2026-12-04/20-15-00_1234"); run.resume()
+
+`cnnlab.train`, `cnnlab.load` and `cnnlab.Run` reach this package lazily (cnnlab/__init__.py), so `import cnnlab`
+stays light. docs/api.md describes each with an example.
+"""
+
+from cnnlab.api.handle import Run
+from cnnlab.api.session import load, train
+from cnnlab.errors import ConfigError, RunError, TrainingInterrupted, TrainingStopped
+
+__all__ = ["train", "load", "Run", "ConfigError", "RunError", "TrainingInterrupted", "TrainingStopped"]

@@ -1,0 +1,174 @@
+"""The Python API (cnnlab.train, cnnlab.load, Run), used as a notebook uses it: in this process, one run after
+another, after errors and after a Ctrl-C. Each run is tiny (one epoch of 5 batches of the MNIST sample)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab.errors import ConfigError, TrainingInterrupted
+from commands import run_in_process
+
+TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=5")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run (no TensorBoard), shared by the tests that only read it or use its model."""
+    return cnnlab.train(*TINY, logger="none", dir=tmp_path_factory.mktemp("api") / "run")
+
+
+def held() -> dict:
+    """What a run could leave behind in the process: logging handlers, threads, open files, Hydra's state."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    return {"root handlers": list(logging.getLogger().handlers), "cnnlab handlers": list(logging.getLogger("cnnlab").handlers),
+            "threads": threading.active_count(), "open fds": len(os.listdir("/proc/self/fd")),
+            "hydra initialised": GlobalHydra.instance().is_initialized(), "hydra config": HydraConfig.initialized(),
+            "SIGINT handler": signal.getsignal(signal.SIGINT)}
+
+
+def test_train_writes_the_commands_run_dir_and_returns_the_run(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = cnnlab.train(*TINY, "optimizer=sgd", logger="none", lr=0.05)
+    # the command's default run dir, under outputs/ of the working directory
+    assert run.dir.parent.parent == tmp_path / "outputs" and run.dir.name.endswith(f"_{os.getpid()}")
+    for name in (".cnnlab-run.json", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log",
+                 "metrics.json", "metrics.csv", "config_resolved.yaml", "checkpoints/best.ckpt"):
+        assert (run.dir / name).exists(), name
+    assert (run.dir / ".hydra/overrides.yaml").read_text().split() == [
+        "-", "trainer.max_epochs=1", "-", "trainer.limit_train_batches=5", "-", "optimizer=sgd", "-", "logger=none",
+        "-", "optimizer.lr=0.05"]
+    log = (run.dir / "train.log").read_text()
+    shown = capsys.readouterr().out  # the console's lines, as the command prints them
+    for line in ("epoch 1/1  train/loss", "test/acc", f"run dir: {run.dir}"):
+        assert line in log and line in shown
+    assert run.metrics == json.loads((run.dir / "metrics.json").read_text())
+    assert run.config.optimizer.lr == 0.05 and run.config.model.name == "lenet5"
+    assert run.status == "finished" and cnnlab.load(run.dir) == run
+
+    history = trained.history
+    assert list(history["epoch"]) == [1] and history["val/acc"][0] == trained.metrics["val/acc_best"]
+    monkeypatch.setitem(sys.modules, "pandas", None)  # without pandas: a list of dicts
+    assert trained.history[0]["epoch"] == 1
+    fig = trained.plot()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "acc"]
+    assert "parameters" in trained.summary()
+    for shown in (trained._repr_html_(), trained._repr_markdown_()):
+        assert str(trained.dir) in shown and "lenet5" in shown and "mnist_sample" in shown
+        assert f"{trained.metrics['test/acc']:.4f}" in shown and "1/1" in shown
+
+
+def test_the_api_names_and_the_forwarding_module(tmp_path):
+    """`import cnnlab` stays light; `cnnlab.train` is the API's function, and still callable once the forwarding
+    module cnnlab/train.py (`python -m cnnlab.train`) is imported and Python binds that name to it."""
+    check = ("import sys, cnnlab; assert not {'torch', 'hydra', 'cnnlab.api'} & set(sys.modules), sys.modules.keys(); "
+             "from cnnlab.api import train; assert cnnlab.train is train and cnnlab.load and cnnlab.Run")
+    env = {**os.environ, "PYTHONPATH": str(Path(cnnlab.__file__).parents[1])}
+    subprocess.run([sys.executable, "-c", check], check=True, env=env, timeout=120)
+    command = subprocess.run([sys.executable, "-m", "cnnlab.train", "trainer.max_epochz=1"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert command.returncode == 2 and "trainer.max_epochz" in command.stderr
+
+    import cnnlab.train as forwarding
+
+    assert cnnlab.train is forwarding and callable(forwarding)
+    with pytest.raises(ConfigError, match="trainer.max_epochz"):
+        cnnlab.train("trainer.max_epochz=1", dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(TypeError, match="max_epochz"):
+        cnnlab.train(max_epochz=1)
+
+
+def test_a_config_error_is_the_commands_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = run_in_process("train", "optimizer.lr=-1", cwd=tmp_path)
+    with pytest.raises(ConfigError) as bad:
+        cnnlab.train("optimizer.lr=-1")
+    assert command.stderr.strip() == f"error: {bad.value}"
+    with pytest.raises(ConfigError, match="Could not find 'model/nonexistent'"):  # Hydra's own refusal, no traceback
+        cnnlab.train("model=nonexistent")
+    assert not list((tmp_path / "outputs").glob("*/*"))  # no run dir (the command too creates only outputs/)
+
+
+def test_runs_after_runs_and_errors_leave_nothing_behind(tmp_path, monkeypatch):
+    """Two runs (one with TensorBoard) and two failed ones release what they took: logging handlers, TensorBoard
+    writers and their threads, open files, Hydra's global state."""
+    monkeypatch.chdir(tmp_path)
+    before = held()
+    first = cnnlab.train(*TINY)  # TensorBoard: its writer thread and event file
+    second = cnnlab.train(*TINY, logger="none")
+    assert first.dir != second.dir and list(first.dir.glob("events.out.tfevents.*"))
+    with pytest.raises(ConfigError, match="no such file"):  # refused inside the Hydra job, after the run dir exists
+        cnnlab.train(*TINY, "trainer.resume=/nonexistent", logger="none")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        cnnlab.train(*TINY, "optimizer.lr=-1")
+    assert held() == before
+
+
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
+    """SIGINT while training (a notebook's interrupt): the cell gets TrainingInterrupted, a KeyboardInterrupt, after
+    the current step, with a checkpoint; the process goes on, and resume() continues the run in its dir."""
+    run_dir = tmp_path / "stopped"
+    before = held()
+
+    def interrupt():  # once the first epoch is logged, the run is inside its fit
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            log = run_dir / "train.log"
+            if log.exists() and "epoch 1/4" in log.read_text():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.005)
+
+    poke = threading.Thread(target=interrupt)
+    poke.start()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        cnnlab.train("trainer.max_epochs=4", "trainer.limit_train_batches=20", logger="none", dir=run_dir)
+    poke.join()
+    assert isinstance(stopped.value, TrainingInterrupted) and "checkpoint written" in str(stopped.value)
+    run = stopped.value.run
+    assert run.dir == run_dir and run.status == "stopped" and (run_dir / "checkpoints/last.ckpt").is_file()
+    assert "stopped by SIGINT" in (run_dir / "train.log").read_text()
+    assert 1 <= len(cnnlab.load(run_dir).history) < 4
+    assert held() == before
+
+    finished = run.resume()
+    assert finished == run and finished.status == "finished" and finished.metrics["epochs_completed"] == 4
+    assert list(finished.history["epoch"]) == [1, 2, 3, 4]
+
+
+def test_evaluate_predict_export(trained, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    result = trained.evaluate(tta="flip")
+    assert result["tta"] == "flip" and result["images"] == 500 and 0 <= result["test/acc"] <= 1
+    assert list((tmp_path / "outputs/eval").glob("*/*/eval_metrics.json"))
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(image)
+    [predicted] = trained.predict(image, topk=2)
+    assert predicted["image"] == str(image) and len(predicted["top"]) == 2
+
+    exported = trained.export("torchscript", out=tmp_path / "model.pt")
+    assert Path(exported["path"]).is_file() and exported["num_classes"] == 10
+
+
+def test_load_refuses_what_is_no_training_run(tmp_path):
+    with pytest.raises(ConfigError, match="no such run dir"):
+        cnnlab.load(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="not the directory of a cnnlab-train run"):
+        cnnlab.load(tmp_path)

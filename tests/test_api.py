@@ -172,3 +172,26 @@ def test_load_refuses_what_is_no_training_run(tmp_path):
         cnnlab.load(tmp_path / "missing")
     with pytest.raises(ConfigError, match="not the directory of a cnnlab-train run"):
         cnnlab.load(tmp_path)
+
+
+def test_progress_in_a_notebook_is_tqdms_widget(monkeypatch):
+    """In a Jupyter kernel (its stderr no terminal) trainer.progress=auto shows tqdm's notebook widget when
+    ipywidgets can draw it; elsewhere nothing changes."""
+    from cnnlab.engine import progress
+
+    assert progress.notebook_tqdm() is None  # no kernel here: auto is decided by the stream, as before
+    assert progress.Progress("auto", 1).mode == "plain"
+    bars = []
+
+    class Widget:
+        def __init__(self, **options):
+            bars.append(options)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(progress, "notebook_tqdm", lambda: Widget)
+    shown = progress.Progress("auto", 2)
+    shown.start_epoch(1, steps=5)
+    shown.end_epoch(1, {"train/loss": 1.0}, 0.1, improved=False)
+    assert shown.mode == "bar" and bars[0]["total"] == 5 and bars[0]["desc"] == "epoch 1/2"

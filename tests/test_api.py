@@ -59,6 +59,13 @@ def test_train_writes_the_commands_run_dir_and_returns_the_run(trained, tmp_path
     assert run.config.optimizer.lr == 0.05 and run.config.model.name == "lenet5"
     assert run.status == "finished" and cnnlab.load(run.dir) == run
 
+    compared = cnnlab.compare([run, trained.dir])  # what differs (the optimizer), then the metrics
+    table = compared.table
+    assert len(table) == 2 and set(table["optimizer._target_"]) == {"torch.optim.SGD", "torch.optim.AdamW"}
+    assert set(table["test/acc"]) == {run.metrics["test/acc"], trained.metrics["test/acc"]}
+    assert "optimizer.lr" in compared._repr_markdown_() and "<table" in compared._repr_html_()
+    assert len(compared.plot().axes[0].get_lines()) == 2
+
     history = trained.history
     assert list(history["epoch"]) == [1] and history["val/acc"][0] == trained.metrics["val/acc_best"]
     monkeypatch.setitem(sys.modules, "pandas", None)  # without pandas: a list of dicts
@@ -195,3 +202,16 @@ def test_progress_in_a_notebook_is_tqdms_widget(monkeypatch):
     shown.start_epoch(1, steps=5)
     shown.end_epoch(1, {"train/loss": 1.0}, 0.1, improved=False)
     assert shown.mode == "bar" and bars[0]["total"] == 5 and bars[0]["desc"] == "epoch 1/2"
+
+
+def test_doctor_reports_a_broken_setup(tmp_path):
+    """cnnlab.doctor runs the command's checklist; the report's checks can be read in code and render as a table."""
+    report = cnnlab.doctor("data=digits", "logger=none", "trainer.summary=none", "data.std=[0.00392156862745098]",
+                           "doctor.lr_range.enabled=false", "doctor.gradients.steps=3", "doctor.overfit.steps=30",
+                           "doctor.data.grid_images=8", dir=tmp_path / "doctor")
+    assert report.dir == tmp_path / "doctor" and (report.dir / "doctor.json").is_file()
+    assert report.worst == "FAIL" and report["input statistics"].status == "FAIL"
+    assert report["input statistics"] in report.failed and "data.std" in report["input statistics"].advice
+    assert [c["name"] for c in json.loads((report.dir / "doctor.json").read_text())["checks"]] == [
+        c.name for c in report]
+    assert "FAIL" in report._repr_html_() and "| FAIL | input statistics |" in report._repr_markdown_()

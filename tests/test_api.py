@@ -31,13 +31,20 @@ def trained(tmp_path_factory):
 
 def held() -> dict:
     """What a run could leave behind in the process: logging handlers, threads, open files, Hydra's state."""
+    import gc
+
+    import torch
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    return {"root handlers": list(logging.getLogger().handlers), "cnnlab handlers": list(logging.getLogger("cnnlab").handlers),
+    return {"root handlers": list(logging.getLogger().handlers),
+            "cnnlab handlers": list(logging.getLogger("cnnlab").handlers),
             "threads": threading.active_count(), "open fds": len(os.listdir("/proc/self/fd")),
             "hydra initialised": GlobalHydra.instance().is_initialized(), "hydra config": HydraConfig.initialized(),
-            "SIGINT handler": signal.getsignal(signal.SIGINT)}
+            "SIGINT handler": signal.getsignal(signal.SIGINT), "argv": list(sys.argv),
+            "frozen objects": gc.get_freeze_count(),  # the run's objects stay collectable
+            "torch flags": (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                            torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())}
 
 
 def test_train_writes_the_commands_run_dir_and_returns_the_run(trained, tmp_path, monkeypatch, capsys):
@@ -112,11 +119,11 @@ def test_a_config_error_is_the_commands_line(tmp_path, monkeypatch):
 
 def test_runs_after_runs_and_errors_leave_nothing_behind(tmp_path, monkeypatch):
     """Two runs (one with TensorBoard) and two failed ones release what they took: logging handlers, TensorBoard
-    writers and their threads, open files, Hydra's global state."""
+    writers and their threads, open files, Hydra's global state, frozen objects, torch's process-wide flags."""
     monkeypatch.chdir(tmp_path)
     before = held()
     first = cnnlab.train(*TINY)  # TensorBoard: its writer thread and event file
-    second = cnnlab.train(*TINY, logger="none")
+    second = cnnlab.train(*TINY, "trainer.deterministic=true", logger="none")  # sets torch's global flags
     assert first.dir != second.dir and list(first.dir.glob("events.out.tfevents.*"))
     with pytest.raises(ConfigError, match="no such file"):  # refused inside the Hydra job, after the run dir exists
         cnnlab.train(*TINY, "trainer.resume=/nonexistent", logger="none")

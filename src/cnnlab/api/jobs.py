@@ -51,6 +51,36 @@ def logging_kept():
             lg.propagate, lg.disabled = propagate, disabled
 
 
+@contextlib.contextmanager
+def process_settings_kept():
+    """What a run sets for the whole process, back after the block, so that each job starts as in a new process:
+    torch's deterministic mode, cuDNN and TF32 flags and matmul precision (cnnlab.engine.seeding, .devices), and
+    the garbage collector's frozen generation (cnnlab.run.lifecycle.exempt_from_gc freezes what is alive, which
+    in a command lasts until exit; in a kernel the run's objects must be collectable once the run is over)."""
+    import gc
+
+    torch = sys.modules.get("torch")  # a run imports it; if it is not imported yet, its defaults are the state
+    saved = None
+    if torch is not None:
+        saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                 torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                 torch.get_float32_matmul_precision())
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            if saved is None:  # imported by the job: the defaults of a fresh import
+                saved = (False, False, False, False, False, True, "highest")
+            deterministic, warn_only, benchmark, cudnn_deterministic, matmul_tf32, cudnn_tf32, precision = saved
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+            torch.set_float32_matmul_precision(precision)
+
+
 def _one_line(error: BaseException) -> str:
     """What the console script prints for one of Hydra's errors (its message, and the OmegaConf error under it)."""
     from omegaconf.errors import OmegaConfBaseException
@@ -113,7 +143,7 @@ def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: 
     overrides = list(overrides)
     saved_argv = sys.argv
     sys.argv = list(argv) if argv is not None else [f"cnnlab-{task_name}", *overrides]
-    with logging_kept():
+    with logging_kept(), process_settings_kept():
         try:
             hydra = Hydra.create_main_hydra2(task_name=task_name,
                                              config_search_path=create_automatic_config_search_path(None, None,

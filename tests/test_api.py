@@ -222,3 +222,13 @@ def test_doctor_reports_a_broken_setup(tmp_path):
     assert [c["name"] for c in json.loads((report.dir / "doctor.json").read_text())["checks"]] == [
         c.name for c in report]
     assert "FAIL" in report._repr_html_() and "| FAIL | input statistics |" in report._repr_markdown_()
+
+
+def test_summary_is_the_inspectors_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = cnnlab.summary("model=lenet5")
+    assert report.params == 61_706 and report.model == "lenet5"
+    assert str(report).startswith("lenet5 on a 1x28x28 input") and "<pre>" in report._repr_html_()
+    with pytest.raises(ConfigError, match="model=resnet19 is not in the zoo"):
+        cnnlab.summary("model=resnet19")
+    assert not list(tmp_path.iterdir())  # it writes nothing, not even a run dir

@@ -110,7 +110,8 @@ def _free_dir(run_dir: Path) -> Path:
     return candidate
 
 
-def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: list[str] | None = None):
+def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: list[str] | None = None,
+            own_dir: bool = True):
     """Run `task(cfg)` as Hydra's job for config `config_name` with these overrides; returns what it returns.
 
     task_name: Hydra's job name, which names the log file (`train` -> train.log), as the console script's module
@@ -118,6 +119,7 @@ def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: 
     directory exists already (an earlier job of this process started in the same second: the pattern's time and
     process id are the same), the first free `<name>-2`, ... is passed to the job as hydra.run.dir. A later second
     cannot name a directory of this process's earlier jobs, so Hydra's own resolution is otherwise left alone.
+    own_dir=False: the job writes no run dir of its own (cnnlab-summary's hydra.run.dir is `.`), none is chosen.
     argv: what the run's records (its marker, environment.json) name as its command line, sys.argv during the job
     (a notebook kernel's own is no record of the run): e.g. ["cnnlab.train", *overrides].
     """
@@ -148,7 +150,7 @@ def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: 
             hydra = Hydra.create_main_hydra2(task_name=task_name,
                                              config_search_path=create_automatic_config_search_path(None, None,
                                                                                                     CONFIG_DIR))
-            if not any(override_key(o) == RUN_DIR_KEY for o in overrides):
+            if own_dir and not any(override_key(o) == RUN_DIR_KEY for o in overrides):
                 composed = hydra.compose_config(config_name, overrides, run_mode=RunMode.RUN,
                                                 with_log_configuration=False)
                 run_dir = Path(str(OmegaConf.select(composed, RUN_DIR_KEY)))

@@ -174,8 +174,13 @@ def test_evaluate_predict_export(trained, tmp_path, monkeypatch):
 
     image = tmp_path / "digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(image)
-    [predicted] = trained.predict(image, topk=2)
-    assert predicted["image"] == str(image) and len(predicted["top"]) == 2
+    pixels = np.asarray(Image.open(image))
+    from_file, from_array, from_pil = trained.predict([image, pixels, Image.open(image).convert("RGB")], topk=2)
+    assert from_file["image"] == str(image) and len(from_file["top"]) == 2
+    assert (from_array["image"], from_pil["image"]) == (1, 2)
+    assert from_array["top"] == from_file["top"] == from_pil["top"]  # the same pixels, however they came
+    with pytest.raises(ConfigError, match="uint8"):
+        trained.predict(pixels.astype(np.float32))
 
     exported = trained.export("torchscript", out=tmp_path / "model.pt")
     assert Path(exported["path"]).is_file() and exported["num_classes"] == 10

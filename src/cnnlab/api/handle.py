@@ -113,13 +113,14 @@ class Run:
         return evaluate(self.dir, split, tta, list(overrides))
 
     def predict(self, images, topk: int = 3, device: str = "auto") -> list[dict]:
-        """Classify image files (a path, a directory or a list of them) as `cnnlab-predict <dir> <images>`:
-        per image its path and the top-k labels with their probabilities."""
+        """Classify images as `cnnlab-predict <dir> <images>`: a file, a directory (every image under it), an image
+        in memory (a PIL image, a uint8 array H x W or H x W x C) or a list of them. Per image: "image" (the file's
+        path, or an in-memory image's position in the list) and "top", the top-k labels with their probabilities."""
         from cnnlab.run.prediction import predict
 
-        if isinstance(images, (str, Path)):
+        if not isinstance(images, (list, tuple)):
             images = [images]
-        return predict(str(self.dir), [str(p) for p in images], topk=topk, device=device)
+        return predict(str(self.dir), list(images), topk=topk, device=device)
 
     def export(self, format: str = "onnx", out=None) -> dict:
         """The trained model as one file that runs without cnnlab, as `cnnlab-export <dir> --format ...`:

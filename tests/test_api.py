@@ -79,6 +79,7 @@ def test_train_writes_the_commands_run_dir_and_returns_the_run(trained, tmp_path
     assert trained.history[0]["epoch"] == 1
     fig = trained.plot()
     assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "acc"]
+    assert fig._repr_png_().startswith(b"\x89PNG")  # inline in a notebook, pyplot imported or not
     assert "parameters" in trained.summary()
     for shown in (trained._repr_html_(), trained._repr_markdown_()):
         assert str(trained.dir) in shown and "lenet5" in shown and "mnist_sample" in shown

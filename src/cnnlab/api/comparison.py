@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from cnnlab.api.handle import Run
+from cnnlab.api.handle import Run, figure
 from cnnlab.errors import ConfigError
 
 
@@ -35,14 +35,13 @@ class Comparison:
 
     def plot(self, metric: str | None = None):
         """Every run's per-epoch `metric` (default: the runs' monitored one) in one panel; a matplotlib Figure."""
-        from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
         from cnnlab.experiments.tables import run_labels
 
         tag = metric or next((r.monitor for r in self.records if r.monitor), "val/loss")
         labels = run_labels(self.records)
-        fig = Figure(figsize=(7, 4), layout="constrained")
+        fig = figure(figsize=(7, 4))
         ax = fig.subplots()
         for run, record in zip(self.runs, self.records):
             points = [(r["epoch"], r[tag]) for r in run._rows() if isinstance(r.get(tag), (int, float))]

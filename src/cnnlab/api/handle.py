@@ -4,7 +4,9 @@ and the commands that use a trained model (evaluate, predict, export), each by t
 from __future__ import annotations
 
 import csv
+import functools
 import html
+import io
 import json
 from pathlib import Path
 
@@ -82,11 +84,10 @@ class Run:
     def plot(self, keys: tuple[str, ...] = ("loss", "acc")):
         """Learning curves: one panel per metric (train and val per epoch); a matplotlib Figure, which Jupyter
         shows inline (save it with fig.savefig)."""
-        from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
         from matplotlib.ticker import MaxNLocator
 
         rows = self._rows()
-        fig = Figure(figsize=(5 * len(keys), 3.6), layout="constrained")
+        fig = figure(figsize=(5 * len(keys), 3.6))
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
         for ax, key in zip(axes, keys):
             for split in ("train", "val"):
@@ -184,6 +185,25 @@ class Run:
 
     def __hash__(self) -> int:
         return hash(self.dir)
+
+
+def figure(**options):
+    """A matplotlib Figure (made without pyplot: no global figure state, no GUI backend) that a notebook cell shows
+    inline as PNG even where the kernel's matplotlib integration is not active (pyplot never imported)."""
+    return _inline_figure()(layout="constrained", **options)
+
+
+@functools.cache
+def _inline_figure():
+    from matplotlib.figure import Figure  # matplotlib: imported by the first plot, not by the API
+
+    class InlineFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
+    return InlineFigure
 
 
 class _Text(str):

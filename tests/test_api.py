@@ -119,7 +119,7 @@ def test_a_config_error_is_the_commands_line(tmp_path, monkeypatch):
 
 
 def test_runs_after_runs_and_errors_leave_nothing_behind(tmp_path, monkeypatch):
-    """Two runs (one with TensorBoard) and two failed ones release what they took: logging handlers, TensorBoard
+    """Two runs (one with TensorBoard), two failed ones and one interrupted at start-up release what they took: logging handlers, TensorBoard
     writers and their threads, open files, Hydra's global state, frozen objects, torch's process-wide flags."""
     monkeypatch.chdir(tmp_path)
     before = held()
@@ -130,7 +130,16 @@ def test_runs_after_runs_and_errors_leave_nothing_behind(tmp_path, monkeypatch):
         cnnlab.train(*TINY, "trainer.resume=/nonexistent", logger="none")
     with pytest.raises(ConfigError, match="must be > 0"):
         cnnlab.train(*TINY, "optimizer.lr=-1")
+    with monkeypatch.context() as patched:  # Ctrl-C during start-up, before training handles SIGINT itself
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        patched.setattr("cnnlab.run.lifecycle.build_model", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cnnlab.train(*TINY, logger="none", dir=tmp_path / "cut")
+    assert "nothing was trained" in (tmp_path / "cut/train.log").read_text()
     assert held() == before
+    assert cnnlab.train(*TINY, logger="none", dir=tmp_path / "cut").status == "finished"  # what it left is cleared
 
 
 def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):

@@ -65,11 +65,6 @@ def overrides_of(overrides, keys: dict) -> list[str]:
 
 def run_training(args: list[str]) -> Path:
     """Run cnnlab-train's Hydra job with these overrides; returns the run dir."""
-    # the command's checks before Hydra starts, in its order: keys that exist, a run dir that can be written,
-    # a config that passes validation (Hydra creates the run dir and its log file before any cnnlab code runs)
-    check_override_keys(args, config_dir(), "train")
-    precheck.check_output_location(args)
-    precheck.check_config(args, "train")
     where: list[Path] = []
 
     def task(cfg):
@@ -88,8 +83,16 @@ def run_training(args: list[str]) -> Path:
             else:
                 log.error("%s", stopped)
             raise
+        except KeyboardInterrupt:  # before training installed its own handler (start-up), as the command says
+            log.error("interrupted by Ctrl-C before training started; nothing was trained")
+            raise
 
     try:
+        # the command's checks before Hydra starts, in its order: keys that exist, a run dir that can be written,
+        # a config that passes validation (Hydra creates the run dir and its log file before any cnnlab code runs)
+        check_override_keys(args, config_dir(), "train")
+        precheck.check_output_location(args)
+        precheck.check_config(args, "train")
         run_job("train", "train", args, task, argv=["cnnlab.train", *args])
     except TrainingStopped as stopped:
         if stopped.signum != signal.SIGINT:

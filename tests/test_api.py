@@ -174,7 +174,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     assert list(finished.history["epoch"]) == [1, 2, 3, 4]
 
 
-def test_evaluate_predict_export(trained, tmp_path, monkeypatch):
+def test_evaluate_predict_explain_export(trained, tmp_path, monkeypatch):
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
@@ -191,6 +191,10 @@ def test_evaluate_predict_export(trained, tmp_path, monkeypatch):
     assert from_array["top"] == from_file["top"] == from_pil["top"]  # the same pixels, however they came
     with pytest.raises(ConfigError, match="uint8"):
         trained.predict(pixels.astype(np.float32))
+
+    pictures = trained.explain(n_images=4)
+    assert pictures.out_dir == trained.dir / "explain" and pictures["gradcam"].is_file()
+    assert pictures._repr_html_().count("data:image/png;base64,") == len(pictures) >= 3
 
     exported = trained.export("torchscript", out=tmp_path / "model.pt")
     assert Path(exported["path"]).is_file() and exported["num_classes"] == 10

@@ -123,6 +123,22 @@ class Run:
             images = [images]
         return predict(str(self.dir), list(images), topk=topk, device=device)
 
+    def explain(self, images=None, layers=None, gradcam_layer: str | None = None, n_images: int = 8, out=None,
+                device: str = "auto"):
+        """Pictures of what the network learned, as `cnnlab-explain <dir> [images] --layer ...`: the filters, feature
+        maps, Grad-CAM over the images (files or directories; default: n_images test images) and the most confident
+        mistakes, written to <dir>/explain (or `out`) and TensorBoard; returns them as an Explanation, which a
+        notebook cell shows inline."""
+        from cnnlab.api.pictures import Explanation
+        from cnnlab.visualize.explaining import explain
+
+        if isinstance(images, (str, Path)):
+            images = [images]
+        if isinstance(layers, str):
+            layers = [layers]
+        return Explanation(explain(str(self.dir), [str(p) for p in images or []], list(layers) if layers else None,
+                                   gradcam_layer, n_images, None if out is None else str(out), device))
+
     def export(self, format: str = "onnx", out=None) -> dict:
         """The trained model as one file that runs without cnnlab, as `cnnlab-export <dir> --format ...`:
         onnx | torchscript | exported; returns the description written beside it (path, input, classes)."""

@@ -251,3 +251,16 @@ def test_summary_is_the_inspectors_report(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="model=resnet19 is not in the zoo"):
         cnnlab.summary("model=resnet19")
     assert not list(tmp_path.iterdir())  # it writes nothing, not even a run dir
+
+
+def test_a_sweep_runs_every_job_and_records_a_failed_one(tmp_path):
+    """cnnlab.sweep is `cnnlab-train -m` in the process: one job per value, a failed job recorded while the others
+    run, the sweep's summary files, and the jobs as a comparison; the process is left as it was."""
+    before, token = held(), os.environ.get("CNNLAB_SWEEP_TOKEN")
+    swept = cnnlab.sweep("optimizer.lr=0.01,-1", *TINY, logger="none", dir=tmp_path / "sweep")
+    assert swept.dir == tmp_path / "sweep" and (swept.dir / "summary.md").is_file()
+    assert [run.dir.name for run in swept.runs] == ["0", "1"] and (swept.dir / "1/failure.json").is_file()
+    rows = {row["run"]: row for row in swept.table.to_dict("records")}
+    assert rows["0"]["status"] == "completed" and rows["1"]["status"] == "failed"
+    assert "optimizer.lr=-1 must be > 0" in rows["1"]["error"]
+    assert held() == before and os.environ.get("CNNLAB_SWEEP_TOKEN") == token

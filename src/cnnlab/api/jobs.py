@@ -110,8 +110,20 @@ def _free_dir(run_dir: Path) -> Path:
     return candidate
 
 
+class _Stopped(BaseException):
+    """A sweep's job stopped by a signal (TrainingStopped): carried past Hydra's launcher, which would record an
+    Exception and start the next job, as the command's exit does; raised as it was after the sweep."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+SWEEP_DIR_KEY = "hydra.sweep.dir"
+
+
 def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: list[str] | None = None,
-            own_dir: bool = True):
+            own_dir: bool = True, multirun: bool = False):
     """Run `task(cfg)` as Hydra's job for config `config_name` with these overrides; returns what it returns.
 
     task_name: Hydra's job name, which names the log file (`train` -> train.log), as the console script's module
@@ -119,6 +131,10 @@ def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: 
     directory exists already (an earlier job of this process started in the same second: the pattern's time and
     process id are the same), the first free `<name>-2`, ... is passed to the job as hydra.run.dir. A later second
     cannot name a directory of this process's earlier jobs, so Hydra's own resolution is otherwise left alone.
+    multirun: run the overrides' sweep (`-m`) with Hydra's sweeper and launcher and the config's callbacks (the
+    sweep summary) and return the sweep dir, always passed as hydra.sweep.dir (the pattern resolved here, made
+    unique as above); a job's failure is the task's to record (cnnlab.experiments.sweep.continues_sweep), a
+    signal stops the sweep, and the summary's exit status for failed jobs is left to the caller's table.
     own_dir=False: the job writes no run dir of its own (cnnlab-summary's hydra.run.dir is `.`), none is chosen.
     argv: what the run's records (its marker, environment.json) name as its command line, sys.argv during the job
     (a notebook kernel's own is no record of the run): e.g. ["cnnlab.train", *overrides].
@@ -138,6 +154,8 @@ def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: 
         try:
             return task(cfg)
         except Exception as bad:  # raised below as it is: Hydra would log its own "Error executing job" first
+            if multirun:
+                raise _Stopped(bad) from None
             failed.append(bad)
             return None
 
@@ -150,12 +168,27 @@ def run_job(config_name: str, task_name: str, overrides: list[str], task, argv: 
             hydra = Hydra.create_main_hydra2(task_name=task_name,
                                              config_search_path=create_automatic_config_search_path(None, None,
                                                                                                     CONFIG_DIR))
-            if own_dir and not any(override_key(o) == RUN_DIR_KEY for o in overrides):
-                composed = hydra.compose_config(config_name, overrides, run_mode=RunMode.RUN,
-                                                with_log_configuration=False)
-                run_dir = Path(str(OmegaConf.select(composed, RUN_DIR_KEY)))
-                if run_dir.exists():  # an earlier job of this process, started in the same second
-                    overrides.append(f"{RUN_DIR_KEY}={quoted(_free_dir(run_dir))}")
+            key = SWEEP_DIR_KEY if multirun else RUN_DIR_KEY
+            given = [o for o in overrides if override_key(o) == key]
+            if own_dir and (multirun or not given):
+                composed = hydra.compose_config(config_name, overrides, with_log_configuration=False,
+                                                run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+                run_dir = Path(str(OmegaConf.select(composed, key)))
+                if not given and run_dir.exists():  # an earlier job of this process, started in the same second
+                    run_dir = _free_dir(run_dir)
+                    overrides.append(f"{key}={quoted(run_dir)}")
+                elif not given and multirun:
+                    overrides.append(f"{key}={quoted(run_dir)}")
+            if multirun:
+                try:
+                    hydra.multirun(config_name=config_name, task_function=job,
+                                   overrides=[*overrides, "hydra.mode=MULTIRUN"])
+                except _Stopped as stopped:
+                    raise stopped.error from None
+                except SystemExit as done:  # the sweep summary's exit status 1: a job failed (its row says so)
+                    if done.code != 1:
+                        raise
+                return run_dir
             ret = hydra.run(config_name=config_name, task_function=job, overrides=[*overrides, "hydra.mode=RUN"])
             if failed:
                 raise failed[0]

@@ -59,7 +59,7 @@ def overrides_of(overrides, keys: dict) -> list[str]:
             raise TypeError(f"unexpected keyword argument {name!r}: the keywords are {', '.join(GROUPS + tuple(KEYS))}"
                             f"; set any other key with an override string, e.g. 'trainer.patience=5'")
     if any(a in ("-m", "--multirun") for a in args):
-        raise ConfigError("-m/--multirun: train() runs one job; a sweep is the command's (cnnlab-train -m ...)")
+        raise ConfigError("-m/--multirun: train() runs one job; a sweep is cnnlab.sweep(...), with the same overrides")
     return args
 
 

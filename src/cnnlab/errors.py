@@ -55,3 +55,14 @@ class TrainingStopped(RuntimeError):
     def __init__(self, what: str, signum: int, advice: str = ""):
         super().__init__(f"{what}. {advice}" if advice else what)
         self.what, self.signum, self.advice = what, signum, advice
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a notebook's interrupt) stopped training started from Python (cnnlab.train) after the current step,
+    with a resumable checkpoint written; `run_dir` is its directory and `run` the stopped run (run.resume() continues it).
+    A KeyboardInterrupt, so that a cell stops as on any interrupt and code that catches KeyboardInterrupt sees it."""
+
+    def __init__(self, message: str, run_dir=None):
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.run = None

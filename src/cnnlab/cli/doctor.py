@@ -10,7 +10,6 @@ step; writes doctor.json, PNG plots and TensorBoard images. Exit status 1 when a
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -18,32 +17,8 @@ from omegaconf import DictConfig
 
 from cnnlab.cli.common import check_command_line, check_config, reports_config_errors
 from cnnlab.config.compose import CONFIG_DIR
-from cnnlab.diagnose.checklist import Workspace, run_checklist
-from cnnlab.diagnose.report import Check, render, worst, write_report
-from cnnlab.diagnose.subject import Subject
-from cnnlab.run.lifecycle import prepare
-
-log = logging.getLogger("cnnlab")
-
-
-def doctor(cfg: DictConfig, overrides: list[str] | None = None) -> list[Check]:
-    """Build the run cnnlab-train would, run the checklist, print the report and write doctor.json."""
-    # the order of doctor's [low, high] pairs (lr_range, std_range, update ratios) is validated with the config
-    run = prepare(cfg, overrides, kind="doctor")
-    try:
-        subject = Subject.from_run(run)
-        checks = run_checklist(subject, Workspace(run.run_dir, run.tb.writer))
-        info, sizes = run.data.info, run.data.sizes
-        about = {"model": str(cfg.model.name), "data": info.name, "classes": info.num_classes,
-                 "images": sizes, "params": run.n_params, "device": str(subject.device), "run_dir": str(run.run_dir)}
-        path = write_report(checks, run.run_dir / "doctor.json", about)
-        header = (f"cnnlab-doctor: {cfg.model.name} ({run.n_params:,} parameters) on {info.name} "
-                  f"({sizes['train']:,} train / {sizes['val']:,} val / {sizes['test']:,} test images), "
-                  f"{subject.device}")
-        log.info("%s", render(checks, header, f"{path} and plots in {run.run_dir}"))
-    finally:
-        run.trainer.teardown()  # closes the TensorBoard event file
-    return checks
+from cnnlab.diagnose.examination import doctor
+from cnnlab.diagnose.report import worst
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="doctor", version_base="1.3")

@@ -10,45 +10,8 @@ import argparse
 import json
 import sys
 
-import torch
-
 from cnnlab.cli.common import reports_config_errors, add_device_argument, add_trust_repo_argument
-from cnnlab.data.loaders import Normalize
-from cnnlab.engine.devices import resolve_device
-from cnnlab.engine.checkpoint import find_checkpoint
-from cnnlab.errors import ConfigError
-from cnnlab.data.image_input import image_files, load_image
-from cnnlab.run.weights import load_trained_model
-
-
-PREDICT_BATCH = 256  # images decoded and classified together
-
-
-def predict(ckpt: str, images: list[str], topk: int = 3, device: str = "auto",
-            trusted_repos: tuple[str, ...] = ()) -> list[dict]:
-    if topk < 1:
-        raise ConfigError(f"--topk={topk} must be at least 1")
-    images = image_files(images)
-    target = resolve_device(device, key="--device")
-    path, saved = find_checkpoint(ckpt, "checkpoint")
-    loaded = load_trained_model(path, target, ckpt=saved, trusted_repos=trusted_repos)
-    info = loaded.info
-    mode = loaded.data.image_resize_mode()
-    normalize = Normalize(info.mean, info.std, target)
-    chunks = []
-    for start in range(0, len(images), PREDICT_BATCH):  # a whole directory need not fit in memory at once
-        batch = torch.stack([load_image(p, info.in_channels, info.input_size, mode)
-                             for p in images[start:start + PREDICT_BATCH]]).to(target)
-        with torch.inference_mode():
-            chunks.append(loaded.model(normalize(batch.float())).float().softmax(dim=1).cpu())
-    probs = torch.cat(chunks)
-    k = min(topk, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
-    results = []
-    for path, vals, idxs in zip(images, values.tolist(), indices.tolist()):
-        results.append({"image": str(path), "top": [{"label": info.classes[i], "index": i, "prob": v}
-                                                     for v, i in zip(vals, idxs)]})
-    return results
+from cnnlab.run.prediction import PREDICT_BATCH, predict  # noqa: F401  (what callers import)
 
 
 @reports_config_errors

@@ -84,10 +84,15 @@ def read_pixels(path: Path | str, channels: int, size: tuple[int, int] | None = 
         with Image.open(path) as image:
             if size is not None:
                 image.draft(None, (int(size[1]), int(size[0])))
-            image = _as_channels(image, channels)
-            if size is not None:
-                image = _fit(image, (int(size[0]), int(size[1])), mode)
-            pixels = np.asarray(image)
+            return image_pixels(image, channels, size, mode)
     except Exception as bad:  # Pillow raises many types for damaged files
         raise UnreadableImage(f"cannot read image {path}: {bad}") from None
+
+
+def image_pixels(image, channels: int, size: tuple[int, int] | None = None, mode: str = "center_crop") -> np.ndarray:
+    """A decoded PIL image as read_pixels gives a file's: uint8 (H, W, C), `channels`, brought to `size` by `mode`."""
+    image = _as_channels(image, channels)
+    if size is not None:
+        image = _fit(image, (int(size[0]), int(size[1])), mode)
+    pixels = np.asarray(image)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels

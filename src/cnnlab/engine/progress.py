@@ -1,7 +1,9 @@
-"""Console progress: a live bar on a terminal, plain log lines elsewhere (CI, redirects, Hydra's log file)."""
+"""Console progress: a live bar on a terminal or in a Jupyter notebook (tqdm's widget), plain log lines elsewhere
+(CI, redirects, Hydra's log file)."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import time
@@ -11,10 +13,31 @@ from tqdm import tqdm
 
 log = logging.getLogger("cnnlab")
 
+
+def notebook_tqdm():
+    """tqdm's notebook widget (tqdm.notebook.tqdm) when this process is a Jupyter kernel that can show one
+    (ipywidgets installed), else None. A kernel's stderr is no terminal, so without it `auto` means plain lines."""
+    if "ipykernel" not in sys.modules:  # never true in a command: nothing is imported to find out
+        return None
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or "IPKernelApp" not in shell.config or importlib.util.find_spec("ipywidgets") is None:
+            return None
+        from tqdm.notebook import tqdm as widget
+    except Exception:  # an IPython or tqdm that does not fit: plain lines, as before
+        return None
+    return widget
+
+
 def resolve_progress_mode(mode: str, stream=None) -> str:
-    """`trainer.progress` (one of cnnlab.config.fields.Progress) with auto decided by the stream."""
+    """`trainer.progress` (one of cnnlab.config.fields.Progress) with auto decided by the stream (and a bar in a
+    Jupyter notebook that can show tqdm's widget)."""
     if mode == "auto":
         stream = stream or sys.stderr
+        if notebook_tqdm() is not None:
+            return "bar"
         return "bar" if hasattr(stream, "isatty") and stream.isatty() else "plain"
     return mode
 
@@ -36,8 +59,9 @@ class Progress:
         self.epoch, self.steps, self.step = epoch, steps, first_step
         self._last = time.monotonic()
         if self.mode == "bar":
-            self.bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch}/{self.max_epochs}", leave=False,
-                            dynamic_ncols=True, file=sys.stderr, unit="batch")
+            bar = notebook_tqdm() or tqdm
+            self.bar = bar(total=steps, initial=first_step, desc=f"epoch {epoch}/{self.max_epochs}", leave=False,
+                           dynamic_ncols=True, file=sys.stderr, unit="batch")
 
     def update(self, tracker) -> None:
         self.step += 1

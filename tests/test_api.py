@@ -37,6 +37,7 @@ def held() -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    gc.collect()  # a file an earlier test left to the collector is closed now, not during the runs measured
     return {"root handlers": list(logging.getLogger().handlers),
             "cnnlab handlers": list(logging.getLogger("cnnlab").handlers),
             "threads": threading.active_count(), "open fds": len(os.listdir("/proc/self/fd")),
@@ -264,3 +265,21 @@ def test_a_sweep_runs_every_job_and_records_a_failed_one(tmp_path):
     assert rows["0"]["status"] == "completed" and rows["1"]["status"] == "failed"
     assert "optimizer.lr=-1 must be > 0" in rows["1"]["error"]
     assert held() == before and os.environ.get("CNNLAB_SWEEP_TOKEN") == token
+
+
+def test_a_log_handler_of_the_users_stays_open_through_runs(tmp_path, monkeypatch):
+    """Hydra configures each job's logging with dictConfig, which closes every handler in the process; a notebook's
+    and the user's own must come out of a run open and still writing (a closed FileHandler of mode "w" would reopen
+    on its next record and empty its file)."""
+    monkeypatch.chdir(tmp_path)
+    mine = logging.FileHandler(tmp_path / "mine.log", mode="w")
+    logger = logging.getLogger("users.own")
+    logger.addHandler(mine)
+    try:
+        logger.warning("before the run")
+        cnnlab.train(*TINY, logger="none")
+        logger.warning("after the run")
+    finally:
+        logger.removeHandler(mine)
+        mine.close()
+    assert (tmp_path / "mine.log").read_text() == "before the run\nafter the run\n"

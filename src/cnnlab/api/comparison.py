@@ -44,7 +44,7 @@ class Comparison:
         fig = figure(figsize=(7, 4))
         ax = fig.subplots()
         for run, record in zip(self.runs, self.records):
-            points = [(r["epoch"], r[tag]) for r in run._rows() if isinstance(r.get(tag), (int, float))]
+            points = [(r["epoch"], r[tag]) for r in run.epoch_rows() if isinstance(r.get(tag), (int, float))]
             if points:
                 ax.plot(*zip(*points), marker="o", label=labels[record.run_dir])
         ax.set_xlabel("epoch")

@@ -56,7 +56,8 @@ class Run:
             return "stopped"
         return "started"
 
-    def _rows(self) -> list[dict]:
+    def epoch_rows(self) -> list[dict]:
+        """metrics.csv as one dict per epoch, numbers as numbers (`history` without pandas)."""
         try:
             with open(self.dir / HISTORY, newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -68,7 +69,7 @@ class Run:
     def history(self):
         """The per-epoch table of metrics.csv (epoch, train/loss, train/acc, val/loss, val/acc, lr, ...): a pandas
         DataFrame when pandas is installed, else a list of dicts (one per epoch)."""
-        rows = self._rows()
+        rows = self.epoch_rows()
         try:
             import pandas as pd
         except ImportError:
@@ -86,7 +87,7 @@ class Run:
         shows inline (save it with fig.savefig)."""
         from matplotlib.ticker import MaxNLocator
 
-        rows = self._rows()
+        rows = self.epoch_rows()
         fig = figure(figsize=(5 * len(keys), 3.6))
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
         for ax, key in zip(axes, keys):
@@ -169,7 +170,7 @@ class Run:
 
     def rows(self) -> list[tuple[str, str]]:
         """(field, value) of the compact table Jupyter shows: dir, model, data, epochs, best val metric, test acc."""
-        metrics, history = self.metrics, self._rows()
+        metrics, history = self.metrics, self.epoch_rows()
         cfg = self.config
         monitor = str(cfg.trainer.monitor) if cfg is not None and "trainer" in cfg else "val/acc"
         max_epochs = cfg.trainer.max_epochs if cfg is not None and "trainer" in cfg else "?"

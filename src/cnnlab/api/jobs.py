@@ -34,7 +34,8 @@ def logging_kept():
     before = {id(lg): (lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers()}
     kept = {id(h) for _, handlers, *_ in before.values() for h in handlers}
     try:
-        yield
+        with _handlers_out_of_reach():
+            yield
     finally:
         for lg in loggers():
             for handler in list(lg.handlers):
@@ -49,6 +50,23 @@ def logging_kept():
             lg.handlers[:] = handlers
             lg.setLevel(level)
             lg.propagate, lg.disabled = propagate, disabled
+
+
+@contextlib.contextmanager
+def _handlers_out_of_reach():
+    """Hydra sets up a job's logging with logging.config.dictConfig, which first closes every handler logging has
+    registered in the process: a notebook's, or the user's own log file, which would then fail on its next record.
+    The handlers that exist now leave that registry for the block and come back after it."""
+    with logging._lock:
+        registered, named = list(logging._handlerList), dict(logging._handlers)
+        del logging._handlerList[:]
+    try:
+        yield
+    finally:
+        with logging._lock:
+            logging._handlerList[:0] = [ref for ref in registered if ref() is not None]
+            for name, handler in named.items():
+                logging._handlers.setdefault(name, handler)
 
 
 @contextlib.contextmanager

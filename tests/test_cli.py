@@ -33,6 +33,7 @@ def test_train_cli_writes_a_complete_run_dir(run_cli, tmp_path):
     assert metrics["epochs_completed"] == 2 and 0 < metrics["test/acc"] <= 1
 
 
+@pytest.mark.slow  # a real sweep process; test_experiments runs cnnlab-train -m in-process by default
 def test_multirun_sweeps_into_the_multirun_dir(run_cli, tmp_path):
     done = run_cli("train", "-m", "optimizer=sgd,adam", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
                    "logger=none", cwd=tmp_path)

@@ -162,6 +162,7 @@ def test_an_unusable_cache_dir_falls_back_to_memory_and_the_run_trains(make_cfg,
         assert (tmp_path / "blocker").read_text() == "not a folder"
 
 
+@pytest.mark.slow  # a process in a mount namespace with a full tmpfs (2.5 s)
 def test_a_full_disk_during_the_build_leaves_no_partial_entry(tmp_path):
     """A tmpfs smaller than the decoded set, mounted in a private namespace: the build fails, its temporary
     directory is removed, and the images are decoded into memory instead."""
@@ -316,6 +317,7 @@ def _lock_path(root: Path) -> tuple[Path, Path]:
     return where / name, where / f".{name}.lock"
 
 
+@pytest.mark.slow  # two real processes racing for the lock (3 s)
 def test_two_processes_started_at_once_build_the_entry_once(tmp_path):
     """Both start while the entry's lock is held (here by the test, as a builder would hold it): both wait, then
     one builds and the other maps what it built."""
@@ -452,6 +454,7 @@ print(before, status("VmHWM"), decoded.images.nbytes // 1024)
 """
 
 
+@pytest.mark.slow  # a process of its own whose peak memory is read (2.7 s)
 def test_decoding_into_memory_peaks_at_the_decoded_pixels_not_twice_them(tmp_path):
     """data.cache=false (or a fallback): the peak is about one copy of the decoded set over the baseline, never
     the list of images plus their stack (2x) that decoding once held."""

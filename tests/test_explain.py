@@ -68,6 +68,7 @@ def test_explain_takes_the_users_image_files(lenet_run, tmp_path):
     assert_pictures(result.files, LENET_PICTURES)
 
 
+@pytest.mark.slow  # the LeNet run's pictures are the default run's; a residual network's take 5 s more
 def test_explain_writes_every_picture_of_a_resnet20_run(tmp_path):
     run_dir = tmp_path / "resnet20"
     cfg = compose_cfg(run_dir, "trainer.progress=none", "model=resnet20", "data=fake", "augment=none",

@@ -79,6 +79,7 @@ def test_description_beside_the_model(exported, trained_run):
         assert description["checkpoint"].endswith("best.ckpt") and description["model"] == "lenet5"
 
 
+@pytest.mark.slow  # a fresh interpreter per format; the default run checks the exported files in this process
 def test_exported_files_run_without_cnnlab(exported, real_images, tmp_path):
     """A fresh interpreter in which `import cnnlab` fails loads all three files with their runtimes only."""
     batch, expected = real_images

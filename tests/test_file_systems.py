@@ -145,7 +145,7 @@ def test_a_real_full_file_system_is_one_error_line_and_nothing_is_lost(case, tmp
 FULL_DISK_SYNC = FULL_DISK.replace("runpy.run_module", "os.fsync = fails_under_root(os.fsync)\nrunpy.run_module")
 
 
-@pytest.mark.parametrize("case", ["tune", "summary"])
+@pytest.mark.parametrize("case", ["tune", pytest.param("summary", marks=pytest.mark.slow)])  # summary: 3.5 s
 def test_a_full_output_root_without_mounting(case, tmp_path):
     """The same where nothing can be mounted: every write under the root fails with ENOSPC (FULL_DISK)."""
     root = tmp_path / "outputs"

@@ -19,8 +19,8 @@ LESSONS = lesson_names()
 HEAVY = {"activations", "alexnet_ablation", "densenet_vs_resnet", "depth", "googlenet_aux", "search", "transfer",
          "filters", "learning_rate"}
 # The other lessons are alike (a few arms of small models on mnist_sample, a page with a table and curves): the
-# default run keeps losses, lenet and early_stopping (two epochs, monitoring val/loss); these run with -m slow.
-ALIKE = {"optimizers", "regularization", "pooling", "vgg_kernels"}
+# default run keeps losses and lenet; these run with -m slow.
+ALIKE = {"optimizers", "regularization", "pooling", "vgg_kernels", "early_stopping"}
 
 
 def test_the_lab_has_the_course_lessons():

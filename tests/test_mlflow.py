@@ -69,6 +69,7 @@ def _train(tmp_path: Path, *overrides: str, run: str = "run") -> subprocess.Comp
 
 
 # ---- a real tracking server (started once for the module: about 8 s on 2 busy cores) ----
+@pytest.mark.slow  # a real mlflow server (5 s to start) or a study; the local store is read back by default
 def test_a_run_is_read_back_from_the_server(mlflow_server, tmp_path):
     uri = mlflow_server.replace("http://", "http://someone:secret@")  # a password in the URI is never recorded
     _train(tmp_path, "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}",
@@ -110,6 +111,7 @@ def test_a_run_is_read_back_from_the_server(mlflow_server, tmp_path):
     assert confusion["matrix"] == metrics["test/confusion_matrix"] and len(confusion["classes"]) == 10
 
 
+@pytest.mark.slow  # a real mlflow server (5 s to start) or a study; the local store is read back by default
 def test_a_sweep_is_one_parent_run_with_a_child_per_job_and_checkpoints_on_request(mlflow_server, tmp_path):
     sweep = tmp_path / "sweep"
     done = run_in_process("train", "-m", *TINY, "trainer.max_epochs=1", "logger=mlflow",
@@ -131,6 +133,7 @@ def test_a_sweep_is_one_parent_run_with_a_child_per_job_and_checkpoints_on_reque
     assert "checkpoints/last.ckpt" in ckpts
 
 
+@pytest.mark.slow  # a real mlflow server (5 s to start) or a study; the local store is read back by default
 def test_a_studys_trials_are_children_of_its_run(tmp_path):
     from cnnlab.config.compose import compose_config
     from cnnlab.search.plan import plan_search

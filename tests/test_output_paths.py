@@ -98,6 +98,7 @@ def test_export_replaces_its_own_earlier_output(run_copy, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == ["model.pt", "model.pt.json"]
 
 
+@pytest.mark.slow  # explain draws every picture twice (4 s); the other commands' own-output checks run by default
 def test_explain_refuses_a_picture_it_did_not_write_and_replaces_its_own(run_copy, tmp_path, run_main):
     from cnnlab.cli.explain import main
 

@@ -118,6 +118,7 @@ def test_clear_on_a_dir_without_a_marker_deletes_nothing(tmp_path, make_cfg):
     assert _snapshot(mine) == before
 
 
+@pytest.mark.slow  # a study and runs in each other's dirs (3 s)
 def test_a_study_dir_is_not_a_run_dir_and_a_run_dir_is_not_a_study_dir(tmp_path, make_cfg, run_cli):
     study_dir = tmp_path / "run"
     claim_study(study_dir)
@@ -181,6 +182,7 @@ def _lab(*args):
     main(list(args))
 
 
+@pytest.mark.slow  # two lessons' smoke runs (4 s)
 def test_two_lessons_sharing_an_out_keep_their_own_runs_and_pages(tmp_path):
     out = tmp_path / "out"
     _lab("losses", "--quick", "--out", str(out), "trainer.max_epochs=2")

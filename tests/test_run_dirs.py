@@ -27,6 +27,7 @@ def _cli(args, cwd, **kwargs):
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
+@pytest.mark.slow  # two real training processes started at once (5.5 s)
 def test_two_runs_started_together_get_their_own_run_dirs(tmp_path):
     procs = [_cli([*QUICK, f"optimizer.lr={lr}"], tmp_path) for lr in (0.001, 0.002)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]

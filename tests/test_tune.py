@@ -124,6 +124,7 @@ CTRL_C = ["search.study_name=intr", "search.n_trials=1", "search.pruner.name=non
           "trainer.limit_train_batches=30", *LR_ONLY]
 
 
+@pytest.mark.slow  # a real SIGINT to a study's process (4 s); test_api and test_faults stop runs by Ctrl-C by default
 def test_ctrl_c_stops_the_study_with_the_trial_recorded_as_interrupted(tmp_path):
     proc = _interrupt_first_trial(tmp_path, CTRL_C)
     out, _ = proc.communicate(timeout=120)
@@ -211,6 +212,7 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "search" / "lenet_lr_wd_bs" / "trials").exists()
 
 
+@pytest.mark.slow  # two studies (2.6 s)
 def test_a_study_name_holding_another_space_or_direction_is_refused(tmp_path):
     study_dir = tmp_path / "study"
     first = compose_config([*TINY, *LR_ONLY, "search.n_trials=1"], study_dir, config_name="tune")
@@ -223,6 +225,7 @@ def test_a_study_name_holding_another_space_or_direction_is_refused(tmp_path):
         assert says in str(refused.value)
 
 
+@pytest.mark.slow  # composes every shipped search's trial configs (7 s); the other plan tests run by default
 def test_the_shipped_searches_plan_without_problems(tmp_path):
     for name in sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "search").glob("*.yaml")):
         cfg = compose_config([f"search={name}"], tmp_path / name, config_name="tune")

@@ -111,7 +111,7 @@ def test_the_api_names_and_the_forwarding_module(tmp_path):
 def test_a_config_error_is_the_commands_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     command = run_in_process("train", "optimizer.lr=-1", cwd=tmp_path)
-    with pytest.raises(ConfigError) as bad:
+    with pytest.raises(ConfigError, match=r"^optimizer.lr=-1 must be > 0$") as bad:
         cnnlab.train("optimizer.lr=-1")
     assert command.stderr.strip() == f"error: {bad.value}"
     with pytest.raises(ConfigError, match="Could not find 'model/nonexistent'"):  # Hydra's own refusal, no traceback
@@ -136,7 +136,7 @@ def test_runs_after_runs_and_errors_leave_nothing_behind(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
         patched.setattr("cnnlab.run.lifecycle.build_model", interrupted)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match="^$"):  # the bare interrupt, as raised
             cnnlab.train(*TINY, logger="none", dir=tmp_path / "cut")
     assert "nothing was trained" in (tmp_path / "cut/train.log").read_text()
     assert held() == before
@@ -160,7 +160,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
 
     poke = threading.Thread(target=interrupt)
     poke.start()
-    with pytest.raises(KeyboardInterrupt) as stopped:
+    with pytest.raises(KeyboardInterrupt, match="checkpoint written") as stopped:
         cnnlab.train("trainer.max_epochs=4", "trainer.limit_train_batches=20", logger="none", dir=run_dir)
     poke.join()
     assert isinstance(stopped.value, TrainingInterrupted) and "checkpoint written" in str(stopped.value)

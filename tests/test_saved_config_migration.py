@@ -125,7 +125,7 @@ def test_add_missing_leaves_an_absent_or_odd_parent_to_validation():
 
 @pytest.mark.parametrize("version", [CONFIG_VERSION + 1, 99])
 def test_a_newer_config_is_refused_in_one_line(version):
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(ConfigError, match="is newer than this cnnlab reads") as refused:
         checkpoint_config({"config": _v0_config(), CONFIG_VERSION_KEY: version}, "checkpoint x.ckpt")
     message = str(refused.value)
     assert "\n" not in message

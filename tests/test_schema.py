@@ -183,7 +183,7 @@ def test_the_model_section_is_checked_once_by_the_zoo_and_build_model_refuses_th
     cfg = compose_config(["model=mlp", "model.dropout=high", "model.batch_norm=1"], tmp_path)
     expected = ["model.dropout='high' must be a number", "model.batch_norm=1 must be true or false"]
     assert model_config_problems(cfg.model) == expected
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(ConfigError, match="model.dropout='high' must be a number") as refused:
         validate(cfg)
     assert refused.value.problems == expected
     with pytest.raises(ConfigError, match=r"model.dropout='high' must be a number"):

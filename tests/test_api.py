@@ -283,3 +283,24 @@ def test_a_log_handler_of_the_users_stays_open_through_runs(tmp_path, monkeypatc
         logger.removeHandler(mine)
         mine.close()
     assert (tmp_path / "mine.log").read_text() == "before the run\nafter the run\n"
+
+
+@pytest.mark.slow  # a two-trial study and a lesson's smoke run (about 10 s); the commands' own tests cover the rest
+def test_tune_returns_the_study_and_lab_the_page(tmp_path, monkeypatch):
+    import cnnlab.lab.lessons  # noqa: F401  (binds cnnlab.lab to the package, which must still be callable)
+
+    monkeypatch.chdir(tmp_path)
+    study = cnnlab.tune("data=digits", "search.study_name=api", "search.n_trials=2", "search.pruner.name=none",
+                        "~search.space.weight_decay", "~search.space.batch_size", "trainer.limit_train_batches=3",
+                        max_epochs=1, logger="none")
+    assert len(study.trials) == 2 and study.best_value is not None
+    study_dir = tmp_path / "outputs/search/api"
+    assert (study_dir / "summary.md").is_file() and len(list((study_dir / "trials").glob("*/metrics.json"))) == 2
+    again = cnnlab.tune("data=digits", "search.study_name=api", "search.n_trials=3", "search.pruner.name=none",
+                        "~search.space.weight_decay", "~search.space.batch_size", "trainer.limit_train_batches=3",
+                        max_epochs=1, logger="none")
+    assert len(again.trials) == 3  # the same study, continued
+    page = cnnlab.lab("lenet", quick=True, out=tmp_path / "lab")
+    assert page.path == tmp_path / "lab/lenet-quick/lenet.md" and page._repr_markdown_().startswith("# LeNet-5")
+    with pytest.raises(ConfigError, match="no-such-lesson"):
+        cnnlab.lab("no-such-lesson")

@@ -30,8 +30,9 @@ LAYERS = (
 # cnnlab/__init__.py and cnnlab/errors.py: the bottom, which every layer may import and which imports no layer.
 BOTTOM = frozenset({"cnnlab", "cnnlab.errors"})
 # cnnlab/__init__.py's PEP 562 __getattr__: the package top hands out the Python API's names (cnnlab.train, ...) on
-# first use; the bottom's one import of a layer.
-LAZY_API = frozenset({("cnnlab", "cnnlab.api")})
+# first use; the bottom's one import of a layer. cnnlab.lab is both the lab book's package and the API's
+# cnnlab.lab(lesson): once imported, the package is what the name binds, so it is callable and calls the API.
+LAZY_API = frozenset({("cnnlab", "cnnlab.api"), ("cnnlab.lab", "cnnlab.api")})
 # `python -m cnnlab.train` and `python -m cnnlab.lab`: they only forward to a command, outside the layers.
 FORWARDERS = frozenset({"cnnlab.train", "cnnlab.lab.__main__"})
 

@@ -2,13 +2,13 @@
 
 Kept import-light on purpose: `import cnnlab` must not pull in torchvision or TensorBoard, because a
 run's start-up time is part of what the user waits for. The Python API (cnnlab.api: `cnnlab.train`,
-`cnnlab.load`, `cnnlab.Run`, `cnnlab.summary`, `cnnlab.doctor`, `cnnlab.sweep`, `cnnlab.compare`) is imported
+`cnnlab.load`, `cnnlab.Run`, `cnnlab.summary`, `cnnlab.doctor`, `cnnlab.sweep`, `cnnlab.tune`, `cnnlab.lab`, `cnnlab.compare`) is imported
 on first use of one of its names (PEP 562).
 """
 
 __version__ = "0.1.0"
 
-_API = ("train", "load", "Run", "summary", "doctor", "sweep", "compare", "TrainingInterrupted")
+_API = ("train", "load", "Run", "summary", "doctor", "sweep", "tune", "lab", "compare", "TrainingInterrupted")
 
 
 def __getattr__(name: str):

@@ -69,32 +69,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(lesson, args) -> None:
-    from cnnlab.cli.common import check_writable
-    from cnnlab.lab.page import check_page_target, write_page
-    from cnnlab.lab.runner import collect_lesson, lesson_dir, run_lesson
+    from cnnlab.lab.lesson_job import run_and_write
 
-    out = lesson_dir(Path(args.out or "outputs/lab"), lesson, args.quick, existing=args.page_only)
-    # before any arm trains: the page can be written where it goes, over nothing but an earlier page of the
-    # lesson, and the disk there takes data; a --page refused leaves --out as it was (checked, and made, after it).
-    # With --page-only nothing precedes the page's own (atomic) writes, which report a full disk themselves.
-    if args.page:
-        check_page_target(Path(args.page), lesson.name, f"--page={args.page}")
-        if not args.page_only:
-            check_writable(args.page, "--page", "the page")
-    if not args.page_only:
-        check_writable(str(out), "--out", "the lesson's runs")
-    if not args.page:
-        check_page_target(out, lesson.name, f"--out={out} (the page goes there; --page DIR puts it elsewhere)")
+    page = run_and_write(lesson, Path(args.out or "outputs/lab"), args.quick, list(args.overrides),
+                         Path(args.page) if args.page else None, args.page_only)
     if args.page_only:
-        result, overrides = collect_lesson(lesson, out)
-        print(write_page(result, Path(args.page) if args.page else out, overrides))
-        return
-
-    log.info("lesson %s: %s (%d arms x %d seeds)", lesson.name, lesson.title, len(lesson.arms),
-             1 if args.quick else len(lesson.seeds))
-    result = run_lesson(lesson, out, quick=args.quick, overrides=list(args.overrides))
-    page = write_page(result, Path(args.page) if args.page else out, list(args.overrides))
-    log.info("page: %s (%.1f minutes)", page, result.seconds / 60)
+        print(page)
 
 
 def _logging():

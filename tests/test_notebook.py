@@ -48,6 +48,8 @@ def test_the_quickstart_notebook_runs_top_to_bottom_in_a_kernel(tmp_path):
     trained = _cell(nb, "run = cnnlab.train()")
     assert "test/acc" in _shown(trained) and "finished" in _shown(trained)
     assert any("text/html" in o.get("data", {}) for o in trained.outputs)  # the run as a table
+    widgets = [o for o in trained.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 20 and "step " not in _shown(trained)  # tqdm's widget per epoch, no plain step lines
     assert any("image/png" in o.get("data", {}) for o in _cell(nb, "run.plot()").outputs)
     assert "'FAIL'" in _shown(_cell(nb, "report.worst"))  # a learning rate of 5 is no setup the doctor passes
     sweep = _shown(_cell(nb, "sweep = cnnlab.sweep("))

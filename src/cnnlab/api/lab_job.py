@@ -4,8 +4,6 @@ shows as Markdown."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 from cnnlab.api.jobs import logging_kept, process_settings_kept
@@ -43,21 +41,15 @@ def lab(lesson: str, *overrides: str, quick: bool = False, out: str | Path = "ou
     `quick`: one seed and a few steps per arm (--quick); `out`: where the lesson's folder goes (--out); `page`:
     where the page goes instead of that folder (--page); `page_only`: the page again from the runs already there.
     Overrides and keyword arguments (as for cnnlab.train) apply to every arm."""
-    from cnnlab.lab.lesson_job import run_and_write
+    from cnnlab.lab.lesson_job import console_progress, run_and_write
     from cnnlab.lab.lessons import load_lesson
 
     args = overrides_of(overrides, keys)
     try:
         chosen = load_lesson(lesson)
         check_override_keys(args, config_dir(), "tune" if chosen.extra == "search" else "train")
-        with logging_kept(), process_settings_kept():
-            progress = logging.StreamHandler(sys.stdout)  # the lab's progress lines in the cell, as on the console
-            progress.setFormatter(logging.Formatter("%(message)s"))
-            lab_log = logging.getLogger("cnnlab.lab")
-            lab_log.addHandler(progress)
-            lab_log.setLevel(logging.INFO)
-            lab_log.propagate = False
-            logging.getLogger("cnnlab").setLevel(logging.WARNING)  # the arms' own lines only when they warn
+        with logging_kept(), process_settings_kept():  # the lab's progress lines in the cell, as on the console
+            console_progress()
             written = run_and_write(chosen, Path(out), quick, args, Path(page) if page else None, page_only)
     except (ConfigError, RunError) as bad:
         raise bad.with_traceback(None) from None

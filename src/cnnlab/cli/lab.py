@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cnnlab.cli.common import reports_config_errors
 from cnnlab.errors import ConfigError
+from cnnlab.lab.lesson_job import console_progress, run_and_write
 from cnnlab.lab.lessons import lesson_names, load_lesson
 
 log = logging.getLogger("cnnlab.lab")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     from cnnlab.cli.common import check_command_line
 
     check_command_line(list(args.overrides), "tune" if lesson.extra == "search" else "train")
-    restore = _logging()
+    restore = console_progress()
     try:
         _run(lesson, args)
     finally:
@@ -69,34 +70,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(lesson, args) -> None:
-    from cnnlab.lab.lesson_job import run_and_write
-
     page = run_and_write(lesson, Path(args.out or "outputs/lab"), args.quick, list(args.overrides),
                          Path(args.page) if args.page else None, args.page_only)
     if args.page_only:
         print(page)
-
-
-def _logging():
-    """The lab's progress lines on the console; the training runs' own messages only when they warn. Returns
-    the function that puts the loggers back as they were (main runs in-process in tests and notebooks)."""
-    lab, runs = logging.getLogger("cnnlab.lab"), logging.getLogger("cnnlab")
-    before = (lab.level, lab.propagate, runs.level)
-    if not any(getattr(h, "lab_console", False) for h in lab.handlers):  # once per process (tests call main often)
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.lab_console = True
-        lab.addHandler(handler)
-    lab.setLevel(logging.INFO)
-    lab.propagate = False
-    runs.setLevel(logging.WARNING)
-
-    def restore() -> None:
-        lab.setLevel(before[0])
-        lab.propagate = before[1]
-        runs.setLevel(before[2])
-
-    return restore
 
 
 if __name__ == "__main__":

@@ -172,7 +172,9 @@ norm = swa.module[1]
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump({"mean": norm.running_mean.tolist(), "var": norm.running_var.tolist()}, f)
 torch.distributed.barrier()  # gloo aborts a process that leaves while the other still talks to it
-torch.distributed.destroy_process_group()
+# Leave without tearing gloo down: its teardown once aborted a process under load ("terminate called without an
+# active exception") after the statistics were written, and teardown is not what this test is about.
+os._exit(0)
 """
 
 

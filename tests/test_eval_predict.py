@@ -140,3 +140,34 @@ def test_eval_and_predict_cli_on_a_checkpoint_of_the_wrong_shape(trained_run, di
         assert done.returncode == 2, done.stderr[-2000:]
         out = done.stdout + done.stderr
         assert "error: " in out and "odd.ckpt is not a cnnlab checkpoint" in out and "Traceback" not in out
+
+
+def test_the_console_prints_the_most_confused_pairs_instead_of_a_matrix_beyond_20_classes():
+    import torch
+
+    from cnnlab.run.scoring import CONSOLE_CONFUSED_PAIRS, CONSOLE_MATRIX_MAX_CLASSES, confusion_lines
+
+    classes = [f"class_{i:02d}" for i in range(30)]
+    matrix = torch.eye(30, dtype=torch.long) * 20
+    matrix[3, 7], matrix[3, 3] = 8, 12      # class_03 -> class_07: 8 of 20
+    matrix[12, 0], matrix[12, 12] = 5, 15   # class_12 -> class_00: 5 of 20
+    matrix[29, 28], matrix[29, 29] = 1, 19
+    lines = confusion_lines(matrix, classes, "eval_metrics.json, key test/confusion_matrix")
+    assert len(lines) < 30 and max(len(line) for line in lines[1:]) < 60  # no 30x30 matrix
+    assert lines[0] == ("confusion matrix: 30 classes (printed up to 20); the whole matrix: eval_metrics.json, "
+                        "key test/confusion_matrix")
+    assert lines[1] == "the 3 most confused pairs (of 3 with a mistake):"
+    pairs = [line.split() for line in lines[3:]]
+    assert pairs == [["class_03", "->", "class_07", "8", "40.0%"], ["class_12", "->", "class_00", "5", "25.0%"],
+                     ["class_29", "->", "class_28", "1", "5.0%"]]
+    # many mistakes: only the largest CONSOLE_CONFUSED_PAIRS, largest first
+    noisy = torch.ones(30, 30, dtype=torch.long) + torch.diag(torch.full((30,), 50))
+    noisy[5, 6] = 9
+    lines = confusion_lines(noisy, classes)
+    assert len(lines) == 3 + CONSOLE_CONFUSED_PAIRS and lines[3].split()[:4] == ["class_05", "->", "class_06", "9"]
+    assert confusion_lines(torch.eye(30, dtype=torch.long), classes)[1] == "no image was misclassified"
+    # up to the threshold: the whole matrix, a header line, the column names, one row per class
+    small = confusion_lines(matrix[:CONSOLE_MATRIX_MAX_CLASSES, :CONSOLE_MATRIX_MAX_CLASSES],
+                            classes[:CONSOLE_MATRIX_MAX_CLASSES])
+    assert small[0] == "confusion matrix (rows: true, columns: predicted):"
+    assert len(small) == 2 + CONSOLE_MATRIX_MAX_CLASSES and small[5].split()[0] == "class_03"

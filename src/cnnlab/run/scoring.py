@@ -31,6 +31,12 @@ log = logging.getLogger("cnnlab")
 # Keys of eval.yaml itself, not of the saved run config.
 EVAL_KEYS = ("ckpt", "split", "task_name", "tta", "tta_resize")
 
+# The console shows the whole confusion matrix up to this many classes (20 columns of 5 characters beside the
+# class names: about 130 characters wide). Beyond it, the most confused pairs are printed instead, and the
+# matrix is in eval_metrics.json (and, for a training run's test pass, metrics.json and TensorBoard) only.
+CONSOLE_MATRIX_MAX_CLASSES = 20
+CONSOLE_CONFUSED_PAIRS = 10   # how many pairs, largest off-diagonal counts first
+
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     overrides = hydra_overrides() if overrides is None else overrides
@@ -79,12 +85,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         f"{split}/confusion_matrix": {"classes": classes, "matrix": confusion.tolist()},
     }
     write_json(result, out_dir / "eval_metrics.json")
-    _print_report(result, split, classes, confusion)
+    _print_report(result, split, classes, confusion, f"{out_dir / 'eval_metrics.json'}, key {split}/confusion_matrix")
     log.info("wrote %s", out_dir / "eval_metrics.json")
     return result
 
 
-def _print_report(result: dict, split: str, classes, confusion) -> None:
+def _print_report(result: dict, split: str, classes, confusion, where: str) -> None:
     log.info("checkpoint %s (epoch %d), %s split: %d images", result["checkpoint"], result["epoch"], split,
              result["images"])
     if result["tta"] != "none":
@@ -102,7 +108,30 @@ def _print_report(result: dict, split: str, classes, confusion) -> None:
     for i, (name, acc) in enumerate(result[f"{split}/per_class_acc"].items()):
         log.info("    %-*s %s %s %s %s %8d", width, name, cell(acc), cell(report["precision"][i]),
                  cell(report["recall"][i]), cell(report["f1"][i]), report["support"][i])
-    log.info("  confusion matrix (rows: true, columns: predicted):")
-    log.info("    %s %s", " " * width, " ".join(f"{c:>5}" for c in classes))
-    for name, row in zip(classes, confusion.tolist()):
-        log.info("    %-*s %s", width, name, " ".join(f"{v:5d}" for v in row))
+    for line in confusion_lines(confusion, classes, where):
+        log.info("  %s", line)
+
+
+def confusion_lines(confusion, classes, where: str = "the metrics file",
+                    max_classes: int = CONSOLE_MATRIX_MAX_CLASSES, pairs: int = CONSOLE_CONFUSED_PAIRS) -> list[str]:
+    """The console's view of a confusion matrix (rows: true class): the whole matrix up to `max_classes`
+    classes; beyond, the `pairs` largest off-diagonal counts (true -> predicted, count, share of the true
+    class's samples), and a line saying `where` the whole matrix is."""
+    classes = [str(c) for c in classes]
+    rows = confusion.tolist()
+    width = max(5, *(len(c) for c in classes))
+    if len(classes) <= max_classes:
+        return ["confusion matrix (rows: true, columns: predicted):",
+                f"  {' ' * width} {' '.join(f'{c:>5}' for c in classes)}",
+                *(f"  {name:<{width}} {' '.join(f'{v:5d}' for v in row)}" for name, row in zip(classes, rows))]
+    off = sorted(((count, t, p) for t, row in enumerate(rows) for p, count in enumerate(row) if p != t and count > 0),
+                 key=lambda c: (-c[0], c[1], c[2]))
+    head = (f"confusion matrix: {len(classes)} classes (printed up to {max_classes}); the whole matrix: {where}")
+    if not off:
+        return [head, "no image was misclassified"]
+    lines = [head, f"the {min(pairs, len(off))} most confused pairs (of {len(off)} with a mistake):",
+             f"  {'true':<{width}} -> {'predicted':<{max(width, 9)}} {'count':>6} {'of true':>8}"]
+    for count, t, p in off[:pairs]:
+        total = sum(rows[t])
+        lines.append(f"  {classes[t]:<{width}} -> {classes[p]:<{max(width, 9)}} {count:6d} {count / total:8.1%}")
+    return lines

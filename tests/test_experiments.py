@@ -170,7 +170,9 @@ def _study_dir(tmp_path, sweep, n_trials):
 
 def test_compare_on_a_study_dir_plots_its_history_and_importances(grid, tmp_path, capsys):
     sweep, _ = grid
-    study_dir = _study_dir(tmp_path, sweep, n_trials=6)
+    from cnnlab.experiments.charts import MIN_IMPORTANCE_TRIALS
+
+    study_dir = _study_dir(tmp_path, sweep, n_trials=MIN_IMPORTANCE_TRIALS)
     compare_main([str(study_dir)])
     printed = capsys.readouterr().out
     for name in ("compare.md", "compare.csv", "curves_val_loss.png", "optimization_history.png",
@@ -194,3 +196,76 @@ def test_mean_std_digits_and_missing_std():
     assert mean_std(0.91234, 0.01234, 4) == "0.9123 ± 0.0123"
     assert mean_std(12.345, 0.55, 1) == "12.3 ± 0.6"
     assert mean_std(0.5, None, 4) == "0.5000"  # one seed: no std
+
+
+def _study_with_pruned_trials(completed: int, pruned_at: tuple[int, ...] = ()) -> optuna.Study:
+    """An in-memory study: `completed` finished trials, then one pruned trial per epoch in pruned_at, each having
+    reported 0.5 + epoch / 10 after every epoch up to the one it was pruned after (as cnnlab-tune records them)."""
+    study = optuna.create_study(study_name="mixed", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(completed):
+        trial = study.ask()
+        study.tell(trial, 0.9 - 0.01 * i + trial.suggest_float("lr", 1e-4, 1e-1, log=True))
+    for epoch in pruned_at:
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        for e in range(1, epoch + 1):
+            trial.report(0.5 + e / 10, e)
+        trial.set_user_attr("pruned_at_epoch", epoch)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study
+
+
+def test_the_history_has_whole_trial_numbers_and_draws_pruned_trials_marked_by_their_epoch():
+    from cnnlab.experiments.charts import history_figure
+
+    study = _study_with_pruned_trials(3, pruned_at=(1, 2, 1))
+    fig = history_figure(study)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    points = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert points["completed (3)"] == [[0, 0.9 + study.trials[0].params["lr"]], [1, 0.89 + study.trials[1].params["lr"]],
+                                       [2, 0.88 + study.trials[2].params["lr"]]]
+    assert points["pruned at epoch 1 (2 trials): the value then"] == [[3, 0.6], [5, 0.6]]
+    assert points["pruned at epoch 2 (1 trial): the value then"] == [[4, 0.7]]
+    markers = {c.get_label(): c.get_paths()[0].vertices.tolist() for c in ax.collections}
+    assert markers["pruned at epoch 1 (2 trials): the value then"] != markers["pruned at epoch 2 (1 trial): the value then"]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {*points, "best completed so far"}
+    assert ax.get_title() == "Optimisation history of mixed: 3 completed, 3 pruned of 6 trials"
+    fig.clf()
+
+
+def test_importances_are_refused_below_the_minimum_of_completed_trials_and_count_them_above():
+    from cnnlab.experiments.charts import MIN_IMPORTANCE_TRIALS, importances_figure
+
+    few = _study_with_pruned_trials(MIN_IMPORTANCE_TRIALS - 1, pruned_at=(1, 1, 1))
+    fig, note = importances_figure(few)
+    assert fig is None and note == (f"no parameter importances: {MIN_IMPORTANCE_TRIALS - 1} completed trials, "
+                                    f"fewer than the {MIN_IMPORTANCE_TRIALS} they need to be more than noise "
+                                    f"(pruned and failed trials have no objective value); run more trials")
+    enough = _study_with_pruned_trials(MIN_IMPORTANCE_TRIALS, pruned_at=(1,))
+    fig, note = importances_figure(enough)
+    assert note is None
+    assert fig.axes[0].get_title() == (f"Parameter importances from {MIN_IMPORTANCE_TRIALS} completed trials of "
+                                       f"{MIN_IMPORTANCE_TRIALS + 1} (pruned and failed ones have no value)")
+    fig.clf()
+
+
+def test_a_pruned_run_is_marked_in_the_curves_with_the_epoch_it_was_pruned_after(grid, tmp_path):
+    from cnnlab.experiments.charts import curves_figure
+    from cnnlab.run.records import write_failure
+
+    sweep, _ = grid
+    shutil.copytree(sweep / "1", tmp_path / "pruned")
+    write_failure(tmp_path / "pruned", "pruned after epoch 1", status="pruned", pruned_at_epoch=1)
+    records = [read_run(sweep / "0"), read_run(tmp_path / "pruned")]
+    fig = curves_figure(records, ["a", "b"], "val/loss")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"a", "b (pruned at epoch 1)"}
+    assert lines["b (pruned at epoch 1)"].get_marker() == "X" and lines["a"].get_marker() == "o"
+    assert ax.get_title() == "val/loss per epoch (2 runs, 1 pruned: X)"
+    fig.clf()

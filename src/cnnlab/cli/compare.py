@@ -2,6 +2,9 @@
 compare.csv / compare.md, and PNG plots: the runs' validation curves overlaid and, for a study dir, Optuna's
 optimisation history and parameter importances.
 
+Pruned trials are drawn and marked in both the curves and the history; parameter importances are drawn only from
+at least cnnlab.experiments.charts.MIN_IMPORTANCE_TRIALS completed trials (a note says why otherwise).
+
 A PATH is a run dir, a sweep dir (`cnnlab-train -m`: its job dirs) or a study dir (`cnnlab-tune`: study.yaml
 and trials/<number>/). Everything is read from files; nothing is trained.
 
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"plot: {path}")
         for note in notes:
             print(f"note: {note}")
+        for name in STUDY_PLOTS:  # an earlier run's plot that this one did not draw (check_outputs: it is ours)
+            if out / name not in files and len(opened) == 1:
+                (out / name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

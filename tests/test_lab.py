@@ -58,6 +58,40 @@ def test_each_lesson_runs_quick_and_writes_its_page(tmp_path, name):
     assert len(images) >= expected
     for image in images:
         assert (own / "img" / image).stat().st_size > 1000  # a real PNG
+    # the settings that ran: --quick's on top of the lesson's, and the page says it is no result to compare
+    setup = page.split("## Setup", 1)[1].split("## Results", 1)[0]
+    every_run = next(line for line in setup.splitlines() if line.startswith("Every run"))
+    assert all(o in every_run for o in lesson.quick)
+    quick_keys = {o.split("=", 1)[0] for o in lesson.quick}
+    assert not [o for o in lesson.common if o.split("=", 1)[0] in quick_keys and o not in lesson.quick
+                and o in every_run.split("`")[1].split()]
+    results = page.split("## Results", 1)[1]
+    assert results.lstrip().startswith("**Smoke run (`--quick`") and "not to be compared with" in results
+    if name == "lenet":  # one epoch of 3 batches: its curves are points, and the page and the plot say so
+        assert "`--quick` set `trainer.max_epochs=1 trainer.limit_train_batches=3` and one seed, on top of the " \
+               "lesson's settings (replacing `trainer.max_epochs=8`)." in setup
+        assert "trainer.max_epochs=8" not in every_run
+        assert 'Every run trained one epoch, so each "curve" above is a single point per arm' in page
+        assert "the smoke run's numbers above cannot confirm or contradict it" in page
+
+
+def test_the_setup_shows_the_overrides_on_top_in_place_of_those_they_replace():
+    from cnnlab.lab.arms import ArmResult, LessonResult
+    from cnnlab.lab.page import applied, setup_lines
+
+    assert applied(["a=1", "b=2", "+c=3"], ["b=5", "d=4", "c=6", "d=7"]) == ["a=1", "b=5", "c=6", "d=7"]
+    lesson = load_lesson("lenet").model_copy(update={"arms": {"x": ["trainer.max_epochs=20", "model.pool=max"]}})
+    result = LessonResult(lesson, Path("."), True, [ArmResult("x", ["trainer.max_epochs=20", "model.pool=max"])])
+    lines = setup_lines(result, ["optimizer.lr=0.02"])
+    assert lines[0] == ("Every run: `data=mnist_sample model=lenet5 augment=none optimizer=sgd optimizer.lr=0.02 "
+                        "optimizer.momentum=0.9 optimizer.weight_decay=0.0 scheduler=none trainer.max_epochs=1 "
+                        "trainer.limit_train_batches=3`")
+    assert lines[2] == ("`--quick` set `trainer.max_epochs=1 trainer.limit_train_batches=3` and one seed and the "
+                        "command line set `optimizer.lr=0.02`, on top of the lesson's settings (replacing "
+                        "`optimizer.lr=0.05 trainer.max_epochs=8 trainer.max_epochs=20`).")
+    assert lines[-1] == "| `x` | `trainer.max_epochs=1 model.pool=max` |"  # the arm's 20 epochs did not run
+    full = setup_lines(LessonResult(lesson, Path("."), False, result.arms), [])
+    assert full[0].endswith("trainer.max_epochs=8`") and full[-1] == "| `x` | `trainer.max_epochs=20 model.pool=max` |"
 
 
 def test_an_unknown_lesson_lists_the_valid_ones(run_cli, tmp_path):
@@ -74,6 +108,10 @@ def test_overrides_compose_with_a_lesson_and_a_typo_is_refused(tmp_path):
     saved = yaml.safe_load((tmp_path / "losses-quick" / "runs" / "mse" / "seed0" / "config_resolved.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2 and saved["optimizer"]["lr"] == 0.02  # the user's come last
     assert saved["trainer"]["loss"] == "mse"                                       # the arm's still apply
+    page = (tmp_path / "losses-quick" / "losses.md").read_text()
+    every_run = next(line for line in page.splitlines() if line.startswith("Every run"))
+    assert "trainer.max_epochs=2" in every_run and "optimizer.lr=0.02" in every_run  # what ran, not the lesson's
+    assert "trainer.max_epochs=1 " not in every_run and "optimizer.lr=0.05" not in every_run
     with pytest.raises(SystemExit, match="^2$") as stop:
         main(["losses", "--quick", "--out", str(tmp_path / "typo"), "trainer.max_epoch=2"])
     assert stop.value.code == 2

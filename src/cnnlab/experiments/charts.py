@@ -12,6 +12,20 @@ from cnnlab.util.plotting import pyplot, save
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
+def whole_numbers(axis, values) -> None:
+    """Ticks at whole numbers only on a matplotlib axis of epochs or trial numbers; with one value alone (one
+    epoch, one trial) that value is the one tick, where MaxNLocator would fall back to fractions around it."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    values = sorted(set(values))
+    if len(values) == 1:
+        axis.set_major_locator(FixedLocator(values))
+        if axis.axis_name == "x":
+            axis.axes.set_xlim(values[0] - 1, values[0] + 1)
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(records: list[RunRecord], labels: list[str], tag: str, path: Path) -> Path | None:
     """One line per run of `tag` against the epoch, the legend naming each run; None when no run logged it.
     20 colours, then the same colours dashed, dotted...: about 30 runs stay distinguishable."""
@@ -35,8 +49,6 @@ def curves_figure(records: list[RunRecord], labels: list[str], tag: str):
     if not curves:
         return None
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator  # with pyplot, above
-
     colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
     # A two-column legend beyond 20 runs needs room of its own: widen the figure rather than shrink the plot.
     fig, ax = plt.subplots(figsize=(10 if len(curves) <= 20 else 14, 5.5), layout="constrained")
@@ -47,7 +59,7 @@ def curves_figure(records: list[RunRecord], labels: list[str], tag: str):
         ax.plot(epochs, values, label=label if pruned is None else f"{label} (pruned at epoch {pruned})",
                 color=colours[i % len(colours)], linestyle=LINE_STYLES[(i // len(colours)) % len(LINE_STYLES)],
                 linewidth=1.5, **style)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole_numbers(ax.xaxis, [e for _, points, _ in curves for e, _ in points])
     ax.set_xlabel("epoch")
     ax.set_ylabel(tag)
     pruned = sum(p is not None for _, _, p in curves)
@@ -117,8 +129,6 @@ def history_figure(study):
         return None
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     if completed:
         numbers, values = zip(*completed)
@@ -133,7 +143,7 @@ def history_figure(study):
         ax.scatter(*zip(*at), marker=PRUNED_MARKERS[i % len(PRUNED_MARKERS)], color="tab:orange", s=55, zorder=3,
                    edgecolors="black", linewidths=0.5,
                    label=f"pruned at epoch {epoch} ({len(at)} trial{'s' if len(at) > 1 else ''}): the value then")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole_numbers(ax.xaxis, [t.number for t in study.trials])
     ax.set_xlabel("trial number")
     ax.set_ylabel(_objective(study))
     ax.set_title(f"Optimisation history of {study.study_name}: {len(completed)} completed, {len(pruned)} pruned"

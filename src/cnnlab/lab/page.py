@@ -143,20 +143,23 @@ def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
     if not curves:
         return None
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from cnnlab.experiments.charts import whole_numbers
 
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    single = all(len(epochs) == 1 for _, epochs, _, _, _ in curves)  # one epoch: each curve is a point
     for name, epochs, mean, low, high in curves:
-        line, = ax.plot(epochs, mean, label=name, marker="o" if len(epochs) < 15 else None, markersize=3)
+        line, = ax.plot(epochs, mean, label=name, marker="o" if len(epochs) < 15 else None,
+                        markersize=8 if len(epochs) == 1 else 3)
         if any(lo != hi for lo, hi in zip(low, high)):
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole_numbers(ax.xaxis, [e for _, epochs, _, _, _ in curves for e in epochs])
     if tag.endswith("loss") and all(v > 0 for _, _, m, _, _ in curves for v in m):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(tag)
     seeds = max(len(a.runs) for a in result.arms)
-    ax.set_title(f"{result.lesson.name}: {tag}" + (f" (mean of {seeds} seeds, range shaded)" if seeds > 1 else ""))
+    ax.set_title(f"{result.lesson.name}: {tag}" + (f" (mean of {seeds} seeds, range shaded)" if seeds > 1 else "")
+                 + (" (one epoch: each run is a point, not a curve)" if single else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     return save(fig, path)
@@ -195,6 +198,59 @@ def plot_series(result: LessonResult, stats: dict, path: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False)
     return save(fig, path)
+
+
+def _key(override: str) -> str:
+    """The config key (or group) an override sets: 'trainer.max_epochs=1', '+x=1', '~x' -> trainer.max_epochs, x."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def applied(base: list[str], on_top: list[str]) -> list[str]:
+    """`base` with each override of `on_top` in place of the one it replaces (same key), the others appended:
+    what a run made with base then on_top (the last of a key wins) ran with."""
+    last = {_key(o): o for o in on_top}
+    shown = [last.pop(_key(o), o) if _key(o) in last else o for o in base]
+    return shown + list(dict.fromkeys(o for o in on_top if last.get(_key(o)) == o))
+
+
+def setup_lines(result: LessonResult, overrides: list[str]) -> list[str]:
+    """The Setup section: the settings the runs actually ran with, i.e. the lesson's common overrides and each
+    arm's, with --quick's and the command line's applied on top (they come last in every run's overrides,
+    cnnlab.lab.arms.arm_overrides), and which of the lesson's settings they replaced."""
+    lesson = result.lesson
+    on_top = [*(lesson.quick if result.quick else []), *overrides]
+    common = applied(list(lesson.common), on_top)
+    lines = ["Every run: `" + " ".join(common) + "`" if common else "Every run: the defaults."]
+    replaced = [o for o in [*lesson.common, *(o for a in result.arms for o in a.overrides)]
+                if _key(o) in {_key(t) for t in on_top} and o not in on_top]
+    said = []
+    if result.quick and lesson.quick:
+        said.append(f"`--quick` set `{' '.join(lesson.quick)}` and one seed")
+    if overrides:
+        said.append(f"the command line set `{' '.join(overrides)}`")
+    if said:
+        said = " and ".join(said)
+        lines += ["", said[0].upper() + said[1:] + ", on top of the lesson's settings"
+                  + (f" (replacing `{' '.join(dict.fromkeys(replaced))}`)" if replaced else "") + "."]
+    lines += ["", "| arm | overrides |", "|---|---|"]
+    for arm in result.arms:  # an arm's own keys, with the value on top where it was replaced
+        own = {_key(o) for o in arm.overrides}
+        shown = applied(arm.overrides, [o for o in on_top if _key(o) in own])
+        lines.append(f"| `{arm.name}` | `{' '.join(shown) or '(none)'}` |")
+    return lines
+
+
+def smoke_warning(result: LessonResult) -> str:
+    """The line a quick page puts above its results."""
+    lesson = result.lesson
+    return (f"**Smoke run (`--quick`: one seed, `{' '.join(lesson.quick) or 'the lesson as it is'}`): these numbers "
+            f"only show that the lesson runs. They are not the lesson's results and are not to be compared with what "
+            f"the textbook says below; `cnnlab-lab {lesson.name}` without `--quick` measures those.**")
+
+
+def _epochs_drawn(result: LessonResult, tag: str) -> int:
+    """The most epochs any run of the lesson logged `tag` for."""
+    return max((len(curve(r.run_dir, tag)) for a in result.arms for r in a.runs if r.run_dir.is_dir()), default=0)
 
 
 def command(lesson: Lesson, quick: bool, overrides: list[str]) -> str:
@@ -259,21 +315,29 @@ def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) 
 
     lines = [f"# {lesson.title}", "", lesson.question.strip(), "",
              "```bash", command(lesson, result.quick, list(overrides)), "```", "",
-             _measured_line(result), "", "## Setup", "",
-             "Every run: `" + " ".join(lesson.common) + "`" if lesson.common else "Every run: the defaults.", "",
-             "| arm | overrides |", "|---|---|"]
-    lines += [f"| `{arm.name}` | `{' '.join(arm.overrides) or '(none)'}` |" for arm in result.arms]
-    lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             _measured_line(result), "", "## Setup", ""]
+    lines += setup_lines(result, list(overrides))
+    lines += ["", "## Results", ""]
+    if result.quick:
+        lines += [smoke_warning(result), ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += [""] + noise_lines(result, stats) + [""]
     for tag, path in plots:
         lines += [f"![{tag}](img/{path.name})", ""]
+    if plots and all(_epochs_drawn(result, tag) <= 1 for tag in lesson.curves):
+        lines += ["Every run trained one epoch, so each \"curve\" above is a single point per arm: there is no "
+                  "trend to read from it.", ""]
     if result.extras:
         lines += ["## " + {"lr_finder": "The LR finder's pick", "gradients": "Gradient flow",
                            "filters": "Learned filters and feature maps"}.get(lesson.extra, lesson.extra), ""]
         lines += result.extras.get("text", []) + [""]
         lines += [f"![{p.stem}](img/{p.name})" for p in extra_plots] + [""]
-    lines += ["## What the textbook says", "", lesson.expectation.strip(), ""]
+    lines += ["## What the textbook says", ""]
+    if result.quick:
+        lines += ["What the full run (without `--quick`) is expected to show; the smoke run's numbers above cannot "
+                  "confirm or contradict it.", ""]
+    lines += [lesson.expectation.strip(), ""]
     if lesson.discussion.strip() and not result.quick:
         lines += ["## What this run shows", "", lesson.discussion.strip(), ""]
     page = write_atomic(page_dir / f"{lesson.name}.md", "\n".join(lines))

@@ -34,7 +34,10 @@ def write_index(page_dir: Path) -> Path:
              "Each lesson of the CNN course as one command that trains the compared settings (3 seeds each), writes",
              "a table of mean ± std and the learning curves, and says what the result shows and where it differs",
              "from the textbook. Lessons are `configs/lab/<lesson>.yaml`; `--quick` runs any of them in seconds;",
-             "training overrides compose with any lesson (`cnnlab-lab optimizers trainer.max_epochs=4`).",
+             "training overrides compose with any lesson (`cnnlab-lab optimizers trainer.max_epochs=4`). A page's",
+             "Setup shows the settings its runs ran with: `--quick`'s overrides and the command line's in place of",
+             "the lesson's they replace. A `--quick` page is a smoke test: it says so above its results, which are",
+             "not the lesson's and not to be compared with the textbook, and its one-epoch curves are single points.",
              "Minutes are those of the recorded run on 2 CPU cores, with the load average at its end (2 is the",
              "lesson's own two threads; more means other jobs shared the cores and the minutes are an upper bound).",
              "", "| lesson | question | command | minutes | page |", "|---|---|---|---|---|"]

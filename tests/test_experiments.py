@@ -264,8 +264,11 @@ def test_a_pruned_run_is_marked_in_the_curves_with_the_epoch_it_was_pruned_after
     records = [read_run(sweep / "0"), read_run(tmp_path / "pruned")]
     fig = curves_figure(records, ["a", "b"], "val/loss")
     ax = fig.axes[0]
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    assert set(lines) == {"a", "b (pruned at epoch 1)"}
-    assert lines["b (pruned at epoch 1)"].get_marker() == "X" and lines["a"].get_marker() == "o"
-    assert ax.get_title() == "val/loss per epoch (2 runs, 1 pruned: X)"
+    curves = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(curves) == {"a", "b (pruned at epoch 1)"}
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "X"]
+    assert len(crosses) == 1 and crosses[0].get_xydata().tolist() == curves["b (pruned at epoch 1)"].get_xydata()[-1:].tolist()
+    legend = {text.get_text(): handle for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    assert legend["b (pruned at epoch 1)"].get_marker() == "X" and legend["a"].get_marker() == "o"
+    assert ax.get_title() == "val/loss per epoch (2 runs, 1 pruned; X: where a pruned run stopped)"
     fig.clf()

@@ -42,8 +42,11 @@ def pruned_epoch(record: RunRecord) -> int | None:
 
 
 def curves_figure(records: list[RunRecord], labels: list[str], tag: str):
-    """The figure plot_curves saves: a pruned run's points are large crosses and its legend entry says the epoch
-    it was pruned after (a run pruned after its first epoch is one point); None when no run logged `tag`."""
+    """The figure plot_curves saves: a pruned run's curve ends in a large cross at the epoch it was stopped after
+    (a run pruned after its first epoch is the cross alone) and its legend entry, drawn with the cross, says that
+    epoch; None when no run logged `tag`."""
+    from matplotlib.lines import Line2D
+
     curves = [(label, read_curve(r.run_dir, tag), pruned_epoch(r)) for r, label in zip(records, labels)]
     curves = [(label, points, pruned) for label, points, pruned in curves if points]
     if not curves:
@@ -52,21 +55,27 @@ def curves_figure(records: list[RunRecord], labels: list[str], tag: str):
     colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
     # A two-column legend beyond 20 runs needs room of its own: widen the figure rather than shrink the plot.
     fig, ax = plt.subplots(figsize=(10 if len(curves) <= 20 else 14, 5.5), layout="constrained")
+    handles = []
     for i, (label, points, pruned) in enumerate(curves):
         epochs, values = zip(*points)
-        style = dict(marker="X", markersize=8, markeredgecolor="black", markeredgewidth=0.5) if pruned is not None \
-            else dict(marker="o" if len(epochs) < 15 else None, markersize=3)
-        ax.plot(epochs, values, label=label if pruned is None else f"{label} (pruned at epoch {pruned})",
-                color=colours[i % len(colours)], linestyle=LINE_STYLES[(i // len(colours)) % len(LINE_STYLES)],
-                linewidth=1.5, **style)
+        style = dict(color=colours[i % len(colours)], linestyle=LINE_STYLES[(i // len(colours)) % len(LINE_STYLES)],
+                     linewidth=1.5)
+        line, = ax.plot(epochs, values, marker="o" if len(epochs) < 15 else None, markersize=3, **style,
+                        label=label if pruned is None else f"{label} (pruned at epoch {pruned})")
+        if pruned is not None:
+            cross = dict(marker="X", markersize=9, markeredgecolor="black", markeredgewidth=0.5)
+            ax.plot(epochs[-1:], values[-1:], color=style["color"], linestyle="none", **cross)
+            line = Line2D([], [], **style, **cross, label=line.get_label())
+        handles.append(line)
     whole_numbers(ax.xaxis, [e for _, points, _ in curves for e, _ in points])
     ax.set_xlabel("epoch")
     ax.set_ylabel(tag)
     pruned = sum(p is not None for _, _, p in curves)
-    ax.set_title(f"{tag} per epoch ({len(curves)} runs" + (f", {pruned} pruned: X" if pruned else "") + ")")
+    ax.set_title(f"{tag} per epoch ({len(curves)} runs"
+                 + (f", {pruned} pruned; X: where a pruned run stopped" if pruned else "") + ")")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8 if len(curves) <= 15 else 6.5,
-              ncol=1 if len(curves) <= 20 else 2, frameon=False)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=8 if len(curves) <= 15 else 6.5, ncol=1 if len(curves) <= 20 else 2, frameon=False)
     return fig
 
 

@@ -233,7 +233,7 @@ def test_the_history_has_whole_trial_numbers_and_draws_pruned_trials_marked_by_t
     assert points["pruned at epoch 2 (1 trial): the value then"] == [[4, 0.7]]
     markers = {c.get_label(): c.get_paths()[0].vertices.tolist() for c in ax.collections}
     assert markers["pruned at epoch 1 (2 trials): the value then"] != markers["pruned at epoch 2 (1 trial): the value then"]
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {*points, "best completed so far"}
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {*points, "best completed so far"}
     assert ax.get_title() == "Optimisation history of mixed: 3 completed, 3 pruned of 6 trials"
     fig.clf()
 

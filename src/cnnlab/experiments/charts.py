@@ -138,7 +138,7 @@ def history_figure(study):
         return None
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
     if completed:
         numbers, values = zip(*completed)
         ax.scatter(numbers, values, color="tab:blue", s=30, zorder=3, label=f"completed ({len(completed)})")
@@ -158,7 +158,8 @@ def history_figure(study):
     ax.set_title(f"Optimisation history of {study.study_name}: {len(completed)} completed, {len(pruned)} pruned"
                  + (f", {failed} failed (no value)" if failed else "") + f" of {len(study.trials)} trials")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    entries = len(ax.get_legend_handles_labels()[0])  # below the plot: constrained layout makes room for it
+    fig.legend(loc="outside lower center", ncol=min(entries, 3), frameon=False, fontsize=9)
     return fig
 
 

@@ -227,12 +227,12 @@ def test_the_history_has_whole_trial_numbers_and_draws_pruned_trials_marked_by_t
     ticks = [t for t in ax.get_xticks() if low <= t <= high]
     assert ticks and all(float(t).is_integer() for t in ticks)
     points = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
-    assert points["completed (3)"] == [[0, 0.9 + study.trials[0].params["lr"]], [1, 0.89 + study.trials[1].params["lr"]],
-                                       [2, 0.88 + study.trials[2].params["lr"]]]
+    lrs = [t.params["lr"] for t in study.trials]
+    assert points["completed (3)"] == [[0, 0.9 + lrs[0]], [1, 0.89 + lrs[1]], [2, 0.88 + lrs[2]]]
     assert points["pruned at epoch 1 (2 trials): the value then"] == [[3, 0.6], [5, 0.6]]
     assert points["pruned at epoch 2 (1 trial): the value then"] == [[4, 0.7]]
-    markers = {c.get_label(): c.get_paths()[0].vertices.tolist() for c in ax.collections}
-    assert markers["pruned at epoch 1 (2 trials): the value then"] != markers["pruned at epoch 2 (1 trial): the value then"]
+    markers = [c.get_paths()[0].vertices.tolist() for c in ax.collections if c.get_label().startswith("pruned")]
+    assert len(markers) == 2 and markers[0] != markers[1]  # a marker of its own for each pruning epoch
     assert {t.get_text() for t in fig.legends[0].get_texts()} == {*points, "best completed so far"}
     assert ax.get_title() == "Optimisation history of mixed: 3 completed, 3 pruned of 6 trials"
     fig.clf()
@@ -267,8 +267,10 @@ def test_a_pruned_run_is_marked_in_the_curves_with_the_epoch_it_was_pruned_after
     curves = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
     assert set(curves) == {"a", "b (pruned at epoch 1)"}
     crosses = [line for line in ax.get_lines() if line.get_marker() == "X"]
-    assert len(crosses) == 1 and crosses[0].get_xydata().tolist() == curves["b (pruned at epoch 1)"].get_xydata()[-1:].tolist()
-    legend = {text.get_text(): handle for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    last = curves["b (pruned at epoch 1)"].get_xydata()[-1:].tolist()
+    assert len(crosses) == 1 and crosses[0].get_xydata().tolist() == last  # the cross where it stopped
+    shown = ax.get_legend()
+    legend = {text.get_text(): handle for text, handle in zip(shown.get_texts(), shown.legend_handles)}
     assert legend["b (pruned at epoch 1)"].get_marker() == "X" and legend["a"].get_marker() == "o"
     assert ax.get_title() == "val/loss per epoch (2 runs, 1 pruned; X: where a pruned run stopped)"
     fig.clf()

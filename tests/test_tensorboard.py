@@ -24,7 +24,7 @@ from servers import free_port, serving, tail
 
 EPOCHS = 3  # the shared `trained_run` fixture trains for 3 epochs with histograms every epoch
 PER_EPOCH = ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/acc_best", "lr",
-             "throughput/img_s", "time/epoch_s"]
+             "throughput/img_s", "time/epoch_s", "time/cpu_wait_s"]
 TEST = ["test/loss", "test/acc", "test/acc_top5", *(f"test/{score}_{avg}" for avg in ("macro", "weighted")
                                                     for score in ("precision", "recall", "f1"))]
 IMAGES = ["inputs/train_batch", "filters/first_conv", "test/confusion_matrix"]

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from cnnlab.engine.callbacks import Callback, CheckpointKeeper, overrides
 from cnnlab.engine.checkpoint import CKPT_DIR, RAW_WEIGHTS, unreadable_reason
+from cnnlab.engine.cpu_wait import CpuWait
 from cnnlab.engine.evaluation import evaluate_model, evaluate_split
 from cnnlab.engine.interruption import StopAndResume
 from cnnlab.engine.metrics import MetricTracker
@@ -75,6 +76,7 @@ class Trainer(StepMechanics, StopAndResume):
         self.improved = False     # the epoch just ended set a new best of the monitored metric
         self.should_stop = False  # set by a callback: stop after this epoch
         self.stopped_early = False
+        self.cpu_wait = CpuWait()  # time/cpu_wait_s: an epoch slowed by other processes says so
         self.test_loader: Iterable | None = None  # set by test, for callbacks that look at the test data again
 
     def _wrap(self) -> None:
@@ -202,6 +204,7 @@ class Trainer(StepMechanics, StopAndResume):
     def _train_epoch(self, train: TrainLoader, epoch: int, signals: StopSignals) -> dict:
         """Train one epoch (or the rest of an interrupted one); returns its train/* metrics, lr and timing."""
         seconds_before = self._start_epoch(train, epoch)
+        self.cpu_wait.start()
         start = time.perf_counter()
         limit, tracker, hooks = self.options.limit_train_batches, self.tracker, self._batch_hooks
         average, model = self.task.average, self.task.model  # trainer.ema: updated after every optimizer step
@@ -231,6 +234,10 @@ class Trainer(StepMechanics, StopAndResume):
         metrics["lr"] = self.task.schedule.lr()
         metrics["throughput/img_s"] = tracker.count / max(seconds, 1e-9)
         metrics["time/epoch_s"] = seconds
+        wait_s = self.cpu_wait.stop()
+        if wait_s is not None:
+            metrics["time/cpu_wait_s"] = wait_s
+            self.cpu_wait.check(epoch, seconds, wait_s)
         if self.options.nonfinite == "skip":
             metrics["train/nonfinite_steps"] = self.nonfinite_steps
         if train.skipped:  # unreadable image files dropped (data.skip_unreadable=true)

@@ -21,7 +21,12 @@ from cnnlab.run.records import RunRecord
 
 # Resolved keys that differ between any two runs without being a choice: where files go, the launch itself.
 IGNORED_PREFIXES = ("paths.", "hydra.", "trainer.resume", "task_name")
-FIXED_METRICS = ("val/acc_best", "test/acc", "test/loss", "best_epoch", "wall_time_s")
+FIXED_METRICS = ("val/acc_best", "test/acc", "test/loss", "best_epoch", "wall_time_s", "time/cpu_wait_share")
+# What the two time columns measure, said under every table that shows them.
+TIME_NOTE = ("wall s: the run's own process, from loading the data and building the model to the end of the test "
+             "(Python's start, imports and the config's composition are not counted). cpu wait: the share of the "
+             "training threads' time spent waiting for a CPU that other processes held (0 on an idle machine); "
+             "above 0.2 a run's time measures the machine more than its configuration.")
 SEED_KEY = "seed"
 RUN_COLUMN = "run"
 TAIL_COLUMNS = ("status", "error")
@@ -181,6 +186,8 @@ def _cell(column: str, value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
+        if column == "time/cpu_wait_share":
+            return f"{value:.2f}"
         return f"{value:.1f}" if column.startswith(("wall_time_s", "best_epoch")) else f"{value:.4f}"
     text = " ".join(str(value).split())  # one line per row, whatever the error said
     return _clip(readable(text))
@@ -208,7 +215,8 @@ def _long_float(text: str) -> bool:
 
 
 def _header(column: str) -> str:
-    return {"wall_time_s": "wall s", "best_epoch": "best epoch"}.get(column, column.replace("best_", "best "))
+    return {"wall_time_s": "wall s", "best_epoch": "best epoch", "time/cpu_wait_share": "cpu wait"}.get(
+        column, column.replace("best_", "best "))
 
 
 def markdown_table(table: Table) -> str:
@@ -245,7 +253,7 @@ def seed_markdown(table: Table) -> Table:
         for m in metric_names:
             mean, std = row.get(f"{m} mean"), row.get(f"{m} std")
             if mean is not None:
-                digits = 1 if m in ("wall_time_s", "best_epoch") else 4
+                digits = 1 if m in ("wall_time_s", "best_epoch") else 2 if m == "time/cpu_wait_share" else 4
                 out[m] = mean_std(mean, std, digits)
         rows.append(out)
     return Table([*keys, *metric_names], rows, table.note)
@@ -262,6 +270,8 @@ def summary_markdown(records: list[RunRecord], title: str) -> str:
     if any(row["n"] > 1 for row in seeds.rows):
         parts += ["## Mean ± std over seeds", "", f"Sample std, {seeds.note}.", "",
                   markdown_table(seed_markdown(seeds)), ""]
+    if any(_metric(r, "wall_time_s") is not None for r in records):
+        parts += [TIME_NOTE, ""]
     return "\n".join(parts)
 
 

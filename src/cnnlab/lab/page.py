@@ -22,6 +22,7 @@ from cnnlab.run.records import RunRecord, read_curve
 from cnnlab.experiments.tables import mean_std, seed_mean_std
 from cnnlab.lab.lessons import Lesson, lesson_names
 from cnnlab.lab.arms import LessonResult
+from cnnlab.engine.cpu_wait import CONTENDED_SHARE
 from cnnlab.util.outpaths import check_folder, check_target, png_is_ours, read_text, write_atomic
 from cnnlab.util.source_tree import git_commit
 
@@ -124,6 +125,19 @@ def noise_lines(result: LessonResult, stats: dict) -> list[str]:
     if beyond:
         lines.append(f"Worse than `{best}` by more than the noise: {', '.join(f'`{n}`' for n in beyond)}.")
     return lines
+
+
+def contention_lines(result: LessonResult) -> list[str]:
+    """Where runs trained while other processes held the CPUs: their wall times measure the machine."""
+    if "wall_time_s" not in result.lesson.columns:
+        return []
+    runs = [r for a in result.arms for r in a.runs if r.status == "completed"]
+    busy = [r for r in runs if (r.metrics.get("time/cpu_wait_share") or 0.0) > CONTENDED_SHARE]
+    if not busy:
+        return []
+    return [f"{len(busy)} of {len(runs)} runs trained while other processes held the CPUs (their training threads "
+            f"waited for a CPU more than {CONTENDED_SHARE:.0%} of the time, `time/cpu_wait_share` in metrics.json): "
+            "compare their wall times with care.", ""]
 
 
 def plot_curves(result: LessonResult, tag: str, path: Path) -> Path | None:
@@ -322,7 +336,7 @@ def write_page(result: LessonResult, page_dir: Path, overrides: list[str] = ()) 
         lines += [smoke_warning(result), ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += [""] + noise_lines(result, stats) + [""]
+    lines += [""] + noise_lines(result, stats) + [""] + contention_lines(result)
     for tag, path in plots:
         lines += [f"![{tag}](img/{path.name})", ""]
     if plots and all(_epochs_drawn(result, tag) <= 1 for tag in lesson.curves):

@@ -24,6 +24,7 @@ from cnnlab.engine.devices import configure_backends, resolve_channels_last, res
 from cnnlab.engine.averaging import SWA, SWASchedule, build_average
 from cnnlab.engine.run_callbacks import (CheckpointsOfRankZero, EarlyStopping, ModelCheckpoint, ProgressDisplay,
                                          TensorBoardCallback)
+from cnnlab.engine.cpu_wait import run_timing
 from cnnlab.engine.checkpoint import CKPT_DIR, find_checkpoint, load_model_weights, training_weights_key
 from cnnlab.engine.early_stopping import MonitoredMetric, resolve_monitor_mode
 from cnnlab.engine.metrics_csv import FILE_NAME as METRICS_CSV, MetricsCSV
@@ -296,6 +297,7 @@ def _fit_test_record(run: Run, started: float) -> dict:
             "stopped_early": trainer.stopped_early,
             "params": run.n_params,
             "wall_time_s": time.perf_counter() - started,
+            **run_timing(trainer.history),
             "run_dir": str(run.run_dir),
         })
         if run.dist.enabled:

@@ -34,26 +34,21 @@ class Comparison:
         return pd.DataFrame(rows, columns=columns)
 
     def plot(self, metric: str | None = None):
-        """Every run's per-epoch `metric` (default: the runs' monitored one) in one panel; a matplotlib Figure."""
-        from matplotlib.ticker import MaxNLocator
-
+        """Every run's per-epoch `metric` (default: the runs' monitored one) in one panel, a pruned trial's curve
+        ending in a cross where it was stopped (as cnnlab-compare draws it); a matplotlib Figure, None when no
+        run logged the metric."""
+        from cnnlab.experiments.charts import curves_figure
         from cnnlab.experiments.tables import run_labels
 
         tag = metric or next((r.monitor for r in self.records if r.monitor), "val/loss")
         labels = run_labels(self.records)
-        fig = figure(figsize=(7, 4))
-        ax = fig.subplots()
-        for run, record in zip(self.runs, self.records):
-            points = [(r["epoch"], r[tag]) for r in run.epoch_rows() if isinstance(r.get(tag), (int, float))]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=labels[record.run_dir])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(tag)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        return fig
+        rows = {record.run_dir: run.epoch_rows() for run, record in zip(self.runs, self.records)}
+
+        def points(record):
+            return [(r["epoch"], r[tag]) for r in rows[record.run_dir] if isinstance(r.get(tag), (int, float))]
+
+        return curves_figure(self.records, [labels[r.run_dir] for r in self.records], tag, points_of=points,
+                             make_figure=figure)
 
     def _repr_markdown_(self) -> str:
         from cnnlab.experiments.tables import markdown_table

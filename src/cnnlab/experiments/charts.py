@@ -41,20 +41,29 @@ def pruned_epoch(record: RunRecord) -> int | None:
     return epoch if isinstance(epoch, int) else None
 
 
-def curves_figure(records: list[RunRecord], labels: list[str], tag: str):
+def curves_figure(records: list[RunRecord], labels: list[str], tag: str, points_of=None, make_figure=None):
     """The figure plot_curves saves: a pruned run's curve ends in a large cross at the epoch it was stopped after
     (a run pruned after its first epoch is the cross alone) and its legend entry, drawn with the cross, says that
-    epoch; None when no run logged `tag`."""
+    epoch; None when no run logged `tag`.
+
+    points_of(record) -> [(epoch, value)]: where the values come from (default: the run's event files);
+    make_figure(figsize=...) -> Figure: the figure to draw in (default: pyplot's, on the Agg backend)."""
+    from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
-    curves = [(label, read_curve(r.run_dir, tag), pruned_epoch(r)) for r, label in zip(records, labels)]
+    points_of = points_of or (lambda record: read_curve(record.run_dir, tag))
+    curves = [(label, points_of(r), pruned_epoch(r)) for r, label in zip(records, labels)]
     curves = [(label, points, pruned) for label, points, pruned in curves if points]
     if not curves:
         return None
-    plt = pyplot()
-    colours = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    colours = colormaps["tab20" if len(curves) > 10 else "tab10"].colors
     # A two-column legend beyond 20 runs needs room of its own: widen the figure rather than shrink the plot.
-    fig, ax = plt.subplots(figsize=(10 if len(curves) <= 20 else 14, 5.5), layout="constrained")
+    size = (10 if len(curves) <= 20 else 14, 5.5)
+    if make_figure is None:
+        fig, ax = pyplot().subplots(figsize=size, layout="constrained")
+    else:
+        fig = make_figure(figsize=size)
+        ax = fig.subplots()
     handles = []
     for i, (label, points, pruned) in enumerate(curves):
         epochs, values = zip(*points)

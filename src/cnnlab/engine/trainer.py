@@ -162,22 +162,22 @@ class Trainer(StepMechanics, StopAndResume):
         (cnnlab.engine.batchnorm). An active SWA average recomputed its own over the epoch (_average_epoch)."""
         n = self.options.bn_recalibrate
         average = self.task.average
-        if not n or self._bn_recalibrate_said == "none" or (average is not None and average.kind == "swa"
-                                                           and average.active):
+        if not n or (average is not None and average.kind == "swa" and average.active):
             return
         module = self.validated_module() or self.task.model
-        names = trained_norms(self.task.model)
+        names = trained_norms(self.task.model)  # again each time: fine-tuning may unfreeze some
         if not names:
-            self._bn_recalibrate_said = "none"
-            log.info("trainer.bn_recalibrate=%d: the model has no batch norm whose statistics training updates; "
-                     "nothing to recalibrate", n)
+            if not self._bn_recalibrate_said:
+                self._bn_recalibrate_said = "none"
+                log.info("trainer.bn_recalibrate=%d: the model has no batch norm whose statistics training "
+                         "updates (none, or all frozen); nothing to recalibrate", n)
             return
         limit = min(n, self.steps_per_epoch(train))
         start = time.perf_counter()
         with self._autocast(), self._replaying(train):
             batches, images, layers = recompute_batchnorm(
                 module, itertools.islice(self._train_inputs(train, epoch), limit), self.dist, names)
-        if not self._bn_recalibrate_said:
+        if self._bn_recalibrate_said != "done":
             self._bn_recalibrate_said = "done"
             per = f" per process, averaged over {self.dist.world_size} processes" if self.dist.enabled else ""
             log.info("trainer.bn_recalibrate=%d: before each validation, the running statistics of %d batch-norm "

@@ -1,7 +1,9 @@
 """Short training runs that tests look inside: `fit` a prepared run (its model, trainer and history stay at
-hand, unlike `train`'s metrics), and `KillAfter`, a Ctrl-C at the end of a chosen epoch."""
+hand, unlike `train`'s metrics), `KillAfter`, a Ctrl-C at the end of a chosen epoch, and `same_tensors`."""
 
 from __future__ import annotations
+
+import torch
 
 from cnnlab.engine.callbacks import Callback
 from cnnlab.run.lifecycle import prepare
@@ -18,6 +20,11 @@ def fit(cfg, overrides=(), callbacks=()):
     finally:
         run.trainer.teardown(after_error=not ok)
     return run, history
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    """Two state dicts hold the same names and exactly equal tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class KillAfter(Callback):

@@ -18,7 +18,7 @@ from cnnlab.errors import ConfigError, TrainingStopped
 from cnnlab.cli.evaluate import evaluate
 from cnnlab.run.weights import load_trained_model
 from cnnlab.run.lifecycle import prepare, train
-from runs import KillAfter, fit
+from runs import KillAfter, fit, same_tensors
 
 # The bundled digits at 8x8 and a small MLP: ~0.2 s an epoch. Plain SGD at a high constant rate leaves the weights
 # noisy at any epoch's end, which is where an average of the recent weights should validate better.
@@ -30,10 +30,6 @@ EMA_ON = ["trainer.ema.enabled=true"]
 
 def fitted(make_cfg, *overrides, run="run", callbacks=()):
     return fit(make_cfg(*DIGITS, *overrides, run=run), overrides, callbacks)[0]
-
-
-def same_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ema_update_follows_the_warmed_up_decay_and_copies_integer_buffers():

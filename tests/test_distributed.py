@@ -5,6 +5,7 @@ checkpoint, and only rank 0 writes files. Plus the sharding itself and the bad-i
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -18,8 +19,10 @@ import pytest
 import torch
 from conftest import cli_env
 from procs import torchrun_worker_pids
+from runs import fit
 
 from cnnlab.data.loaders import EpochSampler, TensorLoader, shard, shard_size
+from cnnlab.engine.batchnorm import recompute_batchnorm
 from cnnlab.engine.distributed import SINGLE, convert_sync_batchnorm, resolve_backend
 from cnnlab.errors import ConfigError
 
@@ -200,6 +203,36 @@ def test_swa_batch_norm_statistics_are_averaged_over_every_processs_shard(tmp_pa
     torch.testing.assert_close(torch.tensor(ranks[0]["var"]), model[1].running_var)
     update_bn(every[:3], model)
     assert not torch.allclose(torch.tensor(ranks[0]["mean"]), model[1].running_mean)  # rank 0's shard alone differs
+
+
+@pytest.mark.slow  # real torchrun jobs of two processes, each a whole training run
+def test_bn_recalibrate_averages_every_processs_shard_and_leaves_training_alone(tmp_path, make_cfg):
+    """trainer.bn_recalibrate under DDP: each process recomputes the statistics over the first N batches of its
+    own shard and the processes average them, so the checkpoint holds the statistics of all 2 x N batches; the
+    training itself is the run's without the key."""
+    args = [*BASE, "model.batch_norm=true", "optimizer.lr=0.3", "data.batch_size=32", "trainer.max_epochs=2"]
+    on = ok(torchrun(2, *args, "trainer.bn_recalibrate=3", "hydra.run.dir=on", cwd=tmp_path))
+    ok(torchrun(2, *args, "hydra.run.dir=off", cwd=tmp_path))
+    assert "recomputed over 3 training batches (96 images per process, averaged over 2 processes)" in on.stdout
+    a, b = weights(tmp_path / "on"), weights(tmp_path / "off")
+    assert [(h["train/loss"], h["train/acc"]) for h in a["history"]] == \
+        [(h["train/loss"], h["train/acc"]) for h in b["history"]]
+    assert [h["val/loss"] for h in a["history"]] != [h["val/loss"] for h in b["history"]]
+
+    # the statistics of the saved weights over both shards' first 3 batches of epoch 2, in one process
+    run, _ = fit(make_cfg(*args, "trainer.max_epochs=1", "trainer.limit_train_batches=1", run="local"))
+    run.model.load_state_dict(a["model"])
+    inputs = []
+    for rank in (0, 1):
+        shard_loader = copy.copy(run.data.train)
+        shard_loader.rank, shard_loader.world = rank, 2
+        shard_loader.set_epoch(2)
+        inputs += [x for (x, _), _ in zip(shard_loader, range(3))]
+    run.model.train()
+    recompute_batchnorm(run.model, inputs)
+    for name, value in run.model.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(value, a["model"][name], msg=name)
 
 
 # Real torchrun jobs of two processes, each a whole training run: -m slow (and CI) runs every variant.

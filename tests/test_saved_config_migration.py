@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.config.migrate import (CONFIG_VERSION, CONFIG_VERSION_KEY, STEPS, V1_ADDITIONS, V2_ADDITIONS, add_missing,
-                                   checkpoint_config, migrate)
+from cnnlab.config.migrate import (CONFIG_VERSION, CONFIG_VERSION_KEY, STEPS, V1_ADDITIONS, V2_ADDITIONS,
+                                   V3_ADDITIONS, add_missing, checkpoint_config, migrate)
 from cnnlab.engine.checkpoint import config_hash, find_checkpoint, load_checkpoint
 from cnnlab.errors import ConfigError
 from cnnlab.run.restore import saved_run_config
@@ -90,7 +90,8 @@ def test_an_old_config_migrates_to_what_the_release_before_versions_wrote():
     assert migrate(_older(current), 0) == migrate(current, 0)
     v1 = migrate(current, 0)
     del v1["logger"]["mlflow"]
-    assert v1 == current  # the fixture is what version 1 wrote: version 2 adds only logger.mlflow
+    del v1["trainer"]["bn_recalibrate"]
+    assert v1 == current  # the fixture is what version 1 wrote: versions 2 and 3 add only these keys
 
 
 def test_a_version_1_config_gains_mlflow_off_and_keeps_its_tensorboard_keys():
@@ -105,6 +106,15 @@ def test_a_version_1_config_gains_mlflow_off_and_keeps_its_tensorboard_keys():
     section = migrate(partly, 1)["logger"]["mlflow"]
     assert section == {**V2_ADDITIONS["logger.mlflow"], "enabled": True, "experiment": "mine"}
     assert migrate(migrated, 1) == migrated
+
+
+def test_a_version_2_config_gains_bn_recalibrate_off_and_keeps_a_set_one():
+    v2 = migrate(_v0_config(), 0)
+    del v2["trainer"]["bn_recalibrate"]
+    assert migrate(v2, 2)["trainer"]["bn_recalibrate"] == V3_ADDITIONS["trainer.bn_recalibrate"] == 0
+    assert migrate(v2, 2) == {**v2, "trainer": {**v2["trainer"], "bn_recalibrate": 0}}
+    v2["trainer"]["bn_recalibrate"] = 8
+    assert migrate(v2, 2)["trainer"]["bn_recalibrate"] == 8
 
 
 def test_migrate_is_idempotent_and_leaves_its_input_alone():

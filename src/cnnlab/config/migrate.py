@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 from cnnlab.errors import ConfigError
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 CONFIG_VERSION_KEY = "config_version"
 
 # Version 0 -> 1: the keys that appeared up to the first versioned release, oldest first: (commit, what it added,
@@ -95,8 +95,18 @@ def _to_v2(config: dict) -> None:
             add_missing(config, f"{key}.{sub}", default)
 
 
+# Version 2 -> 3: batch-norm statistics recomputed before validation (trainer.bn_recalibrate), off before.
+V3_ADDITIONS: dict[str, object] = {"trainer.bn_recalibrate": 0}
+
+
+def _to_v3(config: dict) -> None:
+    """Version 2 -> 3: trainer.bn_recalibrate, 0 (off: earlier versions validated with the running statistics)."""
+    for key, value in V3_ADDITIONS.items():
+        add_missing(config, key, value)
+
+
 # STEPS[n] turns a version n-1 config into a version n one.
-STEPS: dict[int, Callable[[dict], None]] = {1: _to_v1, 2: _to_v2}
+STEPS: dict[int, Callable[[dict], None]] = {1: _to_v1, 2: _to_v2, 3: _to_v3}
 
 
 def check_version(version, source: str = "the saved config") -> int:

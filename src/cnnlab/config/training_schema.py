@@ -123,6 +123,9 @@ class Trainer(Section):
     checkpoint: Checkpointing
     ema: Ema
     swa: Swa
+    bn_recalibrate: Annotated[int, Field(ge=0, description=(
+        "must be a non-negative integer: the number of training batches over which batch-norm statistics are "
+        "recomputed before each validation (0 = off)"))]
     test_with: TestWith
     resume: Optional[str] = None
     progress: Progress

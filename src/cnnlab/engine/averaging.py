@@ -3,10 +3,10 @@ averaging (SWA, trainer.swa), each kept in a `torch.optim.swa_utils.AveragedMode
 
 The Trainer drives an average at three moments: `after_step` (every optimizer step: EMA), `before_epoch`
 (SWA's phase and learning rate begin) and `after_epoch` (SWA: average the epoch-end weights, then recompute
-the batch-norm statistics with `update_bn`). Once an average holds weights (`active`), it is what validation
-measures, what the final test uses and what a checkpoint's "model" holds; the raw training weights travel
-under "raw_model" for resume only (cnnlab.engine.checkpoint.RAW_WEIGHTS). The EMA's warm-up and what SWA
-averages when: docs/training.md, "Averaged weights".
+the batch-norm statistics over the epoch's training batches, cnnlab.engine.batchnorm). Once an average holds
+weights (`active`), it is what validation measures, what the final test uses and what a checkpoint's "model"
+holds; the raw training weights travel under "raw_model" for resume only (cnnlab.engine.checkpoint.RAW_WEIGHTS).
+The EMA's warm-up and what SWA averages when: docs/training.md, "Averaged weights".
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn
 
+from cnnlab.engine.batchnorm import batch_norms, recompute_batchnorm, trained_norms
 from cnnlab.engine.distributed import SINGLE, Dist
 
 if TYPE_CHECKING:  # annotations only
@@ -165,22 +166,17 @@ class SWA(WeightAverage):
         if epoch < self.start_epoch:
             return
         self.averaged.update_parameters(model)
-        self.update_bn(batches, dist)
+        self.update_bn(batches, dist, trained_norms(model))
 
-    def update_bn(self, batches: Callable[[], Iterable[torch.Tensor]], dist: Dist = SINGLE) -> None:
+    def update_bn(self, batches: Callable[[], Iterable[torch.Tensor]], dist: Dist = SINGLE,
+                  names: set[str] | None = None) -> None:
         """Batch-norm running statistics of the averaged weights: one pass over the training batches (the
-        average of batch statistics, momentum=None). A model without batch norm takes no pass. Under DDP each
-        process passes over its own shard, and the statistics are averaged over the processes: the shards hold
-        equally many batches, so that is the average over all of them (not rank 0's shard alone)."""
-        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
+        average of batch statistics, as torch's update_bn computes them) by cnnlab.engine.batchnorm, which runs
+        the network as evaluation does and, under DDP, averages the statistics over the processes' shards.
+        `names`: the layers training updates (None: all). A model without batch norm takes no pass."""
+        if not batch_norms(self.module):
             return
-        update_bn(itertools.islice(batches(), self.limit_batches), self.module)
-        with torch.no_grad():
-            for norm in norms:
-                for stat in (norm.running_mean, norm.running_var):
-                    if stat is not None:
-                        dist.all_reduce_mean_(stat)
+        recompute_batchnorm(self.module, itertools.islice(batches(), self.limit_batches), dist, names)
 
     def step_epoch(self) -> None:
         """At an epoch end within the SWA phase: SWALR's next rate."""

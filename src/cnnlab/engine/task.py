@@ -82,6 +82,7 @@ class TrainerOptions:
     handle_signals: bool = True
     test_with: str = "best"           # best | last
     precision: str = "32"             # the configured name, for messages
+    bn_recalibrate: int = 0           # batch-norm statistics recomputed over N training batches before validation
 
     @classmethod
     def from_config(cls, trainer: TrainerSection, channels_last: bool | None = None) -> TrainerOptions:
@@ -100,6 +101,7 @@ class TrainerOptions:
             handle_signals=trainer.handle_signals,
             test_with=trainer.test_with,
             precision=trainer.precision,
+            bn_recalibrate=trainer.bn_recalibrate,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from cnnlab.engine.batchnorm import recompute_batchnorm, trained_norms
 from cnnlab.engine.callbacks import Callback, CheckpointKeeper, overrides
 from cnnlab.engine.checkpoint import CKPT_DIR, RAW_WEIGHTS, unreadable_reason
 from cnnlab.engine.cpu_wait import CpuWait
@@ -73,6 +75,7 @@ class Trainer(StepMechanics, StopAndResume):
         self.epoch_steps = 0      # batches the epoch being trained runs
         self.first_step = 0       # of those, done before an interruption (the epoch continues after them)
         self._cut_logged: set[str] = set()  # evaluation splits whose trainer.limit_*_batches cut was logged
+        self._bn_recalibrate_said = ""  # trainer.bn_recalibrate's one log line: "" (not yet) | done | none
         self.improved = False     # the epoch just ended set a new best of the monitored metric
         self.should_stop = False  # set by a callback: stop after this epoch
         self.stopped_early = False
@@ -130,6 +133,7 @@ class Trainer(StepMechanics, StopAndResume):
         for epoch in range(self.epoch + 1, max_epochs + 1):
             metrics = self._train_epoch(train, epoch, signals)
             self._average_epoch(train, epoch)
+            self._recalibrate(train, epoch)
             averaged = self.validated_module()  # trainer.ema / trainer.swa: the average is what is validated
             metrics.update(self.evaluate(val, "val") if averaged is None
                            else self.evaluate(val, "val", module=averaged))
@@ -151,14 +155,52 @@ class Trainer(StepMechanics, StopAndResume):
         average = self.task.average
         if average is None:
             return
+        with self._autocast(), self._replaying(train):
+            average.after_epoch(self.task.model, epoch, lambda: self._train_inputs(train, epoch), self.dist)
 
-        def inputs():
-            train.set_epoch(epoch)
-            for x, _ in train:
-                yield x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+    def _recalibrate(self, train: TrainLoader, epoch: int) -> None:
+        """trainer.bn_recalibrate=N: the batch-norm statistics of what validation measures (the model, or the
+        EMA's weights) recomputed over the first N training batches of the epoch just trained
+        (cnnlab.engine.batchnorm). An active SWA average recomputed its own over the epoch (_average_epoch)."""
+        n = self.options.bn_recalibrate
+        average = self.task.average
+        if not n or (average is not None and average.kind == "swa" and average.active):
+            return
+        module = self.validated_module() or self.task.model
+        names = trained_norms(self.task.model)  # again each time: fine-tuning may unfreeze some
+        if not names:
+            if not self._bn_recalibrate_said:
+                self._bn_recalibrate_said = "none"
+                log.info("trainer.bn_recalibrate=%d: the model has no batch norm whose statistics training "
+                         "updates (none, or all frozen); nothing to recalibrate", n)
+            return
+        limit = min(n, self.steps_per_epoch(train))
+        start = time.perf_counter()
+        with self._autocast(), self._replaying(train):
+            batches, images, layers = recompute_batchnorm(
+                module, itertools.islice(self._train_inputs(train, epoch), limit), self.dist, names)
+        if self._bn_recalibrate_said != "done":
+            self._bn_recalibrate_said = "done"
+            per = f" per process, averaged over {self.dist.world_size} processes" if self.dist.enabled else ""
+            log.info("trainer.bn_recalibrate=%d: before each validation, the running statistics of %d batch-norm "
+                     "layers%s are recomputed over %d training batches (%d images%s): %.2f s the first time", n,
+                     layers, " of the EMA weights" if module is not self.task.model else "", batches, images, per,
+                     time.perf_counter() - start)
 
-        with self._autocast():
-            average.after_epoch(self.task.model, epoch, inputs, self.dist)
+    def _train_inputs(self, train: TrainLoader, epoch: int):
+        """The inputs of epoch `epoch`'s training batches again, from the first, as the steps received them."""
+        train.set_epoch(epoch)
+        for x, _ in train:
+            yield x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+
+    @contextlib.contextmanager
+    def _replaying(self, train: TrainLoader):
+        """Around a pass over training batches outside the steps: the random streams and the loader's count of
+        skipped files are left as they were, so that training continues exactly as without the pass."""
+        skipped = train.skipped
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            yield
+        train.skipped = skipped
 
     def _start_epoch(self, train: TrainLoader, epoch: int) -> float:
         """Position the loader and the random streams for `epoch` (continuing an interrupted one), set up the

@@ -171,7 +171,8 @@ def train_once(setup: list[str], optimizer: str, lr: float, seed: int, epochs: i
 
 def measure(args) -> dict:
     setups = {k: v for k, v in SETUPS.items() if k.split("/")[0] in args.models}
-    found = {"command": " ".join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+    found = {"command": " ".join(["python", *sys.argv]),
+             "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
              "commit": _commit(), "grid": args.grid,
              "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
              "epochs": {name: args.epochs or EPOCHS[name] for name in setups},
@@ -266,50 +267,82 @@ def table(found: dict, steps: str = "100", tolerance: float = 0.01) -> str:
     return "\n".join(lines)
 
 
-def _fall_band(read):
-    """The alternative band: from where the centred curve has fallen by a tenth of its drop to its minimum."""
+CHANCE = {"lenet5/mnist_sample": 0.1, "resnet20/shapes": 0.125, "convnet/shapes": 0.125}
+
+
+def _band(read, below, above, cap):
+    """A candidate band: [suggestion / below, suggestion * above], capped at `cap` x the minimum's rate;
+    ("fall", ...) instead: from where the centred curve has fallen by a tenth of its drop to its minimum."""
     if read.suggestion is None:
         return None
-    lowest = read.lrs.index(read.min_loss_lr)
-    level = read.curve[0] - 0.1 * (read.curve[0] - read.curve[lowest])
-    return next(lr for lr, v in zip(read.lrs, read.curve) if v < level), read.min_loss_lr
+    if below == "fall":
+        lowest = read.lrs.index(read.min_loss_lr)
+        level = read.curve[0] - 0.1 * (read.curve[0] - read.curve[lowest])
+        return next(lr for lr, v in zip(read.lrs, read.curve) if v < level), read.min_loss_lr
+    high = read.suggestion * above
+    return read.suggestion / below, min(high, read.min_loss_lr * cap) if cap else high
 
 
-def band_table(found: dict, steps: str = "100", good: float = 0.02, bad: float = 0.05,
-               variant: str = "suggestion") -> str:
-    """The band the doctor accepts against the sweep: grid rates inside it that train badly (more than `bad`
-    below the best mean val acc: a PASS that should be a WARN) and rates outside it that train well (within
-    `good` of the best: a WARN that should be a PASS)."""
+def _verdicts(row, band, good):
+    """(false PASS, false WARN) grid rates of a row: inside the band but training badly (val acc below halfway
+    from chance to the best), outside it but training well (within `good` of the best val acc)."""
+    accs = {float(lr): np.mean([r["val_acc"] for r in runs]) for lr, runs in row["sweep"].items()}
+    top, chance = max(accs.values()), CHANCE[row["setup"]]
+    inside = {lr for lr in accs if band is not None and band[0] <= lr <= band[1]}
+    return ([lr for lr in inside if accs[lr] < chance + 0.5 * (top - chance)],
+            [lr for lr in accs if lr not in inside and accs[lr] >= top - good], accs, inside)
+
+
+def band_table(found: dict, steps: str = "100", good: float = 0.02) -> str:
+    """The doctor's band against the sweep, per row: grid rates inside it that train badly (a PASS that should
+    be a WARN) and rates outside it that train well (a WARN that should be a PASS)."""
     from cnnlab.diagnose.lr_finder import suggest
 
     lines = ["| model / data | optimizer | band | grid rates in band: val acc | false PASS | false WARN |",
              "|---|---|---|---|---|---|"]
-    totals = [0, 0, 0]
     for row in found["results"]:
         curve = row["curves"][steps]
-        read = suggest(curve["lrs"], curve["losses"])
-        band = read.band if variant == "suggestion" else _fall_band(read)
-        accs = {float(lr): np.mean([r["val_acc"] for r in runs]) for lr, runs in row["sweep"].items()}
-        top = max(accs.values())
+        band = suggest(curve["lrs"], curve["losses"]).band
+        false_pass, false_warn, accs, inside = _verdicts(row, band, good)
         if band is None:
             lines.append(f"| {row['setup']} | {row['optimizer']} | none | | | |")
             continue
-        inside = {lr: acc for lr, acc in accs.items() if band[0] <= lr <= band[1]}
-        false_pass = [lr for lr, acc in inside.items() if acc < top - bad]
-        false_warn = [lr for lr, acc in accs.items() if lr not in inside and acc >= top - good]
-        totals[0] += len(false_pass)
-        totals[1] += len(false_warn)
-        totals[2] += len(accs)
         lines.append(f"| {row['setup']} | {row['optimizer']} | {band[0]:.2g} .. {band[1]:.2g} | "
-                     + ", ".join(f"{lr:.2g}: {acc:.1%}" for lr, acc in sorted(inside.items())) + " | "
-                     + (", ".join(f"{lr:.2g}" for lr in false_pass) or "-") + " | "
-                     + (", ".join(f"{lr:.2g}" for lr in false_warn) or "-") + " |")
-    lines.append(f"| **all** | | | {totals[2]} grid rates | **{totals[0]}** | **{totals[1]}** |")
+                     + ", ".join(f"{lr:.2g}: {accs[lr]:.1%}" for lr in sorted(inside)) + " | "
+                     + (", ".join(f"{lr:.2g}" for lr in sorted(false_pass)) or "-") + " | "
+                     + (", ".join(f"{lr:.2g}" for lr in sorted(false_warn)) or "-") + " |")
+    return "\n".join(lines)
+
+
+BAND_CANDIDATES = [(10, 10, 1), (10, 10, 3), (10, 10, None), (10, 3, None), (10, 3, 1), (5, 5, None), (3, 3, None),
+                   (30, 10, None), ("fall", None, None)]
+
+
+def band_candidates(found: dict, good: float = 0.02) -> str:
+    """False PASS / false WARN over all grid rates for candidate bands around each rule's suggestion."""
+    from cnnlab.diagnose.lr_finder import suggest
+
+    steps_list = sorted(found["results"][0]["curves"], key=int)
+    lines = ["| band | " + " | ".join(f"false PASS / false WARN at {s} steps" for s in steps_list) + " |",
+             "|---|" + "---|" * len(steps_list)]
+    for below, above, cap in BAND_CANDIDATES:
+        name = ("fall start .. minimum" if below == "fall" else
+                f"/{below} .. x{above}" + (f", capped at {cap} x minimum" if cap else ""))
+        cells = []
+        for steps in steps_list:
+            fp = fw = n = 0
+            for row in found["results"]:
+                curve = row["curves"][steps]
+                verdict = _verdicts(row, _band(suggest(curve["lrs"], curve["losses"]), below, above, cap), good)
+                fp, fw, n = fp + len(verdict[0]), fw + len(verdict[1]), n + len(verdict[2])
+            cells.append(f"{fp} / {fw} (of {n})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 RULE_TITLES = {"torch_lr_finder_steepest": "torch-lr-finder steepest", "fastai_minimum_div10": "fastai minimum/10",
-               "fastai_valley": "fastai valley", "cnnlab_previous": "cnnlab before", "centred_valley": "centred valley", "centred_minimum_div3": "centred min/3",
+               "fastai_valley": "fastai valley", "cnnlab_previous": "cnnlab before", "centred_valley": "centred valley",
+               "centred_minimum_div3": "centred min/3",
                "centred_minimum_div10": "centred min/10", "cnnlab": "cnnlab now (centred steepest)"}
 
 
@@ -351,9 +384,8 @@ def main() -> None:
     print(table(found, args.steps_for_table))
     print()
     print(band_table(found, args.steps_for_table))
-    print("\nthe alternative band, from where the loss starts falling to its minimum:")
-    print(band_table(found, args.steps_for_table, variant="fall").splitlines()[-1])
-
+    print()
+    print(band_candidates(found))
 
 if __name__ == "__main__":
     main()

@@ -79,7 +79,7 @@ DEFAULT_RANGE = ["data=mnist_sample", "doctor.lr_range.steps=100"]
 
 
 def test_the_healthy_default_setup_gets_no_learning_rate_warning(examine):
-    # LeNet-5 with adamw lr 0.003 trains to 98%: the rate lies in the band where the range test's loss fell well
+    # LeNet-5 with adamw lr 0.003 trains to 98%: the rate lies in the range test's band of good rates
     check = examine(*DEFAULT_RANGE, only=("learning-rate range",))["learning-rate range"]
     assert check.status == "PASS", (check.measured, check.advice)
     low, high = check.values["band"]

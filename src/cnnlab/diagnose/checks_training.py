@@ -190,8 +190,8 @@ def label_signal(subject: Subject, model, overfit_values: dict) -> Check:
 
 def lr_range(subject: Subject, work) -> Check | list[Check]:
     """Smith's range test on augmented training batches, against the configured optimizer.lr (none when
-    doctor.lr_range.enabled=false). WARNs only when optimizer.lr lies outside the band of rates at which the
-    loss fell well, or when the curve allows no suggestion (then with its cause and what to change)."""
+    doctor.lr_range.enabled=false). WARNs only when optimizer.lr lies outside the band of good rates around the
+    suggestion, or when the curve allows no suggestion (then with its cause and what to change)."""
     s = subject.settings.lr_range
     if not s.enabled:
         return []
@@ -210,11 +210,11 @@ def lr_range(subject: Subject, work) -> Check | list[Check]:
         return Check("learning-rate range", "WARN", f"no suggestion: {result.reason}", values=values, plots=plots,
                      advice=f"{result.advice}; see lr_range.png")
     low, high = result.band
-    measured = (f"suggests {override} (good rates {low:.2g}..{high:.2g}, where the loss fell well; lowest at "
+    measured = (f"suggests {override} (steepest fall; good rates {low:.2g}..{high:.2g}; loss lowest at "
                 f"{result.min_loss_lr:.2g}); configured optimizer.lr={subject.lr:g}")
     if low <= subject.lr <= high:
         return Check("learning-rate range", "PASS", measured, values=values, plots=plots)
     direction, times = ("above", subject.lr / high) if subject.lr > high else ("below", low / subject.lr)
     return Check("learning-rate range", "WARN", measured, values=values, plots=plots, advice=(
-        f"optimizer.lr={subject.lr:g} is {times:.3g}x {direction} the band {low:.2g}..{high:.2g} where the loss "
-        f"fell well: train with {override}"))
+        f"optimizer.lr={subject.lr:g} is {times:.3g}x {direction} the good rates {low:.2g}..{high:.2g}: train "
+        f"with {override}"))

@@ -35,10 +35,12 @@ SMOOTH_DECADES = 0.25
 NOISE_SIGMAS = 4.0
 MIN_RELATIVE_DROP = 0.01
 # The suggestion is the steepest fall of the centred curve before its minimum; the band of rates that train well
-# is [suggestion / BAND_BELOW, suggestion * BAND_ABOVE], capped at the minimum. The rule and both factors come from
-# the measurements in docs/lr_finder.md (scripts/lr_finder_study.py).
+# is [suggestion / BAND_BELOW, suggestion * BAND_ABOVE], capped at BAND_CAP x the minimum's rate (one-cycle's
+# warm-up lets a run peak above the rate at which a constant-rate test turns). The rule and the factors come
+# from the measurements in docs/lr_finder.md (scripts/lr_finder_study.py).
 BAND_BELOW = 10.0
 BAND_ABOVE = 10.0
+BAND_CAP = 3.0
 # The test needs this many points before it can read anything.
 MIN_POINTS = 8
 
@@ -56,7 +58,7 @@ class LRRange:
     diverged_at: float | None    # the rate at which the test stopped early (loss blew up or was not finite)
     reason: str | None = None    # why there is no suggestion: what the curve showed
     curve: list[float] = field(default_factory=list, repr=False)  # centred moving average of `losses`
-    band: tuple[float, float] | None = None  # rates at which the loss fell well: configured rates in it are fine
+    band: tuple[float, float] | None = None  # good rates around the suggestion: a configured rate in it is fine
     cause: str | None = None     # no suggestion because: exploded | narrow_low | narrow_high | steps | flat
     advice: str | None = None    # what to do about `cause`
     suggestion_index: int | None = field(default=None, repr=False)  # index of `suggestion` in lrs (or nearest)
@@ -144,7 +146,7 @@ def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end
     +-SMOOTH_DECADES of lr (no lag). The loss has fallen when the centred curve's minimum lies NOISE_SIGMAS x its
     noise below its start. The suggestion is the steepest fall of the centred curve before its minimum
     (torch-lr-finder's and fastai's `steep`, on a curve without the exponential average's lag), the band
-    [suggestion / BAND_BELOW, suggestion * BAND_ABOVE] capped at the minimum: docs/lr_finder.md has the
+    [suggestion / BAND_BELOW, suggestion * BAND_ABOVE] capped at BAND_CAP x the minimum: docs/lr_finder.md has the
     measurements behind the rule and each constant.
 
     Without a suggestion, `cause` says why: exploded (too few finite points), narrow_low (falling from the
@@ -187,7 +189,7 @@ def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end
         if end_lr is not None and lrs[-1] < 0.5 and lrs[-1] >= 0.99 * end_lr:
             return _no_suggestion(result, "narrow_high", (
                 f"the loss never started falling up to end_lr={end_lr:g} ({described})"), (
-                f"raise doctor.lr_range.end_lr (e.g. to 10)"))
+                "raise doctor.lr_range.end_lr (e.g. to 10)"))
         return _no_suggestion(result, "flat", (
             f"the loss never decreased, even at lr={lrs[-1]:.2g}, and never blew up ({described})"), (
             "no learning rate trains this model: check the data, the labels and the model's output (a frozen "
@@ -204,7 +206,7 @@ def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end
     slopes = np.gradient(curve, x)  # central differences: the point before the minimum sees the turn
     steepest = int(np.argmin(slopes[:lowest]))
     result.suggestion, result.suggestion_index = lrs[steepest], steepest
-    result.band = (lrs[steepest] / BAND_BELOW, min(lrs[steepest] * BAND_ABOVE, lrs[lowest]))
+    result.band = (lrs[steepest] / BAND_BELOW, min(lrs[steepest] * BAND_ABOVE, lrs[lowest] * BAND_CAP))
     return result
 
 

@@ -86,7 +86,7 @@ def fastai_valley(lrs, smoothed, steps):
 
 
 def cnnlab_previous(lrs, smoothed, steps):
-    """cnnlab's rule up to this study: the steepest fall of the exponentially smoothed loss between step 10 and
+    """cnnlab's previous rule: the steepest fall of the exponentially smoothed loss between step 10 and
     its minimum, and no suggestion when the smoothed minimum is less than 2% below its value at step 10."""
     if len(smoothed) < 13:
         return None
@@ -319,7 +319,7 @@ BAND_CANDIDATES = [(10, 10, 1), (10, 10, 3), (10, 10, None), (10, 3, None), (10,
 
 
 def band_candidates(found: dict, good: float = 0.02) -> str:
-    """False PASS / false WARN over all grid rates for candidate bands around each rule's suggestion."""
+    """False PASS / false WARN over the grid rates of the rows with a suggestion, for candidate bands."""
     from cnnlab.diagnose.lr_finder import suggest
 
     steps_list = sorted(found["results"][0]["curves"], key=int)
@@ -333,7 +333,10 @@ def band_candidates(found: dict, good: float = 0.02) -> str:
             fp = fw = n = 0
             for row in found["results"]:
                 curve = row["curves"][steps]
-                verdict = _verdicts(row, _band(suggest(curve["lrs"], curve["losses"]), below, above, cap), good)
+                band = _band(suggest(curve["lrs"], curve["losses"]), below, above, cap)
+                if band is None:  # no suggestion: the doctor WARNs "inconclusive" whatever the rate
+                    continue
+                verdict = _verdicts(row, band, good)
                 fp, fw, n = fp + len(verdict[0]), fw + len(verdict[1]), n + len(verdict[2])
             cells.append(f"{fp} / {fw} (of {n})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -341,7 +344,7 @@ def band_candidates(found: dict, good: float = 0.02) -> str:
 
 
 RULE_TITLES = {"torch_lr_finder_steepest": "torch-lr-finder steepest", "fastai_minimum_div10": "fastai minimum/10",
-               "fastai_valley": "fastai valley", "cnnlab_previous": "cnnlab before", "centred_valley": "centred valley",
+               "fastai_valley": "fastai valley", "cnnlab_previous": "cnnlab previous", "centred_valley": "centred valley",
                "centred_minimum_div3": "centred min/3",
                "centred_minimum_div10": "centred min/10", "cnnlab": "cnnlab now (centred steepest)"}
 

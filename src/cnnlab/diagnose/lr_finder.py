@@ -1,8 +1,9 @@
 """Learning-rate range test (Smith 2015, "Cyclical Learning Rates for Training Neural Networks", sec. 3.3).
 
 Train for a few hundred steps while the learning rate grows exponentially from tiny to huge, record the loss,
-smooth it, and suggest the rate where the smoothed loss falls fastest. The model, the optimizer (state and
-hyper-parameters) and the global RNGs are restored afterwards, also when the test fails.
+and read the curve (`suggest`): the rate where its centred average falls fastest and a band of good rates
+around it, or why the curve allows no suggestion. The model, the optimizer (state and hyper-parameters) and the
+global RNGs are restored afterwards, also when the test fails.
 
 Why not torch-lr-finder (the reference in tests/test_lr_finder.py and scripts/bench_lr_finder.py): it refuses
 an optimizer with a scheduler attached (cnnlab's always has one), sets every param group to the same start lr

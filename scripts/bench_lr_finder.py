@@ -71,12 +71,24 @@ def compare(run, *, start_lr=1e-7, end_lr=10.0, steps=200, smooth=0.98, diverge=
     replayed = their_smoothing(ours.losses[:common], 1 - smooth)
     same_steps_gap = np.abs(replayed - theirs["loss"][:common]) / np.asarray(theirs["loss"][:common])
     rules_gap = np.abs(np.subtract(ours.smoothed[:common], theirs["loss"][:common])) / np.asarray(theirs["loss"][:common])
-    return {"ours": ours, "theirs_history": theirs, "ours_suggestion": ours.suggestion,
-            "theirs_suggestion": their_suggestion, "ratio": ours.suggestion / their_suggestion,
+    # cnnlab's own rule differs on purpose (docs/lr_finder.md): the mechanics are compared with their rule and
+    # smoothing applied to our raw losses
+    mine = torch_lr_finder_steepest(ours.lrs, their_smoothing(ours.losses, 1 - smooth))
+    return {"ours": ours, "theirs_history": theirs, "ours_suggestion": mine,
+            "theirs_suggestion": their_suggestion, "ratio": mine / their_suggestion,
             "ours_steps": len(ours.lrs), "theirs_steps": len(theirs["lr"]),
             "same_lrs": bool(np.allclose(ours.lrs[:common], theirs["lr"][:common], rtol=1e-9)),
             "same_steps_gap": float(same_steps_gap.max()), "smoothing_gap": float(rules_gap.max()),
             "ours_s": ours_s, "theirs_s": theirs_s}
+
+
+def torch_lr_finder_steepest(lrs, smoothed) -> float | None:
+    """torch-lr-finder's suggestion (LRFinder.plot(suggest_lr=True)): the minimum of np.gradient over the smoothed
+    curve without its first 10 and last 5 points (against the step index, i.e. log(lr) for an exponential test)."""
+    lrs, losses = lrs[10:-5], smoothed[10:-5]
+    if len(losses) < 2:
+        return None
+    return float(lrs[int(np.argmin(np.gradient(np.asarray(losses))))])
 
 
 def their_smoothing(raw: list[float], smooth_f: float) -> np.ndarray:
@@ -95,7 +107,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         found = compare(default_lenet_run(Path(tmp) / "run"), steps=args.steps)
     ours = found["ours"]
-    print(f"cnnlab:           suggestion {found['ours_suggestion']:.3g}  ({suggestion_override(ours)}), "
+    print(f"cnnlab:           their rule on our losses {found['ours_suggestion']:.3g} (cnnlab's own rule: "
+          f"{suggestion_override(ours) or ours.reason}), "
           f"minimum at {ours.min_loss_lr:.3g}, {found['ours_steps']} steps, "
           f"diverged at {ours.diverged_at if ours.diverged_at is None else f'{ours.diverged_at:.3g}'}, "
           f"{found['ours_s']:.1f} s")

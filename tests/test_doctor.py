@@ -74,6 +74,32 @@ def test_a_learning_rate_far_too_high_or_low_is_named(examine, lr, cause):
     assert f"optimizer.lr={float(lr):g} is" in lr_check.advice and f"{suggested:.2g}" in lr_check.advice
 
 
+# The default cnnlab-doctor run: mnist_sample and the range test's 100 steps (QUICK has smaller ones).
+DEFAULT_RANGE = ["data=mnist_sample", "doctor.lr_range.steps=100"]
+
+
+def test_the_healthy_default_setup_gets_no_learning_rate_warning(examine):
+    # LeNet-5 with adamw lr 0.003 trains to 98%: the rate lies in the range test's band of good rates
+    check = examine(*DEFAULT_RANGE, only=("learning-rate range",))["learning-rate range"]
+    assert check.status == "PASS", (check.measured, check.advice)
+    low, high = check.values["band"]
+    assert low <= 0.003 <= high and f"good rates {low:.2g}..{high:.2g}" in check.measured
+
+
+def test_a_healthy_sgd_setup_gets_a_suggestion_or_an_honest_inconclusive_never_check_the_data(examine):
+    check = examine(*DEFAULT_RANGE, "optimizer=sgd", only=("learning-rate range",))["learning-rate range"]
+    said = f"{check.measured} {check.advice}"
+    assert "check the data" not in said and "never decreased" not in said
+    assert check.status == "PASS" or "inconclusive" in check.measured, said
+
+
+def test_overfit_advice_for_a_rate_that_blows_up_names_rates_to_try_not_a_suggestion(examine):
+    overfit = examine("optimizer.lr=5", "doctor.overfit.steps=20", only=("overfit one batch",))["overfit one batch"]
+    assert overfit.status == "FAIL" and "blew up" in overfit.advice
+    assert "optimizer.lr=0.5" in overfit.advice and "optimizer.lr=0.05" in overfit.advice
+    assert "suggest" not in overfit.advice
+
+
 def test_shuffled_labels_are_memorised_but_carry_no_signal(examine):
     def shuffle_training_labels(subject):
         labels = subject.plain.labels  # shared with the augmented training loader

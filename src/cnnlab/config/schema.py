@@ -82,7 +82,6 @@ class LrRangeCheck(Section):
     steps: Annotated[int, Field(ge=10, description="must be an integer >= 10")]
     start_lr: Positive
     end_lr: Positive
-    warn_factor: Annotated[float, Field(gt=1, description="must be a number > 1")]
 
 
 class GradientCheck(Section):

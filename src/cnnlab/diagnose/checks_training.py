@@ -149,8 +149,9 @@ def _overfit_check(subject: Subject, v: dict, what: str, plot) -> Check:
     if v["accuracy"] >= target:
         return Check("overfit one batch", "PASS", f"memorised: {story}", values=v, plots=plots)
     if not math.isfinite(v["peak_loss"]) or v["peak_loss"] > 1.5 * first or last > first:
-        advice = (f"the loss blew up (up to {_fmt(v['peak_loss'])}): optimizer.lr={lr:g} is too high; try 10x lower, "
-                  f"or the rate the learning-rate range test suggests")
+        advice = (f"the loss blew up (up to {_fmt(v['peak_loss'])}): optimizer.lr={lr:g} is too high; run the doctor "
+                  f"again with optimizer.lr={lr / 10:.2g}, then optimizer.lr={lr / 100:.2g}, until this check "
+                  f"memorises")
     elif last > 0.9 * first:
         frozen = (f"; only {v['trainable_params']:,} of {v['params']:,} parameters are trainable"
                   if v["trainable_params"] < v["params"] else "")
@@ -189,7 +190,8 @@ def label_signal(subject: Subject, model, overfit_values: dict) -> Check:
 
 def lr_range(subject: Subject, work) -> Check | list[Check]:
     """Smith's range test on augmented training batches, against the configured optimizer.lr (none when
-    doctor.lr_range.enabled=false)."""
+    doctor.lr_range.enabled=false). WARNs only when optimizer.lr lies outside the band of good rates around the
+    suggestion, or when the curve allows no suggestion (then with its cause and what to change)."""
     s = subject.settings.lr_range
     if not s.enabled:
         return []
@@ -199,20 +201,20 @@ def lr_range(subject: Subject, work) -> Check | list[Check]:
                            start_lr=float(s.start_lr), end_lr=float(s.end_lr), steps=int(s.steps))
     plot = plot_lr_range(result, work.path("lr_range.png"), "Learning-rate range test")
     work.figure("lr_range", plot)
-    values = {"suggestion": result.suggestion, "min_loss_lr": result.min_loss_lr, "diverged_at": result.diverged_at,
-              "configured_lr": subject.lr, "override": suggestion_override(result)}
+    override = suggestion_override(result)
+    values = {"suggestion": result.suggestion, "band": list(result.band) if result.band else None,
+              "min_loss_lr": result.min_loss_lr, "diverged_at": result.diverged_at, "configured_lr": subject.lr,
+              "override": override, "cause": result.cause}
     plots = [str(plot)]
     if result.suggestion is None:
         return Check("learning-rate range", "WARN", f"no suggestion: {result.reason}", values=values, plots=plots,
-                     advice="see lr_range.png; fix the checks above first, then run the test again")
-    override = suggestion_override(result)
-    factor = subject.lr / result.suggestion
-    measured = (f"suggests {override} (steepest fall; loss lowest at {result.min_loss_lr:.2g}); configured "
-                f"optimizer.lr={subject.lr:g}")
-    if 1 / float(s.warn_factor) <= factor <= float(s.warn_factor):
+                     advice=f"{result.advice}; see lr_range.png")
+    low, high = result.band
+    measured = (f"suggests {override} (steepest fall; good rates {low:.2g}..{high:.2g}; loss lowest at "
+                f"{result.min_loss_lr:.2g}); configured optimizer.lr={subject.lr:g}")
+    if low <= subject.lr <= high:
         return Check("learning-rate range", "PASS", measured, values=values, plots=plots)
-    direction = "above" if factor > 1 else "below"
-    times = factor if factor > 1 else 1 / factor
+    direction, times = ("above", subject.lr / high) if subject.lr > high else ("below", low / subject.lr)
     return Check("learning-rate range", "WARN", measured, values=values, plots=plots, advice=(
-        f"optimizer.lr={subject.lr:g} is {times:.3g}x {direction} the suggested {result.suggestion:.2g}: "
-        f"train with {override}"))
+        f"optimizer.lr={subject.lr:g} is {times:.3g}x {direction} the good rates {low:.2g}..{high:.2g}: train "
+        f"with {override}"))

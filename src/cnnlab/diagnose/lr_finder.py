@@ -1,8 +1,9 @@
 """Learning-rate range test (Smith 2015, "Cyclical Learning Rates for Training Neural Networks", sec. 3.3).
 
 Train for a few hundred steps while the learning rate grows exponentially from tiny to huge, record the loss,
-smooth it, and suggest the rate where the smoothed loss falls fastest. The model, the optimizer (state and
-hyper-parameters) and the global RNGs are restored afterwards, also when the test fails.
+and read the curve (`suggest`): the rate where its centred average falls fastest and a band of good rates
+around it, or why the curve allows no suggestion. The model, the optimizer (state and hyper-parameters) and the
+global RNGs are restored afterwards, also when the test fails.
 
 Why not torch-lr-finder (the reference in tests/test_lr_finder.py and scripts/bench_lr_finder.py): it refuses
 an optimizer with a scheduler attached (cnnlab's always has one), sets every param group to the same start lr
@@ -26,27 +27,43 @@ import torch.nn as nn
 from cnnlab.engine.stepping import split_outputs
 from cnnlab.engine.seeding import rng_state, set_rng_state
 
-# The first steps run at rates that change nothing; their smoothed loss is mostly the EMA settling in.
-# torch-lr-finder's plot skips the same number of points (skip_start=10).
-SKIP_START = 10
-# A smoothed loss that falls by less than this fraction over the whole test has not really fallen: with
-# smooth=0.98 the EMA's batch-to-batch noise is a fraction of a percent, so 2% is well above it.
-MIN_RELATIVE_DROP = 0.02
+# The rule reads a centred moving average of the raw losses, this many decades of lr either side of each point:
+# unlike the exponential average (whose lag at smooth=0.98 is 50 steps, 3.5 decades at 100 steps), it does not
+# shift the curve towards higher rates.
+SMOOTH_DECADES = 0.25
+# A fall counts once it is this many times the centred average's noise (the raw losses' scatter around it,
+# divided by the square root of the window) and at least MIN_RELATIVE_DROP of the starting loss.
+NOISE_SIGMAS = 4.0
+MIN_RELATIVE_DROP = 0.01
+# The suggestion is the steepest fall of the centred curve before its minimum; the band of rates that train well
+# is [suggestion / BAND_BELOW, suggestion * BAND_ABOVE], capped at BAND_CAP x the minimum's rate (one-cycle's
+# warm-up lets a run peak above the rate at which a constant-rate test turns). The rule and the factors come
+# from the measurements in docs/lr_finder.md (scripts/lr_finder_study.py).
+BAND_BELOW = 10.0
+BAND_ABOVE = 10.0
+BAND_CAP = 3.0
+# The test needs this many points before it can read anything.
+MIN_POINTS = 8
 
 
 @dataclass
 class LRRange:
-    """What a range test recorded. `lrs` are the first param group's rates (cnnlab puts the head's, i.e.
-    optimizer.lr, first); every other group ran at its own rate scaled by the same factor."""
+    """What a range test recorded and what the rule read from it. `lrs` are the first param group's rates (cnnlab
+    puts the head's, i.e. optimizer.lr, first); every other group ran at its own rate scaled by the same factor."""
 
     lrs: list[float]
     losses: list[float]          # raw training loss of each step
-    smoothed: list[float]        # bias-corrected exponential moving average of `losses`
-    suggestion: float | None     # the rate at the steepest fall of the smoothed loss before its minimum
-    min_loss_lr: float | None    # the rate at the smoothed loss's minimum
+    smoothed: list[float]        # bias-corrected exponential moving average of `losses` (what stops the test)
+    suggestion: float | None     # the rate to train at (see `suggest`), None when the curve does not allow one
+    min_loss_lr: float | None    # the rate at the minimum of the centred curve
     diverged_at: float | None    # the rate at which the test stopped early (loss blew up or was not finite)
-    reason: str | None = None    # why there is no suggestion
-    steepest_index: int | None = field(default=None, repr=False)  # index of `suggestion` in lrs
+    reason: str | None = None    # why there is no suggestion: what the curve showed
+    curve: list[float] = field(default_factory=list, repr=False)  # centred moving average of `losses`
+    band: tuple[float, float] | None = None  # good rates around the suggestion: a configured rate in it is fine
+    cause: str | None = None     # no suggestion because: exploded | narrow_low | narrow_high | steps | flat
+    advice: str | None = None    # what to do about `cause`
+    suggestion_index: int | None = field(default=None, repr=False)  # index of `suggestion` in lrs (or nearest)
+    momentum: float | None = field(default=None, repr=False)  # SGD's momentum or Adam's beta1, if any
 
 
 def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batches: Iterable, *,
@@ -108,41 +125,103 @@ def _run(model, optimizer, loss_fn, batches, device, start_lr, end_lr, steps, sm
         if current > diverge * best:
             diverged_at = lr
             break
-    return _suggest(lrs, losses, smoothed, diverged_at)
+    return suggest(lrs, losses, smoothed=smoothed, diverged_at=diverged_at, end_lr=end_lr,
+                   momentum=_momentum(optimizer))
 
 
-def _suggest(lrs, losses, smoothed, diverged_at) -> LRRange:
-    """The steepest fall of the smoothed loss against log10(lr), between SKIP_START and the minimum.
+def _momentum(optimizer) -> float | None:
+    group = optimizer.param_groups[0]
+    if group.get("momentum"):
+        return float(group["momentum"])
+    if "betas" in group:
+        return float(group["betas"][0])
+    return None
 
-    This is fastai's `steep` and torch-lr-finder's suggestion, with one change: points after the minimum are
-    ignored, since a fall there (a spike recovering on the way to divergence) is no rate to train at. fastai's
-    `valley` (the middle of the longest descent) is often a little lower and less sensitive to noise, but needs
-    more tuning constants; the steepest point is the rule Smith's paper and both libraries share.
+
+def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end_lr: float | None = None,
+            momentum: float | None = None) -> LRRange:
+    """Read a range test's curve: a suggestion and the band of good rates, or why there is none.
+
+    A pure function of the rates and raw losses (and, for the advice, where the test stopped, the end rate it
+    aimed at and the optimizer's momentum). The losses are smoothed by a centred moving average over
+    +-SMOOTH_DECADES of lr (no lag). The loss has fallen when the centred curve's minimum lies NOISE_SIGMAS x its
+    noise below its start. The suggestion is the steepest fall of the centred curve before its minimum
+    (torch-lr-finder's and fastai's `steep`, on a curve without the exponential average's lag), the band
+    [suggestion / BAND_BELOW, suggestion * BAND_ABOVE] capped at BAND_CAP x the minimum: docs/lr_finder.md has the
+    measurements behind the rule and each constant.
+
+    Without a suggestion, `cause` says why: exploded (too few finite points), narrow_low (falling from the
+    first step), narrow_high (still falling at the end), steps (flat, then blew up without a visible fall: too
+    few steps per decade, more so with momentum), flat (no fall up to end_lr and no blow-up: nothing learns).
     """
-    result = LRRange(lrs, losses, smoothed, None, None, diverged_at)
-    if not smoothed:
-        result.reason = "the loss was not finite from the first step"
-        return result
-    if len(smoothed) < SKIP_START + 3:
-        result.reason = (f"too few points: the test stopped after {len(smoothed)} steps and the first {SKIP_START} "
-                         f"are skipped; lower start_lr or raise steps")
-        return result
-    lowest = SKIP_START + int(np.argmin(smoothed[SKIP_START:]))
+    lrs, losses = [float(v) for v in lrs], [float(v) for v in losses]
+    result = LRRange(lrs, losses, list(smoothed) if smoothed is not None else [], None, None, diverged_at,
+                     momentum=momentum)
+    if len(lrs) < MIN_POINTS:
+        where = f" (it blew up at lr={diverged_at:.2g})" if diverged_at is not None else ""
+        return _no_suggestion(result, "exploded", (
+            f"only {len(lrs)} finite steps before the test stopped{where}: the loss blew up almost at once"), (
+            "lower doctor.lr_range.start_lr; if the loss is not finite even at tiny rates, see 'initial loss' "
+            "and 'output layer'"))
+    x = np.log10(lrs)
+    per_decade = (len(x) - 1) / max(x[-1] - x[0], 1e-12)
+    half = max(2, int(round(SMOOTH_DECADES * per_decade)))
+    curve = _centred_mean(np.asarray(losses), half)
+    result.curve = curve.tolist()
+    residual = np.asarray(losses) - curve
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) / math.sqrt(2 * half + 1)
+    start, lowest = float(curve[0]), int(np.argmin(curve))
     result.min_loss_lr = lrs[lowest]
-    start_value = smoothed[SKIP_START]
-    if smoothed[lowest] > (1 - MIN_RELATIVE_DROP) * start_value:
-        result.reason = (f"the loss never decreased (smoothed {start_value:.4g} -> at best {smoothed[lowest]:.4g}); "
-                         f"check the data, the labels and the model's output before tuning the learning rate")
-        return result
-    if lowest - SKIP_START < 2:
-        result.reason = f"too few points before the loss's minimum at step {lowest + 1}: lower start_lr"
-        return result
-    # Central differences over the whole curve, so that the slope at the last point before the minimum sees
-    # the turn; a one-sided difference at the end of a slice would make the minimum itself look steepest.
-    slopes = np.gradient(np.asarray(smoothed), np.log10(lrs))
-    steepest = SKIP_START + int(np.argmin(slopes[SKIP_START:lowest]))
-    result.suggestion, result.steepest_index = lrs[steepest], steepest
+    drop = start - float(curve[lowest])
+    threshold = max(NOISE_SIGMAS * noise, MIN_RELATIVE_DROP * abs(start))
+    described = (f"centred loss {start:.4g} at lr={lrs[0]:.2g}, lowest {curve[lowest]:.4g} at lr={lrs[lowest]:.2g}, "
+                 f"noise {noise:.2g}; {per_decade:.0f} steps per decade")
+    if drop <= threshold:
+        if diverged_at is not None:
+            lag = ""
+            if momentum:
+                lag = (f"; with momentum {momentum:g} the loss answers a new rate about {1 / (1 - momentum):.0f} "
+                       f"steps late, {1 / (1 - momentum) / per_decade:.1f} decades here, so it falls late")
+            return _no_suggestion(result, "steps", (
+                f"inconclusive: the loss stayed flat, then blew up at lr={diverged_at:.2g} without a fall the test "
+                f"could resolve ({described}){lag}"), (
+                f"give the test more steps per decade: doctor.lr_range.steps={max(300, 3 * len(lrs))} (or a "
+                f"narrower range below the rate where it blew up, e.g. doctor.lr_range.start_lr={lrs[-1] / 1e4:.0e})"))
+        if end_lr is not None and lrs[-1] < 0.5 and lrs[-1] >= 0.99 * end_lr:
+            return _no_suggestion(result, "narrow_high", (
+                f"the loss never started falling up to end_lr={end_lr:g} ({described})"), (
+                "raise doctor.lr_range.end_lr (e.g. to 10)"))
+        return _no_suggestion(result, "flat", (
+            f"the loss never decreased, even at lr={lrs[-1]:.2g}, and never blew up ({described})"), (
+            "no learning rate trains this model: check the data, the labels and the model's output (a frozen "
+            "model, gradients cut off or vanishing, see 'gradient flow'; a loss that does not fit the output)"))
+    if lowest >= len(lrs) - half and diverged_at is None:
+        return _no_suggestion(result, "narrow_high", (
+            f"the loss was still falling at the last rate, lr={lrs[-1]:.2g} ({described})"), (
+            f"raise doctor.lr_range.end_lr (e.g. to {lrs[-1] * 100:.0e}) so that the test sees where it turns"))
+    ahead = min(max(half, int(round(0.5 * per_decade))), lowest)  # half a decade in
+    if start - float(curve[ahead]) > max(0.2 * drop, threshold) or lowest <= half:
+        return _no_suggestion(result, "narrow_low", (
+            f"the loss was falling from the first rate, lr={lrs[0]:.2g} ({described})"), (
+            f"lower doctor.lr_range.start_lr (e.g. to {lrs[0] / 100:.0e}) so that the test sees where it starts"))
+    slopes = np.gradient(curve, x)  # central differences: the point before the minimum sees the turn
+    steepest = int(np.argmin(slopes[:lowest]))
+    result.suggestion, result.suggestion_index = lrs[steepest], steepest
+    result.band = (lrs[steepest] / BAND_BELOW, min(lrs[steepest] * BAND_ABOVE, lrs[lowest] * BAND_CAP))
     return result
+
+
+def _no_suggestion(result: LRRange, cause: str, reason: str, advice: str) -> LRRange:
+    result.cause, result.reason, result.advice = cause, reason, advice
+    return result
+
+
+def _centred_mean(values: np.ndarray, half: int) -> np.ndarray:
+    """Mean of values[i - half : i + half + 1] for each i, the window cut at both ends."""
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(len(values))
+    low, high = np.maximum(index - half, 0), np.minimum(index + half + 1, len(values))
+    return (sums[high] - sums[low]) / (high - low)
 
 
 def _cycle(batches: Iterable) -> Iterator:
@@ -185,25 +264,31 @@ def suggestion_override(result: LRRange, optimizer_key: str = "optimizer.lr") ->
 
 
 def plot_lr_range(result: LRRange, path: Path | str, title: str = "Learning-rate range test") -> Path:
-    """Loss against lr on a log axis: raw loss thin, smoothed bold, the suggestion and the minimum marked."""
+    """Loss against lr on a log axis: raw loss thin, the centred curve bold, the band of good rates shaded, the
+    suggestion and the minimum marked (or the reason there is no suggestion)."""
     from cnnlab.util.plotting import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     ax.plot(result.lrs, result.losses, color="tab:blue", linewidth=0.7, alpha=0.45, label="loss per step")
-    ax.plot(result.lrs, result.smoothed, color="tab:blue", linewidth=2.2, label="smoothed loss")
-    if result.min_loss_lr is not None:
+    curve = result.curve or result.smoothed
+    if curve:
+        ax.plot(result.lrs, curve, color="tab:blue", linewidth=2.2, label="centred average")
+    if result.band is not None:
+        ax.axvspan(*result.band, color="tab:green", alpha=0.12,
+                   label=f"good rates {result.band[0]:.1e} .. {result.band[1]:.1e}")
+    if result.min_loss_lr is not None and curve:
         lowest = result.lrs.index(result.min_loss_lr)
-        ax.plot(result.min_loss_lr, result.smoothed[lowest], "v", color="tab:gray", markersize=9,
+        ax.plot(result.min_loss_lr, curve[lowest], "v", color="tab:gray", markersize=9,
                 label=f"minimum at lr={result.min_loss_lr:.1e}")
     if result.suggestion is not None:
-        ax.plot(result.suggestion, result.smoothed[result.steepest_index], "o", color="tab:red", markersize=9,
+        ax.plot(result.suggestion, curve[result.suggestion_index], "o", color="tab:red", markersize=9,
                 label=f"suggested lr={result.suggestion:.1e}", zorder=3)
     else:
         ax.text(0.02, 0.04, f"no suggestion: {result.reason}", transform=ax.transAxes, fontsize=8, wrap=True)
-    if result.smoothed:  # from the lowest raw loss to a little above the start: the divergence would squash it
-        low, high = min(result.losses), max(result.smoothed[:SKIP_START + 1])
-        ax.set_ylim(low - 0.05 * (high - low), high + 0.25 * (high - low))
+    if curve:  # from the lowest raw loss to a little above the start: the divergence would squash it
+        low, high = min(result.losses), max(curve[:max(1, len(curve) // 4)])
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.25 * (high - low) + 1e-6)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")

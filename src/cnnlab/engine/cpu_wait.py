@@ -21,9 +21,11 @@ log = logging.getLogger("cnnlab")
 
 _TASKS = Path("/proc/self/task")
 
-# An epoch whose threads waited longer than this share of (wall time x torch threads) ran on a busy machine.
+# An epoch whose threads waited longer than this share of (wall time x torch threads), and at least MIN_LOST_S per
+# thread, ran on a busy machine: the floor keeps a tenth of a second lost by a half-second epoch from alarming.
 # Measured on 2 cores: ~0.00 idle; at a load average of 9, 0.47 with 1 torch thread and 0.75 with 2.
 CONTENDED_SHARE = 0.2
+MIN_LOST_S = 0.5
 
 
 def runqueue_wait_s() -> float | None:
@@ -60,8 +62,7 @@ class CpuWait:
 
     def check(self, epoch: int, seconds: float, wait_s: float | None) -> None:
         """Warn (once) when the epoch's threads spent more than CONTENDED_SHARE of it waiting for a CPU."""
-        share = contended_share(seconds, wait_s)
-        if share is None or share <= CONTENDED_SHARE or self.warned:
+        if self.warned or not contended(seconds, wait_s):
             return
         self.warned = True
         threads = _torch_threads()
@@ -71,6 +72,12 @@ class CpuWait:
                     "recorded as time/cpu_wait_s. Compare times of runs on an idle machine, or give concurrent "
                     "runs fewer threads (OMP_NUM_THREADS=1).", epoch, seconds, threads, "s" if threads > 1 else "",
                     wait_s, load)
+
+
+def contended(seconds: float, wait_s: float | None) -> bool:
+    """Whether an epoch of `seconds` whose threads waited `wait_s` ran on a busy machine."""
+    share = contended_share(seconds, wait_s)
+    return share is not None and share > CONTENDED_SHARE and wait_s / _torch_threads() >= MIN_LOST_S
 
 
 def contended_share(seconds: float, wait_s: float | None) -> float | None:

@@ -10,7 +10,7 @@ import time
 
 from tqdm import tqdm
 
-from cnnlab.engine.cpu_wait import CONTENDED_SHARE, contended_share
+from cnnlab.engine.cpu_wait import contended, contended_share
 
 log = logging.getLogger("cnnlab")
 
@@ -94,9 +94,9 @@ class Progress:
                 parts.append(f"{key} {metrics[key]:.4f}")
         parts.append(f"lr {metrics.get('lr', float('nan')):.3g}")
         parts.append(f"{seconds:.1f}s ({metrics.get('throughput/img_s', 0):.0f} img/s)")
-        share = contended_share(seconds, metrics.get("time/cpu_wait_s"))
-        if share is not None and share > CONTENDED_SHARE:
-            parts.append(f"[CPU busy: threads waited {share:.0%} of the time]")
+        wait_s = metrics.get("time/cpu_wait_s")
+        if contended(seconds, wait_s):
+            parts.append(f"[CPU busy: threads waited {contended_share(seconds, wait_s):.0%} of the time]")
         if improved:
             parts.append("*best*")
         log.info("  ".join(parts))

@@ -1,10 +1,10 @@
 """What a search buys: best-so-far validation accuracy against cumulative epochs trained, for grid, random, TPE,
-TPE + Hyperband, TPE + ASHA and random + ASHA, 27 trials per search, several sampler seeds, on two tasks
-(LeNet-5 on the bundled digits, ResNet-20 on generated shapes).
+TPE + Hyperband, TPE + ASHA (first rung after 1 or after 3 epochs) and random + ASHA, 27 trials per search,
+several sampler seeds, on two tasks (LeNet-5 on the bundled digits, ResNet-20 on generated shapes).
 
-    OMP_NUM_THREADS=1 python scripts/bench_search.py run --task lenet --seeds 5 --out outputs/bench_search
-    OMP_NUM_THREADS=1 python scripts/bench_search.py run --task resnet20 --seeds 5 --out outputs/bench_search
-    python scripts/bench_search.py report --out outputs/bench_search --plot docs/img/search-savings.png
+    OMP_NUM_THREADS=1 python scripts/bench_search.py run --task lenet --seeds 20 --out outputs/bench_search
+    OMP_NUM_THREADS=1 python scripts/bench_search.py run --task resnet20 --seeds 20 --out outputs/bench_search
+    python scripts/bench_search.py report --out outputs/bench_search --plot docs/lab/img/search-savings.png
 
 The searches are cnnlab's own: samplers and pruners come from `cnnlab.search.study.build_sampler` /
 `build_pruner` on a search section like configs/base/search.yaml's, on an in-memory Optuna study asked and told
@@ -62,21 +62,24 @@ TASKS = {
 SPACE = {"lr_exp": FloatDistribution(-4.0, 0.0, step=0.25), "wd_exp": FloatDistribution(-5.0, -1.0, step=2.0)}
 GRID = {"lr_exp": [-4.0 + 0.5 * i for i in range(9)], "wd_exp": [-5.0, -3.0, -1.0]}
 PRUNER = {"min_resource": 1, "reduction_factor": 3, "min_early_stopping_rate": 0, "n_startup_trials": 5}
-SEARCHES = {  # name: (sampler, pruner)
-    "grid": ("grid", "none"),
-    "random": ("random", "none"),
-    "tpe": ("tpe", "none"),
-    "tpe_hyperband": ("tpe", "hyperband"),
-    "tpe_asha": ("tpe", "asha"),
-    "random_asha": ("random", "asha"),
+SEARCHES = {  # name: (sampler, pruner, pruner keys other than PRUNER's)
+    "grid": ("grid", "none", {}),
+    "random": ("random", "none", {}),
+    "tpe": ("tpe", "none", {}),
+    "tpe_hyperband": ("tpe", "hyperband", {}),
+    "tpe_asha": ("tpe", "asha", {}),
+    "tpe_asha_rate1": ("tpe", "asha", {"min_early_stopping_rate": 1}),  # rungs after 3 and 9 epochs
+    "random_asha": ("random", "asha", {}),
 }
 LABELS = {"grid": "grid", "random": "random", "tpe": "TPE", "tpe_hyperband": "TPE + Hyperband",
-          "tpe_asha": "TPE + ASHA", "random_asha": "random + ASHA"}
+          "tpe_asha": "TPE + ASHA", "tpe_asha_rate1": "TPE + ASHA, first rung after 3 epochs",
+          "random_asha": "random + ASHA"}
 
 
-def search_section(sampler: str, pruner: str, seed: int) -> dict:
+def search_section(sampler: str, pruner: str, seed: int, **keys) -> dict:
     """The search section cnnlab-tune would resolve from configs/base/search.yaml with these choices."""
-    return {"seed": seed, "sampler": {"name": sampler, "n_startup_trials": 5}, "pruner": {"name": pruner, **PRUNER}}
+    return {"seed": seed, "sampler": {"name": sampler, "n_startup_trials": 5},
+            "pruner": {"name": pruner, **PRUNER, **keys}}
 
 
 def params(sampler: str) -> list[Param]:
@@ -194,8 +197,8 @@ def fake_curve(values, ask, start) -> tuple[list[float], bool]:
 
 
 def run_search(task: str, name: str, seed: int, n_trials: int, cache: Cache, work: Path, fake: bool) -> dict:
-    sampler_name, pruner_name = SEARCHES[name]
-    search = search_section(sampler_name, pruner_name, seed)
+    sampler_name, pruner_name, keys = SEARCHES[name]
+    search = search_section(sampler_name, pruner_name, seed, **keys)
     study = optuna.create_study(direction="maximize", sampler=build_sampler(search, params(sampler_name)),
                                 pruner=build_pruner(search, MAX_EPOCHS))
     rows, epochs = [], 0
@@ -327,7 +330,8 @@ def plot(by: dict, path: Path) -> None:
 
     titles = {"lenet": "LeNet-5 on the digits", "resnet20": "ResNet-20 on shapes (16 px, 960 images)"}
     styles = {"grid": ("tab:gray", ":"), "random": ("black", "-"), "tpe": ("tab:blue", "-"),
-              "tpe_hyperband": ("tab:orange", "-"), "tpe_asha": ("tab:red", "-"), "random_asha": ("tab:green", "--")}
+              "tpe_hyperband": ("tab:orange", "-"), "tpe_asha": ("tab:red", "-"),
+              "tpe_asha_rate1": ("tab:purple", "-"), "random_asha": ("tab:green", "--")}
     fig, axes = plt.subplots(1, len(by), figsize=(6.2 * len(by), 4.6), squeeze=False)
     for ax, (task, searches) in zip(axes[0], by.items()):
         random = curves(searches["random"])
@@ -348,7 +352,7 @@ def plot(by: dict, path: Path) -> None:
         ax.set_xlabel("epochs trained, all trials so far (cumulative)")
         ax.set_ylabel("best val/acc so far (mean over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7.5, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -23,6 +24,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.run.records import read_run
 from cnnlab.search.plan import plan_search
 from cnnlab.search.storage import open_storage
+from cnnlab.search.study import build_pruner
+from cnnlab.search.trial import PruningReport
 from cnnlab.search.worker import run_workers
 
 # Tiny trials: the 8x8 digits, a few batches an epoch, nothing written that the tests do not read.
@@ -80,6 +83,57 @@ def test_a_log_scale_search_with_hyperband_prunes_and_keeps_every_trial_as_a_run
     best_row = (study_dir / "summary.csv").read_text().splitlines()[1]
     assert best_row.startswith(f"{study.best_trial.number:04d}")
     assert f"best: trial {study.best_trial.number}," in done.stdout
+
+
+def test_asha_stops_poor_trials_at_its_first_rung_and_never_a_trial_after_its_last_epoch(tmp_path):
+    # rungs after 1 and 3 epochs; 3 is also the last epoch, where a pruned trial would be a finished run lost
+    study_dir = run_study(tmp_path, "search.study_name=asha", "search.n_trials=5", "search.sampler.name=random",
+                          "search.pruner.name=asha", "search.pruner.min_resource=1",
+                          "search.pruner.reduction_factor=3", "trainer.max_epochs=3", *LR_ONLY,
+                          "search.space.lr.low=1.0e-5", "search.space.lr.high=0.3")
+    trials = load(study_dir).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, f"no trial was pruned: {[(t.state, t.values) for t in trials]}"
+    for t in pruned:  # stopped after the first rung: one epoch trained, not three
+        assert t.user_attrs["pruned_at_epoch"] == 1 and max(t.intermediate_values) == 1
+        record = read_run(Path(t.user_attrs["run_dir"]))
+        assert record.status == "pruned" and record.metrics["epochs_completed"] == 1
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert finished and all(max(t.intermediate_values) == 3 for t in finished)
+    assert len(pruned) + len(finished) == 5
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch():
+    """Hyperband's and ASHA's top rung can be the last epoch (1/3/9 with max_epochs=9): pruning there would drop a
+    finished run's result, so the pruner is asked after every epoch but the last."""
+    class Trial:
+        number = 0
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append(step)
+
+        def should_prune(self):
+            return True
+
+    trainer = SimpleNamespace(epoch=2, should_stop=False, options=SimpleNamespace(max_epochs=3))
+    report = PruningReport(Trial(), "val/acc")
+    trainer.epoch = 3
+    report.on_epoch_end(trainer, {"val/acc": 0.5})
+    assert not trainer.should_stop and report.pruned_at is None and Trial.reported == [3]
+    trainer.epoch = 2
+    report.on_epoch_end(trainer, {"val/acc": 0.5})
+    assert trainer.should_stop and report.pruned_at == 2
+
+
+def test_asha_and_hyperband_are_built_from_the_search_section():
+    search = {"pruner": {"name": "asha", "min_resource": 2, "reduction_factor": 4, "min_early_stopping_rate": 1,
+                         "n_startup_trials": 5}}
+    asha = build_pruner(search, 9)
+    assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
+    assert (asha._min_resource, asha._reduction_factor, asha._min_early_stopping_rate) == (2, 4, 1)
+    search["pruner"]["name"] = "hyperband"
+    assert isinstance(build_pruner(search, 9), optuna.pruners.HyperbandPruner)
 
 
 @pytest.mark.slow  # a killed command, then the study again; tests/test_search_storage.py recovers killed workers fast
@@ -190,7 +244,7 @@ def test_group_choices_and_conditional_keys(tmp_path):
     (["search.space.lr.low=0"], "log=true needs low > 0"),
     (["search.space.lr.log=false", "search.space.lr.low=-1.0", *LR_ONLY], "with optimizer.lr=-1.0, optimizer.lr=-1.0 must be > 0"),
     (["search.sampler.name=bayes"], "search.sampler.name='bayes' is not accepted"),
-    (["search.pruner.name=asha"], "search.pruner.name='asha' is not accepted"),
+    (["search.pruner.name=sha"], "search.pruner.name='sha' is not accepted"),
     (["search.objective.metric=val/f1"], "search.objective.metric=val/f1 is not a metric a run logs"),
     (["search.sampler.name=grid", *LR_ONLY], "search.sampler.name=grid needs every parameter to have finitely many values"),
     (["search=optimizer_choice", "search.space.optimizer.choices=[sgd,lamb]"], "lamb is not an option of the config group optimizer"),

@@ -139,7 +139,8 @@ class Sampler(Section):
 class Pruner(Section):
     name: PrunerName
     min_resource: PositiveInt = 1         # epochs every trial trains before it can be pruned
-    reduction_factor: Annotated[int, Field(ge=2, description="must be an integer >= 2")] = 3  # hyperband
+    reduction_factor: Annotated[int, Field(ge=2, description="must be an integer >= 2")] = 3  # hyperband, asha
+    min_early_stopping_rate: NonNegativeInt = 0  # asha: the first rung is min_resource * reduction_factor**rate
     n_startup_trials: NonNegativeInt = 5  # median: trials that finish before any is pruned
 
 

@@ -74,6 +74,13 @@ def build_pruner(search: dict, max_epochs: int) -> optuna.pruners.BasePruner:
         # resources are epochs: every trial trains at least min_resource epochs and at most max_epochs
         return optuna.pruners.HyperbandPruner(min_resource=int(p["min_resource"]), max_resource=max_epochs,
                                               reduction_factor=int(p["reduction_factor"]))
+    if p["name"] == "asha":
+        # one bracket of asynchronous successive halving: rungs at min_resource * reduction_factor**(k + rate);
+        # a trial goes on past a rung when it is in the top 1/reduction_factor of the trials that reached it so
+        # far, so no worker ever waits for a rung to fill
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=int(p["min_resource"]), reduction_factor=int(p["reduction_factor"]),
+            min_early_stopping_rate=int(p.get("min_early_stopping_rate", 0)))
     return optuna.pruners.NopPruner()
 
 

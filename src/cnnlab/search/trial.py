@@ -44,7 +44,9 @@ class PruningReport(Callback):
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         value = metrics[self.metric]
         self.trial.report(value, trainer.epoch)
-        if self.trial.should_prune():
+        # after the last epoch nothing is left to save: Hyperband's and ASHA's top rung can fall on it (epochs
+        # 1/3/9 with max_epochs=9), and a trial pruned there would be a finished run whose result the study drops
+        if trainer.epoch < trainer.options.max_epochs and self.trial.should_prune():
             self.pruned_at = trainer.epoch
             trainer.should_stop = True
             log.info("trial %d pruned after epoch %d (%s %.4f)", self.trial.number, trainer.epoch, self.metric, value)

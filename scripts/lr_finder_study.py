@@ -113,7 +113,16 @@ def centred_valley(lrs, losses):
     return None if read.suggestion is None else fastai_valley(lrs, read.curve, 0)
 
 
-def suggestions(curve: dict) -> dict:
+def warms_up(found: dict) -> bool:
+    """Whether the sweep's trainings warmed up to their rate (the default one-cycle) or started at it."""
+    from cnnlab.config.compose import compose_config
+    from cnnlab.diagnose.subject import warms_up as schedule_warms_up
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return schedule_warms_up(compose_config(list(found.get("train_overrides", [])), Path(tmp)).scheduler)
+
+
+def suggestions(curve: dict, warmup: bool = True) -> dict:
     from cnnlab.diagnose.lr_finder import suggest
 
     lrs, smoothed, steps, losses = curve["lrs"], curve["smoothed"], curve["steps"], curve["losses"]
@@ -124,7 +133,7 @@ def suggestions(curve: dict) -> dict:
             "centred_valley": centred_valley(lrs, losses),
             "centred_minimum_div3": centred_minimum(lrs, losses, 3),
             "centred_minimum_div10": centred_minimum(lrs, losses, 10),
-            "cnnlab": suggest(lrs, losses).suggestion}
+            "cnnlab": suggest(lrs, losses, warmup=warmup).suggestion}
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------
@@ -148,14 +157,14 @@ def range_curve(setup: list[str], optimizer: str, steps: int, run_dir: Path) -> 
 
 
 def train_once(setup: list[str], optimizer: str, lr: float, seed: int, epochs: int, limit: int | None,
-               run_dir: Path) -> dict:
+               run_dir: Path, more: tuple[str, ...] = ()) -> dict:
     from cnnlab.config.compose import compose_config
     from cnnlab.errors import ConfigError
     from cnnlab.run.lifecycle import train
 
     extra = [f"trainer.limit_train_batches={limit}"] if limit else []
     cfg = compose_config([*QUIET, *setup, f"optimizer={optimizer}", f"optimizer.lr={lr!r}", f"seed={seed}",
-                          f"trainer.max_epochs={epochs}", *extra],
+                          f"trainer.max_epochs={epochs}", *extra, *more],
                          run_dir)
     try:
         out = train(cfg, overrides=[])
@@ -176,7 +185,8 @@ def measure(args) -> dict:
              "commit": _commit(), "grid": args.grid,
              "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
              "epochs": {name: args.epochs or EPOCHS[name] for name in setups},
-             "limit_train_batches": args.limit, "range_steps": args.range_steps, "results": []}
+             "limit_train_batches": args.limit, "range_steps": args.range_steps,
+             "train_overrides": list(args.train_overrides), "results": []}
     done = set()
     if args.resume and Path(args.out).exists():  # keep the (setup, optimizer) rows a stopped run finished
         found["results"] = json.loads(Path(args.out).read_text())["results"]
@@ -195,7 +205,7 @@ def measure(args) -> dict:
                 for lr in args.grid:
                     epochs = args.epochs or EPOCHS[name]
                     runs = [train_once(setup, optimizer, lr, seed, epochs, args.limit,
-                                     tmp / f"train-{len(found['results'])}-{lr:.3g}-{seed}")
+                                     tmp / f"train-{len(found['results'])}-{lr:.3g}-{seed}", args.train_overrides)
                             for seed in range(args.first_seed, args.first_seed + args.seeds)]
                     row["sweep"][repr(lr)] = runs
                 found["results"].append(row)
@@ -243,10 +253,11 @@ def table(found: dict, steps: str = "100", tolerance: float = 0.01) -> str:
     lines = [head, "|" + "---|" * (4 + len(RULES))]
     errors = {r: [] for r in RULES}
     misses = {r: 0 for r in RULES}
+    warmup = warms_up(found)
     for row in found["results"]:
         best, loss, acc = best_rate(row["sweep"])
         low, high = good_band(row["sweep"], tolerance)
-        rules = suggestions(row["curves"][steps])
+        rules = suggestions(row["curves"][steps], warmup)
         cells = []
         for rule in RULES:
             value = rules[rule]
@@ -300,9 +311,10 @@ def band_table(found: dict, steps: str = "100", good: float = 0.02) -> str:
 
     lines = ["| model / data | optimizer | band | grid rates in band: val acc | false PASS | false WARN |",
              "|---|---|---|---|---|---|"]
+    warmup = warms_up(found)
     for row in found["results"]:
         curve = row["curves"][steps]
-        band = suggest(curve["lrs"], curve["losses"]).band
+        band = suggest(curve["lrs"], curve["losses"], warmup=warmup).band
         false_pass, false_warn, accs, inside = _verdicts(row, band, good)
         if band is None:
             lines.append(f"| {row['setup']} | {row['optimizer']} | none | | | |")
@@ -315,7 +327,7 @@ def band_table(found: dict, steps: str = "100", good: float = 0.02) -> str:
 
 
 BAND_CANDIDATES = [(10, 10, 1), (10, 10, 3), (10, 10, None), (10, 3, None), (10, 3, 1), (5, 5, None), (3, 3, None),
-                   (30, 10, None), ("fall", None, None)]
+                   (30, 10, None), (30, 10, 1), (30, 10, 3), (30, 3, 1), ("fall", None, None)]
 
 
 def band_candidates(found: dict, good: float = 0.02) -> str:
@@ -346,7 +358,8 @@ def band_candidates(found: dict, good: float = 0.02) -> str:
 RULE_TITLES = {"torch_lr_finder_steepest": "torch-lr-finder steepest", "fastai_minimum_div10": "fastai minimum/10",
                "fastai_valley": "fastai valley", "cnnlab_previous": "cnnlab previous", "centred_valley": "centred valley",
                "centred_minimum_div3": "centred min/3",
-               "centred_minimum_div10": "centred min/10", "cnnlab": "cnnlab now (centred steepest)"}
+               "centred_minimum_div10": "centred min/10",
+               "cnnlab": "cnnlab now (centred steepest; min/3 without warm-up)"}
 
 
 def main() -> None:
@@ -361,6 +374,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="epochs of each training (default: per setup)")
     parser.add_argument("--limit", type=int, default=None, help="trainer.limit_train_batches of each training")
+    parser.add_argument("--train-overrides", nargs="*", default=[],
+                        help="more overrides for the sweep's trainings, e.g. scheduler=none (a constant rate)")
     parser.add_argument("--range-steps", nargs="+", type=int, default=[100, 200])
     parser.add_argument("--steps-for-table", default="100")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the rest")

@@ -93,6 +93,19 @@ def test_a_healthy_sgd_setup_gets_a_suggestion_or_an_honest_inconclusive_never_c
     assert check.status == "PASS" or "inconclusive" in check.measured, said
 
 
+# The learning-rate lesson's setup: SGD with momentum at constant rates; 0.01 trains to 97%, 0.3 stays at chance.
+CONSTANT_SGD = [*DEFAULT_RANGE, "augment=none", "scheduler=none", "optimizer=sgd", "optimizer.momentum=0.9",
+                "optimizer.weight_decay=0.0"]
+
+
+@pytest.mark.parametrize("lr, status", [("0.01", "PASS"), ("0.3", "WARN")])
+def test_a_constant_rate_run_is_judged_by_the_band_for_runs_without_warm_up(examine, lr, status):
+    check = examine(*CONSTANT_SGD, f"optimizer.lr={lr}", only=("learning-rate range",))["learning-rate range"]
+    assert check.status == status, (check.measured, check.advice)
+    assert check.values["rule"].startswith("a tenth of the minimum")
+    assert check.values["band"][1] <= check.values["min_loss_lr"]
+
+
 def test_overfit_advice_for_a_rate_that_blows_up_names_rates_to_try_not_a_suggestion(examine):
     overfit = examine("optimizer.lr=5", "doctor.overfit.steps=20", only=("overfit one batch",))["overfit one batch"]
     assert overfit.status == "FAIL" and "blew up" in overfit.advice

@@ -143,6 +143,29 @@ def test_rule_on_a_clean_valley_suggests_its_steepest_fall_with_a_band_around_it
     assert low <= 1e-3  # the rates where the loss falls are in the band
 
 
+def test_a_run_without_warm_up_gets_a_tenth_of_the_minimum_and_a_band_that_stops_at_the_minimum():
+    """A constant-rate run cannot use the rates a one-cycle peak reaches: the band ends where the loss turns."""
+    lrs, losses, diverged = _curve(lambda x: _fall(x, -1.5) + 30 * max(0.0, x + 0.5) ** 2)  # falls at 0.03
+    warm = suggest(lrs, losses, diverged_at=diverged, end_lr=10.0)
+    constant = suggest(lrs, losses, diverged_at=diverged, end_lr=10.0, warmup=False)
+    assert warm.min_loss_lr == constant.min_loss_lr and warm.band[1] > constant.min_loss_lr  # one-cycle: above it
+    assert constant.band == pytest.approx((warm.suggestion / 30, constant.min_loss_lr))
+    assert constant.suggestion == pytest.approx(constant.min_loss_lr / 10, rel=0.1)
+    assert constant.band[0] <= constant.suggestion <= constant.band[1]
+    assert constant.rule.startswith("a tenth of the minimum") and warm.rule == "steepest fall"
+
+
+def test_the_band_follows_the_schedule_the_run_will_use(tmp_path):
+    from cnnlab.diagnose.subject import warms_up
+
+    def scheduler(*overrides):
+        return compose_config(list(overrides), tmp_path).scheduler
+
+    assert warms_up(scheduler()) and warms_up(scheduler("scheduler=onecycle"))  # the default warms up
+    assert not warms_up(scheduler("scheduler=none")) and not warms_up(scheduler("scheduler=cosine"))
+    assert warms_up(scheduler("scheduler=cosine", "scheduler.warmup_epochs=2"))
+
+
 def test_rule_on_a_noisy_valley_suggests_what_it_suggests_without_the_noise():
     clean = suggest(*_curve(_valley)[:2]).suggestion
     for seed in range(3):

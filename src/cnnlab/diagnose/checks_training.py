@@ -198,19 +198,20 @@ def lr_range(subject: Subject, work) -> Check | list[Check]:
     model, optimizer = subject.fresh()
     batches = subject.batches(max(1, min(int(s.steps), len(subject.train))), subject.train)
     result = lr_range_test(model, optimizer, subject.loss, batches, device=subject.device,
-                           start_lr=float(s.start_lr), end_lr=float(s.end_lr), steps=int(s.steps))
+                           start_lr=float(s.start_lr), end_lr=float(s.end_lr), steps=int(s.steps),
+                           warmup=subject.warmup)
     plot = plot_lr_range(result, work.path("lr_range.png"), "Learning-rate range test")
     work.figure("lr_range", plot)
     override = suggestion_override(result)
     values = {"suggestion": result.suggestion, "band": list(result.band) if result.band else None,
               "min_loss_lr": result.min_loss_lr, "diverged_at": result.diverged_at, "configured_lr": subject.lr,
-              "override": override, "cause": result.cause}
+              "override": override, "cause": result.cause, "rule": result.rule}
     plots = [str(plot)]
     if result.suggestion is None:
         return Check("learning-rate range", "WARN", f"no suggestion: {result.reason}", values=values, plots=plots,
                      advice=f"{result.advice}; see lr_range.png")
     low, high = result.band
-    measured = (f"suggests {override} (steepest fall; good rates {low:.2g}..{high:.2g}; loss lowest at "
+    measured = (f"suggests {override} ({result.rule}; good rates {low:.2g}..{high:.2g}; loss lowest at "
                 f"{result.min_loss_lr:.2g}); configured optimizer.lr={subject.lr:g}")
     if low <= subject.lr <= high:
         return Check("learning-rate range", "PASS", measured, values=values, plots=plots)

@@ -42,6 +42,15 @@ MIN_RELATIVE_DROP = 0.01
 BAND_BELOW = 10.0
 BAND_ABOVE = 10.0
 BAND_CAP = 3.0
+# A run without warm-up (scheduler=none, step, cosine... from the first step at optimizer.lr) cannot go above
+# where the test's loss turns, and trains well further below the suggestion: [suggestion / 30, suggestion x 10]
+# capped at the minimum's rate, measured the same way with constant-rate trainings (docs/lr_finder.md).
+CONSTANT_BAND_BELOW = 30.0
+CONSTANT_BAND_CAP = 1.0
+# For such a run the suggestion is a tenth of the minimum's rate (over LeNet-5 and ResNet-20 at constant rates the
+# rule closest to the best rate; the steepest fall lies higher, nearer where constant-rate training breaks down).
+CONSTANT_DIVISOR = 10.0
+RULES = {True: "steepest fall", False: "a tenth of the minimum's rate, for a run without warm-up"}
 # The test needs this many points before it can read anything.
 MIN_POINTS = 8
 
@@ -64,18 +73,20 @@ class LRRange:
     advice: str | None = None    # what to do about `cause`
     suggestion_index: int | None = field(default=None, repr=False)  # index of `suggestion` in lrs (or nearest)
     momentum: float | None = field(default=None, repr=False)  # SGD's momentum or Adam's beta1, if any
+    rule: str = RULES[True]      # how the suggestion was read (it depends on whether the run warms up)
 
 
 def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batches: Iterable, *,
                   device: torch.device | str, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200,
                   smooth: float = 0.98, diverge: float = 4.0, autocast: Callable = contextlib.nullcontext,
-                  scaler: torch.amp.GradScaler | None = None) -> LRRange:
+                  scaler: torch.amp.GradScaler | None = None, warmup: bool = True) -> LRRange:
     """Run the range test on (x, y) `batches` (cycled through as often as needed), then restore everything.
 
     The first param group's lr goes from start_lr to end_lr in `steps` multiplicative steps; every group keeps
     its ratio to the first (no decay on biases, a backbone at a fraction of the head's rate). The test stops
     early once the smoothed loss exceeds `diverge` x its minimum. `autocast` is a context factory for the forward
-    pass (e.g. a partial of torch.autocast); `scaler` a GradScaler for fp16.
+    pass (e.g. a partial of torch.autocast); `scaler` a GradScaler for fp16. `warmup`: whether the run the rate is
+    for warms up to it (one-cycle, warmup_epochs > 0), which widens the band of good rates upwards (`suggest`).
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
@@ -84,10 +95,14 @@ def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
     device = torch.device(device)
     saved = _snapshot(model, optimizer, scaler)
     try:
-        return _run(model, optimizer, loss_fn, _cycle(batches), device, start_lr, end_lr, steps, smooth, diverge,
-                    autocast, scaler)
+        result = _run(model, optimizer, loss_fn, _cycle(batches), device, start_lr, end_lr, steps, smooth, diverge,
+                      autocast, scaler)
     finally:
         _restore(model, optimizer, scaler, saved)
+    if warmup:
+        return result
+    return suggest(result.lrs, result.losses, smoothed=result.smoothed, diverged_at=result.diverged_at,
+                   end_lr=end_lr, momentum=result.momentum, warmup=False)
 
 
 def _run(model, optimizer, loss_fn, batches, device, start_lr, end_lr, steps, smooth, diverge, autocast, scaler):
@@ -139,7 +154,7 @@ def _momentum(optimizer) -> float | None:
 
 
 def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end_lr: float | None = None,
-            momentum: float | None = None) -> LRRange:
+            momentum: float | None = None, warmup: bool = True) -> LRRange:
     """Read a range test's curve: a suggestion and the band of good rates, or why there is none.
 
     A pure function of the rates and raw losses (and, for the advice, where the test stopped, the end rate it
@@ -147,8 +162,10 @@ def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end
     +-SMOOTH_DECADES of lr (no lag). The loss has fallen when the centred curve's minimum lies NOISE_SIGMAS x its
     noise below its start. The suggestion is the steepest fall of the centred curve before its minimum
     (torch-lr-finder's and fastai's `steep`, on a curve without the exponential average's lag), the band
-    [suggestion / BAND_BELOW, suggestion * BAND_ABOVE] capped at BAND_CAP x the minimum: docs/lr_finder.md has the
-    measurements behind the rule and each constant.
+    [suggestion / BAND_BELOW, suggestion * BAND_ABOVE] capped at BAND_CAP x the minimum for a run that warms up
+    to its rate (one-cycle, warmup_epochs > 0), [suggestion / CONSTANT_BAND_BELOW, suggestion * BAND_ABOVE]
+    capped at CONSTANT_BAND_CAP x the minimum for one that starts at it (`warmup=False`): docs/lr_finder.md has
+    the measurements behind the rule and each constant.
 
     Without a suggestion, `cause` says why: exploded (too few finite points), narrow_low (falling from the
     first step), narrow_high (still falling at the end), steps (flat, then blew up without a visible fall: too
@@ -207,7 +224,11 @@ def suggest(lrs, losses, *, smoothed=None, diverged_at: float | None = None, end
     slopes = np.gradient(curve, x)  # central differences: the point before the minimum sees the turn
     steepest = int(np.argmin(slopes[:lowest]))
     result.suggestion, result.suggestion_index = lrs[steepest], steepest
-    result.band = (lrs[steepest] / BAND_BELOW, min(lrs[steepest] * BAND_ABOVE, lrs[lowest] * BAND_CAP))
+    below, cap = (BAND_BELOW, BAND_CAP) if warmup else (CONSTANT_BAND_BELOW, CONSTANT_BAND_CAP)
+    result.band = (lrs[steepest] / below, min(lrs[steepest] * BAND_ABOVE, lrs[lowest] * cap))
+    if not warmup:  # nearest tested rate to a tenth of the minimum's (inside the band: steepest < minimum)
+        index = int(np.argmin(np.abs(x - math.log10(lrs[lowest] / CONSTANT_DIVISOR))))
+        result.suggestion, result.suggestion_index, result.rule = lrs[index], index, RULES[False]
     return result
 
 

@@ -38,6 +38,7 @@ class Subject:
     seed: int = 0           # every check starts from the global RNG seeded with it: same report every time
     head: tuple = ()        # finetune: the classifier head's module names, for backbone_lr_scale
     backbone_lr_scale: float = 1.0
+    warmup: bool = True     # the run's schedule warms up to optimizer.lr (one-cycle, warmup_epochs > 0)
 
     @classmethod
     def from_run(cls, run) -> "Subject":
@@ -48,7 +49,8 @@ class Subject:
                    plain=plain_loader(run.data, sections.data, sections.seed, run.trainer.device), val=run.data.val,
                    test=run.data.test, device=run.trainer.device, optimizer_cfg=run.cfg.optimizer,
                    settings=sections.doctor, seed=sections.seed,
-                   head=tuple(task.freezer.heads) if task.freezer else (), backbone_lr_scale=scale)
+                   head=tuple(task.freezer.heads) if task.freezer else (), backbone_lr_scale=scale,
+                   warmup=warms_up(run.cfg.scheduler))
 
     @property
     def lr(self) -> float:
@@ -87,3 +89,10 @@ def plain_loader(data, section: DataBase, seed: int, device):
                             std=data.info.std,
                             shuffle=True, seed=train.seed, device=train.device)
     return build_data(section, seed, device, train_augment=False).train
+
+
+def warms_up(scheduler) -> bool:
+    """Whether a scheduler config reaches optimizer.lr after a warm-up (one-cycle's rising phase, or cnnlab's
+    warmup_epochs) rather than starting there: the range test's band of good rates depends on it."""
+    target = str(scheduler.get("_target_") or "")
+    return target.endswith("OneCycleLR") or int(scheduler.get("warmup_epochs") or 0) > 0

@@ -56,7 +56,8 @@ def lr_finder(lesson: Lesson, result, overrides: list[str]) -> dict:
     values = check.get("values", {})
     suggestion = values.get("suggestion")
     text = [f"cnnlab-doctor's LR range test on the `{arm}` configuration (optimizer.lr={values.get('configured_lr')}) "
-            + (f"suggests **optimizer.lr={suggestion:.3g}** (the steepest fall of the centred loss; good rates "
+            + (f"suggests **optimizer.lr={suggestion:.3g}** ({values.get('rule', 'steepest fall')}, read on the "
+               f"centred loss; good rates "
                f"{values['band'][0]:.2g}..{values['band'][1]:.2g}; the loss is lowest at "
                f"{values.get('min_loss_lr'):.3g})." if suggestion else f"gives no suggestion: {check.get('measured')}.")]
     return {"values": values, "plots": check.get("plots", []), "text": text}

@@ -23,7 +23,7 @@ _TASKS = Path("/proc/self/task")
 
 # An epoch whose threads waited longer than this share of (wall time x torch threads), and at least MIN_LOST_S per
 # thread, ran on a busy machine: the floor keeps a tenth of a second lost by a half-second epoch from alarming.
-# Measured on 2 cores: ~0.00 idle; at a load average of 9, 0.47 with 1 torch thread and 0.75 with 2.
+# Measured on 2 cores: 0.00-0.03 idle; at a load average of 9, 0.47 with 1 torch thread and 0.75 with 2.
 CONTENDED_SHARE = 0.2
 MIN_LOST_S = 0.5
 

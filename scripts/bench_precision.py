@@ -1,0 +1,106 @@
+"""bf16 autocast against fp32 on this machine's CPU: training speed per model of the zoo's small models.
+
+For each (model, data) pair at the data set's default training batch size, one process trains the same model
+(same initial weights, same batches, channels_last as trainer.channels_last=auto sets it on CPU) with a
+hand-written loop -- forward under torch.autocast("cpu", torch.bfloat16) or in fp32, cross-entropy in fp32,
+backward, AdamW step on fp32 weights -- alternating the two sides (ABBA) round by round. Reported: training
+images per second and the median of the paired ratios bf16/fp32 with quartiles, and the model's multiply-
+accumulates per sample (what makes a model compute-bound enough to gain). Also says whether the CPU computes
+bf16 natively (AMX or AVX-512 BF16 in /proc/cpuinfo's flags): without it, bf16 is emulated and slower.
+
+    python scripts/bench_precision.py [--rounds 6] [--steps 15] [--case resnet20:shapes ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_channels_last import build  # noqa: E402  (scripts/: the same model and batches)
+
+CASES = (("lenet5", "mnist_sample"), ("convnet", "shapes"), ("alexnet_small", "shapes"), ("resnet20", "shapes"),
+         ("vgg11_bn", "shapes"), ("densenet_bc100", "shapes"))
+NATIVE_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in NATIVE_FLAGS if f in flags]
+
+
+def macs_per_sample(model, batches) -> int:
+    from cnnlab.models.inspector.summarize import summarize
+
+    x = batches[0][0][:1]
+    return int(summarize(copy.deepcopy(model), tuple(x.shape[1:])).macs)
+
+
+def train_round(template, batches, bf16: bool) -> float:
+    """img/s of one pass over `batches` with a fresh copy of the model (so both sides start equal)."""
+    model = copy.deepcopy(template).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    images = 0
+    start = time.perf_counter()
+    for x, y in batches:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        images += len(y)
+    return images / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=15, help="training batches per round")
+    parser.add_argument("--case", action="append", metavar="MODEL:DATA",
+                        help="measure these pairs instead of the default ones")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the result is a median of paired rounds with quartiles")
+    flags = cpu_bf16_flags()
+    print(f"threads {torch.get_num_threads()}  rounds {args.rounds} x {args.steps} steps  torch {torch.__version__}  "
+          f"native bf16 flags: {', '.join(flags) or 'none'}")
+    print("| model | data | batch | MACs per sample | bf16 img/s | fp32 img/s | ratio bf16/fp32 (quartiles) |")
+    print("|---|---|---|---|---|---|---|")
+    cases = [tuple(case.split(":", 1)) for case in args.case] if args.case else CASES
+    for model_name, data_name in cases:
+        model, batches, batch_size = build(model_name, data_name, args.steps)
+        macs = macs_per_sample(model, batches)
+        train_round(model, batches, True)  # warm-up: first-use costs of both sides
+        train_round(model, batches, False)
+        pairs = []
+        for r in range(args.rounds):
+            if r % 2 == 0:  # ABBA: drift in machine speed hits both sides alike
+                a, b = train_round(model, batches, True), train_round(model, batches, False)
+            else:
+                b = train_round(model, batches, False)
+                a = train_round(model, batches, True)
+            pairs.append((a, b))
+            print(f"  {model_name} round {r + 1}: bf16 {a:7.0f}  fp32 {b:7.0f}  ratio {a / b:.3f}", file=sys.stderr)
+        ratios = [a / b for a, b in pairs]
+        q = statistics.quantiles(ratios, n=4)
+        print(f"| {model_name} | {data_name} | {batch_size} | {macs / 1e6:,.1f} M | "
+              f"{statistics.median(a for a, _ in pairs):,.0f} | {statistics.median(b for _, b in pairs):,.0f} | "
+              f"**{statistics.median(ratios):.3f}** ({q[0]:.3f}-{q[2]:.3f}) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_channels_last import build  # noqa: E402  (scripts/: the same model and batches)
+from _bench import abba, quartiles  # noqa: E402  (scripts/: ABBA rounds shared by the benchmarks)
+from bench_channels_last import build  # noqa: E402  (the same model and batches)
 
 CASES = (("lenet5", "mnist_sample"), ("convnet", "shapes"), ("alexnet_small", "shapes"), ("resnet20", "shapes"),
          ("vgg11_bn", "shapes"), ("densenet_bc100", "shapes"))
@@ -86,20 +87,14 @@ def main():
         macs = macs_per_sample(model, batches)
         train_round(model, batches, True)  # warm-up: first-use costs of both sides
         train_round(model, batches, False)
-        pairs = []
-        for r in range(args.rounds):
-            if r % 2 == 0:  # ABBA: drift in machine speed hits both sides alike
-                a, b = train_round(model, batches, True), train_round(model, batches, False)
-            else:
-                b = train_round(model, batches, False)
-                a = train_round(model, batches, True)
-            pairs.append((a, b))
-            print(f"  {model_name} round {r + 1}: bf16 {a:7.0f}  fp32 {b:7.0f}  ratio {a / b:.3f}", file=sys.stderr)
-        ratios = [a / b for a, b in pairs]
-        q = statistics.quantiles(ratios, n=4)
+        bf16, fp32 = abba(args.rounds, lambda: train_round(model, batches, True),
+                          lambda: train_round(model, batches, False))
+        ratios = [a / b for a, b in zip(bf16, fp32)]
+        print(f"  {model_name}: ratios " + " ".join(f"{r:.3f}" for r in ratios), file=sys.stderr)
+        q1, median, q3 = quartiles(ratios)
         print(f"| {model_name} | {data_name} | {batch_size} | {macs / 1e6:,.1f} M | "
-              f"{statistics.median(a for a, _ in pairs):,.0f} | {statistics.median(b for _, b in pairs):,.0f} | "
-              f"**{statistics.median(ratios):.3f}** ({q[0]:.3f}-{q[2]:.3f}) |", flush=True)
+              f"{statistics.median(bf16):,.0f} | {statistics.median(fp32):,.0f} | "
+              f"**{median:.3f}** ({q1:.3f}-{q3:.3f}) |", flush=True)
 
 
 if __name__ == "__main__":

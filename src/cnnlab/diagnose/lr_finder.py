@@ -95,17 +95,14 @@ def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
     device = torch.device(device)
     saved = _snapshot(model, optimizer, scaler)
     try:
-        result = _run(model, optimizer, loss_fn, _cycle(batches), device, start_lr, end_lr, steps, smooth, diverge,
-                      autocast, scaler)
+        return _run(model, optimizer, loss_fn, _cycle(batches), device, start_lr, end_lr, steps, smooth, diverge,
+                    autocast, scaler, warmup)
     finally:
         _restore(model, optimizer, scaler, saved)
-    if warmup:
-        return result
-    return suggest(result.lrs, result.losses, smoothed=result.smoothed, diverged_at=result.diverged_at,
-                   end_lr=end_lr, momentum=result.momentum, warmup=False)
 
 
-def _run(model, optimizer, loss_fn, batches, device, start_lr, end_lr, steps, smooth, diverge, autocast, scaler):
+def _run(model, optimizer, loss_fn, batches, device, start_lr, end_lr, steps, smooth, diverge, autocast, scaler,
+         warmup):
     ratios = [group["lr"] / optimizer.param_groups[0]["lr"] for group in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1.0 / (steps - 1))
     lrs, losses, smoothed = [], [], []
@@ -141,7 +138,7 @@ def _run(model, optimizer, loss_fn, batches, device, start_lr, end_lr, steps, sm
             diverged_at = lr
             break
     return suggest(lrs, losses, smoothed=smoothed, diverged_at=diverged_at, end_lr=end_lr,
-                   momentum=_momentum(optimizer))
+                   momentum=_momentum(optimizer), warmup=warmup)
 
 
 def _momentum(optimizer) -> float | None:

@@ -6,7 +6,7 @@ hand-written loop -- forward under torch.autocast("cpu", torch.bfloat16) or in f
 backward, AdamW step on fp32 weights -- alternating the two sides (ABBA) round by round. Reported: training
 images per second and the median of the paired ratios bf16/fp32 with quartiles, and the model's multiply-
 accumulates per sample (what makes a model compute-bound enough to gain). Also says whether the CPU computes
-bf16 natively (AMX or AVX-512 BF16 in /proc/cpuinfo's flags): without it, bf16 is emulated and slower.
+bf16 natively (AMX, AVX-512 BF16 or Arm BF16 in /proc/cpuinfo's flags): without it, bf16 is emulated and slower.
 
     python scripts/bench_precision.py [--rounds 6] [--steps 15] [--case resnet20:shapes ...]
 """
@@ -27,18 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import abba, quartiles  # noqa: E402  (scripts/: ABBA rounds shared by the benchmarks)
 from bench_channels_last import build  # noqa: E402  (the same model and batches)
 
+from cnnlab.engine.devices import cpu_bf16_flags  # noqa: E402  (what trainer.precision=auto reads)
+
 CASES = (("lenet5", "mnist_sample"), ("convnet", "shapes"), ("alexnet_small", "shapes"), ("resnet20", "shapes"),
          ("vgg11_bn", "shapes"), ("densenet_bc100", "shapes"))
-NATIVE_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_bf16_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [f for f in NATIVE_FLAGS if f in flags]
 
 
 def macs_per_sample(model, batches) -> int:

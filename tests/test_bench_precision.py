@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from cnnlab.engine.devices import CPU_BF16_FLAGS
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their shared helpers from scripts/
@@ -25,4 +26,4 @@ def test_both_sides_train_lenet_and_the_template_stays_untouched():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert bench_precision.macs_per_sample(model, batches) == 416_520  # LeNet-5's count in its model summary
     assert batch_size == len(batches[0][1])
-    assert set(bench_precision.cpu_bf16_flags()) <= set(bench_precision.NATIVE_FLAGS)
+    assert set(bench_precision.cpu_bf16_flags()) <= set(CPU_BF16_FLAGS)

@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.engine.devices import (BackendSettings, ConvProfile, backend_settings, channels_last_choice, configure_backends,
-                            resolve_channels_last)
+from cnnlab.engine.devices import (BF16, BF16_MIN_MACS, BackendSettings, ConvProfile, backend_settings,
+                                   channels_last_choice, check_precision, configure_backends, cpu_bf16_flags,
+                                   forward_macs, precision_choice, resolve_channels_last, resolve_precision)
+from cnnlab.errors import ConfigError
 from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.models import build_model
 from omegaconf import OmegaConf
@@ -85,3 +87,72 @@ def test_channels_last_takes_auto_true_false_only(make_cfg):
         validate(make_cfg(f"trainer.channels_last={value}"), "train")
     with pytest.raises(ConfigError, match="trainer.channels_last='sometimes' is not accepted; choose one of auto"):
         validate(make_cfg("trainer.channels_last=sometimes"), "train")
+
+
+# ---- trainer.precision=auto ----
+X86 = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512bw avx512_bf16 amx_tile\n"
+
+
+def test_bf16_units_are_read_from_the_cpu_flags():
+    assert cpu_bf16_flags(X86) == ["avx512_bf16"]
+    assert cpu_bf16_flags(X86.replace("amx_tile", "amx_tile amx_bf16")) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_bf16_flags("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n") == ["bf16"]  # aarch64 (Graviton 3)
+    assert cpu_bf16_flags("flags\t\t: fpu sse avx512f avx512bw\n") == []  # AVX-512 without BF16: emulated, slower
+    assert cpu_bf16_flags("") == []
+
+
+@pytest.mark.parametrize("native,macs,chosen,says", [
+    (True, 40_600_000, "bf16", "native on this device (where) and the model is large enough (40.6 M"),
+    (True, 416_520, "32", "too small to gain from bf16 (0.4 M multiply-accumulates per sample, below 2 M)"),
+    (True, BF16_MIN_MACS, "bf16", "large enough"),
+    (True, None, "32", "size could not be measured"),
+    (False, 40_600_000, "32", "auto: fp32, where"),
+])
+def test_auto_precision_wants_a_native_bf16_unit_and_a_model_large_enough_to_gain(native, macs, chosen, says):
+    precision, why = precision_choice("auto", native=native, where="where", macs=macs)
+    assert precision.name == chosen and says in why
+    assert precision.use_scaler is False  # fp16 and its scaler stay opt-in
+
+
+def test_precision_choice_decides_auto_only():
+    with pytest.raises(ValueError, match="decides trainer.precision=auto, not 'bf16'"):
+        precision_choice("bf16", native=True, where="", macs=1)
+
+
+def test_explicit_precisions_are_obeyed_or_refused():
+    cpu = torch.device("cpu")
+    assert resolve_precision("32", cpu)[0].name == "32" and resolve_precision(32, cpu)[0].name == "32"
+    assert resolve_precision("bf16", cpu, zoo("lenet5"), (1, 28, 28)) == (BF16, "trainer.precision=bf16")
+    with pytest.raises(ConfigError, match="fp16 runs on CUDA only"):
+        check_precision("fp16", cpu)
+    check_precision("auto", cpu)  # auto always runs, on anything
+
+
+def test_forward_macs_counts_one_sample_and_leaves_the_model_and_random_state_alone():
+    model = zoo("lenet5").train()
+    state = torch.get_rng_state()
+    assert forward_macs(model, (1, 28, 28), torch.device("cpu")) == 416_520  # the model summary's count
+    assert model.training and torch.equal(torch.get_rng_state(), state)
+    assert forward_macs(model, (3, 28, 28), torch.device("cpu")) is None  # a forward pass that fails: unknown
+
+
+@pytest.mark.integration  # a whole run: environment.json asks git for the commit
+def test_auto_runs_as_its_choice_would_and_records_it(make_cfg, caplog):
+    """ResNet-20 (10 M MACs at 16x16) trains in bf16 where the CPU has a bf16 unit, in fp32 elsewhere; the run is the
+    same as with that precision set explicitly, and environment.json / metrics.json say what ran and why."""
+    import json
+
+    from cnnlab.run.lifecycle import train
+
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    native = bool(cpu_bf16_flags())
+    common = ("model=resnet20", "data=shapes", "data.num_samples=400", "data.input_size=[16,16]", "trainer.max_epochs=1",
+              "trainer.limit_train_batches=2", "trainer.device=cpu", "logger=none", "trainer.summary=none")
+    auto = train(make_cfg(*common, "trainer.precision=auto", run="auto"))
+    expected = "bf16" if native else "32"
+    explicit = train(make_cfg(*common, f"trainer.precision={expected}", run="explicit"))
+    assert auto["precision"] == explicit["precision"] == expected
+    assert auto["best_val/loss"] == explicit["best_val/loss"] and auto["test/loss"] == explicit["test/loss"]
+    recorded = json.loads((Path(auto["run_dir"]) / "environment.json").read_text())["precision"]
+    assert recorded["setting"] == "auto" and recorded["chosen"] == expected
+    assert f"precision: {'bf16 autocast' if native else 'fp32'} (auto: " in caplog.text

@@ -15,7 +15,7 @@ BAD = [
     (["optimizer.lr=0"], r"optimizer.lr=0 must be > 0"),
     (["data.batch_size=0"], r"data.batch_size=0 must be a positive integer"),
     (["trainer.max_epochs=0"], r"trainer.max_epochs=0 must be a positive integer"),
-    (["trainer.precision=fp8"], r"trainer.precision='fp8' is not accepted; choose one of 32, bf16, fp16"),
+    (["trainer.precision=fp8"], r"trainer.precision='fp8' is not accepted; choose one of auto, 32, bf16, fp16"),
     (["trainer.loss=hinge"], r"trainer.loss='hinge' is not accepted; choose one of cross_entropy, bce, mse"),
     (["trainer.label_smoothing=1.5"], r"trainer.label_smoothing=1.5 must be in \[0, 1\)"),
     (["trainer.monitor=train/loss"], r"trainer.monitor='train/loss' must be a validation metric"),

@@ -121,7 +121,7 @@ def test_precision_given_as_a_number_is_the_choice_32(tmp_path):
     """Hydra reads trainer.precision=32 as the int 32; the choice is the text "32"."""
     assert config_problems(compose_config(["trainer.precision=32"], tmp_path)) == []
     assert config_problems(compose_config(["trainer.precision=16"], tmp_path)) == [
-        "trainer.precision=16 is not accepted; choose one of 32, bf16, fp16"]
+        "trainer.precision=16 is not accepted; choose one of auto, 32, bf16, fp16"]
 
 
 def test_inf_and_nan_are_refused_in_model_and_optimizer_arguments_the_schema_does_not_type(tmp_path):

@@ -71,7 +71,7 @@ StartFactor = number(float, gt=0, le=1)      # (0, 1]
 # ---- choices (each list exists only here) ----
 Progress = Literal["auto", "bar", "plain", "none"]
 MonitorMode = Literal["auto", "min", "max"]
-PrecisionName = Literal["32", "bf16", "fp16"]
+PrecisionName = Literal["auto", "32", "bf16", "fp16"]
 Precision = Annotated[PrecisionName, BeforeValidator(_int_as_text)]
 Loss = Literal["cross_entropy", "bce", "mse"]
 NonFinite = Literal["stop", "skip", "off"]

@@ -60,6 +60,11 @@ class Precision:
     def enabled(self) -> bool:
         return self.autocast_dtype is not None
 
+    @property
+    def name(self) -> str:
+        """The trainer.precision value that runs this way: "32", "bf16" or "fp16"."""
+        return {None: "32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
     def autocast(self, device_type: str):
         """The context a forward pass runs in: torch.autocast at this dtype, or (full precision) one reusable
         no-op context for every step."""
@@ -69,12 +74,111 @@ class Precision:
 
 
 _FULL_PRECISION = contextlib.nullcontext()
+FULL = Precision(None, False)
+BF16 = Precision(torch.bfloat16, False)
+FP16 = Precision(torch.float16, True)
+
+# trainer.precision=auto turns bf16 autocast on for models of at least this many multiply-accumulates per sample
+# (forward pass) on a device that computes bf16 natively. Measured on a CPU with AVX512-BF16 (docs/benchmarks.md,
+# "bf16 autocast on CPU"): LeNet-5 at 0.4 M gains nothing that is outside the noise (1.07x), the 6 M ConvNet 1.58x,
+# and every larger zoo model 1.4-2.6x.
+BF16_MIN_MACS = 2_000_000
+# /proc/cpuinfo flags of CPUs with bf16 arithmetic units: x86 AMX and AVX-512 BF16, Arm's BF16 extension. Without
+# them oneDNN emulates bf16, slower than fp32.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    precision = str(precision).lower()
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 flags (CPU_BF16_FLAGS) this CPU reports in /proc/cpuinfo (or in the text given); [] where the file
+    does not exist (macOS, Windows: bf16 is then not known to be native, and auto keeps fp32)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 | aarch64
+            flags = value.split()
+            return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    return []
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether the device computes bf16 natively, what says so) for trainer.precision=auto."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return native, f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        return bool(flags), f"CPU flags {', '.join(flags)}" if flags else "the CPU reports no bf16 unit"
+    return False, f"bf16 not supported on {device.type}"
+
+
+def precision_choice(setting: str, *, native: bool, where: str, macs: int | None) -> tuple[Precision, str]:
+    """(how to run, why) for trainer.precision=auto on a device that computes bf16 natively or not (`where` says
+    what told), for a model of `macs` multiply-accumulates per sample; a pure decision, for tests. Explicit
+    settings go through resolve_precision."""
+    if str(setting).lower() != "auto":
+        raise ValueError(f"precision_choice decides trainer.precision=auto, not {setting!r}")
+    if not native:
+        return FULL, f"auto: fp32, {where}"
+    if macs is None:
+        return FULL, "auto: fp32, the model's size could not be measured"
+    size = f"{macs / 1e6:,.1f} M multiply-accumulates per sample"
+    if macs < BF16_MIN_MACS:
+        return FULL, f"auto: fp32, the model is too small to gain from bf16 ({size}, below {BF16_MIN_MACS / 1e6:g} M)"
+    return BF16, f"auto: bf16 autocast, native on this device ({where}) and the model is large enough ({size})"
+
+
+def forward_macs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int | None:
+    """Multiply-accumulates of one sample's forward pass (torch's FlopCounterMode: convolutions and matrix
+    products, FLOPs / 2), run in eval mode without gradients, leaving the model's mode and the random state as
+    they were; None if the forward pass fails."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), counter:
+            model.eval()
+            model(torch.zeros(1, *input_shape, device=device))
+    except Exception as bad:  # the dry run at build time passed; never fatal, auto then keeps fp32
+        log.debug("forward_macs failed: %s", bad)
+        return None
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse an explicit precision this device cannot run, before any data is loaded (auto always runs)."""
+    if str(precision).lower() != "auto":
+        resolve_precision(precision, device)
+
+
+def resolve_precision(precision: str, device: torch.device, model: nn.Module | None = None,
+                      input_shape: tuple[int, ...] | None = None, *, announce: bool = False) -> tuple[Precision, str]:
+    """(how the forward pass runs, why) for trainer.precision; auto looks at the device and at `model` (on the
+    device, with inputs of `input_shape`). announce: log the choice."""
+    setting = str(precision).lower()
+    if setting == "auto":
+        native, where = native_bf16(device)
+        macs = forward_macs(model, input_shape, device) if native and model is not None else None
+        chosen, why = precision_choice(setting, native=native, where=where, macs=macs)
+    else:
+        chosen, why = _explicit_precision(setting, device), f"trainer.precision={precision}"
+    if announce:
+        log.info("precision: %s (%s)", {"32": "fp32", "bf16": "bf16 autocast",
+                                        "fp16": "fp16 autocast + gradient scaler"}[chosen.name], why)
+    return chosen, why
+
+
+def _explicit_precision(precision: str, device: torch.device) -> Precision:
     if precision in ("32", "fp32", "32-true"):
-        return Precision(None, False)
+        return FULL
     if precision == "bf16":
         # native support only (compute capability >= 8.0): torch also reports bf16 on older GPUs, emulated, slowly
         if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -82,12 +186,12 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
                               "below 8.0, e.g. V100, T4); use fp16 or 32")
         if device.type == "mps":
             raise ConfigError("trainer.precision=bf16 is not supported on mps; use 32")
-        return Precision(torch.bfloat16, False)
+        return BF16
     if precision == "fp16":
         if device.type != "cuda":
             raise ConfigError(f"trainer.precision=fp16 runs on CUDA only here (got {device.type}): on CPU, torch's "
                               "fp16 autocast is many times slower than fp32; use bf16 on CPU, or 32")
-        return Precision(torch.float16, True)
+        return FP16
     raise ValueError(f"unknown precision {precision!r}")  # the schema (cnnlab.config.fields.Precision) refuses it first
 
 

@@ -81,12 +81,14 @@ class TrainerOptions:
     nonfinite: str = "stop"           # stop | skip | off
     handle_signals: bool = True
     test_with: str = "best"           # best | last
-    precision: str = "32"             # the configured name, for messages
+    precision: str = "32"             # how it runs ("32", "bf16", "fp16": trainer.precision=auto resolved), for messages
     bn_recalibrate: int = 0           # batch-norm statistics recomputed over N training batches before validation
 
     @classmethod
-    def from_config(cls, trainer: TrainerSection, channels_last: bool | None = None) -> TrainerOptions:
-        """From the validated `trainer` section; `channels_last`: the layout chosen for trainer.channels_last=auto."""
+    def from_config(cls, trainer: TrainerSection, channels_last: bool | None = None,
+                    precision: str | None = None) -> TrainerOptions:
+        """From the validated `trainer` section; `channels_last` and `precision`: what trainer.channels_last and
+        trainer.precision resolved to (cnnlab.engine.devices), where they may be auto."""
         return cls(
             max_epochs=trainer.max_epochs,
             limit_train_batches=trainer.limit_train_batches,
@@ -100,7 +102,7 @@ class TrainerOptions:
             nonfinite=trainer.nonfinite,
             handle_signals=trainer.handle_signals,
             test_with=trainer.test_with,
-            precision=trainer.precision,
+            precision=trainer.precision if precision is None else precision,
             bn_recalibrate=trainer.bn_recalibrate,
         )
 

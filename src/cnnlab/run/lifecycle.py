@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,8 @@ from cnnlab.config.schema import TrainConfig
 from cnnlab.config.training_schema import Finetune
 from cnnlab.data import build_data
 from cnnlab.engine import distributed
-from cnnlab.engine.devices import configure_backends, resolve_channels_last, resolve_device, resolve_precision
+from cnnlab.engine.devices import (check_precision, configure_backends, resolve_channels_last, resolve_device,
+                                   resolve_precision)
 from cnnlab.engine.averaging import SWA, SWASchedule, build_average
 from cnnlab.engine.run_callbacks import (CheckpointsOfRankZero, EarlyStopping, ModelCheckpoint, ProgressDisplay,
                                          TensorBoardCallback)
@@ -69,6 +70,9 @@ class Run:
     tb: object
     n_params: int
     dist: distributed.Dist = distributed.SINGLE
+    # what the trainer.precision / channels_last settings resolved to here: environment.json and metrics.json
+    # record it, since `auto` can differ by machine
+    resolved: dict = field(default_factory=dict)
 
 
 def prepare(cfg: DictConfig, overrides: list[str] | None = None, extra_callbacks: tuple = (),
@@ -124,7 +128,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
 
     exempt_from_gc()  # the imports (torch above all) left ~10^6 long-lived objects every collection would rescan
 
-    precision = resolve_precision(tcfg.precision, device)
+    check_precision(tcfg.precision, device)  # an explicit one this device cannot run, before the data loads
     mode = resolve_monitor_mode(tcfg.monitor, tcfg.monitor_mode)
     progress = Progress(tcfg.progress, tcfg.max_epochs, tcfg.log_every_n_steps)
     monitored = MonitoredMetric(tcfg.monitor, mode, tcfg.early_stopping.patience, tcfg.early_stopping.min_delta)
@@ -171,6 +175,9 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
         log_model_summary(model, tcfg.summary, str(cfg.model.name), (info.in_channels, *info.input_size), run_dir,
                           dist)
     model = model.to(device)
+    # auto measures the model (one sample's forward pass, in NCHW before the layout changes)
+    precision, precision_why = resolve_precision(tcfg.precision, device, model, (info.in_channels, *info.input_size),
+                                                 announce=True)
     channels_last = resolve_channels_last(tcfg.channels_last, model, device)
     if channels_last:  # the trainer hands it NHWC batches too
         model = model.to(memory_format=torch.channels_last)
@@ -188,7 +195,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     if average is not None:
         log.info("averaged weights: %s; validation, the test and checkpoints use them", average.describe())
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, tcfg.precision)
+    log.info("model %s: %s parameters on %s (precision %s)", cfg.model.name, f"{n_params:,}", device, precision.name)
 
     tb = TensorBoardLogger(typed.logger if dist.is_main else typed.logger.model_copy(update={"enabled": False}),
                            run_dir)
@@ -207,7 +214,7 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
     if tcfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitored))
     trainer = Trainer(Task(model, optimizer, schedule, loss, monitored, freezer, average),
-                      TrainerOptions.from_config(tcfg, channels_last),
+                      TrainerOptions.from_config(tcfg, channels_last, precision.name),
                       RunContext(device, precision, run_dir, typed.seed, config, dist),
                       [*callbacks, *extra_callbacks], checkpoints)
     if resume_ckpt is not None:
@@ -217,8 +224,10 @@ def _prepare(cfg: DictConfig, overrides: list[str] | None, extra_callbacks: tupl
             if checkpoints.top_k is not None:
                 checkpoints.top_k.continue_from(resume_ckpt.get("top_k"), resume_path, trainer.epoch)
         log.info("resumed from %s after epoch %d", resume_path, trainer.epoch)
+    resolved = {"precision": {"setting": str(tcfg.precision), "chosen": precision.name, "why": precision_why},
+                "channels_last": channels_last}
     return Run(cfg, typed.model_copy(update={"trainer": tcfg}), config, run_dir, data, model, trainer, tb, n_params,
-               dist)
+               dist, resolved)
 
 
 def check_world_size(dist: distributed.Dist, data, batch_size: int, accumulate: int) -> None:
@@ -283,7 +292,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, callbacks: tuple 
 def _fit_test_record(run: Run, started: float) -> dict:
     trainer, tcfg, main = run.trainer, run.cfg.trainer, run.dist.is_main
     if main:  # rank 0 writes every file of the run
-        write_json(environment(trainer.device, run.dist), run.run_dir / "environment.json")
+        write_json({**environment(trainer.device, run.dist), **run.resolved}, run.run_dir / "environment.json")
         (run.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(masked(run.config)))
     try:
         trainer.fit(run.data.train, run.data.val)
@@ -296,6 +305,7 @@ def _fit_test_record(run: Run, started: float) -> dict:
             "epochs_completed": trainer.epoch,
             "stopped_early": trainer.stopped_early,
             "params": run.n_params,
+            "precision": run.resolved["precision"]["chosen"],
             "wall_time_s": time.perf_counter() - started,
             **run_timing(trainer.history),
             "run_dir": str(run.run_dir),

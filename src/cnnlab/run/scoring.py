@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config.compose import hydra_overrides
 from cnnlab.data import build_data
-from cnnlab.engine.devices import resolve_device, resolve_precision
+from cnnlab.engine.devices import check_precision, resolve_device, resolve_precision
 from cnnlab.engine.checkpoint import find_checkpoint
 from cnnlab.engine.task import reported_topk
 from cnnlab.engine.evaluation import evaluate_split
@@ -59,9 +59,12 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     claim(out_dir, "eval", existing=str(cfg.paths.existing_run), task_cfg=cfg)
 
     device = resolve_device(tcfg.device)
-    precision = resolve_precision(tcfg.precision, device)
+    check_precision(tcfg.precision, device)
     loaded = load_trained_model(path, device, run_cfg, ckpt)
     data = build_data(typed.data, typed.seed, device, train_augment=False)
+    info = loaded.info  # auto decides as training did on this device: by the model's size
+    precision, _ = resolve_precision(tcfg.precision, device, loaded.model, (info.in_channels, *info.input_size),
+                                     announce=True)
 
     model = loaded.model if tta == "none" else TTAModel(loaded.model, tta, typed.data.input_size, tta_resize)
     classes = list(loaded.info.classes)

@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from cnnlab.engine.devices import (BF16, BF16_MIN_MACS, BackendSettings, ConvProfile, backend_settings,
                                    channels_last_choice, check_precision, configure_backends, cpu_bf16_flags,
-                                   forward_macs, precision_choice, resolve_channels_last, resolve_precision)
+                                   forward_macs, native_bf16, precision_choice, resolve_channels_last,
+                                   resolve_precision)
 from cnnlab.errors import ConfigError
 from cnnlab.config.compose import CONFIG_DIR
 from cnnlab.models import build_model
@@ -156,3 +157,13 @@ def test_auto_runs_as_its_choice_would_and_records_it(make_cfg, caplog):
     recorded = json.loads((Path(auto["run_dir"]) / "environment.json").read_text())["precision"]
     assert recorded["setting"] == "auto" and recorded["chosen"] == expected
     assert f"precision: {'bf16 autocast' if native else 'fp32'} (auto: " in caplog.text
+
+
+@pytest.mark.parametrize("capability,native", [((8, 0), True), ((9, 0), True), ((7, 5), False)])
+def test_auto_reads_a_gpus_native_bf16_from_its_compute_capability(monkeypatch, capability, native):
+    """The CUDA half of auto, fed what an A100 / H100 / T4 reports (no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
+    assert native_bf16(torch.device("cuda")) == (native, f"GPU, compute capability {capability[0]}.{capability[1]}")
+    assert native_bf16(torch.device("mps"))[0] is False

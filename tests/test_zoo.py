@@ -128,7 +128,8 @@ def test_googlenet_aux_heads_count_in_training_only():
 def test_trainer_adds_the_weighted_aux_losses(make_cfg):
     from cnnlab.run.lifecycle import prepare
 
-    run = prepare(make_cfg("model=googlenet", "data.batch_size=4", "trainer.limit_train_batches=1", "logger=none"),
+    run = prepare(make_cfg("model=googlenet", "data.batch_size=4", "trainer.limit_train_batches=1", "logger=none",
+                          "trainer.precision=32"),  # the expected loss below is computed in fp32
                   overrides=[])
     x, y = next(iter(run.data.train))
     trainer = run.trainer

@@ -26,6 +26,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, make_cfg, tmp_path):
     assert sum(map(sum, matrix)) == 500
     assert sum(matrix[i][i] for i in range(10)) / 500 == pytest.approx(metrics["test/acc"])
     assert set(saved["test/per_class_acc"]) == {str(d) for d in range(10)}
+    assert saved["precision"] == metrics["precision"]  # trainer.precision=auto decides as training did here
 
 
 def test_eval_overrides_apply_on_top_of_the_saved_config(trained_run, make_cfg):

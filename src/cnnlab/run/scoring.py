@@ -83,6 +83,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "tta": tta,
         "tta_views": VIEWS[tta],
         "tta_resize": tta_resize,
+        "precision": precision.name,  # what trainer.precision (auto) resolved to on this device
         **metrics,
         **report.per_class,
         f"{split}/confusion_matrix": {"classes": classes, "matrix": confusion.tolist()},

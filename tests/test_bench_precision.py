@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from cnnlab.engine.devices import CPU_BF16_FLAGS
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their shared helpers from scripts/
@@ -26,4 +25,16 @@ def test_both_sides_train_lenet_and_the_template_stays_untouched():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert bench_precision.macs_per_sample(model, batches) == 416_520  # LeNet-5's count in its model summary
     assert batch_size == len(batches[0][1])
-    assert set(bench_precision.cpu_bf16_flags()) <= set(CPU_BF16_FLAGS)
+
+
+@pytest.mark.slow
+def test_the_script_prints_a_row_with_what_auto_picks(tmp_path):
+    import subprocess
+
+    from conftest import cli_env
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_precision.py"), "--rounds", "2", "--steps", "1",
+                          "--case", "lenet5:mnist_sample"], capture_output=True, text=True, env=cli_env(), check=True)
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| lenet5 |"))
+    assert row.endswith("| fp32 |")  # 0.4 M MACs: too small for auto's bf16 on any device
+    assert "native bf16: " in out.stdout

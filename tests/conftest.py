@@ -36,7 +36,7 @@ def compose_cfg(run_dir: Path, *overrides: str, config_name: str = "train"):
 # is listed below, or when it uses a fixture below; a `unit` test that starts a process fails (_unit_guard).
 INTEGRATION_FIXTURES = {"run_cli", "run_cli_process", "trained_run", "postgres_url"}
 INTEGRATION_FILES = {
-    "test_accumulation.py", "test_api.py", "test_averaging.py", "test_bench_gpu.py", "test_bench_imagefolder.py",
+    "test_accumulation.py", "test_api.py", "test_averaging.py", "test_bf16.py", "test_bench_gpu.py", "test_bench_imagefolder.py",
     "test_class_imbalance.py", "test_cli.py", "test_decoded_cache.py", "test_decoded_cache_distributed.py",
     "test_distributed.py", "test_doctor.py", "test_early_stopping.py", "test_engine.py", "test_eval_predict.py",
     "test_experiments.py", "test_explain.py", "test_faults.py", "test_file_systems.py", "test_finetune.py",

@@ -73,6 +73,12 @@ class Loss:
         return self._weights[key]
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # in fp32 whatever the forward pass ran in: under bf16 autocast, softmax (mse), dense mixup targets and
+        # the class-weight products would otherwise be rounded to 8 bits of mantissa
+        with torch.autocast(logits.device.type, enabled=False):
+            return self._compute(logits.float(), target)
+
+    def _compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self._weight_on(logits)
         if self.name == "cross_entropy":
             if target.ndim == 2:

@@ -166,3 +166,27 @@ def test_cli_prints_the_report_writes_doctor_json_and_plots_and_exits_1_on_a_fai
     for png in ("samples.png", "overfit.png", "gradients.png", "activations.png"):
         assert (run_dir / png).stat().st_size > 5000, png
     assert list(run_dir.glob("events.out.tfevents.*"))  # the same plots as TensorBoard images
+
+
+def test_the_checks_run_at_the_runs_precision(examine, monkeypatch):
+    """A bf16 run is examined in bf16: every forward pass of the checks and the range test's steps autocast."""
+    import cnnlab.diagnose.checks_training as checks_training
+
+    seen = {}
+    real = checks_training.lr_range_test
+
+    def spy(*args, autocast, scaler, **kwargs):
+        with autocast():
+            seen["dtype"] = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        seen["scaler"] = scaler
+        return real(*args, autocast=autocast, scaler=scaler, **kwargs)
+
+    monkeypatch.setattr(checks_training, "lr_range_test", spy)
+
+    def logits_dtype(subject):
+        x, _ = subject.batches(1)[0]
+        seen["logits"] = subject.logits(subject.model, x).dtype
+
+    checks = examine("trainer.precision=bf16", only=("overfit one batch", "learning-rate range"), tamper=logits_dtype)
+    assert seen == {"dtype": torch.bfloat16, "scaler": None, "logits": torch.bfloat16}
+    assert checks["overfit one batch"].status == "PASS"  # memorises its batches in bf16 too

@@ -199,7 +199,7 @@ def lr_range(subject: Subject, work) -> Check | list[Check]:
     batches = subject.batches(max(1, min(int(s.steps), len(subject.train))), subject.train)
     result = lr_range_test(model, optimizer, subject.loss, batches, device=subject.device,
                            start_lr=float(s.start_lr), end_lr=float(s.end_lr), steps=int(s.steps),
-                           warmup=subject.warmup)
+                           warmup=subject.warmup, autocast=subject.autocast, scaler=subject.scaler())
     plot = plot_lr_range(result, work.path("lr_range.png"), "Learning-rate range test")
     work.figure("lr_range", plot)
     override = suggestion_override(result)

@@ -18,6 +18,7 @@ from cnnlab.config.data_schema import DataBase
 from cnnlab.config.schema import Doctor
 from cnnlab.data import build_data
 from cnnlab.data.loaders import TensorLoader
+from cnnlab.engine.devices import FULL, Precision
 from cnnlab.engine.stepping import split_outputs
 from cnnlab.engine.losses import Loss
 from cnnlab.engine.optim import build_optimizer
@@ -39,6 +40,7 @@ class Subject:
     head: tuple = ()        # finetune: the classifier head's module names, for backbone_lr_scale
     backbone_lr_scale: float = 1.0
     warmup: bool = True     # the run's schedule warms up to optimizer.lr (one-cycle, warmup_epochs > 0)
+    precision: Precision = FULL  # the run's (trainer.precision, auto resolved): every forward pass runs in it
 
     @classmethod
     def from_run(cls, run) -> "Subject":
@@ -50,7 +52,7 @@ class Subject:
                    test=run.data.test, device=run.trainer.device, optimizer_cfg=run.cfg.optimizer,
                    settings=sections.doctor, seed=sections.seed,
                    head=tuple(task.freezer.heads) if task.freezer else (), backbone_lr_scale=scale,
-                   warmup=warms_up(run.cfg.scheduler))
+                   warmup=warms_up(run.cfg.scheduler), precision=run.trainer.context.precision)
 
     @property
     def lr(self) -> float:
@@ -73,9 +75,19 @@ class Subject:
                 break
         return out
 
+    def autocast(self):
+        """The context of a forward pass at the run's precision (a no-op in fp32)."""
+        return self.precision.autocast(self.device.type)
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """A gradient scaler where the run has one (fp16)."""
+        return torch.amp.GradScaler(self.device.type) if self.precision.use_scaler else None
+
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The main head's logits (auxiliary heads of GoogLeNet/Inception are left out)."""
-        return split_outputs(model(x))[0]
+        """The main head's logits (auxiliary heads of GoogLeNet/Inception are left out), computed at the run's
+        precision as training computes them."""
+        with self.autocast():
+            return split_outputs(model(x))[0]
 
 
 def plain_loader(data, section: DataBase, seed: int, device):

@@ -29,13 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 CASES = (("lenet5", "mnist_sample"), ("resnet20", "shapes"), ("convnet", "shapes"))
 
 
-def build(model_name: str, data_name: str, steps: int):
-    """The model and `steps` training batches (normalised, augmented as the default run does)."""
+def build(model_name: str, data_name: str, steps: int, overrides=()):
+    """The model, `steps` training batches (normalised, augmented as the default run does) and the batch size."""
+    model, batches, train = build_with_loader(model_name, data_name, steps, overrides)
+    return model, batches, train.batch_size
+
+
+def build_with_loader(model_name: str, data_name: str, steps: int, overrides=()):
+    """build's model and batches, and the training loader they come from (its len: batches per epoch);
+    `overrides`: further config overrides, e.g. data.input_size=[64,64]."""
     from cnnlab.config.compose import compose_config
     from cnnlab.data import build_data
     from cnnlab.models import build_model
 
-    cfg = compose_config([f"model={model_name}", f"data={data_name}"], tempfile.mkdtemp())
+    cfg = compose_config([f"model={model_name}", f"data={data_name}", *overrides], tempfile.mkdtemp())
     data = build_data(data_section(cfg.data), int(cfg.seed), torch.device("cpu"), cfg.augment)
     info = data.info
     torch.manual_seed(0)
@@ -46,7 +53,7 @@ def build(model_name: str, data_name: str, steps: int):
         batches.append((x.clone(), y.clone()))
         if len(batches) == steps:
             break
-    return model, batches, data.train.batch_size
+    return model, batches, data.train
 
 
 def train_round(template, batches, nhwc: bool) -> float:

@@ -3,11 +3,14 @@ cnnlab's whole default run against.
 
 What a course's plain PyTorch script does: a per-sample Dataset with torchvision transforms (pad-4 random crop,
 horizontal flip, to float, normalise) behind a shuffling DataLoader with worker processes, the model in NCHW and
-fp32 throughout, SGD with momentum and weight decay on every parameter, a validation pass after each epoch and a
-test pass at the end. Only the data and the model come from cnnlab, so that both sides train on the same images
-(the same generated shapes and the same seeded stratified split as `cnnlab-train data=shapes seed=S`) and the
-same network with the same initialisation; the hyper-parameters are configs/optimizer/sgd.yaml's and
-configs/data/shapes.yaml's. Prints one JSON line: test accuracy, final training loss, epochs, seconds.
+fp32 throughout, SGD with momentum and weight decay (not on biases and batch-norm weights), a validation pass after
+each epoch that keeps the weights with the lowest validation loss, and a test pass of those at the end. Only the
+data and the model come from cnnlab, so that both sides train on the same images (the same generated shapes and
+the same seeded stratified split as `cnnlab-train data=shapes seed=S`) and the same network with the same
+initialisation. The settings are configs/optimizer/sgd.yaml's and configs/data/shapes.yaml's, which are what
+that run resolves (its .hydra/config.yaml): batch 128, evaluation batch 500, lr 0.05, momentum 0.9, no Nesterov,
+weight decay 5e-4 exempting biases and norm weights, no label smoothing, no schedule, the test on the best epoch
+by validation loss. Prints one JSON line: test accuracy, final training loss, best epoch, epochs, seconds.
 
     python scripts/textbook_train.py [--epochs 3] [--seed 42] [--workers 2] [--limit-batches N]
 """
@@ -15,6 +18,7 @@ configs/data/shapes.yaml's. Prints one JSON line: test accuracy, final training 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -40,7 +44,8 @@ def shapes_splits(seed: int):
     images, labels = generate(int(data.num_samples), int(data.image_size), int(data.generator_seed), float(data.noise))
     split = stratified_split(labels, float(base.split.val), float(base.split.test), seed)
     parts = {name: (images[index], labels[index]) for name, index in split.items()}
-    return parts, list(data.mean), list(data.std), int(base.batch_size), int(data.num_classes)
+    batch_sizes = int(base.batch_size), int(data.eval_batch_size)
+    return parts, list(data.mean), list(data.std), *batch_sizes, int(data.num_classes)
 
 
 def resnet20(num_classes: int, seed: int):
@@ -48,6 +53,16 @@ def resnet20(num_classes: int, seed: int):
 
     torch.manual_seed(seed)  # the run's seed fixes the initial weights, as in cnnlab
     return build_model(OmegaConf.load(CONFIGS / "model" / "resnet20.yaml"), 3, num_classes, (32, 32))
+
+
+def sgd(model):
+    """SGD with configs/optimizer/sgd.yaml's settings; weight decay on conv and linear weights only (biases and
+    batch-norm weights are the 1-D parameters), as cnnlab's decay_norm_and_bias: false does."""
+    cfg = OmegaConf.load(CONFIGS / "optimizer" / "sgd.yaml")
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                           momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
 
 def evaluate(model, loader) -> tuple[float, float]:
@@ -71,19 +86,18 @@ def main():
     args = parser.parse_args()
     start = time.perf_counter()
 
-    parts, mean, std, batch_size, num_classes = shapes_splits(args.seed)
+    parts, mean, std, batch_size, eval_batch_size, num_classes = shapes_splits(args.seed)
     to_input = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     train_tf = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *to_input])
     eval_tf = v2.Compose(to_input)
     train_loader = DataLoader(PerSample(*parts["train"], train_tf), batch_size=batch_size, shuffle=True,
                               num_workers=args.workers, persistent_workers=args.workers > 0)
-    val_loader = DataLoader(PerSample(*parts["val"], eval_tf), batch_size=1000)
-    test_loader = DataLoader(PerSample(*parts["test"], eval_tf), batch_size=1000)
+    val_loader = DataLoader(PerSample(*parts["val"], eval_tf), batch_size=eval_batch_size)
+    test_loader = DataLoader(PerSample(*parts["test"], eval_tf), batch_size=eval_batch_size)
 
-    sgd = OmegaConf.load(CONFIGS / "optimizer" / "sgd.yaml")
     model = resnet20(num_classes, args.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
-                                weight_decay=sgd.weight_decay)
+    optimizer = sgd(model)
+    best_loss, best_state = float("inf"), None
     for epoch in range(1, args.epochs + 1):
         model.train()
         total, count = 0.0, 0
@@ -97,11 +111,14 @@ def main():
             total += loss.item() * len(y)
             count += len(y)
         val_loss, val_acc = evaluate(model, val_loader)
+        if val_loss < best_loss:
+            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
         print(f"epoch {epoch}: train loss {total / count:.4f}  val loss {val_loss:.4f}  val acc {val_acc:.4f}",
               flush=True)
+    model.load_state_dict(best_state)
     test_loss, test_acc = evaluate(model, test_loader)
     print(json.dumps({"test_acc": test_acc, "test_loss": test_loss, "train_loss": total / count,
-                      "epochs": args.epochs, "seconds": time.perf_counter() - start}))
+                      "best_epoch": best_epoch, "epochs": args.epochs, "seconds": time.perf_counter() - start}))
 
 
 if __name__ == "__main__":

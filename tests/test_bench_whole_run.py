@@ -16,36 +16,55 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_whole_run  # noqa: E402
 
 
-def test_the_table_gives_each_seeds_ratio_and_the_median_against_the_target():
-    rows = [{"seed": s, "order": "cnnlab, textbook", "cnnlab_s": c, "textbook_s": 20.0, "cnnlab_acc": 0.9,
+def test_the_table_gives_each_pairs_ratio_the_median_against_the_target_and_each_seeds_accuracy_once():
+    rows = [{"seed": s, "round": 0, "order": "cnnlab first", "cnnlab_s": c, "textbook_s": 20.0, "cnnlab_acc": 0.9,
              "textbook_acc": 0.88} for s, c in enumerate([10.0, 11.0, 14.0])]
     text = bench_whole_run.table(rows)
-    assert "| 1 | cnnlab, textbook | 11.0 | 20.0 | 0.550 | 0.9000 | 0.8800 |" in text
-    assert "median ratio cnnlab/textbook **0.550** (quartiles 0.525-0.625): meets the 0.6x target" in text
+    assert "| 1 | 0 | cnnlab first | 11.0 | 20.0 | 0.550 | 0.9000 | 0.8800 |" in text
+    assert "median ratio cnnlab/textbook **0.550** (quartiles 0.525-0.625, 3 pairs): meets the 0.6x target" in text
     assert bench_whole_run.summary([{**rows[0], "cnnlab_s": 13.0}])["meets"] is False
+    # a second round of seed 0 adds a ratio, not an accuracy: the mean and std are over seeds
+    again = {**rows[0], "round": 1, "cnnlab_s": 16.0, "cnnlab_acc": 0.5}
+    s = bench_whole_run.summary([rows[0], again, {**rows[1], "cnnlab_acc": 0.8}])
+    assert s["ratio_quartiles"] == (0.525, 0.55, 0.675) and (s["seeds"], s["pairs"]) == (2, 3)
+    assert s["acc_mean"]["cnnlab"] == pytest.approx(0.85) and s["acc_std"]["cnnlab"] == pytest.approx(0.0707, abs=1e-4)
 
 
 @pytest.mark.slow  # generates the 6,000 shapes twice
 def test_the_textbook_script_trains_on_cnnlabs_split_and_network():
     import textbook_train
+    from omegaconf import OmegaConf
 
     from cnnlab.data.shapes import generate
+    from cnnlab.engine.optim import build_optimizer
 
-    parts, mean, std, batch_size, classes = textbook_train.shapes_splits(seed=3)
+    parts, mean, std, batch_size, eval_batch_size, classes = textbook_train.shapes_splits(seed=3)
     assert (len(parts["train"][1]), len(parts["val"][1]), len(parts["test"][1])) == (4800, 600, 600)
-    assert batch_size == 128 and classes == 8 and len(mean) == len(std) == 3
+    assert (batch_size, eval_batch_size, classes) == (128, 500, 8) and len(mean) == len(std) == 3
     images, _ = generate(6000, 32, 0, 0.08)
     assert any(torch.equal(parts["test"][0][0], image) for image in images[:60])  # the generated images themselves
     a, b = textbook_train.resnet20(8, seed=3), textbook_train.resnet20(8, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # the optimizer cnnlab builds from optimizer=sgd: the same settings and the same parameters decayed
+    ours = build_optimizer(OmegaConf.load(REPO / "configs" / "optimizer" / "sgd.yaml"), a)
+    theirs = textbook_train.sgd(a)
+    assert [({id(p) for p in g["params"]}, {k: v for k, v in g.items() if k != "params"}) for g in ours.param_groups] \
+        == [({id(p) for p in g["params"]}, {k: v for k, v in g.items() if k != "params"}) for g in theirs.param_groups]
 
 
 @pytest.mark.slow
 def test_one_seed_of_both_sides_runs_and_is_recorded(tmp_path):
-    subprocess.run([sys.executable, str(REPO / "scripts" / "bench_whole_run.py"), "--seeds", "0", "--epochs", "1",
-                    "--cnnlab-override", "trainer.limit_train_batches=1", "--textbook-arg=--limit-batches=1",
-                    "--json", str(tmp_path / "w.json")], env=cli_env(), check=True, capture_output=True, timeout=600)
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_whole_run.py"), "--seeds", "0", "--epochs", "1",
+                          "--cnnlab-override", "trainer.limit_train_batches=1", "--textbook-arg=--limit-batches=1",
+                          "--json", str(tmp_path / "w.json")], env=cli_env(), check=True, capture_output=True,
+                         text=True, timeout=600).stdout
     record = json.loads((tmp_path / "w.json").read_text())
     row = record["rows"][0]
     assert row["cnnlab_s"] > 0 and row["textbook_s"] > 0 and 0 <= row["textbook_acc"] <= 1
-    assert row["cnnlab_precision"] in ("32", "bf16")
+    assert 0 <= row["cnnlab_acc"] <= 1 and row["cnnlab_precision"] in ("32", "bf16")
+    assert record["machine"]["torch_threads"] >= 1 and record["machine"]["load_before"]
+    assert "trainer.limit_train_batches=1" in record["commands"]["cnnlab"]
+    ratio = row["cnnlab_s"] / row["textbook_s"]
+    assert f"| 0 | 0 | cnnlab first | {row['cnnlab_s']:.1f} | {row['textbook_s']:.1f} | {ratio:.3f} |" in out
+    assert f"median ratio cnnlab/textbook **{ratio:.3f}** (quartiles {ratio:.3f}-{ratio:.3f}, 1 pairs)" in out
+    assert "load average before" in out and "load average after" in out

@@ -100,7 +100,7 @@ def main():
     best_loss, best_state = float("inf"), None
     for epoch in range(1, args.epochs + 1):
         model.train()
-        total, count = 0.0, 0
+        total, count, epoch_start = 0.0, 0, time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
             if args.limit_batches and step == args.limit_batches:
                 break
@@ -113,8 +113,8 @@ def main():
         val_loss, val_acc = evaluate(model, val_loader)
         if val_loss < best_loss:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
-        print(f"epoch {epoch}: train loss {total / count:.4f}  val loss {val_loss:.4f}  val acc {val_acc:.4f}",
-              flush=True)
+        print(f"epoch {epoch}: train loss {total / count:.4f}  val loss {val_loss:.4f}  val acc {val_acc:.4f}  "
+              f"{time.perf_counter() - epoch_start:.1f} s", flush=True)
     model.load_state_dict(best_state)
     test_loss, test_acc = evaluate(model, test_loader)
     print(json.dumps({"test_acc": test_acc, "test_loss": test_loss, "train_loss": total / count,

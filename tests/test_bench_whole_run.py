@@ -30,6 +30,29 @@ def test_the_table_gives_each_pairs_ratio_the_median_against_the_target_and_each
     assert s["acc_mean"]["cnnlab"] == pytest.approx(0.85) and s["acc_std"]["cnnlab"] == pytest.approx(0.0707, abs=1e-4)
 
 
+def test_the_sides_alternate_abba_over_rounds_and_seeds(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def timed(cmd, env):
+        side = "cnnlab" if "cnnlab.cli.train" in cmd else "textbook"
+        calls.append(side)
+        return float(len(calls)), json.dumps({"test_acc": 0.5, "train_loss": 1.0})
+
+    monkeypatch.setattr(bench_whole_run, "timed", timed)
+    monkeypatch.setattr(bench_whole_run, "cnnlab_result", lambda run_dir: {"acc": 0.6, "precision": "bf16",
+                                                                           "best_epoch": 1})
+    monkeypatch.setattr(sys, "argv", ["bench_whole_run.py", "--seeds", "0", "1", "--rounds", "2",
+                                      "--json", str(tmp_path / "w.json")])
+    bench_whole_run.main()
+    c, t = "cnnlab", "textbook"
+    assert calls == [c, t, t, c, t, c, c, t]
+    rows = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert [(r["seed"], r["round"], r["order"]) for r in rows] == [
+        (0, 0, "cnnlab first"), (0, 1, "textbook first"), (1, 0, "textbook first"), (1, 1, "cnnlab first")]
+    assert [(r["cnnlab_s"], r["textbook_s"]) for r in rows] == [(1, 2), (4, 3), (6, 5), (7, 8)]
+    assert "| 1 | 1 | cnnlab first | 7.0 | 8.0 | 0.875 | 0.6000 | 0.5000 |" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # generates the 6,000 shapes twice
 def test_the_textbook_script_trains_on_cnnlabs_split_and_network():
     import textbook_train

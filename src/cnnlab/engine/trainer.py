@@ -188,9 +188,19 @@ class Trainer(StepMechanics, StopAndResume):
                      time.perf_counter() - start)
 
     def _train_inputs(self, train: TrainLoader, epoch: int):
-        """The inputs of epoch `epoch`'s training batches again, from the first, as the steps received them."""
+        """The inputs of epoch `epoch`'s training batches again, from the first, as the steps received them.
+
+        The passes that read them run the network under the run's autocast; the batches themselves are made
+        with autocast paused, as the steps' loader makes them (a colour jitter's baddbmm under bf16 autocast
+        would round the pixels, and the batch-norm statistics would describe other inputs)."""
         train.set_epoch(epoch)
-        for x, _ in train:
+        batches, device_type = iter(train), self.device.type
+        while True:
+            with torch.autocast(device_type, enabled=False):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            x = batch[0]
             yield x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
     @contextlib.contextmanager

@@ -99,3 +99,19 @@ def test_a_bf16_runs_export_is_fp32_and_agrees_with_the_model(make_cfg, tmp_path
     assert {p.dtype for p in torch.jit.load(result["path"]).parameters()} == {torch.float32}
     assert result["check_max_abs_diff"] < 1e-5  # the export's own check against the fp32 model
     assert load_exported("torchscript", result["path"])(torch.rand(4, 1, 8, 8)).dtype == torch.float32
+
+
+def test_local_response_norm_runs_in_fp32_under_autocast():
+    """AlexNet's LRN (and the ConvNet's lrn layer) compute from fp32 maps under bf16 autocast: with LRN in bf16,
+    AlexNet-small trained several points worse than in fp32 (docs/benchmarks.md, accuracy parity)."""
+    from cnnlab.models.layers import LocalResponseNorm
+
+    lrn = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    x = torch.randn(2, 8, 6, 6).relu().bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lrn(x)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x.float()))
+    assert lrn(x.float()).dtype == torch.float32  # outside autocast: torch's own
+    from cnnlab.models.alexnet import AlexNetSmall
+
+    assert sum(isinstance(m, LocalResponseNorm) for m in AlexNetSmall(1, 10, (28, 28)).modules()) == 2

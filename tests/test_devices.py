@@ -115,6 +115,13 @@ def test_auto_precision_wants_a_native_bf16_unit_and_a_model_large_enough_to_gai
     assert precision.use_scaler is False  # fp16 and its scaler stay opt-in
 
 
+def test_auto_keeps_fp32_for_models_with_local_response_normalisation():
+    """AlexNet's LRN: the one family where bf16's accuracy did not hold (docs/benchmarks.md, accuracy parity)."""
+    precision, why = precision_choice("auto", native=True, where="", macs=182_000_000, lrn=True)
+    assert precision.name == "32" and "local response normalisation" in why
+    assert resolve_precision("auto", torch.device("cpu"), zoo("alexnet_small"), (3, 32, 32))[0].name == "32"
+
+
 def test_precision_choice_decides_auto_only():
     with pytest.raises(ValueError, match="decides trainer.precision=auto, not 'bf16'"):
         precision_choice("bf16", native=True, where="", macs=1)

@@ -10,12 +10,12 @@ import torch.nn as nn
 from cnnlab.errors import ConfigError
 
 from cnnlab.models import register
-from cnnlab.models.layers import swap_relu
+from cnnlab.models.layers import LocalResponseNorm, swap_relu
 
 
 def _lrn() -> nn.LocalResponseNorm:
-    # The paper's constants: n=5, alpha=1e-4, beta=0.75, k=2.
-    return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    # The paper's constants: n=5, alpha=1e-4, beta=0.75, k=2; in fp32 under autocast (cnnlab.models.layers)
+    return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
 
 class AlexNet(nn.Module):

@@ -126,7 +126,7 @@ def build_convnet(layer_specs, in_channels: int, num_classes: int, input_size) -
             modules.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
         elif kind == "lrn":
             size = _pos_int(where, "size", opts["size"])
-            modules.append(nn.LocalResponseNorm(size, alpha=float(opts["alpha"]), beta=float(opts["beta"]),
+            modules.append(blocks.LocalResponseNorm(size, alpha=float(opts["alpha"]), beta=float(opts["beta"]),
                                                 k=float(opts["k"])))
         elif kind == "dropout":
             rate = opts["rate"]
